@@ -1,0 +1,194 @@
+"""The device contract every other stage relies on.
+
+A device maps drives ``u`` of shape ``(batch, n_in)`` to outputs ``(batch, n_out)``, keeping the
+dtype and torch device of ``u``. It declares ``n_in``, ``n_out`` and ``differentiable``, and the
+box ``domain`` of drives over which it is meant to be characterised.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from quasineuron.errors import DeviceContractError
+
+__all__ = ["AbstractDevice", "Box", "check_device"]
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box of drives, ``low[i] <= u[i] <= high[i]``.
+
+    Args:
+        low: Lower bound per drive, length ``n_in``.
+        high: Upper bound per drive, length ``n_in``.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        low = tuple(float(v) for v in _as_seq(self.low, "low"))
+        high = tuple(float(v) for v in _as_seq(self.high, "high"))
+        if len(low) != len(high) or not low:
+            raise ValueError(
+                f"Box needs low and high of the same non-zero length, got {len(low)} and "
+                f"{len(high)}; e.g. Box(low=(-1.0,), high=(1.0,))"
+            )
+        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(
+                    f"Box bound {i} must satisfy finite low < high, got low={lo!r}, high={hi!r}"
+                )
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @property
+    def dim(self) -> int:
+        """Number of drives."""
+        return len(self.low)
+
+    def tensors(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(low, high)`` as tensors of shape ``(dim,)``."""
+        return (
+            torch.tensor(self.low, dtype=dtype, device=device),
+            torch.tensor(self.high, dtype=dtype, device=device),
+        )
+
+    def contains(self, u: torch.Tensor) -> torch.Tensor:
+        """Boolean mask ``(batch,)``: rows of ``u`` (batch, dim) that lie inside the box."""
+        low, high = self.tensors(dtype=u.dtype, device=u.device)
+        return ((u >= low) & (u <= high)).all(dim=-1)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-ready form."""
+        return {"low": list(self.low), "high": list(self.high)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Box:
+        """Inverse of :meth:`to_dict`."""
+        return cls(low=tuple(d["low"]), high=tuple(d["high"]))
+
+
+def _as_seq(v: Any, name: str) -> Sequence[float]:
+    if isinstance(v, (int, float)):
+        return (v,)
+    try:
+        return list(v)
+    except TypeError as exc:
+        raise TypeError(f"Box.{name} must be a sequence of floats, got {v!r}") from exc
+
+
+class AbstractDevice(torch.nn.Module, abc.ABC):
+    """A frozen device: drives ``u`` (batch, n_in) → outputs (batch, n_out).
+
+    Subclasses implement :meth:`forward` and set ``n_in``, ``n_out``, ``differentiable`` and
+    ``domain``. Device parameters (``theta``), if any, are buffers, never trainable parameters:
+    in a network only the connections train.
+
+    Attributes:
+        n_in: Number of drives per device instance.
+        n_out: Number of outputs per device instance.
+        differentiable: Whether autograd through :meth:`forward` gives correct gradients.
+        domain: The box of drives the device is meant to be characterised on.
+        name: Short human-readable name used in reports.
+    """
+
+    n_in: int
+    n_out: int
+    differentiable: bool
+    domain: Box
+    name: str = "device"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @abc.abstractmethod
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Evaluate the device.
+
+        Args:
+            u: Drives, shape (batch, n_in).
+
+        Returns:
+            Outputs, shape (batch, n_out), same dtype and torch device as ``u``.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description stored in sweep manifests and reports."""
+        return {
+            "kind": type(self).__name__,
+            "name": self.name,
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "differentiable": self.differentiable,
+            "domain": self.domain.to_dict(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, n_in={self.n_in}, n_out={self.n_out}"
+
+
+def check_device(
+    device: AbstractDevice,
+    *,
+    dtype: torch.dtype = torch.float32,
+    batch: int = 3,
+    seed: int = 0,
+) -> None:
+    """Probe ``device`` once with drives from its domain and check the contract.
+
+    Args:
+        device: The device to probe.
+        dtype: Floating dtype of the probe drives.
+        batch: Number of probe rows.
+        seed: Seed for the probe points.
+
+    Raises:
+        DeviceContractError: If the output has the wrong shape, dtype or torch device, or if
+            the device's declared attributes are malformed.
+    """
+    for attr in ("n_in", "n_out"):
+        val = getattr(device, attr, None)
+        if not isinstance(val, int) or val < 1:
+            raise DeviceContractError(
+                f"{type(device).__name__}.{attr} must be a positive int, got {val!r}"
+            )
+    domain = getattr(device, "domain", None)
+    if not isinstance(domain, Box) or domain.dim != device.n_in:
+        raise DeviceContractError(
+            f"{type(device).__name__}.domain must be a Box with {device.n_in} bounds, got "
+            f"{domain!r}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    low, high = domain.tensors(dtype=dtype)
+    u = low + (high - low) * torch.rand(batch, device.n_in, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        y = device(u)
+    if not isinstance(y, torch.Tensor):
+        raise DeviceContractError(
+            f"{type(device).__name__} returned {type(y).__name__}, expected a torch.Tensor of "
+            f"shape ({batch}, {device.n_out})"
+        )
+    if tuple(y.shape) != (batch, device.n_out):
+        raise DeviceContractError(
+            f"{type(device).__name__} returned shape {tuple(y.shape)} for drives of shape "
+            f"{tuple(u.shape)}; expected ({batch}, {device.n_out}). Check n_out and that the "
+            "function keeps the batch dimension first."
+        )
+    if y.dtype != dtype:
+        raise DeviceContractError(
+            f"{type(device).__name__} returned dtype {y.dtype} for drives of dtype {dtype}; "
+            "a device must keep the dtype of its drives."
+        )
+    if y.device != u.device:
+        raise DeviceContractError(
+            f"{type(device).__name__} returned a tensor on {y.device} for drives on {u.device}"
+        )

@@ -1,0 +1,173 @@
+"""Built-in devices and the one registry that turns a name into a device.
+
+Built-ins are factories returning a configured adapter (never a subclass of one), so every
+built-in goes through the same adapter code as a user's device.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices.formula import FormulaDevice
+
+__all__ = ["ACTIVATIONS", "almost_neuron", "available_devices", "ideal_neuron", "make_device"]
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+}
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def _ideal(u: torch.Tensor, *, activation: str) -> torch.Tensor:
+    return _activation(activation)(u)
+
+
+def _almost(u: torch.Tensor, *, eps: float, activation: str) -> torch.Tensor:
+    # s1 = x·A and s2 = A·x² come precomputed as the two drives; the device is f_nl(s1 - eps*s2).
+    return _activation(activation)(u[:, :1] - eps * u[:, 1:2])
+
+
+def ideal_neuron(activation: str = "tanh", *, limit: float = 6.0) -> FormulaDevice:
+    """An ideal neuron ``f_nl(u)`` with one drive.
+
+    Args:
+        activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+        limit: The characterised domain is ``[-limit, limit]``.
+    """
+    _activation(activation)
+    return FormulaDevice(
+        partial(_ideal, activation=activation),
+        n_in=1,
+        n_out=1,
+        domain=Box((-limit,), (limit,)),
+        name=activation,
+        params={"activation": activation},
+    )
+
+
+def almost_neuron(
+    eps: float = 0.1, *, activation: str = "tanh", limit: float = 4.0
+) -> FormulaDevice:
+    """The seed's "almost neuron" ``f_nl(x·A − ε·A·x²)`` as a two-drive device.
+
+    Drives are ``s1 = x·A`` and ``s2 = A·x²`` (the ``TwoDrive`` connection computes them), so
+    ``y = f_nl(s1 − ε·s2)``; ε = 0 is an ideal neuron.
+
+    Args:
+        eps: Deviation ε from an ideal neuron.
+        activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+        limit: The characterised domain is ``[-limit, limit]²``.
+    """
+    _activation(activation)
+    eps = float(eps)
+    return FormulaDevice(
+        partial(_almost, eps=eps, activation=activation),
+        n_in=2,
+        n_out=1,
+        domain=Box((-limit, -limit), (limit, limit)),
+        name="almost-neuron",
+        params={"eps": eps, "activation": activation},
+    )
+
+
+def _wuxing(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.wuxing import wuxing_neuron
+
+    return wuxing_neuron(**kw)
+
+
+def _wuxing_steady(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.wuxing import wuxing_neuron
+
+    return wuxing_neuron(readout="steady", **kw)
+
+
+def _reaction_relu(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.reaction import reaction_relu
+
+    return reaction_relu(**kw)
+
+
+_BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
+    "tanh": partial(ideal_neuron, "tanh"),
+    "sigmoid": partial(ideal_neuron, "sigmoid"),
+    "relu": partial(ideal_neuron, "relu"),
+    "almost-neuron": almost_neuron,
+    "wuxing": _wuxing,
+    "wuxing-steady": _wuxing_steady,
+    "reaction-relu": _reaction_relu,
+}
+
+
+def available_devices() -> list[str]:
+    """Names of the built-in devices."""
+    return sorted(_BUILTINS)
+
+
+def make_device(spec: str, **options: Any) -> AbstractDevice:
+    """Turn a built-in name or a user's ``module:attribute`` into a device.
+
+    Args:
+        spec: A built-in name (see :func:`available_devices`) or ``"package.module:name"``, where
+            ``name`` is an :class:`AbstractDevice` instance or a factory returning one.
+        **options: Keyword options passed to the factory (e.g. ``eps=0.05``).
+
+    Raises:
+        ValueError: If the name is unknown or the options are not accepted.
+        TypeError: If ``module:name`` does not give a device.
+    """
+    if spec in _BUILTINS:
+        factory = _BUILTINS[spec]
+    elif ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"cannot import module {module_name!r} for device {spec!r}: {exc}. Is it on "
+                "PYTHONPATH (or installed)?"
+            ) from exc
+        try:
+            obj = getattr(module, attr)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+        if isinstance(obj, AbstractDevice):
+            if options:
+                raise ValueError(
+                    f"{spec!r} is a device instance; it takes no options, got {sorted(options)}"
+                )
+            return obj
+        if not callable(obj):
+            raise TypeError(f"{spec!r} is neither a device nor a factory returning one")
+        factory = obj
+    else:
+        raise ValueError(
+            f"unknown device {spec!r}; use one of {available_devices()} or 'module:function' "
+            "for your own device"
+        )
+    try:
+        dev = factory(**options)
+    except TypeError as exc:
+        raise ValueError(f"device {spec!r} does not accept options {sorted(options)}: {exc}") from exc
+    if not isinstance(dev, AbstractDevice):
+        raise TypeError(
+            f"{spec!r} returned {type(dev).__name__}; a device factory must return an "
+            "AbstractDevice (wrap a plain function in FormulaDevice or BlackBoxDevice)"
+        )
+    return dev

@@ -1,0 +1,43 @@
+"""The few exception and warning classes of quasineuron.
+
+Each subclasses a builtin so that callers can catch either the specific class or the
+builtin it refines.
+"""
+
+from __future__ import annotations
+
+
+class QuasineuronWarning(UserWarning):
+    """Base class of every warning quasineuron emits."""
+
+
+class OutOfDomainWarning(QuasineuronWarning):
+    """Drives fell outside the domain a surrogate was characterised on."""
+
+
+class DeviceContractError(TypeError):
+    """A device's probe call returned the wrong shape, dtype or torch device."""
+
+
+class NotDifferentiableError(TypeError):
+    """A gradient strategy needs gradients the device cannot give.
+
+    Use ``PhysicsAware`` (true device forward, surrogate backward) or a derivative-free
+    optimiser such as ``CMAES`` instead.
+    """
+
+
+class SimulationError(RuntimeError):
+    """A device simulation failed: divergence, a solver failure or non-finite output."""
+
+
+class StoreMismatchError(ValueError):
+    """An on-disk sweep store was made for another device, domain or sampler."""
+
+
+class StoreCorruptError(RuntimeError):
+    """An on-disk store cannot be read back consistently."""
+
+
+class OutOfDomainError(ValueError):
+    """Drives fell outside a surrogate's characterised domain under ``policy='raise'``."""
