@@ -133,6 +133,7 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
         }
 
     def extra_repr(self) -> str:
+        """Shown by ``repr``: name and sizes."""
         return f"name={self.name!r}, n_in={self.n_in}, n_out={self.n_out}"
 
 

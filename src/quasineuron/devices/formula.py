@@ -17,7 +17,8 @@ class FormulaDevice(AbstractDevice):
     """A device given by a closed-form torch function.
 
     Example:
-        >>> dev = FormulaDevice(torch.tanh, n_in=1, n_out=1, domain=Box((-4.0,), (4.0,)))
+        >>> box = Box((-4.0,), (4.0,))
+        >>> dev = FormulaDevice(torch.tanh, n_in=1, n_out=1, domain=box)
 
     Args:
         fn: Maps drives ``u`` (batch, n_in) to outputs (batch, n_out); must keep dtype and device.
@@ -26,8 +27,8 @@ class FormulaDevice(AbstractDevice):
         domain: Box of drives to characterise the device on.
         differentiable: Whether autograd through ``fn`` is meaningful.
         name: Name used in reports.
-        params: JSON-ready parameters of ``fn`` recorded in :meth:`describe` (e.g. ``{"eps": 0.1}``),
-            so that stores and saved networks can tell two settings apart.
+        params: JSON-ready parameters of ``fn`` recorded in :meth:`describe` (e.g.
+            ``{"eps": 0.1}``), so that stores and saved networks can tell two settings apart.
         probe: Call ``fn`` once at construction to check shape, dtype and device.
 
     Raises:

@@ -62,7 +62,7 @@ def ideal_neuron(activation: str = "tanh", *, limit: float = 6.0) -> FormulaDevi
 
 
 def almost_neuron(
-    eps: float = 0.1, *, activation: str = "tanh", limit: float = 4.0
+    eps: float = 0.1, *, activation: str = "tanh", limit: float = 8.0
 ) -> FormulaDevice:
     """The seed's "almost neuron" ``f_nl(x·A − ε·A·x²)`` as a two-drive device.
 
@@ -164,7 +164,9 @@ def make_device(spec: str, **options: Any) -> AbstractDevice:
     try:
         dev = factory(**options)
     except TypeError as exc:
-        raise ValueError(f"device {spec!r} does not accept options {sorted(options)}: {exc}") from exc
+        raise ValueError(
+            f"device {spec!r} does not accept options {sorted(options)}: {exc}"
+        ) from exc
     if not isinstance(dev, AbstractDevice):
         raise TypeError(
             f"{spec!r} returned {type(dev).__name__}; a device factory must return an "

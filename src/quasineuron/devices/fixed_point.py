@@ -1,0 +1,746 @@
+"""Fixed-point devices: the output is read from a steady state of the device's own dynamics.
+
+A device is given by ``f(x, u)``: either the right-hand side of an ODE, ``dx/dt = f(x, u)``
+(``kind="ode"``, fixed point where ``f = 0``), or a map ``x ← f(x, u)`` (``kind="map"``, fixed
+point where ``x = f(x, u)``). Both are reduced to one residual,
+
+    F(x, u) = f(x, u)          (kind="ode")
+    F(x, u) = f(x, u) - x      (kind="map")
+
+and the solvers (:class:`Newton`, :class:`Anderson`, :class:`Integrate`) only ever see ``F``.
+They run batched over instances with per-instance convergence masks, under ``torch.no_grad()``.
+
+Gradients come from the implicit function theorem, ``dx*/du = -(∂F/∂x)^{-1} ∂F/∂u``, attached
+with the "one Newton step with grad" construction (as in Bai et al., "Deep Equilibrium Models",
+NeurIPS 2019, and the phantom-gradient literature):
+
+    x_out = x* - J^{-1} F(x*, u),    J = ∂F/∂x at x*, detached; x* detached.
+
+Its value is ``x*`` refined by one Newton step. Because ``x*`` and ``J`` are constants for
+autograd, its first derivative with respect to ``u`` and to anything ``f`` closes over
+(parameters, buffers or captured tensors that require grad) is exactly
+``-J^{-1} ∂F/∂(u, theta)``, the implicit-function-theorem gradient. The backward pass is a VJP of
+``F`` plus one batched ``(n_state × n_state)`` solve with ``J^T`` per instance. Second
+derivatives are not those of ``x*`` (``J`` is held constant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, final
+
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.errors import DeviceContractError
+
+__all__ = [
+    "Anderson",
+    "FixedPointDevice",
+    "FixedPointResult",
+    "FixedPointSolver",
+    "Integrate",
+    "Newton",
+    "residual_tolerance",
+]
+
+Residual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# results and helpers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FixedPointResult:
+    """Per-instance outcome of a fixed-point solve.
+
+    Attributes:
+        x: Last iterate, shape (batch, n_state). For rows with ``converged=False`` this is only
+            diagnostic (it may be non-finite); :class:`FixedPointDevice` turns those rows to NaN.
+        residual: ``max_i |F_i(x, u)|`` per row, shape (batch,), same dtype as ``x``.
+        iterations: Solver iterations (Newton steps, Anderson updates or integration steps,
+            fallback included) per row, shape (batch,), int64.
+        converged: Whether the row met the tolerance, shape (batch,), bool.
+    """
+
+    x: torch.Tensor
+    residual: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+
+
+def residual_tolerance(tol: float, dtype: torch.dtype, *, ulps: float = 256.0) -> float:
+    """Tolerance actually used for dtype ``dtype``: ``max(tol, ulps · machine epsilon)``.
+
+    Solver tolerances are meant for float64; in float32 a residual of 1e-10 is below rounding,
+    so the tolerance is raised to a few hundred ulps instead of failing every row.
+
+    Args:
+        tol: Requested absolute tolerance on ``max_i |F_i|``.
+        dtype: Floating dtype of the solve.
+        ulps: Floor in units of the dtype's machine epsilon.
+
+    Returns:
+        The effective tolerance.
+    """
+    return max(float(tol), ulps * torch.finfo(dtype).eps)
+
+
+def _inf_norm(v: torch.Tensor) -> torch.Tensor:
+    """Row-wise max-abs norm, (batch, n) → (batch,); NaN rows give NaN."""
+    out = v.abs().amax(dim=-1)
+    return torch.where(torch.isfinite(v).all(dim=-1), out, torch.full_like(out, math.nan))
+
+
+def _jacobian(fn: Residual, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row Jacobian ``∂F/∂x`` by ``n_state`` batched VJPs (rows of ``F`` are independent).
+
+    Args:
+        fn: Residual ``F(x, u)``, (batch, n_state), (batch, n_in) → (batch, n_state).
+        x: States, (batch, n_state).
+        u: Drives, (batch, n_in).
+
+    Returns:
+        ``(J, F)``: J (batch, n_state, n_state) with ``J[b, i, j] = ∂F_i/∂x_j``, detached; and
+        ``F(x, u)`` (batch, n_state), detached.
+    """
+    n = x.shape[-1]
+    with torch.enable_grad():
+        xl = x.detach().requires_grad_(True)
+        y = fn(xl, u.detach())
+        if not y.requires_grad:  # F does not depend on x (or on anything differentiable)
+            return torch.zeros(*x.shape, n, dtype=x.dtype, device=x.device), y.detach()
+        rows = []
+        for i in range(n):  # n_state is small; a loop over state components, not samples
+            (g,) = torch.autograd.grad(y[:, i].sum(), xl, retain_graph=i < n - 1, allow_unused=True)
+            rows.append(torch.zeros_like(x) if g is None else g)
+    return torch.stack(rows, dim=1), y.detach()
+
+
+def _solve_linear(jac: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``J d = rhs`` per row without raising on singular or non-finite rows.
+
+    Args:
+        jac: (batch, n, n).
+        rhs: (batch, n).
+
+    Returns:
+        ``(d, ok)``: d (batch, n) (zeros where not ok) and ok (batch,) bool.
+    """
+    finite = torch.isfinite(jac).flatten(1).all(dim=1) & torch.isfinite(rhs).all(dim=1)
+    if jac.shape[-1] == 1:  # scalar state: a division beats a batched LU by far
+        den = jac[:, 0, :]
+        ok = finite & (den[:, 0] != 0)
+        d = rhs / torch.where(ok[:, None], den, 1.0)
+        return torch.where(ok[:, None], d, torch.zeros_like(d)), ok
+    eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device).expand_as(jac)
+    safe = torch.where(finite[:, None, None], jac, eye)
+    d, info = torch.linalg.solve_ex(safe, torch.where(finite[:, None], rhs, 0).unsqueeze(-1))
+    d = d.squeeze(-1)
+    ok = finite & (info == 0) & torch.isfinite(d).all(dim=1)
+    return torch.where(ok[:, None], d, torch.zeros_like(d)), ok
+
+
+# --------------------------------------------------------------------------------------------
+# solvers
+# --------------------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True)
+class Integrate:
+    """Integrate ``dx/dt = F(x, u)`` until ``max_i |F_i| <= tol`` (steady state).
+
+    A batched Bogacki–Shampine 3(2) integrator with a *per-row* step size, time and status, so
+    a stiff or diverging row neither slows down nor breaks the others (a shared-step solver such
+    as torchdiffeq's would). Rows whose state becomes non-finite, or that reach ``t_max`` or
+    ``max_steps`` first, are reported unconverged. For ``kind="map"`` it integrates
+    ``dx/dt = f(x) - x``, whose steady states are the map's fixed points.
+
+    Reference: P. Bogacki, L. F. Shampine, "A 3(2) pair of Runge–Kutta formulas",
+    Appl. Math. Lett. 2 (1989) 321–325.
+
+    Args:
+        tol: Absolute tolerance on ``max_i |F_i|`` (raised for low-precision dtypes, see
+            :func:`residual_tolerance`).
+        rtol: Relative local error tolerance of a step. Only the steady state is wanted, so
+            the transient needs just enough accuracy to stay in the right basin.
+        atol: Absolute local error tolerance of a step.
+        t_max: Give up after this much model time (same units as the ODE's t).
+        max_steps: Give up after this many attempted steps per row.
+        dt0: Initial step.
+        blowup: Rows whose ``max_i |x_i|`` exceeds this are stopped and reported unconverged
+            (a finite-time blow-up would otherwise cost thousands of shrinking steps).
+    """
+
+    tol: float = 1e-10
+    rtol: float = 1e-4
+    atol: float = 1e-8
+    t_max: float = 1e4
+    max_steps: int = 5000
+    dt0: float = 1e-2
+    blowup: float = 1e10
+
+    def __post_init__(self) -> None:
+        for name in ("tol", "rtol", "atol", "t_max", "dt0", "blowup"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"Integrate.{name} must be a finite float > 0, got {v!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"Integrate.max_steps must be an int >= 1, got {self.max_steps!r}")
+
+    def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        """Integrate every row to steady state.
+
+        Args:
+            fn: Residual ``F(x, u)``: (batch, n_state), (batch, n_in) → (batch, n_state).
+            x0: Initial states, (batch, n_state).
+            u: Drives, (batch, n_in).
+
+        Returns:
+            Per-row result; ``iterations`` counts attempted steps.
+        """
+        tol = residual_tolerance(self.tol, x0.dtype)
+        batch = x0.shape[0]
+        x = x0.clone()
+        k1 = fn(x, u)
+        res = _inf_norm(k1)
+        t = torch.zeros(batch, dtype=x.dtype, device=x.device)
+        h = torch.full_like(t, self.dt0)
+        steps = torch.zeros(batch, dtype=torch.int64, device=x.device)
+        done = res <= tol
+        failed = ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(res)
+        for _ in range(self.max_steps):
+            act = ~done & ~failed & (t < self.t_max)
+            if not bool(act.any()):
+                break
+            idx = act.nonzero().squeeze(1)
+            xa, ua, ka, ha = x[idx], u[idx], k1[idx], h[idx, None]
+            k2 = fn(xa + 0.5 * ha * ka, ua)
+            k3 = fn(xa + 0.75 * ha * k2, ua)
+            xn = xa + ha * (2.0 / 9.0 * ka + 1.0 / 3.0 * k2 + 4.0 / 9.0 * k3)
+            k4 = fn(xn, ua)
+            err = ha * (-5.0 / 72.0 * ka + 1.0 / 12.0 * k2 + 1.0 / 9.0 * k3 - 0.125 * k4)
+            scale = self.atol + self.rtol * torch.maximum(xa.abs(), xn.abs())
+            e = (err / scale).square().mean(dim=1).sqrt()
+            # Near a steady state the deviation falls below atol and the usual test would let
+            # the step grow past the stability limit; also bounding the error by a fraction
+            # of the step's own increment keeps h·λ inside the stability region.
+            e_rel = err.norm(dim=1) / (0.1 * (xn - xa).norm(dim=1) + torch.finfo(x.dtype).tiny)
+            e = torch.maximum(e, e_rel)
+            good = torch.isfinite(e) & torch.isfinite(k4).all(dim=1)
+            accept = good & (e <= 1.0)
+            factor = torch.where(
+                good,
+                (0.9 * e.clamp_min(1e-10).pow(-1.0 / 3.0)).clamp(0.2, 5.0),
+                torch.full_like(e, 0.2),
+            )
+            x[idx] = torch.where(accept[:, None], xn, xa)
+            k1[idx] = torch.where(accept[:, None], k4, ka)
+            t[idx] = t[idx] + torch.where(accept, ha[:, 0], 0.0)
+            h[idx] = ha[:, 0] * factor
+            steps[idx] += 1
+            res[idx] = torch.where(accept, _inf_norm(k4), res[idx])
+            done[idx] = done[idx] | (accept & (res[idx] <= tol))
+            # a step that shrinks below rounding means a blow-up (finite-time singularity)
+            failed[idx] = (
+                failed[idx]
+                | (h[idx] <= 1e-13 * (1.0 + t[idx]))
+                | (x[idx].abs().amax(dim=1) > self.blowup)
+            )
+        return FixedPointResult(x=x, residual=res, iterations=steps, converged=done & ~failed)
+
+
+@final
+@dataclass(frozen=True)
+class Anderson:
+    """Anderson acceleration of the iteration ``x ← x + step · F(x, u)``.
+
+    For ``kind="map"`` with ``step=1`` this is the map itself, ``x ← f(x, u)`` (``step < 1``
+    damps it); for ``kind="ode"`` it is explicit Euler with time step ``step``. Each update mixes
+    the last ``memory`` iterates with weights from a small regularised least-squares problem,
+    solved batched for every row.
+
+    Reference: H. F. Walker, P. Ni, "Anderson acceleration for fixed-point iterations",
+    SIAM J. Numer. Anal. 49 (2011) 1715–1735.
+
+    Args:
+        tol: Absolute tolerance on ``max_i |F_i|`` (see :func:`residual_tolerance`).
+        max_iter: Maximum number of map evaluations per row.
+        memory: Number of past iterates mixed (``m``).
+        mixing: Mixing parameter ``beta`` in (0, 1]; 1 uses the mapped iterates only.
+        regularization: Tikhonov term relative to the Gram matrix's scale.
+        step: Step ``h`` of the underlying iteration ``x + h · F``.
+    """
+
+    tol: float = 1e-10
+    max_iter: int = 100
+    memory: int = 5
+    mixing: float = 1.0
+    regularization: float = 1e-10
+    step: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"Anderson.tol must be a finite float > 0, got {self.tol!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"Anderson.max_iter must be an int >= 1, got {self.max_iter!r}")
+        if not isinstance(self.memory, int) or self.memory < 1:
+            raise ValueError(f"Anderson.memory must be an int >= 1, got {self.memory!r}")
+        if not (0.0 < self.mixing <= 1.0):
+            raise ValueError(f"Anderson.mixing must be in (0, 1], got {self.mixing!r}")
+        if not (self.regularization >= 0.0 and math.isfinite(self.regularization)):
+            raise ValueError(
+                f"Anderson.regularization must be a finite float >= 0, got {self.regularization!r}"
+            )
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"Anderson.step must be a finite float > 0, got {self.step!r}")
+
+    def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        """Iterate every row until ``max_i |F_i| <= tol``.
+
+        Args:
+            fn: Residual ``F(x, u)``: (batch, n_state), (batch, n_in) → (batch, n_state).
+            x0: Initial states, (batch, n_state).
+            u: Drives, (batch, n_in).
+
+        Returns:
+            Per-row result; each row keeps the first iterate that met the tolerance, or its
+            best (smallest-residual) iterate if none did.
+        """
+        tol = residual_tolerance(self.tol, x0.dtype)
+        batch, n = x0.shape
+        m = self.memory
+        dt, dev = x0.dtype, x0.device
+        xs = torch.zeros(batch, m, n, dtype=dt, device=dev)  # past iterates
+        gs = torch.zeros(batch, m, n, dtype=dt, device=dev)  # their images g(x) = x + h F
+        best_x = x0.clone()
+        best_res = torch.full((batch,), math.inf, dtype=dt, device=dev)
+        iters = torch.zeros(batch, dtype=torch.int64, device=dev)
+        done = torch.zeros(batch, dtype=torch.bool, device=dev)
+
+        x = x0.clone()
+        for k in range(self.max_iter):
+            fx = fn(x, u)
+            res = _inf_norm(fx)
+            live = ~done
+            better = live & torch.isfinite(res) & ~(res >= best_res)
+            best_x = torch.where(better[:, None], x, best_x)
+            best_res = torch.where(better, res, best_res)
+            iters = iters + live.long()
+            done = done | (res <= tol)
+            if bool(done.all()):
+                break
+            slot = k % m
+            xs[:, slot] = x
+            gs[:, slot] = x + self.step * fx
+            p = min(k + 1, m)
+            r = gs[:, :p] - xs[:, :p]  # (batch, p, n) residuals of the kept iterates
+            gram = r @ r.transpose(1, 2)  # (batch, p, p)
+            scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(dt).tiny)
+            gram = gram + (self.regularization * scale)[:, None, None] * torch.eye(
+                p, dtype=dt, device=dev
+            )
+            # weights minimise |sum_j a_j r_j| subject to sum_j a_j = 1: a ∝ gram^{-1} 1
+            ones = torch.ones(batch, p, dtype=dt, device=dev)
+            a, ok = _solve_linear(gram, ones)
+            a_sum = a.sum(dim=1, keepdim=True)
+            ok = ok & (a_sum[:, 0].abs() > 0)
+            a = torch.where(ok[:, None], a / torch.where(ok[:, None], a_sum, 1.0), 0.0)
+            a[:, slot] = torch.where(ok, a[:, slot], 1.0)  # fall back to a plain step
+            mixed_g = (a[:, :, None] * gs[:, :p]).sum(dim=1)
+            mixed_x = (a[:, :, None] * xs[:, :p]).sum(dim=1)
+            x_new = self.mixing * mixed_g + (1.0 - self.mixing) * mixed_x
+            x = torch.where(done[:, None], x, x_new)
+        x_out = torch.where(done[:, None] | torch.isfinite(best_res)[:, None], best_x, x)
+        res_out = _inf_norm(fn(x_out, u))
+        return FixedPointResult(
+            x=x_out, residual=res_out, iterations=iters, converged=res_out <= tol
+        )
+
+
+@final
+@dataclass(frozen=True)
+class Newton:
+    """Batched damped Newton's method on ``F(x, u) = 0`` with per-row convergence masks.
+
+    Each iteration solves ``J δ = -F`` per row (``J = ∂F/∂x`` by autograd), optionally clips
+    the step to ``max_step`` (max-abs) and shortens it to stay strictly inside
+    ``[lower, upper]`` (fraction-to-the-boundary rule, 0.995), then backtracks
+    (halving, Armijo test on ``|F|_2``) at most ``max_backtracks`` times. A row has converged when
+    ``max_i |F_i| <= tol`` (floored at 2 ulps of the dtype), when its full Newton step is at
+    rounding level, or when its residual is below :func:`residual_tolerance` (256 ulps) and can
+    no longer be decreased. Iterating past the looser floor matters in float32: the implicit
+    gradient is evaluated at ``x*``, so its error follows the error in ``x*``. Rows where
+    Newton fails are handed to ``fallback`` (restarted from the initial guess), then polished
+    by Newton again.
+
+    Args:
+        tol: Absolute tolerance on ``max_i |F_i|`` (see :func:`residual_tolerance`).
+        max_iter: Maximum Newton iterations per row.
+        max_step: If set, the max-abs length of a step is clipped to this.
+        max_backtracks: Maximum step halvings per iteration; the last trial is taken if none
+            passes the Armijo test (so Newton keeps moving out of flat regions).
+        lower: Optional lower bound on every state component (e.g. 0 for concentrations);
+            iterates stay strictly above it. The initial guess is clipped into the bounds.
+        upper: Optional upper bound, likewise.
+        fallback: Solver for rows Newton does not converge on, e.g. ``Integrate()``.
+    """
+
+    tol: float = 1e-10
+    max_iter: int = 50
+    max_step: float | None = None
+    max_backtracks: int = 12
+    lower: float | None = None
+    upper: float | None = None
+    fallback: Integrate | Anderson | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"Newton.tol must be a finite float > 0, got {self.tol!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"Newton.max_iter must be an int >= 1, got {self.max_iter!r}")
+        if self.max_step is not None and not (self.max_step > 0):
+            raise ValueError(f"Newton.max_step must be > 0 or None, got {self.max_step!r}")
+        if not isinstance(self.max_backtracks, int) or self.max_backtracks < 0:
+            raise ValueError(
+                f"Newton.max_backtracks must be an int >= 0, got {self.max_backtracks!r}"
+            )
+        if self.lower is not None and self.upper is not None and not self.lower < self.upper:
+            raise ValueError(
+                f"Newton needs lower < upper, got lower={self.lower!r}, upper={self.upper!r}"
+            )
+        if self.fallback is not None and not isinstance(self.fallback, (Integrate, Anderson)):
+            raise TypeError(
+                f"Newton.fallback must be Integrate(...), Anderson(...) or None, got "
+                f"{type(self.fallback).__name__}"
+            )
+
+    def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        """Run Newton on every row, then ``fallback`` on the rows that failed.
+
+        Args:
+            fn: Residual ``F(x, u)``: (batch, n_state), (batch, n_in) → (batch, n_state).
+            x0: Initial states, (batch, n_state).
+            u: Drives, (batch, n_in).
+
+        Returns:
+            Per-row result.
+        """
+        out = self._newton(fn, x0, u)
+        if self.fallback is None or bool(out.converged.all()):
+            return out
+        idx = (~out.converged).nonzero().squeeze(1)
+        fb = self.fallback.solve(fn, x0[idx], u[idx])
+        # polish every finite fallback result with Newton (fast, and sharpens Integrate's result)
+        x_start = torch.where(torch.isfinite(fb.x), fb.x, x0[idx])
+        pol = self._newton(fn, x_start, u[idx])
+        x, res, it, conv = (t.clone() for t in (out.x, out.residual, out.iterations, out.converged))
+        x[idx], res[idx], conv[idx] = pol.x, pol.residual, pol.converged
+        it[idx] += fb.iterations + pol.iterations
+        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
+
+    def _clip_to_bounds(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lower is None and self.upper is None:
+            return x
+        return x.clamp(min=self.lower, max=self.upper)
+
+    def _max_fraction(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Largest alpha <= 1 keeping ``x + alpha d`` strictly inside the bounds, (batch,)."""
+        alpha = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        tau = 0.995
+        if self.lower is not None:
+            lim = torch.where(d < 0, tau * (x - self.lower) / (-d), math.inf)
+            alpha = torch.minimum(alpha, lim.amin(dim=1))
+        if self.upper is not None:
+            lim = torch.where(d > 0, tau * (self.upper - x) / d, math.inf)
+            alpha = torch.minimum(alpha, lim.amin(dim=1))
+        return alpha
+
+    def _newton(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        tol = residual_tolerance(self.tol, x0.dtype, ulps=2.0)
+        tol_floor = residual_tolerance(self.tol, x0.dtype)
+        ulp = torch.finfo(x0.dtype).eps
+        x = self._clip_to_bounds(x0.clone())
+        fx = fn(x, u)
+        res = _inf_norm(fx)
+        iters = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        done = res <= tol
+        failed = ~torch.isfinite(res)
+        for _ in range(self.max_iter):
+            act = ~done & ~failed
+            if not bool(act.any()):
+                break
+            idx = act.nonzero().squeeze(1)
+            xa, ua, fa = x[idx], u[idx], fx[idx]
+            jac, _ = _jacobian(fn, xa, ua)
+            d, ok = _solve_linear(jac, -fa)
+            # a full step at rounding level: x is a root to machine precision
+            tiny = ok & (d.abs().amax(dim=1) <= 8 * ulp * (1.0 + xa.abs().amax(dim=1)))
+            if self.max_step is not None:
+                dn = d.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+                d = d * torch.clamp(self.max_step / dn, max=1.0)
+            alpha = self._max_fraction(xa, d)
+            merit = fa.square().sum(dim=1)
+            x_new, f_new = xa.clone(), fa.clone()
+            searching = ok.clone()
+            decreased = torch.zeros_like(ok)
+            for j in range(self.max_backtracks + 1):
+                if not bool(searching.any()):
+                    break
+                last = j == self.max_backtracks
+                s = searching.nonzero().squeeze(1)
+                xt = xa[s] + alpha[s, None] * d[s]
+                ft = fn(xt, ua[s])
+                finite = torch.isfinite(ft).all(dim=1) & torch.isfinite(xt).all(dim=1)
+                armijo = ft.square().sum(dim=1) <= (1.0 - 1e-4 * alpha[s]) * merit[s]
+                take = finite & (armijo | last)  # last trial: take it if finite
+                x_new[s] = torch.where(take[:, None], xt, x_new[s])
+                f_new[s] = torch.where(take[:, None], ft, f_new[s])
+                decreased[s] = decreased[s] | (take & armijo)
+                searching[s] = ~take & (not last)
+                alpha[s] = torch.where(take, alpha[s], 0.5 * alpha[s])
+            moved = ok & ~searching & (x_new != xa).any(dim=1)
+            x[idx], fx[idx] = x_new, f_new
+            iters[idx] += 1
+            res[idx] = _inf_norm(f_new)
+            # at rounding level the residual stops decreasing: accept it below the floor
+            stalled = ~(moved & decreased) & (res[idx] <= tol_floor)
+            done[idx] = done[idx] | (res[idx] <= tol) | tiny | stalled
+            failed[idx] = failed[idx] | ~(moved | tiny | stalled) | ~torch.isfinite(res[idx])
+        conv = done & torch.isfinite(x).all(dim=1)
+        return FixedPointResult(x=x, residual=res, iterations=iters, converged=conv)
+
+
+FixedPointSolver = Newton | Anderson | Integrate
+"""Any of the fixed-point solver strategies."""
+
+
+# --------------------------------------------------------------------------------------------
+# the device
+# --------------------------------------------------------------------------------------------
+
+
+@final
+class FixedPointDevice(AbstractDevice):
+    """A device whose output is a readout of a steady state ``x*`` of ``f``.
+
+    ``kind="ode"``: ``x*`` solves ``f(x*, u) = 0`` for ``dx/dt = f(x, u)``.
+    ``kind="map"``: ``x*`` solves ``x* = f(x*, u)``.
+    Output ``readout(x*)``; rows whose solve did not converge give NaN outputs (never an
+    exception), and :meth:`solve` reports per-row residuals, iteration counts and status.
+    Gradients with respect to ``u`` and to any tensor ``f`` closes over that requires grad
+    follow the implicit function theorem (see the module docstring for the construction).
+
+    Example:
+        >>> def f(x, u):  # dx/dt = u - x^3: steady state x* = u^(1/3)
+        ...     return u - x**3
+        >>> dev = FixedPointDevice(
+        ...     f, n_in=1, n_state=1, n_out=1, x_init=torch.ones(1),
+        ...     readout=lambda x: x, domain=Box((0.1,), (8.0,)),
+        ... )
+        >>> dev(torch.tensor([[8.0]], dtype=torch.float64))
+        tensor([[2.]], dtype=torch.float64)
+
+    Args:
+        f: ``f(x, u)`` with x (batch, n_state) and u (batch, n_in), returning (batch, n_state):
+            ``dx/dt`` (``kind="ode"``) or the map's next state (``kind="map"``). Rows must be
+            independent and ``f`` differentiable by autograd in ``x`` (for Newton and the
+            gradient). If ``f`` is a ``torch.nn.Module`` it is registered as a submodule.
+        n_in: Number of drives.
+        n_state: Number of state components.
+        n_out: Number of outputs.
+        x_init: Initial guess: a tensor (n_state,) used for every row, or a callable
+            ``u (batch, n_in) -> (batch, n_state)``.
+        readout: ``x (batch, n_state) -> (batch, n_out)``.
+        domain: Box of drives to characterise the device on.
+        kind: ``"ode"`` or ``"map"``.
+        solver: ``Newton(...)`` (default), ``Anderson(...)`` or ``Integrate(...)``.
+        name: Name used in reports.
+        params: JSON-ready parameters recorded in :meth:`describe` (e.g. ``{"eps": 0.01}``).
+
+    Raises:
+        ValueError: For a bad size, ``kind`` or ``x_init`` shape.
+        TypeError: If ``f``/``readout`` are not callable or ``solver`` is not a solver object.
+    """
+
+    def __init__(
+        self,
+        f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        n_in: int,
+        n_state: int,
+        n_out: int,
+        x_init: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+        readout: Callable[[torch.Tensor], torch.Tensor],
+        domain: Box,
+        kind: Literal["ode", "map"] = "ode",
+        solver: FixedPointSolver | None = None,
+        name: str = "fixed_point",
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        for label, v in (("n_in", n_in), ("n_state", n_state), ("n_out", n_out)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{label} must be a positive int, got {v!r}")
+        if not callable(f):
+            raise TypeError(f"f must be callable f(x, u) -> (batch, n_state), got {f!r}")
+        if not callable(readout):
+            raise TypeError(
+                f"readout must be callable x -> (batch, n_out), got {readout!r}; "
+                "use readout=lambda x: x to output the whole state"
+            )
+        if kind not in ("ode", "map"):
+            raise ValueError(
+                f"kind must be 'ode' (fixed point where f = 0) or 'map' (where x = f(x)), "
+                f"got {kind!r}"
+            )
+        if solver is None:
+            solver = Newton()
+        if not isinstance(solver, (Newton, Anderson, Integrate)):
+            raise TypeError(
+                f"solver must be Newton(...), Anderson(...) or Integrate(...), got "
+                f"{type(solver).__name__}"
+            )
+        if not isinstance(domain, Box) or domain.dim != n_in:
+            raise ValueError(f"domain must be a Box with {n_in} bounds, got {domain!r}")
+        if isinstance(x_init, torch.Tensor):
+            if tuple(x_init.shape) != (n_state,):
+                raise ValueError(
+                    f"x_init must have shape ({n_state},), got {tuple(x_init.shape)}; for a "
+                    "per-row initial guess pass a callable u -> (batch, n_state)"
+                )
+            self.register_buffer("x_init", x_init.detach().clone(), persistent=False)
+            self._x_init_fn = None
+        elif callable(x_init):
+            self.x_init = None
+            self._x_init_fn = x_init
+        else:
+            raise TypeError(
+                f"x_init must be a tensor ({n_state},) or a callable u -> (batch, n_state), "
+                f"got {type(x_init).__name__}"
+            )
+        self.f = f
+        self.readout = readout
+        self.n_in, self.n_state, self.n_out = n_in, n_state, n_out
+        self.kind = kind
+        self.solver = solver
+        self.domain = domain
+        self.name = name
+        self.params = dict(params or {})
+        self.differentiable = True
+
+    # -- the residual ------------------------------------------------------------------------
+
+    def residual(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``F(x, u)``: ``f`` for ``kind="ode"``, ``f - x`` for ``kind="map"``; (batch, n_state).
+
+        Raises:
+            DeviceContractError: If ``f`` returns the wrong shape or dtype.
+        """
+        y = self.f(x, u)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype:
+            got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise DeviceContractError(
+                f"f(x, u) must return a tensor of shape {tuple(x.shape)} and dtype {x.dtype} "
+                f"(batch, n_state={self.n_state}), got {got}"
+            )
+        return y - x if self.kind == "map" else y
+
+    def initial_state(self, u: torch.Tensor) -> torch.Tensor:
+        """Initial guess for drives ``u`` (batch, n_in) → (batch, n_state), dtype of ``u``."""
+        if self._x_init_fn is None:
+            return self.x_init.to(dtype=u.dtype, device=u.device).expand(u.shape[0], -1).clone()
+        x0 = self._x_init_fn(u)
+        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (u.shape[0], self.n_state):
+            got = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise DeviceContractError(
+                f"x_init(u) must return shape ({u.shape[0]}, {self.n_state}), got {got}"
+            )
+        return x0.to(dtype=u.dtype, device=u.device)
+
+    # -- solve and forward -------------------------------------------------------------------
+
+    def _check_drives(self, u: torch.Tensor) -> None:
+        if not isinstance(u, torch.Tensor) or u.ndim != 2 or u.shape[1] != self.n_in:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must have shape (batch, n_in={self.n_in}), got {got}")
+        if not u.is_floating_point():
+            raise TypeError(f"u must be a floating tensor, got dtype {u.dtype}")
+
+    def solve(self, u: torch.Tensor) -> FixedPointResult:
+        """Find the fixed point for every row of ``u`` without building a graph.
+
+        Args:
+            u: Drives, shape (batch, n_in).
+
+        Returns:
+            Per-row state, residual, iteration count and convergence flag.
+        """
+        self._check_drives(u)
+        with torch.no_grad():
+            u0 = u.detach()
+            return self.solver.solve(self.residual, self.initial_state(u0), u0)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Readout of the fixed point, differentiable by the implicit function theorem.
+
+        Args:
+            u: Drives, shape (batch, n_in).
+
+        Returns:
+            ``readout(x*)``, shape (batch, n_out), same dtype as ``u``; NaN rows where the
+            solver did not converge.
+        """
+        result = self.solve(u)
+        ok = result.converged
+        x = torch.full_like(result.x, math.nan)
+        if bool(ok.any()):
+            idx = ok.nonzero().squeeze(1)
+            xs, us = result.x[idx], u[idx]
+            jac, f_val = _jacobian(self.residual, xs, us)
+            singular = ~_solve_linear(jac, f_val)[1]
+            eye = torch.eye(self.n_state, dtype=jac.dtype, device=jac.device)
+            jac = torch.where(singular[:, None, None], eye, jac)
+            # value: x* plus one Newton step; gradient: -J^{-1} dF/d(u, theta) (IFT)
+            f_grad = self.residual(xs, us) if torch.is_grad_enabled() else f_val
+            if self.n_state == 1:
+                step = f_grad / jac[:, 0, :]
+            else:
+                step = torch.linalg.solve(jac, f_grad.unsqueeze(-1)).squeeze(-1)
+            # at a singular Jacobian the implicit gradient does not exist: keep x*, no gradient
+            step = torch.where(singular[:, None], torch.zeros_like(step), step)
+            x = x.index_put((idx,), xs - step)
+        y = self.readout(x)
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (u.shape[0], self.n_out):
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise DeviceContractError(
+                f"readout must return shape ({u.shape[0]}, n_out={self.n_out}), got {got}"
+            )
+        return y
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description: contract, kind, state size, solver settings and params."""
+        d = super().describe()
+        d["fixed_point_kind"] = self.kind
+        d["n_state"] = self.n_state
+        d["solver"] = _solver_dict(self.solver)
+        d["params"] = self.params
+        return d
+
+    def extra_repr(self) -> str:
+        """Shown in ``repr(device)``."""
+        return f"{super().extra_repr()}, n_state={self.n_state}, kind={self.kind!r}"
+
+
+def _solver_dict(solver: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(solver).__name__}
+    for fld in dataclasses.fields(solver):
+        v = getattr(solver, fld.name)
+        out[fld.name] = _solver_dict(v) if dataclasses.is_dataclass(v) else v
+    return out

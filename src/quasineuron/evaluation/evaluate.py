@@ -1,0 +1,254 @@
+"""Score a trained network in several execution modes and report the twin-to-device gap."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from quasineuron.data.dataset import ArrayDataset
+
+__all__ = ["EvaluationReport", "evaluate", "mode_name"]
+
+# Report keys of the execution modes of quasineuron.network.modes, by class name.
+_MODE_NAMES = {
+    "Surrogate": "surrogate",
+    "TrueDevice": "device",
+    "PhysicsAware": "physics_aware",
+    "Direct": "direct",
+}
+
+
+def mode_name(mode: Any) -> str:
+    """Report key of an execution mode: ``"surrogate"``, ``"device"``, ``"physics_aware"``, ...
+
+    A mode with a string ``name`` attribute keeps it; other classes get their snake-cased
+    class name; None (a plain module called without ``mode``) is ``"default"``.
+    """
+    if mode is None:
+        return "default"
+    name = getattr(mode, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    cls = type(mode).__name__
+    return _MODE_NAMES.get(cls) or re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Accuracy of one network on one data set, per execution mode.
+
+    Args:
+        dataset: Name of the data set.
+        n_samples: Number of samples scored.
+        n_classes: Number of classes (size of the confusion matrices).
+        accuracy: Fraction right per mode, keyed by :func:`mode_name`.
+        confusion: Confusion matrix per mode, ``confusion[mode][true][predicted]`` counts.
+        samples_per_second: Throughput per mode (forward passes only).
+        gap: ``accuracy["surrogate"] - accuracy["device"]`` (a fraction), or None unless both
+            modes were scored. Positive means the true device does worse than its twin.
+        variability: None, or the spread of accuracy over draws of device-to-device
+            variability: ``{"settings": [...], "modes": {mode: {"accuracy": [...], "mean",
+            "std", "min", "max"}}}`` for each mode that runs the true device.
+    """
+
+    dataset: str
+    n_samples: int
+    n_classes: int
+    accuracy: dict[str, float]
+    confusion: dict[str, list[list[int]]]
+    samples_per_second: dict[str, float]
+    gap: float | None
+    variability: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (plain dicts, lists, numbers and strings)."""
+        return dataclasses.asdict(self)
+
+
+def evaluate(
+    net: torch.nn.Module,
+    data: ArrayDataset,
+    *,
+    modes: Sequence[Any] | None = None,
+    batch_size: int = 1024,
+    variability: Any = None,
+    n_draws: int = 1,
+) -> EvaluationReport:
+    """Classify ``data`` with ``net`` in each mode, under ``torch.no_grad()`` in eval mode.
+
+    Args:
+        net: A module mapping x (batch, n_features) to logits (batch, k), called as
+            ``net(x, mode=mode)`` (``net(x)`` for a mode of None), e.g. a ``DeviceNetwork``.
+        data: Labelled data (integer ``y``).
+        modes: Execution modes to score; default ``(Surrogate(), TrueDevice())`` from
+            ``quasineuron.network.modes``. Their report keys (:func:`mode_name`) must differ.
+        batch_size: Samples per forward pass.
+        variability: A ``Variability`` (or a sequence of them) of the true devices. Each
+            mode that runs the true device is scored again on ``net.with_variability(v)``
+            for every setting, giving the spread of accuracy across device instances.
+        n_draws: With a single ``variability``, how many instances to draw (seeds
+            ``seed, seed + 1, ...``).
+
+    Returns:
+        The report; ``gap`` is surrogate minus device accuracy.
+
+    Raises:
+        ValueError: For regression targets, bad options or duplicate mode names.
+        TypeError: If ``variability`` is given but ``net`` has no ``with_variability``.
+    """
+    if not isinstance(data, ArrayDataset):
+        raise TypeError(f"data must be an ArrayDataset, got {type(data).__name__}")
+    if not data.is_classification:
+        raise ValueError(
+            "evaluate() scores classification and needs integer labels y of shape (n,); "
+            f"{data.name!r} holds floating targets"
+        )
+    if len(data) == 0:
+        raise ValueError(f"data {data.name!r} is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
+    modes = _default_modes() if modes is None else tuple(modes)
+    if not modes:
+        raise ValueError("modes is empty; e.g. modes=(Surrogate(), TrueDevice())")
+    names = [mode_name(m) for m in modes]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"modes have duplicate report names {names}; score modes that share a name "
+            f"(e.g. Direct(adjoint=True) and Direct()) in separate evaluate() calls"
+        )
+    settings = _variability_settings(net, variability, n_draws)
+
+    param = next(iter(net.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = data.x.to(device, dtype)
+    y = data.y.to(device)
+
+    accuracy: dict[str, float] = {}
+    confusion: dict[str, list[list[int]]] = {}
+    speed: dict[str, float] = {}
+    n_classes = data.n_classes or 0
+    for name, mode in zip(names, modes, strict=True):
+        pred, seconds = _predict(net, x, mode, batch_size)
+        n_classes = max(n_classes, int(pred.max()) + 1)
+        accuracy[name] = (pred == y).double().mean().item()
+        confusion[name] = _confusion(y, pred, n_classes)
+        speed[name] = len(x) / seconds if seconds > 0 else math.inf
+    # matrices made before a wider prediction appeared are padded to the final size
+    confusion = {k: _pad(v, n_classes) for k, v in confusion.items()}
+
+    spread = None
+    if settings:
+        per_mode: dict[str, Any] = {}
+        for name, mode in zip(names, modes, strict=True):
+            if not getattr(mode, "uses_true_device", name != "surrogate"):
+                continue
+            accs = []
+            for setting in settings:
+                pred, _ = _predict(net.with_variability(setting), x, mode, batch_size)
+                accs.append((pred == y).double().mean().item())
+            t = torch.tensor(accs, dtype=torch.float64)
+            per_mode[name] = {
+                "accuracy": accs,
+                "mean": t.mean().item(),
+                "std": t.std(correction=0).item(),
+                "min": t.min().item(),
+                "max": t.max().item(),
+            }
+        spread = {"settings": [dataclasses.asdict(s) for s in settings], "modes": per_mode}
+
+    gap = None
+    if "surrogate" in accuracy and "device" in accuracy:
+        gap = accuracy["surrogate"] - accuracy["device"]
+    return EvaluationReport(
+        dataset=data.name,
+        n_samples=len(data),
+        n_classes=n_classes,
+        accuracy=accuracy,
+        confusion=confusion,
+        samples_per_second=speed,
+        gap=gap,
+        variability=spread,
+    )
+
+
+def _default_modes() -> tuple[Any, ...]:
+    try:
+        from quasineuron.network.modes import Surrogate, TrueDevice
+    except ImportError as exc:  # pragma: no cover - the network package ships with the library
+        raise ImportError(
+            f"the default modes need quasineuron.network.modes ({exc}); pass modes=... "
+        ) from exc
+    return (Surrogate(), TrueDevice())
+
+
+def _variability_settings(net: torch.nn.Module, variability: Any, n_draws: int) -> list[Any]:
+    if variability is None:
+        if n_draws != 1:
+            raise ValueError("n_draws needs variability=Variability(...)")
+        return []
+    if not callable(getattr(net, "with_variability", None)):
+        raise TypeError(
+            f"variability needs a network with a with_variability() method (a DeviceNetwork), "
+            f"got {type(net).__name__}"
+        )
+    if isinstance(variability, Sequence):
+        if n_draws != 1:
+            raise ValueError("give either a sequence of variabilities or n_draws, not both")
+        return list(variability)
+    if not dataclasses.is_dataclass(variability):
+        raise TypeError(f"variability must be a Variability, got {variability!r}")
+    if n_draws == 1:
+        return [variability]
+    return [dataclasses.replace(variability, seed=variability.seed + i) for i in range(n_draws)]
+
+
+@torch.no_grad()
+def _predict(
+    net: torch.nn.Module, x: torch.Tensor, mode: Any, batch_size: int
+) -> tuple[torch.Tensor, float]:
+    """Predicted classes (n,) and the seconds the forward passes took."""
+    was_training = net.training
+    net.eval()
+    try:
+        preds = []
+        _sync(x.device)
+        t0 = time.perf_counter()
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            out = net(xb) if mode is None else net(xb, mode=mode)
+            if out.ndim != 2 or len(out) != len(xb):
+                raise ValueError(
+                    f"net must return logits of shape (batch, k) = ({len(xb)}, k), got "
+                    f"{tuple(out.shape)}"
+                )
+            preds.append(out.argmax(dim=1))
+        _sync(x.device)
+        seconds = time.perf_counter() - t0
+    finally:
+        net.train(was_training)
+    return torch.cat(preds), seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _confusion(y: torch.Tensor, pred: torch.Tensor, n_classes: int) -> list[list[int]]:
+    counts = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes).tolist()
+
+
+def _pad(cm: list[list[int]], n: int) -> list[list[int]]:
+    rows = [row + [0] * (n - len(row)) for row in cm]
+    return rows + [[0] * n for _ in range(n - len(rows))]

@@ -1,0 +1,130 @@
+"""Save and load device networks: safetensors for the tensors, JSON for the architecture.
+
+A saved network is a folder holding ``network.json`` (sizes, connection and wiring kinds and
+parameters, each layer's ``device.describe()``) and ``weights.safetensors`` (connection weights,
+masks, readout). Nothing is pickled. The devices themselves are code, so they are passed again
+to :func:`load_network`, which checks them against the saved descriptions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from quasineuron.devices.base import AbstractDevice
+from quasineuron.network.connections import connection_from_dict
+from quasineuron.network.network import DeviceNetwork, _per_layer
+from quasineuron.network.wiring import wiring_from_dict
+
+__all__ = ["load_network", "save_network"]
+
+FORMAT = "quasineuron.network"
+VERSION = 1
+ARCH_FILE = "network.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_network(net: DeviceNetwork, path: str | Path) -> Path:
+    """Write ``net`` to the folder ``path`` (created if missing).
+
+    Variability views are saved as their nominal network; the devices' own state is not saved.
+
+    Args:
+        net: The network to save.
+        path: Folder that receives ``network.json`` and ``weights.safetensors``.
+
+    Returns:
+        The folder.
+    """
+    if not isinstance(net, DeviceNetwork):
+        raise TypeError(f"save_network expects a DeviceNetwork, got {type(net).__name__}")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = {"format": FORMAT, "version": VERSION, **net.describe()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.connection_state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+    # default=str keeps odd entries of a device's describe() readable instead of failing.
+    text = json.dumps(arch, indent=2, sort_keys=True, default=str)
+    (folder / ARCH_FILE).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def _check_matches(got: AbstractDevice, saved: dict[str, Any], what: str, layer: int) -> None:
+    for key in ("n_in", "n_out", "name"):
+        if getattr(got, key) != saved.get(key):
+            raise ValueError(
+                f"layer {layer}: the network was saved with a {what} whose {key} is "
+                f"{saved.get(key)!r}, but the given {what} has {key}={getattr(got, key)!r}; pass "
+                f"the {what} the network was trained with (saved description: {saved})"
+            )
+
+
+def load_network(
+    path: str | Path,
+    *,
+    device: AbstractDevice | Sequence[AbstractDevice],
+    twin: AbstractDevice | Sequence[AbstractDevice | None] | None = None,
+) -> DeviceNetwork:
+    """Read a network written by :func:`save_network`.
+
+    Args:
+        path: The folder given to :func:`save_network`.
+        device: The true device, or one per layer; must match the saved descriptions
+            (``n_in``, ``n_out`` and ``name``).
+        twin: Twin(s) for ``Surrogate()``/``PhysicsAware()`` modes; ``n_in`` and ``n_out`` must
+            match the device.
+
+    Returns:
+        The network, with the saved weights and masks; it reproduces the saved predictions.
+
+    Raises:
+        FileNotFoundError: If the folder lacks either file.
+        ValueError: If the file is not a saved network or the devices do not match it.
+    """
+    folder = Path(path)
+    for name in (ARCH_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder / name} not found; expected a folder written by save_network"
+            )
+    arch = json.loads((folder / ARCH_FILE).read_text(encoding="utf-8"))
+    if arch.get("format") != FORMAT or arch.get("version") != VERSION:
+        raise ValueError(
+            f"{folder / ARCH_FILE} is not a {FORMAT} v{VERSION} file (format="
+            f"{arch.get('format')!r}, version={arch.get('version')!r})"
+        )
+    layers = arch["layers"]
+    n = len(layers)
+    devices = _per_layer(device, n, "device", AbstractDevice)
+    for i, (dev, spec) in enumerate(zip(devices, layers, strict=True)):
+        _check_matches(dev, spec["device"], "device", i)
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    dtype = getattr(torch, arch["dtype"], None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {arch['dtype']!r} in {folder / ARCH_FILE}")
+    net = DeviceNetwork(
+        devices,
+        arch["sizes"],
+        twin=twin,
+        connection=[connection_from_dict(s["connection"]) for s in layers],
+        wiring=[wiring_from_dict(s["wiring"]) for s in layers],
+        output=[int(s["output"][0]) for s in layers],
+        readout_affine=arch["readout_affine"],
+        seed=arch["seed"],
+        dtype=dtype,
+        init_gain=arch["init_gain"],
+        masks=[tensors[f"layers.{i}.map.mask"] for i in range(n)],
+    )
+    expected = set(net.connection_state_dict())
+    if set(tensors) != expected:
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} holds tensors {sorted(set(tensors) ^ expected)} that do not "
+            "match the saved architecture; the folder may mix files of two networks"
+        )
+    net.load_state_dict(tensors, strict=False)
+    return net

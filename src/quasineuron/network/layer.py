@@ -1,0 +1,311 @@
+"""One layer of device instances: a trainable connection in front of a frozen device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.errors import NotDifferentiableError
+from quasineuron.network.connections import AbstractConnection, Linear
+from quasineuron.network.modes import AbstractMode, Direct, PhysicsAware, Surrogate, TrueDevice
+from quasineuron.network.variability import Deviation
+from quasineuron.network.wiring import AbstractWiring, Dense
+
+__all__ = ["DeviceLayer", "physics_aware"]
+
+# Weights and masks use separate streams so that changing the wiring's kind keeps the same
+# weight draws (and vice versa); the offset is an arbitrary large prime.
+_WEIGHT_SEED_OFFSET = 1_000_003
+
+
+class _PhysicsAwareFunction(torch.autograd.Function):
+    """y = device(u) forward; dL/du = J_twin(u)^T dL/dy backward, at the applied u."""
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, device: torch.nn.Module, twin: torch.nn.Module):
+        ctx.save_for_backward(u)
+        ctx.twin = twin
+        return device(u)  # grad mode is off inside Function.forward
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        with torch.enable_grad():
+            u_ = u.detach().requires_grad_(True)
+            (grad_u,) = torch.autograd.grad(ctx.twin(u_), u_, grad_y)
+        return grad_u, None, None
+
+
+def physics_aware(u: torch.Tensor, device: torch.nn.Module, twin: torch.nn.Module) -> torch.Tensor:
+    """Evaluate ``device(u)`` with the twin's vector-Jacobian product as its backward.
+
+    Args:
+        u: Drives, shape (batch, n_in).
+        device: The true device; it is called without building a graph.
+        twin: A differentiable model of the device, evaluated at ``u`` in the backward pass.
+
+    Returns:
+        ``device(u)``, shape (batch, n_out), whose gradient w.r.t. ``u`` is
+        ``J_twin(u)^T grad_output``.
+    """
+    return _PhysicsAwareFunction.apply(u, device, twin)
+
+
+def _check_device_like(obj: Any, name: str) -> None:
+    if not isinstance(obj, AbstractDevice):
+        raise TypeError(
+            f"{name} must be a quasineuron AbstractDevice (e.g. FormulaDevice), got "
+            f"{type(obj).__name__}"
+        )
+    if not isinstance(obj.domain, Box) or obj.domain.dim != obj.n_in:
+        raise ValueError(f"{name}.domain must be a Box with {obj.n_in} bounds, got {obj.domain!r}")
+
+
+class DeviceLayer(torch.nn.Module):
+    """A layer of ``n_neurons`` instances of one frozen device behind a trainable connection.
+
+    Forward: x (batch, n_in_features) → drives u (batch, n_neurons, n_drives) by the connection;
+    the device runs on all neurons at once as (batch * n_neurons, n_drives) → (…, n_out); the
+    layer's features are the selected device outputs, (batch, n_neurons * len(outputs)),
+    neuron-major.
+
+    Only the connection trains. The device and the twin are kept as frozen submodules (their
+    parameters get ``requires_grad=False`` and they stay in eval mode), so ``.to()`` moves them
+    with the layer.
+
+    Args:
+        n_in_features: Number of input features.
+        n_neurons: Number of device instances.
+        device: The true device.
+        twin: A differentiable model of ``device`` (same ``n_in``/``n_out``), needed by
+            ``Surrogate()`` and ``PhysicsAware()`` modes.
+        connection: How inputs become drives.
+        wiring: Which inputs reach which mask columns (see ``wiring.py``).
+        output: Device output(s) that become the layer's features: an index, a sequence of
+            indices, or None for all outputs.
+        seed: Seed of the mask (``Generator(seed)``) and of the weights
+            (``Generator(seed + 1_000_003)``).
+        dtype: Floating dtype of the weights.
+        init_gain: Initial drive spread as a fraction of the device domain's half-width.
+        mask: A ready mask (n_in_features, n_columns) that replaces ``wiring``'s draw.
+
+    Raises:
+        ValueError: If the sizes, the twin or the mask do not fit the device and connection.
+    """
+
+    def __init__(
+        self,
+        n_in_features: int,
+        n_neurons: int,
+        *,
+        device: AbstractDevice,
+        twin: AbstractDevice | None = None,
+        connection: AbstractConnection = Linear(),  # noqa: B008 - frozen dataclass
+        wiring: AbstractWiring = Dense(),  # noqa: B008 - frozen dataclass
+        output: int | Sequence[int] | None = 0,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        init_gain: float = 0.5,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("n_in_features", n_in_features), ("n_neurons", n_neurons)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        _check_device_like(device, "device")
+        if twin is not None:
+            _check_device_like(twin, "twin")
+            if (twin.n_in, twin.n_out) != (device.n_in, device.n_out):
+                raise ValueError(
+                    f"twin maps {twin.n_in} drives to {twin.n_out} outputs but the device maps "
+                    f"{device.n_in} to {device.n_out}; fit the twin on a sweep of this device"
+                )
+        if not isinstance(connection, AbstractConnection):
+            raise TypeError(
+                f"connection must be a connection spec such as Linear(), got {connection!r}"
+            )
+        if not isinstance(wiring, AbstractWiring):
+            raise TypeError(f"wiring must be a wiring spec such as Dense(), got {wiring!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if not (isinstance(init_gain, (int, float)) and init_gain > 0):
+            raise ValueError(f"init_gain must be a positive float, got {init_gain!r}")
+        if output is None:
+            outputs = tuple(range(device.n_out))
+        elif isinstance(output, int):
+            outputs = (output,)
+        else:
+            outputs = tuple(output)
+        if not outputs or any(not isinstance(o, int) or not 0 <= o < device.n_out for o in outputs):
+            raise ValueError(
+                f"output must pick device outputs in [0, {device.n_out}), got {output!r}"
+            )
+
+        self.n_in_features = n_in_features
+        self.n_neurons = n_neurons
+        self.n_drives = connection.n_drives(device.n_in)
+        self.outputs = outputs
+        self.n_features = n_neurons * len(outputs)
+        self.connection = connection
+        self.wiring = wiring
+        self.seed = int(seed)
+        self.init_gain = float(init_gain)
+
+        n_cols = connection.n_columns(n_neurons, self.n_drives)
+        if mask is None:
+            mask = wiring.mask(n_in_features, n_cols, seed=self.seed)
+        elif tuple(mask.shape) != (n_in_features, n_cols) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a bool tensor of shape ({n_in_features}, {n_cols}) for "
+                f"{type(connection).__name__}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        gen = torch.Generator().manual_seed(self.seed + _WEIGHT_SEED_OFFSET)
+        self.map = connection.build(
+            mask.clone(),
+            n_neurons=n_neurons,
+            n_drives=self.n_drives,
+            domain=device.domain,
+            generator=gen,
+            dtype=dtype,
+            init_gain=self.init_gain,
+        )
+        self.device = device.requires_grad_(False).eval()
+        self.twin = None if twin is None else twin.requires_grad_(False).eval()
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The wiring mask, bool (n_in_features, n_columns)."""
+        return self.map.mask
+
+    def train(self, mode: bool = True) -> DeviceLayer:
+        """Set training mode on the connection; the device and twin stay in eval mode."""
+        super().train(mode)
+        self.device.eval()
+        if self.twin is not None:
+            self.twin.eval()
+        return self
+
+    def drives(self, x: torch.Tensor) -> torch.Tensor:
+        """Drives of every neuron, shape (batch, n_neurons, n_drives), for x (batch, n_in)."""
+        if x.dim() != 2 or x.shape[1] != self.n_in_features:
+            raise ValueError(
+                f"expected inputs of shape (batch, {self.n_in_features}), got {tuple(x.shape)}"
+            )
+        if x.dtype != self.map.weight.dtype:
+            raise TypeError(
+                f"inputs have dtype {x.dtype} but the layer's weights are "
+                f"{self.map.weight.dtype}; convert with x.to({self.map.weight.dtype})"
+            )
+        return self.map(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+        deviation: Deviation | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Evaluate the layer.
+
+        Args:
+            x: Inputs, shape (batch, n_in_features).
+            mode: Which model of the device runs and how gradients flow.
+            deviation: Per-neuron deviations of the true devices (ignored in ``Surrogate()``).
+            generator: Source of output noise when ``deviation.noise_std > 0``.
+
+        Returns:
+            Features, shape (batch, n_features).
+        """
+        return self.run(x, mode=mode, deviation=deviation, generator=generator)[0]
+
+    def run(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+        deviation: Deviation | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, also returning the drives actually applied to the devices.
+
+        Returns:
+            Features (batch, n_features) and applied drives (batch, n_neurons, n_drives).
+        """
+        u = self.drives(x)
+        batch = u.shape[0]
+        if mode.uses_true_device and deviation is not None:
+            u = u * deviation.input_gain.to(u)
+        y = self._evaluate(u.reshape(batch * self.n_neurons, self.n_drives), mode)
+        y = y.view(batch, self.n_neurons, -1)
+        if mode.uses_true_device and deviation is not None:
+            y = y * deviation.gain.to(y) + deviation.offset.to(y)
+            if deviation.noise_std > 0:
+                if generator is None:
+                    raise ValueError("output noise needs a torch.Generator; pass generator=...")
+                noise = torch.randn(y.shape, generator=generator, dtype=torch.float64)
+                y = y + deviation.noise_std * noise.to(y)
+        if len(self.outputs) != y.shape[-1]:
+            y = y[..., list(self.outputs)]
+        return y.reshape(batch, self.n_features), u
+
+    def _evaluate(self, u: torch.Tensor, mode: AbstractMode) -> torch.Tensor:
+        """Run the device model chosen by ``mode`` on u (batch·n_neurons, n_drives)."""
+        if not isinstance(mode, AbstractMode):
+            raise TypeError(
+                f"mode must be Surrogate(), TrueDevice(), PhysicsAware() or Direct(), got {mode!r}"
+            )
+        if mode.needs_twin and self.twin is None:
+            raise ValueError(
+                f"{type(mode).__name__}() needs a twin of device {self.device.name!r} but none "
+                "was given: sweep the device, fit a surrogate on the sweep (fit_surrogate) and "
+                "pass it as twin=...; or use TrueDevice()/Direct() to run the device itself"
+            )
+        if isinstance(mode, Surrogate):
+            return self.twin(u)  # type: ignore[misc]
+        if isinstance(mode, PhysicsAware):
+            return physics_aware(u, self.device, self.twin)  # type: ignore[arg-type]
+        if isinstance(mode, Direct):
+            if not self.device.differentiable:
+                raise NotDifferentiableError(
+                    f"Direct() backpropagates through device {self.device.name!r}, which is not "
+                    "differentiable; use PhysicsAware() (true forward, twin backward) or a "
+                    "derivative-free optimiser such as CMAES"
+                )
+            if mode.adjoint and not getattr(self.device, "adjoint", False):
+                raise ValueError(
+                    f"Direct(adjoint=True) needs a device built for adjoint gradients (its "
+                    f"`adjoint` attribute True), but {self.device.name!r} is not; build the "
+                    "device with its adjoint option, or use Direct()"
+                )
+            return self.device(u)
+        if isinstance(mode, TrueDevice):
+            if self.device.differentiable:
+                return self.device(u)
+            with torch.no_grad():
+                return self.device(u)
+        raise TypeError(f"unsupported mode {mode!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready architecture of the layer (no tensors)."""
+        return {
+            "n_in_features": self.n_in_features,
+            "n_neurons": self.n_neurons,
+            "connection": self.connection.to_dict(),
+            "wiring": self.wiring.to_dict(),
+            "output": list(self.outputs),
+            "seed": self.seed,
+            "init_gain": self.init_gain,
+            "device": self.device.describe(),
+            "twin": None if self.twin is None else self.twin.describe(),
+        }
+
+    def extra_repr(self) -> str:
+        """One-line summary for ``repr``."""
+        return (
+            f"n_in_features={self.n_in_features}, n_neurons={self.n_neurons}, "
+            f"connection={self.connection}, wiring={self.wiring}"
+        )

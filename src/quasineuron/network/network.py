@@ -1,0 +1,236 @@
+"""A feed-forward network of device layers."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from quasineuron.devices.base import AbstractDevice
+from quasineuron.network.connections import AbstractConnection, Linear
+from quasineuron.network.layer import DeviceLayer
+from quasineuron.network.modes import AbstractMode, Surrogate
+from quasineuron.network.variability import Deviation, Variability
+from quasineuron.network.wiring import AbstractWiring, Dense
+
+__all__ = ["DeviceNetwork"]
+
+T = TypeVar("T")
+
+
+def _per_layer(value: T | Sequence[T], n_layers: int, name: str, single: type | tuple) -> list[T]:
+    """Repeat a single value per layer, or check a per-layer sequence's length."""
+    if value is None or isinstance(value, single):
+        return [value] * n_layers  # type: ignore[list-item]
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n_layers:
+            raise ValueError(
+                f"{name} has {len(value)} entries but the network has {n_layers} layers; give "
+                "one value for all layers or one per layer"
+            )
+        return list(value)
+    raise TypeError(f"{name} must be one value or a sequence of one per layer, got {value!r}")
+
+
+class DeviceNetwork(torch.nn.Module):
+    """Layers of device instances, ``sizes[0] → sizes[1] → … → sizes[-1]`` features.
+
+    Layer ``i`` has ``sizes[i + 1]`` neurons, each using one device output (``output``), so
+    ``sizes`` are both neuron and feature counts. An optional learned per-class scale and offset
+    (``readout_affine``) maps the last layer's device outputs to logits:
+    ``logits = y * scale + offset``.
+
+    Example:
+        >>> net = DeviceNetwork(dev, sizes=(784, 100, 10), twin=twin, wiring=Sparse(0.2))
+        >>> logits = net(x, mode=PhysicsAware())
+
+    Args:
+        device: The true device, or one per layer.
+        sizes: Feature counts, input first; at least two entries.
+        twin: Differentiable model(s) of the device(s), one or one per layer (None allowed).
+        connection: Connection spec, or one per layer.
+        wiring: Wiring spec, or one per layer.
+        output: Which device output each neuron passes on, or one index per layer.
+        readout_affine: Learn a per-class scale and offset on the output layer.
+        seed: Seed of all masks and initial weights (each layer draws its own seed from it).
+        dtype: Floating dtype of the weights.
+        init_gain: Initial drive spread as a fraction of each device domain's half-width.
+        masks: Ready masks, one per layer (None entries draw from the wiring), e.g. from a file.
+
+    Raises:
+        ValueError: If a per-layer sequence has the wrong length or a layer does not fit.
+    """
+
+    def __init__(
+        self,
+        device: AbstractDevice | Sequence[AbstractDevice],
+        sizes: Sequence[int] = (784, 100, 10),
+        *,
+        twin: AbstractDevice | Sequence[AbstractDevice | None] | None = None,
+        connection: AbstractConnection | Sequence[AbstractConnection] = Linear(),  # noqa: B008
+        wiring: AbstractWiring | Sequence[AbstractWiring] = Dense(),  # noqa: B008
+        output: int | Sequence[int] = 0,
+        readout_affine: bool = True,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        init_gain: float = 0.5,
+        masks: Sequence[torch.Tensor | None] | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = tuple(sizes)
+        if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(
+                f"sizes must list at least two positive ints (inputs, ..., outputs), got {sizes!r}"
+            )
+        n = len(sizes) - 1
+        devices = _per_layer(device, n, "device", AbstractDevice)
+        twins = _per_layer(twin, n, "twin", AbstractDevice)
+        connections = _per_layer(connection, n, "connection", AbstractConnection)
+        wirings = _per_layer(wiring, n, "wiring", AbstractWiring)
+        outputs = _per_layer(output, n, "output", int)
+        layer_masks = _per_layer(masks, n, "masks", torch.Tensor)
+        if not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        seeds = torch.randint(
+            0, 2**31 - 1, (n,), generator=torch.Generator().manual_seed(seed)
+        ).tolist()
+
+        self.sizes = sizes
+        self.seed = seed
+        self.dtype = dtype
+        self.init_gain = float(init_gain)
+        self.readout_affine = bool(readout_affine)
+        self.layers = torch.nn.ModuleList(
+            DeviceLayer(
+                sizes[i],
+                sizes[i + 1],
+                device=devices[i],
+                twin=twins[i],
+                connection=connections[i],
+                wiring=wirings[i],
+                output=outputs[i],
+                seed=seeds[i],
+                dtype=dtype,
+                init_gain=init_gain,
+                mask=layer_masks[i],
+            )
+            for i in range(n)
+        )
+        if self.readout_affine:
+            self.readout_scale = torch.nn.Parameter(torch.ones(sizes[-1], dtype=dtype))
+            self.readout_offset = torch.nn.Parameter(torch.zeros(sizes[-1], dtype=dtype))
+        self._variability: Variability | None = None
+        self._deviations: list[Deviation] | None = None
+        self._noise: torch.Generator | None = None
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def variability(self) -> Variability | None:
+        """The variability of this view's true devices, or None for nominal devices."""
+        return self._variability
+
+    def with_variability(self, variability: Variability | None) -> DeviceNetwork:
+        """A view of this network whose true devices deviate as ``variability`` says.
+
+        The view shares all weights with this network (training one trains the other). Its
+        per-neuron deviations are drawn once from ``Generator(variability.seed)``; its output
+        noise comes from a second generator seeded the same way, so a fresh view replays the
+        same noise sequence.
+
+        Args:
+            variability: The spread to apply, or None for the nominal devices.
+
+        Returns:
+            A new network view.
+        """
+        view = copy.copy(self)
+        if variability is None:
+            view._variability, view._deviations, view._noise = None, None, None
+            return view
+        if not isinstance(variability, Variability):
+            raise TypeError(f"variability must be a Variability, got {variability!r}")
+        gen = torch.Generator().manual_seed(variability.seed)
+        view._variability = variability
+        view._deviations = [
+            variability.draw(layer.n_neurons, layer.n_drives, layer.device.n_out, generator=gen)
+            for layer in self.layers
+        ]
+        view._noise = torch.Generator().manual_seed(variability.seed + 1)
+        return view
+
+    # ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+    ) -> torch.Tensor:
+        """Logits for a batch of inputs.
+
+        Args:
+            x: Inputs, shape (batch, sizes[0]), in the network's dtype.
+            mode: ``Surrogate()``, ``TrueDevice()``, ``PhysicsAware()`` or ``Direct()``.
+
+        Returns:
+            Logits, shape (batch, sizes[-1]).
+        """
+        return self.run(x, mode=mode)[0]
+
+    def drives(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+    ) -> list[torch.Tensor]:
+        """Drives applied to each layer's devices, e.g. for out-of-domain statistics.
+
+        Args:
+            x: Inputs, shape (batch, sizes[0]).
+            mode: The mode whose forward pass produces the layers' inputs.
+
+        Returns:
+            One tensor per layer, shape (batch, n_neurons, n_drives).
+        """
+        return self.run(x, mode=mode)[1]
+
+    def run(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (batch, sizes[-1]) and the per-layer drives (see :meth:`drives`)."""
+        applied = []
+        h = x
+        for i, layer in enumerate(self.layers):
+            dev = None if self._deviations is None else self._deviations[i]
+            h, u = layer.run(h, mode=mode, deviation=dev, generator=self._noise)
+            applied.append(u)
+        if self.readout_affine:
+            h = h * self.readout_scale + self.readout_offset
+        return h, applied
+
+    def connection_state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's own tensors (weights, masks, readout), without device or twin state."""
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not any(
+                k.startswith(f"layers.{i}.{m}.")
+                for i in range(len(self.layers))
+                for m in ("device", "twin")
+            )
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready architecture (no tensors)."""
+        return {
+            "sizes": list(self.sizes),
+            "readout_affine": self.readout_affine,
+            "seed": self.seed,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "init_gain": self.init_gain,
+            "layers": [layer.describe() for layer in self.layers],
+        }

@@ -1,0 +1,497 @@
+"""The pipeline as plain stage calls: device → sweep → surrogate (→ network → train → evaluate).
+
+The CLI is this module with arguments; each function here only passes values between stages and
+writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quasineuron._version import __version__
+from quasineuron.config import RunConfig, parse_config
+from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
+from quasineuron.devices.base import AbstractDevice, check_device
+from quasineuron.devices.library import make_device
+from quasineuron.evaluation import evaluate
+from quasineuron.network import (
+    Dense,
+    DeviceNetwork,
+    Direct,
+    FanIn,
+    Linear,
+    PhysicsAware,
+    Quadratic,
+    Raw,
+    Sparse,
+    Surrogate,
+    TrueDevice,
+    TwoDrive,
+    Variability,
+    save_network,
+)
+from quasineuron.network.connections import AbstractConnection
+from quasineuron.network.wiring import AbstractWiring
+from quasineuron.report.io import write_json
+from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
+from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
+from quasineuron.sweep import (
+    AbstractExecutor,
+    AbstractSampler,
+    Grid,
+    LatinHypercube,
+    ProcessExecutor,
+    Random,
+    Sobol,
+    SweepTable,
+    sweep,
+)
+from quasineuron.training import Cosine, TrainResult, train
+
+__all__ = [
+    "CharacterizeResult",
+    "characterize",
+    "default_sampler",
+    "demo_config",
+    "make_sampler",
+    "run_pipeline",
+]
+
+
+def default_sampler(n_in: int, *, points: int = 0, seed: int = 0) -> AbstractSampler:
+    """The sampler ``characterize`` uses when none is given.
+
+    A regular grid for one to two drives (so the tabulated spline twin applies: 401 points on a
+    line, 101 × 101 on a square); a Sobol sequence of 4096 points (or ``points``) above that.
+    """
+    if n_in == 1:
+        return Grid(points or 401)
+    if n_in == 2:
+        return Grid(round((points or 101 * 101) ** 0.5))
+    return Sobol(points or 4096, seed=seed)
+
+
+def make_sampler(kind: str, n_in: int, *, points: int = 0, seed: int = 0) -> AbstractSampler:
+    """Build a sampler from its CLI/config name: auto, grid, sobol, random or lhs.
+
+    Raises:
+        ValueError: If ``kind`` is unknown.
+    """
+    if kind == "auto":
+        return default_sampler(n_in, points=points, seed=seed)
+    if kind == "grid":
+        per_axis = (
+            round((points or 101**n_in) ** (1.0 / n_in))
+            if points
+            else (401, 101, 21)[min(n_in, 3) - 1]
+        )
+        return Grid(max(per_axis, 2))
+    n = points or 4096
+    samplers = {"sobol": Sobol, "random": Random, "lhs": LatinHypercube}
+    if kind not in samplers:
+        raise ValueError(
+            f"unknown sampler {kind!r}; choose one of ['auto', 'grid', 'sobol', 'random', 'lhs']"
+        )
+    return samplers[kind](n, seed=seed)
+
+
+@dataclass(frozen=True)
+class CharacterizeResult:
+    """What ``characterize`` produced.
+
+    Attributes:
+        table: The sweep table.
+        fit: The fitted twin and its fidelity report.
+        report: The JSON-ready content of ``report.json``.
+        folder: The output folder.
+    """
+
+    table: SweepTable
+    fit: FitResult
+    report: dict[str, Any]
+    folder: Path
+
+
+def characterize(
+    device: AbstractDevice,
+    out: str | Path,
+    *,
+    sampler: AbstractSampler | None = None,
+    batch_size: int = 4096,
+    executor: AbstractExecutor | None = None,
+    workers: int = 0,
+    twin_kind: str = "auto",
+    hidden: tuple[int, ...] = (64, 64),
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    strict: bool = False,
+) -> CharacterizeResult:
+    """Sweep ``device`` over its domain, fit a twin, and write the report folder.
+
+    Writes ``out/sweep.zarr`` (resumable), ``out/twin/`` (safetensors + JSON), ``out/report.json``
+    and ``out/response.png`` / ``out/error.png``.
+
+    Args:
+        device: The device to characterise.
+        out: Output folder, created if missing.
+        sampler: Points to evaluate; default :func:`default_sampler`.
+        batch_size: Points per device call (and per stored chunk).
+        executor: Where batches run; overrides ``workers``.
+        workers: Local worker processes (0: in this process).
+        twin_kind: ``"auto"``, ``"mlp"`` or ``"spline"``.
+        hidden: MLP twin hidden sizes.
+        seed: Seed of the sampler (where random), the fit and the check points.
+        progress: Show progress bars.
+        overwrite: Replace a store made for another sweep instead of refusing it.
+        strict: Raise at the first failing point.
+
+    Returns:
+        The table, the fit and the report.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_device(device)
+    sampler = sampler or default_sampler(device.n_in, seed=seed)
+    if executor is None and workers > 0:
+        executor = ProcessExecutor(workers)
+    t0 = time.perf_counter()
+    table = sweep(
+        device,
+        sampler,
+        store=out / "sweep.zarr",
+        batch_size=batch_size,
+        executor=executor,
+        progress=progress,
+        overwrite=overwrite,
+        strict=strict,
+    )
+    t_sweep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = fit_surrogate(table, kind=twin_kind, hidden=hidden, seed=seed, true_device=device)  # type: ignore[arg-type]
+    t_fit = time.perf_counter() - t0
+    save_surrogate(fit, out / "twin")
+    plots = plot_fit(fit.model, table, out, true_device=device)
+    rep = fit.report
+    report = {
+        "device": device.describe(),
+        "sweep": {
+            "n_points": table.n_points,
+            "n_failed": table.n_failed,
+            "sampler": table.sampler,
+            "store": "sweep.zarr",
+            "time_s": t_sweep,
+        },
+        "twin": {
+            "kind": rep.kind,
+            "validation": rep.validation,
+            "rmse": rep.rmse,
+            "nrmse": rep.nrmse,
+            "max_abs": rep.max_abs,
+            "r2": rep.r2,
+            "n_train": rep.n_train,
+            "n_val": rep.n_val,
+            "time_s": t_fit,
+            "path": "twin",
+            "details": rep.to_dict(),
+            "alternatives": [a.to_dict() for a in fit.alternatives],
+        },
+        "plots": [p.name for p in plots],
+    }
+    write_json(out / "report.json", report)
+    return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole pipeline: characterise → twin → network → train → evaluate → report
+# --------------------------------------------------------------------------------------------
+
+
+def demo_config() -> RunConfig:
+    """The configuration of ``quasineuron demo``: the almost-neuron (ε = 0.1) on 8×8 digits."""
+    return parse_config(
+        {
+            "name": "demo-almost-neuron-digits",
+            "device": {"name": "almost-neuron", "options": {"eps": 0.1}},
+            "twin": {"kind": "spline"},
+            "data": {"name": "digits"},
+            "network": {"hidden": [32], "connection": "two-drive"},
+            "training": {"mode": "surrogate", "epochs": 30, "batch_size": 32, "lr": 3e-3},
+            "evaluation": {"modes": ["surrogate", "device", "physics-aware"]},
+        },
+        source="demo",
+    )
+
+
+_MODES = {
+    "surrogate": Surrogate,
+    "device": TrueDevice,
+    "physics-aware": PhysicsAware,
+    "direct": Direct,
+}
+
+
+def _load_data(cfg: RunConfig, data_dir: str | Path | None) -> tuple[ArrayDataset, ArrayDataset]:
+    name = cfg.data.name
+    if name == "mnist":
+        return load_mnist(data_dir)
+    if name == "digits":
+        return load_digits(seed=cfg.data.seed)
+    data = xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed)
+    return data, xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed + 1)
+
+
+def _connection(cfg: RunConfig, device: AbstractDevice) -> AbstractConnection:
+    kind = cfg.network.connection
+    if kind == "auto":
+        kind = "two-drive" if device.n_in == 2 else "linear"
+    return {"linear": Linear, "two-drive": TwoDrive, "quadratic": Quadratic, "raw": Raw}[kind]()
+
+
+def _wiring(cfg: RunConfig) -> AbstractWiring:
+    net = cfg.network
+    if net.wiring == "sparse":
+        return Sparse(net.link_ratio)
+    if net.wiring == "fan-in":
+        return FanIn(net.fan_in)
+    return Dense()
+
+
+def _train_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    t = cfg.training
+    return {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "optimizer": t.optimizer,
+        "schedule": Cosine() if t.schedule == "cosine" else None,
+        "loss": t.loss,
+        "seed": t.seed,
+        "patience": t.patience,
+    }
+
+
+class _PlainMLP(torch.nn.Module):
+    """The baseline: an ordinary MLP of the same shape (tanh hidden units)."""
+
+    def __init__(self, sizes: Sequence[int], *, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        layers: list[torch.nn.Module] = []
+        for i in range(len(sizes) - 1):
+            lin = torch.nn.Linear(sizes[i], sizes[i + 1])
+            bound = 1.0 / sizes[i] ** 0.5
+            with torch.no_grad():
+                lin.weight.uniform_(-bound, bound, generator=gen)
+                lin.bias.uniform_(-bound, bound, generator=gen)
+            layers.append(lin)
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.Tanh())
+        self.body = torch.nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, *, mode: Any = None) -> torch.Tensor:
+        return self.body(x)
+
+
+def _accuracy(net: torch.nn.Module, data: ArrayDataset) -> float:
+    with torch.no_grad():
+        return float((net(data.x).argmax(-1) == data.y).float().mean())
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole pipeline and write the run folder.
+
+    Hyperparameters come from ``config`` (chosen on a validation split); the test set is scored
+    once, at the end.
+
+    Writes ``metrics.json`` (``accuracy.surrogate``, ``accuracy.device``, ``gap`` = surrogate −
+    device as a fraction, the twin's held-out error, timings, the config), ``summary.md``, the
+    characterisation (``report.json``, ``response.png``, ``error.png``, ``sweep.zarr``,
+    ``twin/``), ``training.png``, ``accuracy.png``, ``confusion.png`` and ``network/``.
+
+    Args:
+        config: The validated run configuration.
+        out: Run folder, created if missing.
+        data_dir: Folder with the MNIST files (else the download cache).
+        progress: Show progress bars.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    device = make_device(config.device.name, **config.device.options)
+    sampler = make_sampler(
+        config.sweep.sampler, device.n_in, points=config.sweep.points, seed=config.sweep.seed
+    )
+    char = characterize(
+        device,
+        out,
+        sampler=sampler,
+        batch_size=config.sweep.batch_size,
+        workers=config.sweep.workers,
+        twin_kind=config.twin.kind,
+        hidden=config.twin.hidden,
+        seed=config.twin.seed,
+        progress=progress,
+        overwrite=True,
+    )
+    twin = char.fit.model.to(torch.float32)
+    timings["characterize_s"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    train_full, test = _load_data(config, data_dir)
+    if config.data.limit_train is not None and config.data.limit_train < len(train_full.y):
+        train_full = train_full.sample(config.data.limit_train, seed=config.data.seed)
+    train_set, val_set = train_full.split(config.data.val_fraction, seed=config.data.seed)
+    timings["data_s"] = time.perf_counter() - t0
+    n_classes = int(train_full.n_classes or 0)
+    sizes = (train_full.n_features, *config.network.hidden, n_classes)
+
+    net = DeviceNetwork(
+        device,
+        sizes,
+        twin=twin,
+        connection=_connection(config, device),
+        wiring=_wiring(config),
+        readout_affine=config.network.readout_affine,
+        seed=config.network.seed,
+    )
+    t0 = time.perf_counter()
+    result = train(
+        net,
+        train_set,
+        mode=_MODES[config.training.mode](),
+        val_data=val_set,
+        checkpoint_dir=out / "checkpoints",
+        progress=progress,
+        **_train_kwargs(config),
+    )
+    timings["train_s"] = time.perf_counter() - t0
+
+    baseline: TrainResult | None = None
+    if config.evaluation.baseline_mlp:
+        t0 = time.perf_counter()
+        baseline = train(
+            _PlainMLP(sizes, seed=config.network.seed),
+            train_set,
+            val_data=val_set,
+            progress=False,
+            **_train_kwargs(config),
+        )
+        timings["baseline_train_s"] = time.perf_counter() - t0
+
+    # The test set is scored once, here, after every choice was made on the validation split.
+    t0 = time.perf_counter()
+    variability = None
+    if config.evaluation.variability is not None:
+        variability = Variability(**config.evaluation.variability.model_dump())
+    modes = [_MODES[m]() for m in config.evaluation.modes]
+    report = evaluate(
+        result.network,
+        test,
+        modes=modes,
+        batch_size=config.evaluation.batch_size,
+        variability=variability,
+    )
+    timings["evaluate_s"] = time.perf_counter() - t0
+    accuracy: dict[str, float | None] = dict(report.accuracy)
+    if baseline is not None:
+        accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
+
+    save_network(result.network, out / "network")
+    plot_training_curves(
+        [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in result.history],
+        out / "training.png",
+        title=f"{config.name}: {device.name}, mode={config.training.mode}",
+        baseline=[vars(e) for e in baseline.history] if baseline else None,
+    )
+    plot_accuracy_per_mode(
+        {k: v for k, v in accuracy.items() if v is not None}, out / "accuracy.png"
+    )
+    cm_mode = "device" if "device" in report.confusion else next(iter(report.confusion))
+    plot_confusion(report.confusion[cm_mode], out / "confusion.png", title=f"confusion ({cm_mode})")
+    timings["total_s"] = time.perf_counter() - t_start
+
+    twin_rep = char.fit.report
+    metrics: dict[str, Any] = {
+        "name": config.name,
+        "accuracy": accuracy,
+        "gap": report.gap,
+        "twin": {
+            "kind": twin_rep.kind,
+            "rmse": twin_rep.rmse,
+            "nrmse": twin_rep.nrmse,
+            "max_abs": twin_rep.max_abs,
+            "r2": twin_rep.r2,
+            "validation": twin_rep.validation,
+        },
+        "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
+        "training": {
+            "mode": config.training.mode,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "history": [vars(e) for e in result.history],
+        },
+        "evaluation": report.to_dict(),
+        "network": {"sizes": list(sizes), "describe": result.network.describe()},
+        "device": device.describe(),
+        "timings": timings,
+        "environment": {
+            "quasineuron": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "config": config.model_dump(mode="json"),
+    }
+    write_json(out / "metrics.json", metrics)
+    (out / "summary.md").write_text(_summary(metrics))
+    return metrics
+
+
+def _summary(m: dict[str, Any]) -> str:
+    acc = m["accuracy"]
+    lines = [
+        f"# {m['name']}",
+        "",
+        f"Device `{m['device']['name']}` ({m['device'].get('params', {})}), network "
+        f"{' → '.join(map(str, m['network']['sizes']))}, trained in mode "
+        f"`{m['training']['mode']}`; the test set was scored once, at the end.",
+        "",
+        "| scored on | test accuracy |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {100 * v:.2f} % |" for k, v in acc.items() if v is not None]
+    gap = m["gap"]
+    lines += [
+        "",
+        f"Gap (twin − true device): {100 * gap:+.2f} pp." if gap is not None else "",
+        f"Twin: {m['twin']['kind']}, held-out NRMSE {m['twin']['nrmse']:.2e}, "
+        f"max |error| {m['twin']['max_abs']:.2e} ({m['twin']['validation']}).",
+        f"Sweep: {m['sweep']['n_points']} points, {m['sweep']['n_failed']} failed.",
+        f"Total time {m['timings']['total_s']:.1f} s.",
+        "",
+        "Files: metrics.json, report.json, response.png, error.png, training.png, "
+        "accuracy.png, confusion.png, network/, twin/, sweep.zarr.",
+        "",
+    ]
+    return "\n".join(lines)

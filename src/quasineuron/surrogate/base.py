@@ -1,0 +1,222 @@
+"""The shared part of every twin: a device with a characterised domain and a domain policy.
+
+A surrogate ("digital twin") is itself an :class:`~quasineuron.devices.base.AbstractDevice`:
+drives ``u`` (batch, n_in) → outputs (batch, n_out) on the dtype and torch device of ``u``,
+always differentiable. Its ``domain`` is the box its sweep characterised; drives outside it are
+counted at every call and handled by ``policy``:
+
+- ``"warn"`` (default): evaluate anyway (the twin extrapolates) and emit an
+  :class:`~quasineuron.errors.OutOfDomainWarning` saying how many rows fell outside and where.
+- ``"clamp"``: clip every drive into the domain first (zero gradient across the clip).
+- ``"raise"``: raise :class:`~quasineuron.errors.OutOfDomainError`.
+
+The check costs one host synchronisation per call (a single ``.any()``); the count and the
+message are only computed when some drive is outside.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+import warnings
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.errors import OutOfDomainError, OutOfDomainWarning
+
+__all__ = ["POLICIES", "AbstractSurrogate", "DomainPolicy"]
+
+DomainPolicy = Literal["warn", "clamp", "raise"]
+POLICIES: tuple[str, ...] = ("warn", "clamp", "raise")
+
+# Frames in these files are skipped when pointing a warning at the user's call site.
+_INTERNAL_FILES = (__file__.rsplit("base.py", 1)[0], torch.nn.modules.module.__file__)
+
+
+def _user_stacklevel() -> int:
+    """Stack level of the first frame outside this package's twins and ``torch.nn.Module``."""
+    level = 2  # relative to the caller of this function, as warnings.warn counts
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_FILES):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def check_policy(policy: str) -> DomainPolicy:
+    """Validate a domain policy name.
+
+    Raises:
+        ValueError: If ``policy`` is not one of ``"warn"``, ``"clamp"``, ``"raise"``.
+    """
+    if policy not in POLICIES:
+        raise ValueError(
+            f"policy must be one of {POLICIES}, got {policy!r}; 'warn' evaluates and warns, "
+            "'clamp' clips drives into the domain, 'raise' refuses out-of-domain drives"
+        )
+    return policy  # type: ignore[return-value]
+
+
+class AbstractSurrogate(AbstractDevice):
+    """A differentiable twin of a device, valid on the box its sweep characterised.
+
+    Subclasses implement :meth:`_evaluate` (the twin on drives already checked against the
+    domain) and the save/load hooks :meth:`config`, :meth:`tensors` and :meth:`from_saved`.
+
+    Args:
+        n_in: Number of drives.
+        n_out: Number of outputs.
+        domain: The characterised domain.
+        policy: What to do with drives outside ``domain``: ``"warn"``, ``"clamp"`` or ``"raise"``.
+        source: JSON-ready description of the device the twin imitates (``device.describe()``).
+        name: Name used in reports; defaults to ``"twin(<source name>)"``.
+
+    Attributes:
+        n_out_of_domain: Running count of drive rows seen outside ``domain`` (all policies).
+        fit_report: The :class:`~quasineuron.surrogate.report.FitReport` of the fit that made
+            this twin, or ``None``; saved and loaded with the twin.
+    """
+
+    differentiable = True
+    kind: ClassVar[str] = "abstract"
+
+    def __init__(
+        self,
+        *,
+        n_in: int,
+        n_out: int,
+        domain: Box,
+        policy: DomainPolicy = "warn",
+        source: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(domain, Box) or domain.dim != n_in:
+            raise ValueError(f"domain must be a Box with {n_in} bounds, got {domain!r}")
+        self.n_in = int(n_in)
+        self.n_out = int(n_out)
+        self.domain = domain
+        self.policy = policy
+        self.source: dict[str, Any] = dict(source or {})
+        self.name = name or f"twin({self.source.get('name', 'device')})"
+        self.n_out_of_domain = 0
+        self.fit_report: Any = None
+        low, high = domain.tensors(dtype=torch.float64)
+        self.register_buffer("_low", low, persistent=False)
+        self.register_buffer("_high", high, persistent=False)
+
+    @property
+    def policy(self) -> DomainPolicy:
+        """Out-of-domain policy: ``"warn"``, ``"clamp"`` or ``"raise"``."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        self._policy = check_policy(value)
+
+    def reset_domain_count(self) -> None:
+        """Set :attr:`n_out_of_domain` back to zero."""
+        self.n_out_of_domain = 0
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Evaluate the twin.
+
+        Args:
+            u: Drives, shape (batch, n_in), any floating dtype and torch device.
+
+        Returns:
+            Outputs, shape (batch, n_out), same dtype and torch device as ``u``.
+
+        Raises:
+            ValueError: If ``u`` has the wrong shape or is not floating point.
+            OutOfDomainError: Under ``policy="raise"``, if a drive is outside the domain.
+        """
+        if u.ndim != 2 or u.shape[1] != self.n_in:
+            raise ValueError(
+                f"{self.name} expects drives of shape (batch, {self.n_in}), got "
+                f"{tuple(u.shape)}; add a batch dimension with u.reshape(-1, {self.n_in})"
+            )
+        if not u.is_floating_point():
+            raise ValueError(f"{self.name} expects floating drives, got dtype {u.dtype}")
+        low = self._low.to(dtype=u.dtype, device=u.device)
+        high = self._high.to(dtype=u.dtype, device=u.device)
+        outside = (u < low) | (u > high)
+        if bool(outside.any()):  # the one host sync per call
+            u = self._out_of_domain(u, outside, low, high)
+        return self._evaluate(u)
+
+    def _out_of_domain(
+        self, u: torch.Tensor, outside: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    ) -> torch.Tensor:
+        rows = outside.any(dim=1)
+        n = int(rows.sum())
+        self.n_out_of_domain += n
+        if self._policy == "clamp":
+            return torch.clamp(u, low, high)
+        seen_lo = u.detach().amin(dim=0).tolist()
+        seen_hi = u.detach().amax(dim=0).tolist()
+        msg = (
+            f"{n} of {u.shape[0]} drive rows lie outside the characterised domain of "
+            f"{self.name} (low={list(self.domain.low)}, high={list(self.domain.high)}); drives "
+            f"seen span low={[round(v, 6) for v in seen_lo]}, "
+            f"high={[round(v, 6) for v in seen_hi]}."
+        )
+        if self._policy == "raise":
+            raise OutOfDomainError(
+                msg + " Rescale the connections, use policy='clamp', or sweep a wider domain."
+            )
+        warnings.warn(
+            msg + " The twin extrapolates there; use policy='clamp' to clip the drives or sweep "
+            "a wider domain.",
+            OutOfDomainWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        return u
+
+    @abc.abstractmethod
+    def _evaluate(self, u: torch.Tensor) -> torch.Tensor:
+        """The twin on drives ``u`` (batch, n_in) → (batch, n_out), dtype/device of ``u``."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-ready settings that, with :meth:`tensors`, rebuild the twin."""
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Named tensors that, with :meth:`config`, rebuild the twin."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_saved(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], common: dict[str, Any]
+    ) -> AbstractSurrogate:
+        """Rebuild a twin from :meth:`config`, :meth:`tensors` and the common fields.
+
+        Args:
+            config: What :meth:`config` returned.
+            tensors: What :meth:`tensors` returned.
+            common: Keyword arguments of :class:`AbstractSurrogate` (domain, policy, source, name).
+        """
+
+    def common(self) -> dict[str, Any]:
+        """The :class:`AbstractSurrogate` keyword arguments, JSON-ready."""
+        return {
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "domain": self.domain.to_dict(),
+            "policy": self._policy,
+            "source": self.source,
+            "name": self.name,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description: the device fields plus the twin's kind and source device."""
+        d = super().describe()
+        d["twin"] = {"kind": self.kind, "policy": self._policy, "source": self.source}
+        return d
+
+    def extra_repr(self) -> str:
+        """Shown by ``repr``: the device fields and the domain policy."""
+        return f"{super().extra_repr()}, policy={self._policy!r}"
