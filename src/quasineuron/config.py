@@ -46,6 +46,10 @@ class TwinConfig(_Strict):
     kind: Literal["auto", "mlp", "spline"] = "auto"
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
+    policy: Literal["warn", "clamp", "raise"] = Field(
+        "warn", description="what the twin does with drives outside its characterised domain"
+    )
+    compile: bool = Field(False, description="torch.compile the twin (faster on large runs)")
 
 
 class DataConfig(_Strict):

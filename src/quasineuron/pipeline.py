@@ -354,6 +354,8 @@ def run_pipeline(
         overwrite=True,
     )
     twin = char.fit.model.to(torch.float32)
+    twin.policy = config.twin.policy
+    twin.compiled = config.twin.compile
     timings["characterize_s"] = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
@@ -399,6 +401,8 @@ def run_pipeline(
         timings["baseline_train_s"] = time.perf_counter() - t0
 
     # The test set is scored once, here, after every choice was made on the validation split.
+    ood_training = twin.n_out_of_domain
+    twin.reset_domain_count()
     t0 = time.perf_counter()
     variability = None
     if config.evaluation.variability is not None:
@@ -442,6 +446,9 @@ def run_pipeline(
             "max_abs": twin_rep.max_abs,
             "r2": twin_rep.r2,
             "validation": twin_rep.validation,
+            "policy": config.twin.policy,
+            # drive rows (one per neuron and sample) outside the characterised domain
+            "out_of_domain_rows": {"training": ood_training, "test": twin.n_out_of_domain},
         },
         "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
         "training": {

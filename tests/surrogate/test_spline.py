@@ -100,3 +100,20 @@ def test_rejects_bad_input():
     twin = SplineSurrogate.from_grid([x], x[:, None], domain=Box((0.0,), (1.0,)))
     with pytest.raises(ValueError, match=r"shape \(batch, 1\)"):
         twin(torch.zeros(3))
+
+
+@pytest.mark.slow
+def test_compiled_kernel_matches_eager_values_and_gradients():
+    x = np.linspace(-2.0, 2.0, 9)
+    box = Box((-2.0, -2.0), (2.0, 2.0))
+    vals = np.tanh(np.add.outer(x, -0.3 * x))[..., None]
+    twin = SplineSurrogate.from_grid([x, x], vals, domain=box)
+    u = _rand(300, box).requires_grad_(True)
+    y_eager = twin(u)
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), u)
+    twin.compiled = True
+    assert twin.compiled
+    y_comp = twin(u)
+    (g_comp,) = torch.autograd.grad(y_comp.sum(), u)
+    torch.testing.assert_close(y_comp, y_eager)
+    torch.testing.assert_close(g_comp, g_eager)

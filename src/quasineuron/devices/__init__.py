@@ -1,5 +1,33 @@
 """Describe: the device contract and one adapter module per device kind."""
 
 from quasineuron.devices.base import AbstractDevice, Box, check_device
+from quasineuron.devices.blackbox import BlackBoxDevice
+from quasineuron.devices.fixed_point import (
+    Anderson,
+    FixedPointDevice,
+    FixedPointResult,
+    Integrate,
+    Newton,
+)
+from quasineuron.devices.formula import FormulaDevice
+from quasineuron.devices.library import almost_neuron, available_devices, ideal_neuron, make_device
+from quasineuron.devices.reaction import reaction_relu, smoothed_relu
 
-__all__ = ["AbstractDevice", "Box", "check_device"]
+__all__ = [
+    "AbstractDevice",
+    "Anderson",
+    "BlackBoxDevice",
+    "Box",
+    "FixedPointDevice",
+    "FixedPointResult",
+    "FormulaDevice",
+    "Integrate",
+    "Newton",
+    "almost_neuron",
+    "available_devices",
+    "check_device",
+    "ideal_neuron",
+    "make_device",
+    "reaction_relu",
+    "smoothed_relu",
+]

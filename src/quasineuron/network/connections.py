@@ -171,10 +171,12 @@ class LinearMap(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight)  # (n_in, n_neurons * n_drives)
         self.bias = None if bias is None else torch.nn.Parameter(bias)  # (n_neurons, n_drives)
         self.register_buffer("mask", mask)
+        self.dense = bool(mask.all())  # a full mask needs no multiply in the hot path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map inputs x (batch, n_in) to drives u (batch, n_neurons, n_drives)."""
-        u = (x @ (self.weight * self.mask)).view(x.shape[0], self.n_neurons, self.n_drives)
+        w = self.weight if self.dense else self.weight * self.mask
+        u = (x @ w).view(x.shape[0], self.n_neurons, self.n_drives)
         return u if self.bias is None else u + self.bias
 
 
@@ -236,14 +238,17 @@ class TwoDriveMap(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight)  # A, (n_in, n_neurons)
         self.bias = None if bias is None else torch.nn.Parameter(bias)  # (n_neurons,)
         self.register_buffer("mask", mask)
+        self.dense = bool(mask.all())  # a full mask needs no multiply in the hot path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map inputs x (batch, n_in) to drives u (batch, n_neurons, 2)."""
-        a = self.weight * self.mask
-        s1 = x @ a
+        a = self.weight if self.dense else self.weight * self.mask
+        batch = x.shape[0]
+        s = torch.cat((x, x * x)) @ a  # one GEMM for both drives: rows [x·A; x²·A]
+        s1, s2 = s[:batch], s[batch:]
         if self.bias is not None:
             s1 = s1 + self.bias
-        return torch.stack((s1, (x * x) @ a), dim=-1)
+        return torch.stack((s1, s2), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------

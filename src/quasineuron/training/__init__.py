@@ -1,4 +1,8 @@
-"""Training: the loop with checkpoint/resume and early stopping, and its typed options."""
+"""Training: the loop with checkpoint/resume and early stopping, and its typed options.
+
+Also derivative-free optimisation of the weights (``derivative_free``) and local learning
+rules (``local_rules``), which need no gradient of the device.
+"""
 
 from quasineuron.training.config import (
     MSE,
@@ -9,17 +13,55 @@ from quasineuron.training.config import (
     Cosine,
     CrossEntropy,
 )
+from quasineuron.training.derivative_free import (
+    CMAES,
+    AbstractDerivativeFree,
+    DifferentialEvolution,
+    NelderMead,
+    OptimizeResult,
+    OptimizeStep,
+    optimize_weights,
+    population_forward,
+)
+from quasineuron.training.local_rules import (
+    AbstractLocalRule,
+    AbstractRate,
+    Constant,
+    Delta,
+    ErrorPolynomial,
+    LocalEpoch,
+    LocalResult,
+    Perceptron,
+    train_local,
+)
 from quasineuron.training.loop import EpochMetrics, TrainResult, train
 
 __all__ = [
+    "CMAES",
     "MSE",
     "SGD",
+    "AbstractDerivativeFree",
+    "AbstractLocalRule",
     "AbstractLoss",
     "AbstractOptimizer",
+    "AbstractRate",
     "Adam",
+    "Constant",
     "Cosine",
     "CrossEntropy",
+    "Delta",
+    "DifferentialEvolution",
     "EpochMetrics",
+    "ErrorPolynomial",
+    "LocalEpoch",
+    "LocalResult",
+    "NelderMead",
+    "OptimizeResult",
+    "OptimizeStep",
+    "Perceptron",
     "TrainResult",
+    "optimize_weights",
+    "population_forward",
     "train",
+    "train_local",
 ]

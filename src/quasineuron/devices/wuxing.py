@@ -1,0 +1,294 @@
+"""The Wuxing five-element neuron (Jiang, arXiv 2502.10414; models.md §A.1–A.3).
+
+One neuron has five elements ``E_0..E_4`` on a ring (indices mod 5):
+
+    dE_i/dt = K1_i E_{i-1} − K2_i E_i − K3_i E_i E_{i-2} + u_i            (A1)
+
+(generation from the mother element i−1, self-decay, predation by the grandmother i−2, and the
+external drive). With uniform parameters the rest state is ``E = B0 = (K1 − K2)/K3`` for every
+element, and the signal is ``D = E − B0``. Two readouts are offered:
+
+- ``"window"``: the time average of ``D`` over ``[0, T]`` starting from rest (an
+  :class:`~quasineuron.devices.ode.ODEDevice`),
+- ``"steady"``: ``D`` at the steady state reached under a constant drive (a
+  :class:`~quasineuron.devices.fixed_point.FixedPointDevice`).
+
+Limits (models.md §A.3): a constant drive on one element diverges somewhere between −0.7 and
+−0.8 with the default parameters, and a uniform drive on all five below
+``−(K1−K2)²/(4 K3) = −0.125`` has no fixed point. Such rows give NaN, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices.fixed_point import FixedPointDevice, Integrate
+from quasineuron.devices.ode import RK4, AbstractODESolver, ODEDevice, TimeAverage
+
+__all__ = ["wuxing_jacobian", "wuxing_neuron", "wuxing_rest_state", "wuxing_rhs"]
+
+N_ELEMENTS = 5
+
+
+def _five(v: float | Sequence[float], label: str) -> tuple[float, ...]:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        vals = (float(v),) * N_ELEMENTS
+    else:
+        try:
+            vals = tuple(float(a) for a in v)  # type: ignore[union-attr]
+        except TypeError as exc:
+            raise TypeError(f"{label} must be a float or 5 floats, got {v!r}") from exc
+    if len(vals) != N_ELEMENTS or not all(math.isfinite(a) and a > 0 for a in vals):
+        raise ValueError(
+            f"{label} must be a positive float or 5 positive floats (one per element), got {v!r}"
+        )
+    return vals
+
+
+def _elements(v: int | Sequence[int], label: str) -> tuple[int, ...]:
+    els = (v,) if isinstance(v, int) else tuple(v)
+    if (
+        not els
+        or any(
+            isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < N_ELEMENTS for e in els
+        )
+        or len(set(els)) != len(els)
+    ):
+        raise ValueError(
+            f"{label} must be distinct element indices in 0..4, got {v!r}; e.g. {label}=(0,)"
+        )
+    return els
+
+
+def wuxing_rhs(
+    K1: float | Sequence[float] = 1.0,
+    K2: float | Sequence[float] = 0.5,
+    K3: float | Sequence[float] = 0.5,
+    *,
+    input_elements: Sequence[int] = (0,),
+    layout: Literal["batch", "rows"] = "rows",
+) -> Callable[..., Any]:
+    """The right-hand side (A1) as ``rhs(t, x, u)`` for :class:`ODEDevice`.
+
+    Args:
+        K1: Generation rate, a float or one per element.
+        K2: Self-decay rate, likewise.
+        K3: Predation rate, likewise.
+        input_elements: Element receiving drive ``u_j``, for each drive j.
+        layout: ``"rows"``: ``x`` a tuple of 5 tensors (batch,), ``u`` a tuple of ``n_in``
+            tensors (batch,), returns a list of 5 tensors (batch,) (fuses well under
+            ``torch.compile``). ``"batch"``: ``x`` (batch, 5), ``u`` (batch, n_in) →
+            (batch, 5).
+
+    Returns:
+        The right-hand side ``dE/dt``.
+    """
+    k1, k2, k3 = _five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3")
+    inputs = _elements(input_elements, "input_elements")
+    if layout == "rows":
+
+        def rhs_rows(t: Any, x: Sequence[torch.Tensor], u: Sequence[torch.Tensor]) -> list:
+            d = [
+                k1[i] * x[i - 1] - k2[i] * x[i] - k3[i] * x[i] * x[i - 2] for i in range(N_ELEMENTS)
+            ]
+            for j, e in enumerate(inputs):
+                d[e] = d[e] + u[j]
+            return d
+
+        return rhs_rows
+    if layout != "batch":
+        raise ValueError(f"layout must be 'rows' or 'batch', got {layout!r}")
+    idx = list(inputs)
+
+    def rhs_batch(t: Any, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        a = x.new_tensor(k1)
+        b = x.new_tensor(k2)
+        c = x.new_tensor(k3)
+        d = a * torch.roll(x, 1, dims=1) - b * x - c * x * torch.roll(x, 2, dims=1)
+        return d.index_add(1, torch.tensor(idx, device=x.device), u)
+
+    return rhs_batch
+
+
+def wuxing_rest_state(
+    K1: float | Sequence[float] = 1.0,
+    K2: float | Sequence[float] = 0.5,
+    K3: float | Sequence[float] = 0.5,
+) -> tuple[float, ...]:
+    """The stable rest state ``B0`` (5 floats) with no drive.
+
+    Uniform parameters give ``B0 = (K1 − K2)/K3`` (paper, eq. 2.2). Otherwise the five
+    quadratics are solved by Newton's method from ``B0`` of the mean parameters.
+
+    Raises:
+        ValueError: If no positive, stable rest state is found (e.g. ``K1 <= K2``).
+    """
+    k1, k2, k3 = (np.array(_five(v, n)) for v, n in ((K1, "K1"), (K2, "K2"), (K3, "K3")))
+    if np.ptp(k1) == 0 and np.ptp(k2) == 0 and np.ptp(k3) == 0:
+        b = np.full(N_ELEMENTS, (k1[0] - k2[0]) / k3[0])
+    else:
+        b = np.full(N_ELEMENTS, (k1.mean() - k2.mean()) / k3.mean())
+        for _ in range(100):  # 5 unknowns: a plain Newton iteration at construction time
+            f = k1 * np.roll(b, 1) - k2 * b - k3 * b * np.roll(b, 2)
+            step = np.linalg.solve(_jac_np(k1, k2, k3, b), f)
+            b = b - step
+            if np.max(np.abs(step)) < 1e-14 * max(1.0, np.max(np.abs(b))):
+                break
+    jac = _jac_np(k1, k2, k3, b)
+    if not (np.all(np.isfinite(b)) and np.all(b > 0) and np.linalg.eigvals(jac).real.max() < 0):
+        raise ValueError(
+            f"no positive stable rest state for K1={K1!r}, K2={K2!r}, K3={K3!r} (got {b}); the "
+            "rest state needs K1 > K2 (models.md §A.3)"
+        )
+    return tuple(float(v) for v in b)
+
+
+def _jac_np(k1: np.ndarray, k2: np.ndarray, k3: np.ndarray, e: np.ndarray) -> np.ndarray:
+    jac = np.zeros((N_ELEMENTS, N_ELEMENTS))
+    for i in range(N_ELEMENTS):
+        jac[i, (i - 1) % 5] += k1[i]
+        jac[i, i] += -k2[i] - k3[i] * e[(i - 2) % 5]
+        jac[i, (i - 2) % 5] += -k3[i] * e[i]
+    return jac
+
+
+def wuxing_jacobian(
+    K1: float | Sequence[float] = 1.0,
+    K2: float | Sequence[float] = 0.5,
+    K3: float | Sequence[float] = 0.5,
+    *,
+    state: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Jacobian ``∂(dE/dt)/∂E`` (5, 5) of (A1) at ``state`` (default: the rest state)."""
+    k1, k2, k3 = (np.array(_five(v, n)) for v, n in ((K1, "K1"), (K2, "K2"), (K3, "K3")))
+    e = np.array(wuxing_rest_state(K1, K2, K3) if state is None else state, dtype=float)
+    return _jac_np(k1, k2, k3, e)
+
+
+def wuxing_neuron(
+    *,
+    readout: Literal["window", "steady"] = "window",
+    K1: float | Sequence[float] = 1.0,
+    K2: float | Sequence[float] = 0.5,
+    K3: float | Sequence[float] = 0.5,
+    input_elements: int | Sequence[int] = (0,),
+    output_elements: int | Sequence[int] = (0, 1, 2, 3, 4),
+    T: float = 10.0,
+    solver: AbstractODESolver | None = None,
+    layout: Literal["batch", "rows"] = "rows",
+    clip: tuple[float, float] | None = None,
+    bound: float = 1e3,
+    domain: Box | None = None,
+) -> AbstractDevice:
+    """A Wuxing five-element neuron as a device (models.md §A.1–A.4).
+
+    Drive ``u_j`` (constant) enters ``dE/dt`` of element ``input_elements[j]``; the outputs are
+    the signals ``D_k = E_k − B0_k`` of ``output_elements``.
+
+    Default domain: each drive in ``[-0.5, 2.0]`` with one input element and in
+    ``[-0.1, 2.0]`` with several. Below, a single drive approaches the divergence between −0.7
+    and −0.8 and a uniform drive on all five has no fixed point below −0.125 (models.md §A.3),
+    so these margins keep characterisation sweeps inside the well-behaved region; the upper
+    limit 2.0 keeps ``D`` at a few units (large drives are fine but grow super-linearly on some
+    elements). Outside the domain the device still runs; divergence gives NaN rows.
+
+    Args:
+        readout: ``"window"``: ``(1/T) ∫_0^T D dt`` from rest ``E(0) = B0``, by an
+            :class:`ODEDevice`. ``"steady"``: ``D`` at the steady state, by a
+            :class:`FixedPointDevice` integrating to steady state (so a drive past the
+            divergence limit reports NaN instead of an unstable fixed point); its gradients
+            use the implicit function theorem.
+        K1: Generation rate, a float or 5 floats.
+        K2: Self-decay rate, likewise.
+        K3: Predation rate, likewise.
+        input_elements: Element index for each drive; ``n_in = len(input_elements)``.
+        output_elements: Element indices read out; ``n_out = len(output_elements)``.
+        T: Length of the window (``"window"`` only).
+        solver: ODE solver for ``"window"``; default ``RK4(dt=0.1)``.
+        layout: Layout handed to the ODE solver (``"rows"`` is the fast one under
+            ``RK4(compile=True)``; both give the same numbers).
+        clip: ``(lo, hi)`` state clip for ``"window"`` (e.g. ``(0.0, 50.0)``); default none, so
+            that a divergence is reported rather than hidden.
+        bound: Rows with ``max |E| >= bound`` are reported diverged (NaN); for ``"steady"``
+            the integration to steady state stops there.
+        domain: Box of drives; default as above.
+
+    Returns:
+        The device; ``n_in = len(input_elements)``, ``n_out = len(output_elements)``.
+
+    Raises:
+        ValueError: For bad parameters, element indices, or a window ``T <= 0``.
+    """
+    k1, k2, k3 = _five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3")
+    inputs = _elements(input_elements, "input_elements")
+    outputs = _elements(output_elements, "output_elements")
+    rest = wuxing_rest_state(k1, k2, k3)
+    n_in = len(inputs)
+    if domain is None:
+        low = -0.5 if n_in == 1 else -0.1
+        domain = Box(low=(low,) * n_in, high=(2.0,) * n_in)
+    params = {
+        "K1": list(k1),
+        "K2": list(k2),
+        "K3": list(k3),
+        "input_elements": list(inputs),
+        "output_elements": list(outputs),
+        "B0": list(rest),
+    }
+    if readout == "window":
+        if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
+            raise ValueError(f"T must be a finite float > 0, got {T!r}")
+        params["T"] = float(T)
+        return ODEDevice(
+            wuxing_rhs(k1, k2, k3, input_elements=inputs, layout=layout),
+            x0=torch.tensor(rest, dtype=torch.float64),
+            n_in=n_in,
+            t_end=float(T),
+            readout=TimeAverage(components=outputs, rest=tuple(rest[k] for k in outputs)),
+            solver=RK4(dt=0.1) if solver is None else solver,
+            layout=layout,
+            clip=clip,
+            bound=bound,
+            domain=domain,
+            name="wuxing-window",
+            params=params,
+        )
+    if readout != "steady":
+        raise ValueError(f"readout must be 'window' or 'steady', got {readout!r}")
+    if solver is not None:
+        raise ValueError(
+            "solver= applies to readout='window' only; the steady readout integrates to steady "
+            "state with its own adaptive solver"
+        )
+    rhs = wuxing_rhs(k1, k2, k3, input_elements=inputs, layout="batch")
+    rest_out = torch.tensor([rest[k] for k in outputs], dtype=torch.float64)
+    out_idx = list(outputs)
+
+    def f(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return rhs(None, x, u)
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        return x[:, out_idx] - rest_out.to(dtype=x.dtype, device=x.device)
+
+    return FixedPointDevice(
+        f,
+        n_in=n_in,
+        n_state=N_ELEMENTS,
+        n_out=len(outputs),
+        x_init=torch.tensor(rest, dtype=torch.float64),
+        readout=read,
+        domain=domain,
+        kind="ode",
+        # integrate rather than Newton from B0: past the divergence limit (single drive below
+        # about -0.73) Newton converges to an unstable root with negative elements, while the
+        # dynamics blows up; integrating reports those rows unconverged (NaN)
+        solver=Integrate(tol=1e-10, blowup=bound),
+        name="wuxing-steady",
+        params=params,
+    )

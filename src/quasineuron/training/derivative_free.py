@@ -1,0 +1,655 @@
+"""Derivative-free training: optimise connection weights by evaluating the network only.
+
+Nothing here differentiates: a candidate weight vector is scored by running the network in a
+chosen mode (by default on the true device), so a black box with no gradient and no twin can be
+trained. The optimisers come from libraries, behind one typed interface:
+
+| spec | library | candidates per round |
+|---|---|---|
+| :class:`CMAES` | ``cma`` (Hansen's CMA-ES) | ``popsize``, evaluated as one batch |
+| :class:`DifferentialEvolution` | ``scipy.optimize.differential_evolution`` | population |
+| :class:`NelderMead` | ``scipy.optimize.minimize(method="Nelder-Mead")`` | one |
+
+A population is evaluated as **one batch through the network**: the candidate weight vectors
+are stacked, each layer's connection runs for all candidates at once (``torch.func.vmap`` over
+``torch.func.functional_call``) and the device sees a single call with
+``(n_candidates * batch * n_neurons, n_drives)`` drives per layer. A black box with
+``workers > 0`` then spreads that call over its worker processes.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from quasineuron.data.dataset import ArrayDataset
+from quasineuron.network.modes import AbstractMode, TrueDevice
+from quasineuron.training.config import AbstractLoss, as_loss
+
+__all__ = [
+    "CMAES",
+    "AbstractDerivativeFree",
+    "DifferentialEvolution",
+    "NelderMead",
+    "OptimizeResult",
+    "OptimizeStep",
+    "optimize_weights",
+    "population_forward",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser specs
+
+
+def _check_budget(budget: Any, cls: str) -> None:
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise ValueError(f"{cls}.budget must be None or an int >= 1 (evaluations), got {budget!r}")
+
+
+def _check_positive(value: Any, name: str) -> None:
+    if not (isinstance(value, int | float) and not isinstance(value, bool)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+class AbstractDerivativeFree(abc.ABC):
+    """A derivative-free optimiser of a flat weight vector.
+
+    Attributes:
+        budget: Default number of candidate evaluations (one candidate = one weight vector
+            scored on one batch); :func:`optimize_weights` may override it.
+    """
+
+    budget: int | None
+
+    @abc.abstractmethod
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """Minimise ``objective`` from ``x0`` until the budget is spent or it raises a stop.
+
+        Args:
+            objective: Maps candidates (n_candidates, n_params) to losses (n_candidates,).
+            x0: Starting weights, shape (n_params,).
+            budget: Largest number of candidate evaluations.
+            seed: Seed of the optimiser's randomness.
+        """
+
+
+@dataclass(frozen=True)
+class CMAES(AbstractDerivativeFree):
+    """Covariance matrix adaptation evolution strategy, via the ``cma`` package.
+
+    Hansen & Ostermeier, "Completely derandomized self-adaptation in evolution strategies",
+    Evolutionary Computation 9(2), 159-195 (2001). Above ``diagonal_above`` weights the
+    covariance is kept diagonal (sep-CMA-ES; Ros & Hansen, PPSN 2008), which costs O(n) per
+    sample instead of O(n**2).
+
+    Args:
+        sigma0: Initial step size, in weight units.
+        popsize: Candidates per generation; None takes ``cma``'s ``4 + 3 ln(n_params)``.
+        budget: Default number of candidate evaluations.
+        diagonal_above: Use a diagonal covariance above this many weights.
+    """
+
+    sigma0: float = 0.1
+    popsize: int | None = None
+    budget: int | None = 2000
+    diagonal_above: int = 200
+
+    def __post_init__(self) -> None:
+        _check_positive(self.sigma0, "CMAES.sigma0")
+        if self.popsize is not None and (not isinstance(self.popsize, int) or self.popsize < 2):
+            raise ValueError(f"CMAES.popsize must be None or an int >= 2, got {self.popsize!r}")
+        _check_budget(self.budget, "CMAES")
+        if not isinstance(self.diagonal_above, int) or self.diagonal_above < 0:
+            raise ValueError(
+                f"CMAES.diagonal_above must be an int >= 0, got {self.diagonal_above!r}"
+            )
+
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """See :meth:`AbstractDerivativeFree.run`."""
+        import cma
+
+        rng = np.random.Generator(np.random.PCG64(seed))
+        opts: dict[str, Any] = {
+            "seed": seed + 1,  # cma treats 0 as "seed from the clock"
+            "randn": lambda *shape: rng.standard_normal(shape),
+            "maxfevals": budget,
+            "verbose": -9,
+            "CMA_diagonal": len(x0) > self.diagonal_above,
+        }
+        if self.popsize is not None:
+            opts["popsize"] = self.popsize
+        with _numpy_global_state(seed):  # cma seeds numpy's global RNG; keep the caller's
+            es = cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
+            while not es.stop():
+                candidates = es.ask()
+                es.tell(candidates, objective(np.asarray(candidates)).tolist())
+
+
+@dataclass(frozen=True)
+class NelderMead(AbstractDerivativeFree):
+    """The Nelder–Mead simplex method, via ``scipy.optimize.minimize``.
+
+    Nelder & Mead, "A simplex method for function minimization", Comput. J. 7, 308-313 (1965);
+    with ``adaptive`` the dimension-dependent coefficients of Gao & Han, Comput. Optim. Appl.
+    51, 259-277 (2012). One candidate per evaluation: use it for small weight vectors.
+
+    Args:
+        budget: Default number of candidate evaluations.
+        step: Edge length of the initial simplex around the starting weights.
+        adaptive: Use the dimension-adapted coefficients.
+        xatol: Absolute tolerance on the simplex size for convergence.
+        fatol: Absolute tolerance on the loss spread for convergence.
+    """
+
+    budget: int | None = 2000
+    step: float = 0.1
+    adaptive: bool = True
+    xatol: float = 1e-6
+    fatol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check_budget(self.budget, "NelderMead")
+        _check_positive(self.step, "NelderMead.step")
+        _check_positive(self.xatol, "NelderMead.xatol")
+        _check_positive(self.fatol, "NelderMead.fatol")
+
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """See :meth:`AbstractDerivativeFree.run`; Nelder–Mead is deterministic."""
+        from scipy.optimize import minimize
+
+        simplex = np.vstack([x0, x0 + self.step * np.eye(len(x0))])
+        minimize(
+            lambda w: float(objective(w[None, :])[0]),
+            x0,
+            method="Nelder-Mead",
+            options={
+                "maxfev": budget,
+                "maxiter": budget,
+                "initial_simplex": simplex,
+                "adaptive": self.adaptive,
+                "xatol": self.xatol,
+                "fatol": self.fatol,
+            },
+        )
+
+
+@dataclass(frozen=True)
+class DifferentialEvolution(AbstractDerivativeFree):
+    """Differential evolution, via ``scipy.optimize.differential_evolution``.
+
+    Storn & Price, "Differential evolution – a simple and efficient heuristic for global
+    optimization over continuous spaces", J. Global Optim. 11, 341-359 (1997). The search box
+    is ``x0 ± radius``; the initial population is ``x0`` plus Gaussian noise of standard
+    deviation ``init_std`` (clipped to the box), and every generation is evaluated as one batch.
+
+    Args:
+        popsize: Candidates per generation (at least 5).
+        radius: Half-width of the search box around the starting weights.
+        init_std: Spread of the initial population around the starting weights.
+        mutation: Differential weight, a number or a dithering range ``(low, high)``.
+        recombination: Crossover probability in [0, 1].
+        strategy: scipy's mutation strategy name.
+        budget: Default number of candidate evaluations.
+    """
+
+    popsize: int = 32
+    radius: float = 2.0
+    init_std: float = 0.1
+    mutation: float | tuple[float, float] = (0.5, 1.0)
+    recombination: float = 0.7
+    strategy: str = "best1bin"
+    budget: int | None = 2000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.popsize, bool) or not isinstance(self.popsize, int) or self.popsize < 5:
+            raise ValueError(
+                f"DifferentialEvolution.popsize must be an int >= 5, got {self.popsize!r}"
+            )
+        _check_positive(self.radius, "DifferentialEvolution.radius")
+        _check_positive(self.init_std, "DifferentialEvolution.init_std")
+        if not 0.0 <= self.recombination <= 1.0:
+            raise ValueError(
+                f"DifferentialEvolution.recombination must be in [0, 1], got {self.recombination!r}"
+            )
+        _check_budget(self.budget, "DifferentialEvolution")
+
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """See :meth:`AbstractDerivativeFree.run`."""
+        from scipy.optimize import differential_evolution
+
+        rng = np.random.Generator(np.random.PCG64(seed))
+        low, high = x0 - self.radius, x0 + self.radius
+        init = x0 + self.init_std * rng.standard_normal((self.popsize, len(x0)))
+        init[0] = x0
+        init = np.clip(init, low, high)
+        maxiter = max(1, budget // self.popsize - 1)
+        differential_evolution(
+            lambda w: objective(np.ascontiguousarray(w.T)),  # vectorized: w is (n_params, S)
+            bounds=list(zip(low, high, strict=True)),
+            strategy=self.strategy,
+            maxiter=maxiter,
+            popsize=self.popsize,  # ignored when init is an array, kept for clarity
+            init=init,
+            mutation=self.mutation,
+            recombination=self.recombination,
+            tol=0.0,
+            polish=False,
+            vectorized=True,
+            updating="deferred",
+            rng=rng,
+        )
+
+
+@contextlib.contextmanager
+def _numpy_global_state(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for a library that reads it, then restore the caller's state."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched forward of a population of weight vectors
+
+
+def _trainable(net: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(k, p) for k, p in net.named_parameters() if p.requires_grad]
+
+
+def _unflatten(
+    named: Sequence[tuple[str, torch.nn.Parameter]], flat: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Split candidates (S, n_params) into {name: (S, *shape)}."""
+    out, start = {}, 0
+    for k, p in named:
+        out[k] = flat[:, start : start + p.numel()].reshape(len(flat), *p.shape)
+        start += p.numel()
+    return out
+
+
+def population_forward(
+    net: torch.nn.Module,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
+) -> tuple[torch.Tensor, int]:
+    """Outputs of ``net`` for many candidate weight vectors at once, without gradients.
+
+    For a ``DeviceNetwork`` (anything with ``layers`` of ``DeviceLayer`` and an optional
+    readout) every layer's connection runs for all candidates in one vectorised call and the
+    device gets one call per layer. Other modules are called once per candidate with
+    ``torch.func.functional_call``. The network's nominal devices are used (no variability).
+
+    Args:
+        net: The network; its trainable parameters, flattened in ``named_parameters`` order,
+            define the layout of ``weights``.
+        weights: Candidates, shape (S, n_params), in the network's dtype.
+        x: Inputs, shape (batch, n_features).
+        mode: Execution mode of the devices, e.g. ``TrueDevice()`` or ``Surrogate()``.
+
+    Returns:
+        Outputs (S, batch, n_outputs), and the number of drive rows sent to true devices.
+    """
+    named = _trainable(net)
+    params = _unflatten(named, weights)
+    s, b = weights.shape[0], x.shape[0]
+    with torch.no_grad():
+        layers = getattr(net, "layers", None)
+        if layers is None or not all(hasattr(layer, "map") for layer in layers):
+            outs = [
+                torch.func.functional_call(
+                    net, {k: v[i] for k, v in params.items()}, (x,), {"mode": mode}
+                )
+                for i in range(s)
+            ]
+            return torch.stack(outs), 0
+        h = x.expand(s, *x.shape)
+        rows = 0
+        for i, layer in enumerate(layers):
+            prefix = f"layers.{i}.map."
+            p_i = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+            def call(p: dict[str, torch.Tensor], h1: torch.Tensor, _map: Any = layer.map) -> Any:
+                return torch.func.functional_call(_map, p, (h1,))
+
+            u = torch.func.vmap(call)(p_i, h) if p_i else layer.map(h.reshape(s * b, -1))
+            u = u.reshape(s * b * layer.n_neurons, layer.n_drives)
+            if mode.uses_true_device:
+                rows += len(u)
+            # DeviceLayer's dispatch on the mode (twin, true device, ...) for drives we built.
+            y = layer._evaluate(u, mode).reshape(s, b, layer.n_neurons, -1)
+            if len(layer.outputs) != y.shape[-1]:
+                y = y[..., list(layer.outputs)]
+            h = y.reshape(s, b, layer.n_features)
+        if getattr(net, "readout_affine", False):
+            scale = params.get("readout_scale", net.readout_scale.expand(s, -1))
+            offset = params.get("readout_offset", net.readout_offset.expand(s, -1))
+            h = h * scale[:, None, :] + offset[:, None, :]
+        return h, rows
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+@dataclass(frozen=True)
+class OptimizeStep:
+    """One round of candidate evaluations (a generation, or one Nelder–Mead evaluation).
+
+    Args:
+        evaluations: Candidate evaluations so far.
+        device_evaluations: Drive rows sent to true devices so far by the optimisation
+            (validation scoring not included).
+        loss: Best loss so far on the optimisation batches.
+        accuracy: Training-batch accuracy of that best candidate, or None for regression.
+        val_accuracy: Accuracy of the best candidate on ``val_data`` when it was scored this
+            round, else None.
+        seconds: Wall time since the start.
+    """
+
+    evaluations: int
+    device_evaluations: int
+    loss: float
+    accuracy: float | None
+    val_accuracy: float | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What :func:`optimize_weights` did.
+
+    Args:
+        network: The network, holding the best weights found (trained in place).
+        weights: The best weights, flat, shape (n_params,).
+        loss: The best loss.
+        history: One entry per round.
+        n_evaluations: Candidate evaluations used.
+        device_evaluations: Drive rows sent to true devices by the optimisation.
+        val_device_evaluations: Drive rows sent to true devices to score ``val_data``.
+        stopped_early: True if ``target_loss``, ``patience`` or a callback stopped the run.
+        optimizer: ``repr`` of the optimiser spec.
+    """
+
+    network: torch.nn.Module
+    weights: torch.Tensor
+    loss: float
+    history: tuple[OptimizeStep, ...]
+    n_evaluations: int
+    device_evaluations: int
+    val_device_evaluations: int
+    stopped_early: bool
+    optimizer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (without the network and weights)."""
+        return {
+            "loss": self.loss,
+            "history": [h.to_dict() for h in self.history],
+            "n_evaluations": self.n_evaluations,
+            "device_evaluations": self.device_evaluations,
+            "val_device_evaluations": self.val_device_evaluations,
+            "stopped_early": self.stopped_early,
+            "optimizer": self.optimizer,
+        }
+
+
+class _Stop(Exception):
+    """Raised inside the objective to end a library's optimisation loop."""
+
+
+def optimize_weights(
+    net: torch.nn.Module,
+    data: ArrayDataset,
+    *,
+    optimizer: AbstractDerivativeFree,
+    mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
+    loss: str | AbstractLoss = "cross_entropy",
+    seed: int = 0,
+    budget: int | None = None,
+    batch_size: int | None = None,
+    target_loss: float | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    val_data: ArrayDataset | None = None,
+    val_every: int = 10,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[OptimizeStep], bool | None]] = (),
+) -> OptimizeResult:
+    """Train ``net``'s weights with a derivative-free optimiser, evaluating the network only.
+
+    Every candidate weight vector is scored by the loss of ``net`` run in ``mode`` (by default
+    on the true device, which then needs no gradient and no twin). Populations are evaluated
+    as one batch (see :func:`population_forward`).
+
+    Example:
+        >>> res = optimize_weights(net, train, optimizer=CMAES(sigma0=0.2), budget=3000)
+        >>> res.history[-1].accuracy
+
+    Args:
+        net: The network (e.g. a ``DeviceNetwork``); its trainable parameters are optimised,
+            flattened in ``named_parameters`` order, starting from their current values.
+        data: Training data.
+        optimizer: ``CMAES(...)``, ``NelderMead(...)`` or ``DifferentialEvolution(...)``.
+        mode: Execution mode used to score candidates.
+        loss: ``"cross_entropy"``, ``"mse"`` or a typed loss.
+        seed: Seed of the optimiser and of the batch draws.
+        budget: Candidate evaluations; None takes ``optimizer.budget``.
+        batch_size: Samples per round, redrawn every round (all candidates of a round see the
+            same batch); None scores the full data set, which Nelder–Mead needs to make sense.
+        target_loss: Stop once the best loss is at or below this value.
+        patience: Stop after this many rounds without the best loss improving by more than
+            ``min_delta``.
+        min_delta: Smallest improvement that resets ``patience``.
+        val_data: Scored with the best weights every ``val_every`` rounds and at the end.
+        val_every: Rounds between validation scorings.
+        progress: Show a tqdm bar over the evaluation budget.
+        callbacks: Called with every :class:`OptimizeStep`; a truthy return stops the run.
+
+    Returns:
+        The network with the best weights, the history and the evaluation counts.
+
+    Raises:
+        TypeError: For a wrong optimiser, data or network type.
+        ValueError: For bad options or a network without trainable parameters.
+    """
+    if not isinstance(optimizer, AbstractDerivativeFree):
+        raise TypeError(
+            f"optimizer must be CMAES(...), NelderMead(...) or DifferentialEvolution(...), got "
+            f"{optimizer!r}"
+        )
+    if not isinstance(net, torch.nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not isinstance(mode, AbstractMode):
+        raise TypeError(f"mode must be TrueDevice(), Surrogate(), ... , got {mode!r}")
+    for name, d in (("data", data), ("val_data", val_data)):
+        if d is not None and not isinstance(d, ArrayDataset):
+            raise TypeError(f"{name} must be an ArrayDataset, got {type(d).__name__}")
+    budget = optimizer.budget if budget is None else budget
+    if budget is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be an int >= 1 (candidate evaluations), got {budget!r}")
+    for name, v in (("batch_size", batch_size), ("patience", patience)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+        raise ValueError(f"val_every must be an int >= 1, got {val_every!r}")
+    loss_fn = as_loss(loss)
+    named = _trainable(net)
+    if not named:
+        raise ValueError("net has no trainable parameters; nothing to optimise")
+    dtype = named[0][1].dtype
+    x0 = torch.cat([p.detach().reshape(-1) for _, p in named]).double().cpu().numpy()
+    x_all, y_all = data.x.to(dtype), data.y
+    if data.y.is_floating_point():
+        y_all = y_all.to(dtype)
+    classify = data.is_classification
+    gen = torch.Generator().manual_seed(int(seed))
+
+    state: dict[str, Any] = {
+        "evals": 0,
+        "rows": 0,
+        "val_rows": 0,
+        "rounds": 0,
+        "best_loss": math.inf,
+        "best_acc": None,
+        "best_w": x0.copy(),
+        "bad_rounds": 0,
+        "stopped": False,
+    }
+    history: list[OptimizeStep] = []
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=budget, desc=type(optimizer).__name__, disable=not progress, dynamic_ncols=True
+    )
+
+    def score_val(w: np.ndarray) -> float:
+        assert val_data is not None
+        out, rows = population_forward(
+            net, torch.from_numpy(w[None]).to(dtype), val_data.x.to(dtype), mode=mode
+        )
+        state["val_rows"] += rows
+        return (out[0].argmax(dim=1) == val_data.y).double().mean().item()
+
+    def objective(candidates: np.ndarray) -> np.ndarray:
+        if state["stopped"] or state["evals"] >= budget:
+            raise _Stop
+        candidates = candidates[: budget - state["evals"]]
+        if batch_size is None or batch_size >= len(x_all):
+            xb, yb = x_all, y_all
+        else:
+            idx = torch.randperm(len(x_all), generator=gen)[:batch_size]
+            xb, yb = x_all[idx], y_all[idx]
+        w = torch.from_numpy(np.ascontiguousarray(candidates)).to(dtype)
+        out, rows = population_forward(net, w, xb, mode=mode)
+        losses = torch.stack([loss_fn(o, yb) for o in out]).double()
+        losses = torch.nan_to_num(losses, nan=math.inf)  # a failed device point loses
+        state["evals"] += len(candidates)
+        state["rows"] += rows
+        state["rounds"] += 1
+        i = int(losses.argmin())
+        if losses[i].item() < state["best_loss"] - min_delta:
+            state["bad_rounds"] = 0
+        else:
+            state["bad_rounds"] += 1
+        if losses[i].item() < state["best_loss"]:
+            state["best_loss"] = losses[i].item()
+            state["best_w"] = candidates[i].copy()
+            state["best_acc"] = (
+                (out[i].argmax(dim=1) == yb).double().mean().item() if classify else None
+            )
+        val_acc = None
+        if val_data is not None and state["rounds"] % val_every == 0:
+            val_acc = score_val(state["best_w"])
+        step = OptimizeStep(
+            evaluations=state["evals"],
+            device_evaluations=state["rows"],
+            loss=state["best_loss"],
+            accuracy=state["best_acc"],
+            val_accuracy=val_acc,
+            seconds=time.perf_counter() - t0,
+        )
+        history.append(step)
+        bar.update(len(candidates))
+        if progress:
+            post = {"loss": f"{step.loss:.4f}"}
+            if step.accuracy is not None:
+                post["acc"] = f"{step.accuracy:.3f}"
+            bar.set_postfix(post, refresh=False)
+        stop = (target_loss is not None and state["best_loss"] <= target_loss) or (
+            patience is not None and state["bad_rounds"] >= patience
+        )
+        for callback in callbacks:
+            stop = bool(callback(step)) or stop
+        if stop:
+            state["stopped"] = True
+        return losses.numpy()
+
+    try:
+        with bar, contextlib.suppress(_Stop):
+            optimizer.run(_padded(objective), x0, budget=budget, seed=int(seed))
+    finally:
+        best = torch.from_numpy(state["best_w"]).to(dtype)
+        torch.nn.utils.vector_to_parameters(best, [p for _, p in named])
+    if val_data is not None and (not history or history[-1].val_accuracy is None):
+        val_acc = score_val(state["best_w"])
+        if history:
+            history[-1] = OptimizeStep(**{**history[-1].to_dict(), "val_accuracy": val_acc})
+    return OptimizeResult(
+        network=net,
+        weights=best,
+        loss=state["best_loss"],
+        history=tuple(history),
+        n_evaluations=state["evals"],
+        device_evaluations=state["rows"],
+        val_device_evaluations=state["val_rows"],
+        stopped_early=state["stopped"] and state["evals"] < budget,
+        optimizer=repr(optimizer),
+    )
+
+
+def _padded(
+    objective: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Give a library a loss for every candidate it asked for, even past the budget.
+
+    The last round may be cut to the remaining budget; the candidates beyond it get ``inf``
+    (they are never evaluated), and the next call stops the run.
+    """
+
+    def wrapped(candidates: np.ndarray) -> np.ndarray:
+        losses = objective(candidates)
+        if len(losses) < len(candidates):
+            losses = np.concatenate([losses, np.full(len(candidates) - len(losses), np.inf)])
+        return losses
+
+    return wrapped

@@ -1,0 +1,155 @@
+"""Derivative-free training of black-box networks: CMA-ES, Nelder–Mead, differential evolution."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import quasineuron as qn
+from quasineuron.training import (
+    CMAES,
+    DifferentialEvolution,
+    NelderMead,
+    optimize_weights,
+    population_forward,
+)
+
+
+def black_tanh(u: np.ndarray) -> np.ndarray:
+    """A module-level numpy function, so worker processes can unpickle it."""
+    return np.tanh(u)
+
+
+def black_box(**kw) -> qn.BlackBoxDevice:
+    return qn.BlackBoxDevice(
+        black_tanh, n_in=1, n_out=1, domain=qn.Box((-3.0,), (3.0,)), vectorized=True, **kw
+    )
+
+
+def device_accuracy(net, data) -> float:
+    out = net(data.x.to(torch.float64), mode=qn.TrueDevice())
+    return (out.argmax(dim=1) == data.y).double().mean().item()
+
+
+XOR = qn.xor(n_per_corner=4, noise=0.1, seed=0)
+
+# Each optimiser with its budget (candidate evaluations) on noisy XOR, a 2-4-2 black-box net.
+CASES = [
+    (CMAES(sigma0=1.0, popsize=16), 1000),
+    (NelderMead(step=2.0), 1000),
+    (DifferentialEvolution(popsize=16, init_std=0.5), 1000),
+]
+
+
+@pytest.mark.parametrize(("optimizer", "budget"), CASES, ids=["cmaes", "nelder_mead", "de"])
+def test_each_optimiser_trains_a_black_box_net_above_chance(optimizer, budget):
+    net = qn.DeviceNetwork(black_box(), (2, 4, 2), seed=0, dtype=torch.float64)
+    res = optimize_weights(
+        net, XOR, optimizer=optimizer, budget=budget, seed=0, target_loss=0.05, progress=False
+    )
+    assert res.n_evaluations <= budget
+    assert device_accuracy(net, XOR) >= 0.75  # chance is 0.5
+    losses = [h.loss for h in res.history]
+    assert losses == sorted(losses, reverse=True)  # best-so-far never gets worse
+    # 16 samples x 6 neurons per candidate, all on the true device.
+    assert res.device_evaluations == res.n_evaluations * 16 * 6
+
+
+def test_population_forward_matches_one_network_per_candidate():
+    net = qn.DeviceNetwork(black_box(), (3, 4, 2), seed=1, dtype=torch.float64)
+    params = [p for p in net.parameters() if p.requires_grad]
+    flat = torch.nn.utils.parameters_to_vector(params).detach()
+    gen = torch.Generator().manual_seed(0)
+    cands = flat + 0.3 * torch.randn(5, flat.numel(), generator=gen, dtype=torch.float64)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    out, rows = population_forward(net, cands, x, mode=qn.TrueDevice())
+    assert rows == 5 * 7 * (4 + 2)
+    expected = []
+    for c in cands:
+        torch.nn.utils.vector_to_parameters(c, params)
+        expected.append(net(x, mode=qn.TrueDevice()))
+    torch.testing.assert_close(out, torch.stack(expected))
+
+
+def test_runs_are_seeded_and_leave_the_global_rng_alone():
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    results = []
+    for _ in range(2):
+        net = qn.DeviceNetwork(black_box(), (2, 2, 2), seed=0, dtype=torch.float64)
+        res = optimize_weights(
+            net, XOR, optimizer=CMAES(sigma0=0.5, popsize=8), budget=80, seed=3, progress=False
+        )
+        results.append(res.weights)
+    torch.testing.assert_close(results[0], results[1])
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_patience_stops_early_and_val_data_is_scored_apart():
+    net = qn.DeviceNetwork(black_box(), (2, 2, 2), seed=0, dtype=torch.float64)
+    res = optimize_weights(
+        net,
+        XOR,
+        optimizer=DifferentialEvolution(popsize=8, init_std=1e-6, radius=1e-5),
+        budget=10_000,
+        patience=3,
+        min_delta=1e-3,
+        val_data=XOR,
+        val_every=2,
+        seed=0,
+        progress=False,
+    )
+    assert res.stopped_early and res.n_evaluations < 10_000
+    assert res.history[-1].val_accuracy is not None
+    assert res.val_device_evaluations > 0
+    assert res.to_dict()["n_evaluations"] == res.n_evaluations
+
+
+def test_surrogate_mode_never_calls_the_device():
+    dev = black_box()
+    twin = qn.FormulaDevice(torch.tanh, n_in=1, n_out=1, domain=qn.Box((-3.0,), (3.0,)))
+    net = qn.DeviceNetwork(dev, (2, 2, 2), twin=twin, seed=0, dtype=torch.float64)
+    res = optimize_weights(
+        net, XOR, optimizer=CMAES(popsize=4), budget=8, mode=qn.Surrogate(), progress=False
+    )
+    assert dev.n_evaluations == 0 and res.device_evaluations == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: CMAES(sigma0=0), "sigma0"),
+        (lambda: CMAES(popsize=1), "popsize"),
+        (lambda: NelderMead(budget=0), "budget"),
+        (lambda: DifferentialEvolution(popsize=2), "popsize"),
+        (lambda: DifferentialEvolution(recombination=2.0), "recombination"),
+    ],
+)
+def test_bad_specs_say_what_was_wrong(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_wrong_optimizer_type_is_rejected():
+    net = qn.DeviceNetwork(black_box(), (2, 2), seed=0)
+    with pytest.raises(TypeError, match="CMAES"):
+        optimize_weights(net, XOR, optimizer="cma")  # type: ignore[arg-type]
+
+
+def test_black_box_worker_pool_gives_the_serial_result():
+    u = np.linspace(-3, 3, 64).reshape(-1, 1)
+    with black_box(workers=2, min_parallel_batch=8, start_method="fork") as dev:
+        y = dev.evaluate_numpy(u)
+        assert dev._pool is not None  # the batch went to the pool
+        copy = pickle.loads(pickle.dumps(dev))  # the pool itself is not pickled
+    assert copy._pool is None and dev._pool is None
+    np.testing.assert_array_equal(y, np.tanh(u))
+    assert dev.n_evaluations == 64
+
+
+def test_black_box_workers_need_a_picklable_function():
+    with pytest.raises(TypeError, match="module level"):
+        qn.BlackBoxDevice(lambda u: u, n_in=1, n_out=1, domain=qn.Box((-1.0,), (1.0,)), workers=2)
