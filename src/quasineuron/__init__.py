@@ -21,6 +21,7 @@ from quasineuron.devices import (
     check_device,
     ideal_neuron,
     make_device,
+    raw_almost_neuron,
     reaction_relu,
     smoothed_relu,
 )
@@ -66,10 +67,34 @@ from quasineuron.sweep import (
     evaluate_points,
     sweep,
 )
-from quasineuron.training import MSE, SGD, Adam, Cosine, CrossEntropy, TrainResult, train
+from quasineuron.training import (
+    CMAES,
+    MSE,
+    SGD,
+    Adam,
+    Cosine,
+    CrossEntropy,
+    Delta,
+    DifferentialEvolution,
+    ErrorPolynomial,
+    NelderMead,
+    Perceptron,
+    TrainResult,
+    optimize_weights,
+    train,
+    train_local,
+)
 
 __all__ = [
+    "CMAES",
     "MSE",
+    "Delta",
+    "DifferentialEvolution",
+    "ErrorPolynomial",
+    "NelderMead",
+    "Perceptron",
+    "optimize_weights",
+    "train_local",
     "SGD",
     "AbstractDevice",
     "Adam",
@@ -115,6 +140,7 @@ __all__ = [
     "__version__",
     "almost_neuron",
     "available_devices",
+    "raw_almost_neuron",
     "check_device",
     "evaluate",
     "evaluate_points",

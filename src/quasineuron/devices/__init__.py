@@ -10,7 +10,13 @@ from quasineuron.devices.fixed_point import (
     Newton,
 )
 from quasineuron.devices.formula import FormulaDevice
-from quasineuron.devices.library import almost_neuron, available_devices, ideal_neuron, make_device
+from quasineuron.devices.library import (
+    almost_neuron,
+    available_devices,
+    ideal_neuron,
+    make_device,
+    raw_almost_neuron,
+)
 from quasineuron.devices.reaction import reaction_relu, smoothed_relu
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "check_device",
     "ideal_neuron",
     "make_device",
+    "raw_almost_neuron",
     "reaction_relu",
     "smoothed_relu",
 ]

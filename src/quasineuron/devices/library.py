@@ -16,7 +16,14 @@ import torch
 from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.formula import FormulaDevice
 
-__all__ = ["ACTIVATIONS", "almost_neuron", "available_devices", "ideal_neuron", "make_device"]
+__all__ = [
+    "ACTIVATIONS",
+    "almost_neuron",
+    "available_devices",
+    "ideal_neuron",
+    "make_device",
+    "raw_almost_neuron",
+]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -86,6 +93,47 @@ def almost_neuron(
     )
 
 
+def _raw_almost(u: torch.Tensor, *, fan_in: int, eps: float, activation: str) -> torch.Tensor:
+    x, a = u[:, :fan_in], u[:, fan_in:]
+    return _activation(activation)((x * a).sum(1, keepdim=True) - eps * (a * x * x).sum(1, True))
+
+
+def raw_almost_neuron(
+    fan_in: int = 4,
+    eps: float = 0.1,
+    *,
+    activation: str = "tanh",
+    x_limit: float = 1.0,
+    a_limit: float = 2.0,
+) -> FormulaDevice:
+    """The seed's general ``f(x, A)``: a device that takes its inputs and weights as drives.
+
+    ``y = f_nl(Σ_i x_i·a_i − ε·Σ_i a_i·x_i²)`` for a small fan-in; drives are
+    ``(x_1..x_k, a_1..a_k)`` (the ``Raw`` connection supplies them), so a twin learns a function of
+    ``2·fan_in`` drives, as in the seed's plan.
+
+    Args:
+        fan_in: Number of inputs ``k`` (the device has ``2k`` drives).
+        eps: Deviation ε from an ideal neuron.
+        activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+        x_limit: Inputs are characterised on ``[-x_limit, x_limit]``.
+        a_limit: Weights are characterised on ``[-a_limit, a_limit]``.
+    """
+    _activation(activation)
+    if not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
+    return FormulaDevice(
+        partial(_raw_almost, fan_in=fan_in, eps=float(eps), activation=activation),
+        n_in=2 * fan_in,
+        n_out=1,
+        domain=Box(
+            (-x_limit,) * fan_in + (-a_limit,) * fan_in, (x_limit,) * fan_in + (a_limit,) * fan_in
+        ),
+        name="raw-almost-neuron",
+        params={"fan_in": fan_in, "eps": float(eps), "activation": activation},
+    )
+
+
 def _wuxing(**kw: Any) -> AbstractDevice:
     from quasineuron.devices.wuxing import wuxing_neuron
 
@@ -109,6 +157,7 @@ _BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
     "sigmoid": partial(ideal_neuron, "sigmoid"),
     "relu": partial(ideal_neuron, "relu"),
     "almost-neuron": almost_neuron,
+    "raw-almost-neuron": raw_almost_neuron,
     "wuxing": _wuxing,
     "wuxing-steady": _wuxing_steady,
     "reaction-relu": _reaction_relu,
