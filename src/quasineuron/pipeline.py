@@ -137,7 +137,7 @@ def characterize(
 ) -> CharacterizeResult:
     """Sweep ``device`` over its domain, fit a twin, and write the report folder.
 
-    Writes ``out/sweep.zarr`` (resumable), ``out/twin/`` (safetensors + JSON), ``out/report.json``
+    Writes ``out/sweep.zarr`` (resumable), ``out/twin.safetensors`` (tensors, with JSON metadata in its header), ``out/report.json``
     and ``out/response.png`` / ``out/error.png``.
 
     Args:
@@ -178,7 +178,7 @@ def characterize(
     t0 = time.perf_counter()
     fit = fit_surrogate(table, kind=twin_kind, hidden=hidden, seed=seed, true_device=device)  # type: ignore[arg-type]
     t_fit = time.perf_counter() - t0
-    save_surrogate(fit, out / "twin")
+    save_surrogate(fit, out / "twin.safetensors")
     plots = plot_fit(fit.model, table, out, true_device=device)
     rep = fit.report
     report = {
@@ -200,7 +200,7 @@ def characterize(
             "n_train": rep.n_train,
             "n_val": rep.n_val,
             "time_s": t_fit,
-            "path": "twin",
+            "path": "twin.safetensors",
             "details": rep.to_dict(),
             "alternatives": [a.to_dict() for a in fit.alternatives],
         },
@@ -321,7 +321,7 @@ def run_pipeline(
     Writes ``metrics.json`` (``accuracy.surrogate``, ``accuracy.device``, ``gap`` = surrogate −
     device as a fraction, the twin's held-out error, timings, the config), ``summary.md``, the
     characterisation (``report.json``, ``response.png``, ``error.png``, ``sweep.zarr``,
-    ``twin/``), ``training.png``, ``accuracy.png``, ``confusion.png`` and ``network/``.
+    ``twin.safetensors``), ``training.png``, ``accuracy.png``, ``confusion.png`` and ``network/``.
 
     Args:
         config: The validated run configuration.
@@ -498,7 +498,7 @@ def _summary(m: dict[str, Any]) -> str:
         f"Total time {m['timings']['total_s']:.1f} s.",
         "",
         "Files: metrics.json, report.json, response.png, error.png, training.png, "
-        "accuracy.png, confusion.png, network/, twin/, sweep.zarr.",
+        "accuracy.png, confusion.png, network/, twin.safetensors, sweep.zarr.",
         "",
     ]
     return "\n".join(lines)

@@ -1,14 +1,17 @@
 """Run every example script end to end with ``--quick``, as a user would, in a subprocess.
 
 Each script imports torch and quasineuron afresh (about 3 s on 2 cores) before doing anything,
-so each run is marked slow.
+so each run is marked slow. Also checks that the CLI page documents every config key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,36 @@ def test_physics_aware_compares_training_modes(tmp_path: Path) -> None:
     out = _run("physics_aware.py", cwd=tmp_path)
     assert "surrogate |" in out
     assert "physics-aware |" in out
+
+
+def _config_keys(model: type, prefix: str = "") -> list[str]:
+    """Dotted keys of a pydantic config model, nested tables included."""
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        for sub in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                keys.extend(_config_keys(sub, f"{key}."))
+    return keys
+
+
+def test_cli_page_documents_every_config_key() -> None:
+    from quasineuron.config import RunConfig
+
+    page = (EXAMPLES.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [
+        k for k in _config_keys(RunConfig) if f"`{k}`" not in page and f"`[{k}]`" not in page
+    ]
+    assert not missing, f"docs/cli.md does not document config keys {missing}"
+
+
+def test_cli_page_default_config_is_the_default() -> None:
+    from quasineuron.config import RunConfig, parse_config
+
+    page = (EXAMPLES.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", page, re.S)
+    assert block is not None, "docs/cli.md lost its TOML block of defaults"
+    assert parse_config(tomllib.loads(block.group(1))) == RunConfig()

@@ -13,6 +13,7 @@ from quasineuron.chemistry.compile import (
     compile_network,
     network_weights,
     read_weights,
+    smoothed_relu_device,
 )
 from quasineuron.chemistry.network import MassAction, Reaction, ReactionNetwork, Species
 from quasineuron.chemistry.sbml import from_sbml, roadrunner_simulate, sbml_errors, to_sbml
@@ -41,6 +42,7 @@ __all__ = [
     "sbml_errors",
     "scipy_steady_state",
     "settling_time",
+    "smoothed_relu_device",
     "steady_state",
     "to_sbml",
 ]

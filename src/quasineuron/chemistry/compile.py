@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from quasineuron.chemistry.network import Reaction, ReactionNetwork, Species
+from quasineuron.devices.base import Box
+from quasineuron.devices.formula import FormulaDevice
 from quasineuron.devices.reaction import smoothed_relu
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "compile_network",
     "network_weights",
     "read_weights",
+    "smoothed_relu_device",
 ]
 
 _NAME = re.compile(r"^x(\d+)_(\d+)$")
@@ -293,3 +296,30 @@ def closed_form(
     for w, b in zip(weights, biases, strict=True):
         h = smoothed_relu(h @ w.to(u).T + b.to(u), eps)
     return h
+
+
+def smoothed_relu_device(*, eps: float, limit: float = 4.0) -> FormulaDevice:
+    """Closed-form twin of ``reaction_relu(eps=eps)``: ``σ_ε(z)`` as a :class:`FormulaDevice`.
+
+    Train with it (fast, exact gradients); the compiled chemistry has it as steady state.
+
+    Args:
+        eps: Smoothing ε > 0.
+        limit: Half-width of the drive domain ``[-limit, limit]`` (sets the initial weights'
+            scale in :class:`DeviceNetwork`; the formula is valid for every z).
+
+    Returns:
+        A differentiable device with one drive and one output.
+    """
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return smoothed_relu(z, eps)
+
+    return FormulaDevice(
+        fn,
+        n_in=1,
+        n_out=1,
+        domain=Box((-float(limit),), (float(limit),)),
+        name="smoothed_relu",
+        params={"eps": float(eps)},
+    )

@@ -365,11 +365,16 @@ class MassAction:
 
     def rates(self, x: torch.Tensor) -> torch.Tensor:
         """Reaction rates ``v = k ∏ x^O``, shape (batch, n_reactions), for x (batch, n_species)."""
-        return self.k * self._ext(x)[:, self.slots].prod(-1)
+        return self._rates_t(x).T
+
+    def _rates_t(self, x: torch.Tensor) -> torch.Tensor:
+        # species-major layout: each gather copies whole rows of the batch
+        ext_t = self._ext(x).T.contiguous()  # (n_species + 1, batch)
+        return self.k[:, None] * ext_t[self.slots].prod(1)  # (n_reactions, batch)
 
     def rhs(self, x: torch.Tensor) -> torch.Tensor:
         """``dx/dt = S v``, shape (batch, n_species); zero for boundary species."""
-        return (self.S @ self.rates(x).T).T
+        return (self.S @ self._rates_t(x)).T
 
     def self_coefficients(self, x: torch.Tensor) -> torch.Tensor:
         """Coefficients (a, b, c) of ``f_i = a_i + b_i x_i + c_i x_i²``, shape (3, batch, n).

@@ -17,6 +17,7 @@ message are only computed when some drive is outside.
 from __future__ import annotations
 
 import abc
+import os
 import sys
 import warnings
 from typing import Any, ClassVar, Literal
@@ -31,12 +32,16 @@ __all__ = ["POLICIES", "AbstractSurrogate", "DomainPolicy"]
 DomainPolicy = Literal["warn", "clamp", "raise"]
 POLICIES: tuple[str, ...] = ("warn", "clamp", "raise")
 
-# Frames in these files are skipped when pointing a warning at the user's call site.
-_INTERNAL_FILES = (__file__.rsplit("base.py", 1)[0], torch.nn.modules.module.__file__)
+# Frames in these folders (all of quasineuron, all of torch) are skipped when pointing a warning
+# at the user's call site, so that it shows once per line of user code, not once per layer.
+_INTERNAL_FILES = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+)
 
 
 def _user_stacklevel() -> int:
-    """Stack level of the first frame outside this package's twins and ``torch.nn.Module``."""
+    """Stack level of the first frame outside quasineuron and torch."""
     level = 2  # relative to the caller of this function, as warnings.warn counts
     frame = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_FILES):
