@@ -137,8 +137,8 @@ def characterize(
 ) -> CharacterizeResult:
     """Sweep ``device`` over its domain, fit a twin, and write the report folder.
 
-    Writes ``out/sweep.zarr`` (resumable), ``out/twin.safetensors`` (tensors, with JSON metadata in its header), ``out/report.json``
-    and ``out/response.png`` / ``out/error.png``.
+    Writes ``out/sweep.zarr`` (resumable), ``out/twin.safetensors`` (tensors, with JSON metadata
+    in its header), ``out/report.json`` and ``out/response.png`` / ``out/error.png``.
 
     Args:
         device: The device to characterise.
