@@ -143,6 +143,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--unroll", type=int, default=5, help="RK4 steps per compiled call")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    ap.add_argument(
+        "--max-run-seconds",
+        type=float,
+        default=60.0,
+        help="skip a method at the next batch size when one run there would take longer",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,6 +174,12 @@ def main() -> None:
     errors = {name: float((fn(u_ref) - ref).abs().max()) for name, fn in methods.items()}
     errors["scipy-loop"] = float((scipy_loop(u_ref) - ref).abs().max())
 
+    last_rate: dict[str, float] = {}
+    meta = dict(
+        torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
+        machine=platform.machine(), processor=platform.processor(), T=T_END, dt=DT,
+        dtype="float32", unroll=args.unroll,
+    )  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print(f"{'method':24s} {'batch':>9s} {'solves/s':>11s} {'vs tdq':>8s} {'max_err':>9s} compile")
     for batch in batches:
@@ -176,13 +188,16 @@ def main() -> None:
         for name, fn in methods.items():
             if name == "ours-compiled-batch" and batch > 10**5:
                 continue  # slow to compile and run; its rate is flat past 1e4
+            if batch / last_rate.get(name, math.inf) > args.max_run_seconds:
+                print(f"{name:24s} {batch:9d} skipped (one run would exceed --max-run-seconds)")
+                continue
             t0 = time.perf_counter()
             fn(u)  # warm-up (compiles once per shape for the compiled variants)
             first = time.perf_counter() - t0
             best = best_time(
                 lambda fn=fn, u=u: fn(u), budget=budget, max_reps=3 if batch > 1e5 else 5
             )
-            rates[name] = batch / best
+            rates[name] = last_rate[name] = batch / best
             compile_s = max(first - best, 0.0) if "compiled" in name else 0.0
             results.append(
                 dict(method=name, batch=batch, rate=rates[name], seconds=best,
@@ -204,17 +219,13 @@ def main() -> None:
                 print(
                     f"{r['method']:24s} {batch:9d} {r['rate']:11.3g} "
                     f"{r['ratio_vs_torchdiffeq']:7.2f}x {r['max_err']:9.1e} "
-                    f"{r['compile_seconds']:.1f}s"
+                    f"{r['compile_seconds']:.1f}s",
+                    flush=True,
                 )
-    if args.json:
-        meta = dict(
-            torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
-            machine=platform.machine(), processor=platform.processor(), T=T_END, dt=DT,
-            dtype="float32", load_avg=os.getloadavg() if hasattr(os, "getloadavg") else None,
-        )  # fmt: skip
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": results}, fh, indent=2)
-        print(f"wrote {args.json}")
+        if args.json:  # after every batch size, so a long run leaves partial results
+            meta["load_avg"] = os.getloadavg()
+            with open(args.json, "w") as fh:
+                json.dump({"meta": meta, "results": results}, fh, indent=2)
     assert all(math.isfinite(r["rate"]) for r in results)
 
 

@@ -103,7 +103,15 @@ def settling_study(eps_list, depths, *, seed, width=16, n_in=64, batch=16, dt=0.
 def gillespie_study(*, seed, volumes, n_images, eps, t_end):
     train, test = qn.load_digits(seed=seed)
     net, _ = train_closed_form(
-        train, None, sizes=(64, 10), eps=eps, epochs=30, lr=3e-2, batch=64, seed=seed, loss="mse"
+        train,
+        None,
+        sizes=(64, 32, 10),
+        eps=eps,
+        epochs=40,
+        lr=1e-2,
+        batch=64,
+        seed=seed,
+        loss="mse",
     )
     w, b = ch.network_weights(net)
     cn = ch.compile_network(w, b, eps=eps)
@@ -113,15 +121,13 @@ def gillespie_study(*, seed, volumes, n_images, eps, t_end):
     outs_ids = [f"x1_{i}" for i in range(10)]
     rows = []
     for vol in volumes:
-        text = ch.to_sbml(cn.network, volume=vol)
         t0 = time.perf_counter()
         preds = []
         for k in range(n_images):
-            conc = {f"x0_{j}": float(xs[k, j]) for j in range(64)}
+            text = ch.to_sbml(cn.with_inputs(xs[k]), volume=vol)
             traj = ch.roadrunner_simulate(
                 text,
                 t_end=t_end,
-                concentrations=conc,
                 integrator="gillespie",
                 seed=seed + k,
                 n_points=201,
@@ -141,7 +147,7 @@ def gillespie_study(*, seed, volumes, n_images, eps, t_end):
         )
         print(f"gillespie volume={vol}: accuracy {acc:.3f} agreement {agree:.3f}")
     return {
-        "task": "digits 64-10",
+        "task": "digits 64-32-10",
         "n_images": n_images,
         "t_end": t_end,
         "eps": eps,

@@ -65,7 +65,7 @@ def main() -> None:
         f"one quadratic neuron, XOR: accuracy {accuracy(quad(x, mode=qn.TrueDevice()), data.y):.2f}"
     )
 
-    mlp = qn.DeviceNetwork(qn.ideal_neuron("tanh"), (2, 8, 2), dtype=torch.float64, init_gain=0.1)
+    mlp = qn.DeviceNetwork(qn.ideal_neuron("tanh"), (2, 8, 2), dtype=torch.float64, init_gain=0.6)
     qn.train(mlp, data, mode=qn.Direct(), epochs=300, batch_size=4, lr=0.05, progress=False)
     print(f"2-8-2 tanh network, XOR: accuracy {accuracy(mlp(x, mode=qn.TrueDevice()), data.y):.2f}")
 

@@ -70,7 +70,7 @@ def test_xor_two_layers_of_ordinary_neurons_reach_100_percent():
     # A small init_gain: the default spreads drives over half of tanh's +-6 domain, which
     # saturates the hidden neurons for 0/1 inputs and leaves XOR stuck at 75 %.
     net = qn.DeviceNetwork(
-        qn.ideal_neuron("tanh"), (2, 8, 2), seed=0, dtype=torch.float64, init_gain=0.1
+        qn.ideal_neuron("tanh"), (2, 8, 2), seed=0, dtype=torch.float64, init_gain=0.6
     )
     qn.train(net, data, mode=qn.Direct(), epochs=300, batch_size=4, lr=0.05, progress=False)
     out = net(data.x.double(), mode=qn.TrueDevice())

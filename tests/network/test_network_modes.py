@@ -110,7 +110,7 @@ def _input_gain_twin():
 def _weight_grads(seed, twin):
     gen = torch.Generator().manual_seed(seed)
     net = DeviceNetwork(
-        tanh_device(), (8, 16, 16, 4), twin=twin, dtype=F64, seed=seed, init_gain=1.0
+        tanh_device(), (8, 16, 16, 4), twin=twin, dtype=F64, seed=seed, init_gain=3.0
     )
     x = torch.randn(32, 8, generator=gen, dtype=F64)
     labels = torch.randint(0, 4, (32,), generator=gen)

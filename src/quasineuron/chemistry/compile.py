@@ -22,6 +22,7 @@ biases produce no reaction.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,17 @@ class CompiledNetwork:
             x = low + (high - low) * torch.rand(u.shape[0], n, generator=generator, dtype=u.dtype)
         x[:, self.layer_slice(0)] = u
         return x
+
+    def with_inputs(self, u: torch.Tensor) -> ReactionNetwork:
+        """The reaction network with input species' initial values set to ``u`` (n_0,)."""
+        if tuple(u.shape) != (self.sizes[0],):
+            raise ValueError(f"u must have shape ({self.sizes[0]},), got {tuple(u.shape)}")
+        vals = u.tolist()
+        species = tuple(
+            dataclasses.replace(s, initial=float(vals[i])) if i < len(vals) else s
+            for i, s in enumerate(self.network.species)
+        )
+        return dataclasses.replace(self.network, species=species)
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Output-layer concentrations (the class scores), shape (batch, sizes[-1])."""

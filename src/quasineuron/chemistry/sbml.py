@@ -182,7 +182,6 @@ def roadrunner_simulate(
     text: str,
     *,
     t_end: float,
-    concentrations: dict[str, float] | None = None,
     integrator: str = "cvode",
     seed: int = 0,
     n_points: int = 2,
@@ -191,10 +190,12 @@ def roadrunner_simulate(
 ) -> np.ndarray:
     """Simulate an SBML model with libroadrunner and return the trajectory of ``selections``.
 
+    Initial concentrations (inputs included) are those in the document; build the network
+    with the wanted values (``dataclasses.replace`` on its species) before :func:`to_sbml`.
+
     Args:
         text: SBML document.
         t_end: End time.
-        concentrations: Initial concentrations to set (by species id), e.g. the inputs.
         integrator: ``"cvode"`` (deterministic, stiff) or ``"gillespie"`` (stochastic SSA).
         seed: Seed of the Gillespie integrator.
         n_points: Number of output times in [0, t_end].
@@ -218,9 +219,6 @@ def roadrunner_simulate(
     else:
         rr.integrator.seed = int(seed)
         rr.integrator.variable_step_size = False
-    for name, value in (concentrations or {}).items():
-        rr.setValue(f"init([{name}])", float(value))
-    rr.reset()
     ids = list(selections) if selections is not None else list(rr.model.getFloatingSpeciesIds())
     rr.timeCourseSelections = [f"[{i}]" for i in ids]
     return np.asarray(rr.simulate(0.0, float(t_end), int(n_points)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
@@ -73,7 +74,8 @@ class _FixedStep(AbstractODESolver):
         compile: Fuse ``unroll`` steps into one ``torch.compile``'d function (cached per device,
             batch size and dtype). The first call per shape compiles (seconds on a small CPU);
             worth it from ~1e4 instances on. Fastest with ``layout="rows"``.
-        unroll: Steps per fused call; the divergence check runs once per call.
+        unroll: Steps per fused call (at most; it is lowered to divide the number of steps).
+            The divergence check runs once per call.
     """
 
     dt: float
@@ -472,6 +474,12 @@ class ODEDevice(AbstractDevice):
         self._quad = isinstance(readout, (TimeIntegral, TimeAverage))
         self._compiled: Callable[..., Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the compiled step behind; it is rebuilt on first use."""
+        state = self.__dict__.copy()
+        state["_compiled"] = None
+        return state
+
     # -- helpers ------------------------------------------------------------------------------
 
     def initial_state(self, u: torch.Tensor) -> torch.Tensor:
@@ -587,8 +595,10 @@ class ODEDevice(AbstractDevice):
         assert isinstance(solver, (Euler, Heun, RK4))
         x0 = self.initial_state(u)
         rows = self.layout == "rows"
-        u_parts: Parts = u.unbind(1) if rows else (u,)
-        parts: Parts = x0.unbind(1) if rows else (x0,)
+        # contiguous parts: fast loops, and the same strides on every call (a compiled graph is
+        # specialised to them)
+        u_parts: Parts = u.T.contiguous().unbind(0) if rows else (u.contiguous(),)
+        parts: Parts = x0.T.contiguous().unbind(0) if rows else (x0.contiguous(),)
         lo = hi = None
         if self._clip is not None:
             if rows:
@@ -599,8 +609,13 @@ class ODEDevice(AbstractDevice):
         block = self._block
         if solver.compile:
             if self._compiled is None:
-                # one compiled function per device; torch caches one graph per shape/dtype
-                self._compiled = torch.compile(self._block, dynamic=False)
+                # dynamo keeps its graph cache (and its recompile limit) on the code object, so
+                # each device compiles its own copy of _block; the batch size is dynamic, so a
+                # device compiles once per dtype, phase and readout, not once per batch size
+                fresh = types.FunctionType(
+                    ODEDevice._block.__code__.replace(), ODEDevice._block.__globals__
+                )
+                self._compiled = torch.compile(types.MethodType(fresh, self), dynamic=True)
             block = self._compiled
         bound = self.bound if self.bound is not None else math.inf
         bad = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
@@ -614,10 +629,13 @@ class ODEDevice(AbstractDevice):
             if quad:
                 nq = len(self._comps)
                 zeros = torch.zeros(u.shape[0], nq, dtype=u.dtype, device=u.device)
-                parts = parts + (zeros.unbind(1) if rows else (zeros,))
+                parts = parts + (zeros.T.contiguous().unbind(0) if rows else (zeros,))
+            # steps per call: the largest divisor of n_steps up to unroll, so that every call
+            # has the same length (a shorter last call would be one more compiled graph)
+            unroll = max(d for d in range(1, min(solver.unroll, n_steps) + 1) if n_steps % d == 0)
             k = 0
             while k < n_steps:
-                n = min(solver.unroll, n_steps - k)
+                n = unroll
                 t = torch.tensor(ta + k * h, dtype=u.dtype, device=u.device)
                 parts, peak = block(t, parts, u_parts, h, n, quad, lo, hi)
                 # NaN compares False, so non-finite rows are caught as well

@@ -7,7 +7,9 @@ device's ``n_in``.
 
 Initialisation puts typical drives inside the device's domain: with ``c`` the centre and ``h``
 the half-width of the domain along a drive, biases start at ``c`` and weights are drawn with
-standard deviation ``init_gain * h / sqrt(fan_in)``.
+standard deviation ``init_gain / sqrt(fan_in)`` (LeCun's rule: inputs of unit scale give drives of
+unit scale around ``c``, the regime where a neuron-like device responds; scaling by the domain
+width instead saturates devices characterised on wide domains).
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class Linear(AbstractConnection):
         """Make a :class:`LinearMap`; see :meth:`AbstractConnection.build`."""
         centre, half = _centre_half(domain, dtype)
         n_in = mask.shape[0]
-        std = init_gain * half.repeat(n_neurons) / fan_in(mask).clamp_min(1).to(dtype).sqrt()
+        std = init_gain / fan_in(mask).clamp_min(1).to(dtype).sqrt()
         w = torch.randn(n_in, n_neurons * n_drives, generator=generator, dtype=dtype) * std
         b = centre.expand(n_neurons, n_drives).clone() if self.bias else None
         return LinearMap(w * mask, b, mask, n_neurons=n_neurons, n_drives=n_drives)
@@ -224,7 +226,7 @@ class TwoDrive(AbstractConnection):
     ) -> torch.nn.Module:
         """Make a :class:`TwoDriveMap`; see :meth:`AbstractConnection.build`."""
         centre, half = _centre_half(domain, dtype)
-        std = init_gain * half[0] / fan_in(mask).clamp_min(1).to(dtype).sqrt()
+        std = init_gain / fan_in(mask).clamp_min(1).to(dtype).sqrt()
         a = torch.randn(mask.shape[0], n_neurons, generator=generator, dtype=dtype) * std
         b = centre[0].expand(n_neurons).clone() if self.bias else None
         return TwoDriveMap(a * mask, b, mask)
@@ -313,10 +315,10 @@ class Quadratic(AbstractConnection):
         qmask = valid.unsqueeze(2) & valid.unsqueeze(1) & torch.ones(k, k).triu().bool()
         fi = fan_in(mask).clamp_min(1).to(dtype)
         w = torch.randn(mask.shape[0], n_neurons, generator=generator, dtype=dtype)
-        w = w * (init_gain * half[0] / fi.sqrt())
+        w = w * (init_gain / fi.sqrt())
         # About fan_in**2 / 2 pair terms; x_i x_j is smaller than x_i for inputs in [-1, 1].
         q = torch.randn(n_neurons, k, k, generator=generator, dtype=dtype)
-        q = q * (init_gain * half[0] / fi).view(-1, 1, 1)
+        q = q * (init_gain / fi).view(-1, 1, 1)
         b = centre[0].expand(n_neurons).clone() if self.bias else None
         return QuadraticMap(w * mask, q * qmask, b, mask, idx, qmask)
 
@@ -366,7 +368,7 @@ class Raw(AbstractConnection):
 
     its ``k`` inputs in increasing feature index ``i_1 < ... < i_k``, then its ``k`` trainable
     weights in the same order. Weights start spread over the domain of the weight drives
-    (drives ``k..2k-1``): ``w = c + init_gain * h * U(-1, 1)``.
+    (drives ``k..2k-1``): ``w = c + init_gain * h/2 * U(-1, 1)``.
     """
 
     kind: ClassVar[str] = "raw"
@@ -402,7 +404,7 @@ class Raw(AbstractConnection):
         centre, half = _centre_half(domain, dtype)
         idx, _ = _gather_index(mask)
         r = 2 * torch.rand(n_neurons, k, generator=generator, dtype=dtype) - 1
-        w = centre[k:] + init_gain * half[k:] * r
+        w = centre[k:] + 0.5 * init_gain * half[k:] * r
         return RawMap(w, mask, idx)
 
 

@@ -89,7 +89,7 @@ class DeviceLayer(torch.nn.Module):
         seed: Seed of the mask (``Generator(seed)``) and of the weights
             (``Generator(seed + 1_000_003)``).
         dtype: Floating dtype of the weights.
-        init_gain: Initial drive spread as a fraction of the device domain's half-width.
+        init_gain: Weights start with standard deviation ``init_gain / sqrt(fan_in)``.
         mask: A ready mask (n_in_features, n_columns) that replaces ``wiring``'s draw.
 
     Raises:

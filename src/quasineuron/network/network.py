@@ -54,9 +54,12 @@ class DeviceNetwork(torch.nn.Module):
         wiring: Wiring spec, or one per layer.
         output: Which device output each neuron passes on, or one index per layer.
         readout_affine: Learn a per-class scale and offset on the output layer.
+        readout_scale: Initial readout scale. Device outputs are often O(1) (tanh: ±1), and
+            logits in [-1, 1] make the softmax nearly uniform and learning slow; 4 starts the
+            logits in a useful range.
         seed: Seed of all masks and initial weights (each layer draws its own seed from it).
         dtype: Floating dtype of the weights.
-        init_gain: Initial drive spread as a fraction of each device domain's half-width.
+        init_gain: Weights start with standard deviation ``init_gain / sqrt(fan_in)``.
         masks: Ready masks, one per layer (None entries draw from the wiring), e.g. from a file.
 
     Raises:
@@ -73,6 +76,7 @@ class DeviceNetwork(torch.nn.Module):
         wiring: AbstractWiring | Sequence[AbstractWiring] = Dense(),  # noqa: B008
         output: int | Sequence[int] = 0,
         readout_affine: bool = True,
+        readout_scale: float = 4.0,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         init_gain: float = 0.5,
@@ -119,7 +123,9 @@ class DeviceNetwork(torch.nn.Module):
             for i in range(n)
         )
         if self.readout_affine:
-            self.readout_scale = torch.nn.Parameter(torch.ones(sizes[-1], dtype=dtype))
+            self.readout_scale = torch.nn.Parameter(
+                torch.full((sizes[-1],), float(readout_scale), dtype=dtype)
+            )
             self.readout_offset = torch.nn.Parameter(torch.zeros(sizes[-1], dtype=dtype))
         self._variability: Variability | None = None
         self._deviations: list[Deviation] | None = None
