@@ -212,13 +212,14 @@ def main() -> None:
                  seconds=best * batch / n_s, compile_seconds=0.0,
                  max_err=errors["scipy-loop"], sample=n_s)
         )  # fmt: skip
-        base = rates["torchdiffeq-rk4"]
+        base = rates.get("torchdiffeq-rk4")  # None when skipped at this size
         for r in results:
             if r["batch"] == batch:
-                r["ratio_vs_torchdiffeq"] = r["rate"] / base
+                r["ratio_vs_torchdiffeq"] = None if base is None else r["rate"] / base
+                ratio = "    n/a " if base is None else f"{r['ratio_vs_torchdiffeq']:7.2f}x"
                 print(
                     f"{r['method']:24s} {batch:9d} {r['rate']:11.3g} "
-                    f"{r['ratio_vs_torchdiffeq']:7.2f}x {r['max_err']:9.1e} "
+                    f"{ratio} {r['max_err']:9.1e} "
                     f"{r['compile_seconds']:.1f}s",
                     flush=True,
                 )

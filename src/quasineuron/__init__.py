@@ -8,14 +8,23 @@ The pipeline, one stage per sub-package: ``devices`` (describe) → ``sweep`` (c
 from quasineuron._version import __version__
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, regression_1d, xor
 from quasineuron.devices import (
+    RK4,
     AbstractDevice,
+    Adaptive,
     Anderson,
     BlackBoxDevice,
     Box,
+    Euler,
+    FinalState,
     FixedPointDevice,
     FormulaDevice,
+    Heun,
+    InputClip,
     Integrate,
     Newton,
+    ODEDevice,
+    TimeAverage,
+    TimeIntegral,
     almost_neuron,
     available_devices,
     check_device,
@@ -24,6 +33,8 @@ from quasineuron.devices import (
     raw_almost_neuron,
     reaction_relu,
     smoothed_relu,
+    solve_reference,
+    wuxing_neuron,
 )
 from quasineuron.evaluation import EvaluationReport, evaluate
 from quasineuron.network import (
@@ -86,6 +97,16 @@ from quasineuron.training import (
 )
 
 __all__ = [
+    "RK4",
+    "Adaptive",
+    "Euler",
+    "FinalState",
+    "Heun",
+    "ODEDevice",
+    "TimeAverage",
+    "TimeIntegral",
+    "solve_reference",
+    "wuxing_neuron",
     "CMAES",
     "MSE",
     "Delta",
@@ -114,6 +135,7 @@ __all__ = [
     "FitResult",
     "FixedPointDevice",
     "FormulaDevice",
+    "InputClip",
     "Grid",
     "Integrate",
     "LatinHypercube",

@@ -28,6 +28,9 @@ class DeviceConfig(_Strict):
 
     name: str = "almost-neuron"
     options: dict[str, Any] = Field(default_factory=dict)
+    input_clip: bool = Field(
+        False, description="clip drives into the device's domain before they reach it (a limiter)"
+    )
 
 
 class SweepConfig(_Strict):

@@ -21,6 +21,7 @@ from quasineuron.config import RunConfig, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
 from quasineuron.devices.base import AbstractDevice, check_device
 from quasineuron.devices.library import make_device
+from quasineuron.devices.wrappers import InputClip
 from quasineuron.evaluation import evaluate
 from quasineuron.network import (
     Dense,
@@ -338,6 +339,8 @@ def run_pipeline(
     t_start = time.perf_counter()
 
     device = make_device(config.device.name, **config.device.options)
+    if config.device.input_clip:
+        device = InputClip(device)
     sampler = make_sampler(
         config.sweep.sampler, device.n_in, points=config.sweep.points, seed=config.sweep.seed
     )

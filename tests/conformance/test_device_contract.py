@@ -33,6 +33,12 @@ def _wuxing_steady() -> AbstractDevice:
     return wuxing_neuron(readout="steady")
 
 
+def _clipped_wuxing_steady() -> AbstractDevice:
+    from quasineuron.devices.wrappers import InputClip
+
+    return InputClip(_wuxing_steady())
+
+
 def _reaction() -> AbstractDevice:
     from quasineuron.devices.reaction import reaction_relu
 
@@ -46,6 +52,7 @@ FACTORIES: dict[str, Callable[[], AbstractDevice]] = {
     "ode-wuxing-window": _wuxing_window,
     "fixed-point-wuxing-steady": _wuxing_steady,
     "fixed-point-reaction-relu": _reaction,
+    "wrapper-input-clip": _clipped_wuxing_steady,
 }
 
 

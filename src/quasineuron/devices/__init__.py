@@ -17,9 +17,34 @@ from quasineuron.devices.library import (
     make_device,
     raw_almost_neuron,
 )
+from quasineuron.devices.ode import (
+    RK4,
+    Adaptive,
+    Euler,
+    FinalState,
+    Heun,
+    ODEDevice,
+    ODEResult,
+    TimeAverage,
+    TimeIntegral,
+    solve_reference,
+)
 from quasineuron.devices.reaction import reaction_relu, smoothed_relu
+from quasineuron.devices.wrappers import InputClip
+from quasineuron.devices.wuxing import wuxing_neuron
 
 __all__ = [
+    "RK4",
+    "Adaptive",
+    "Euler",
+    "FinalState",
+    "Heun",
+    "ODEDevice",
+    "ODEResult",
+    "TimeAverage",
+    "TimeIntegral",
+    "solve_reference",
+    "wuxing_neuron",
     "AbstractDevice",
     "Anderson",
     "BlackBoxDevice",
@@ -27,6 +52,7 @@ __all__ = [
     "FixedPointDevice",
     "FixedPointResult",
     "FormulaDevice",
+    "InputClip",
     "Integrate",
     "Newton",
     "almost_neuron",
