@@ -1,5 +1,6 @@
 """Characterise a device: sample its domain, evaluate it resumably, keep a per-point table."""
 
+from quasineuron.sweep.dask import DaskExecutor as DaskExecutor
 from quasineuron.sweep.executors import AbstractExecutor, ProcessExecutor, SerialExecutor
 from quasineuron.sweep.runner import evaluate_points, sweep
 from quasineuron.sweep.sampling import AbstractSampler, Grid, LatinHypercube, Random, Sobol

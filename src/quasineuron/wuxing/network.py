@@ -1,0 +1,348 @@
+"""Whole-network time simulation of a layered Wuxing network (models.md §A.1, §A.4, §A.5).
+
+All neurons of all layers form one ODE system over the state ``E`` of shape
+(batch, n_slots), ``n_slots = 5 · n_neurons`` (slot ``5·neuron + element``). Each neuron follows
+(A1) (the single-neuron right-hand side :func:`~quasineuron.devices.wuxing.wuxing_rhs`, applied
+to all neurons at once); its drive is
+
+    u_{b,q}(t) = Σ_{links (a,p)→(b,q)} c · D_{a,p}(t)  +  x_pixel  (input slots),
+
+with ``D = E − B0``. The reversed network (A2) keeps every link and coefficient and flips the
+signal direction: a link (a,p)→(b,q) adds ``c · D̂_{b,q}`` to ``dÊ_{a,p}/dt``; the error enters
+at the read-out slots. Its neuron equation is (A1) on the mirrored ring (element i ↦ −i) with
+the parameters permuted accordingly, so it reuses the same right-hand side.
+
+Links are applied with one gather and one ``index_add`` per right-hand-side evaluation (no loop
+over neurons or links); the time loop is a fixed-step Heun (default) or RK4 step of
+:mod:`quasineuron.devices.ode`, with the time integral of ``D`` carried as a quadrature state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from quasineuron.devices.ode import RK4, Euler, Heun
+from quasineuron.devices.wuxing import wuxing_rest_state, wuxing_rhs
+from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
+
+__all__ = ["SimConfig", "SimulationResult", "WuxingNetwork"]
+
+# mirror of the ring, i -> -i (mod 5); an involution
+_MIRROR = (0, 4, 3, 2, 1)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Settings of the time simulation ([ours] defaults; the paper gives none, §A.8).
+
+    Args:
+        T: Length of the window ``[0, T]``; the slowest neuron mode is ≈ 3.5 time units and
+            signals cross every layer, so T = 30 by default.
+        solver: ``Heun(dt=...)`` (default, dt = 0.05), ``RK4(dt=...)`` or ``Euler(dt=...)``.
+        readout: ``"mean"``: score ``(1/T) ∫_0^T D dt`` of each read-out slot (§A.4);
+            ``"final"``: ``D(T)``.
+        input_scale: Pixel drive ``u = input_scale · x`` (constant over the window).
+        clip: ``(0, E_max)`` clamp of every state after each step (the divergence guard of
+            §A.3), or ``None`` for detection only.
+        bound: A sample whose ``max |E|`` reaches ``bound`` or turns non-finite is reported
+            diverged.
+        checkpoint_every: For backprop through time: keep only every n-th state and recompute
+            the steps in between in the backward pass (memory ∝ n_steps/n + n). ``None``
+            keeps every step's graph.
+    """
+
+    T: float = 30.0
+    solver: Heun | RK4 | Euler = field(default_factory=lambda: Heun(dt=0.05))
+    readout: Literal["mean", "final"] = "mean"
+    input_scale: float = 1.0
+    clip: tuple[float, float] | None = (0.0, 50.0)
+    bound: float = 1e3
+    checkpoint_every: int | None = 25
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
+            raise ValueError(f"SimConfig.T must be a finite number > 0, got {self.T!r}")
+        if not isinstance(self.solver, (Heun, RK4, Euler)):
+            raise TypeError(
+                f"SimConfig.solver must be Heun(dt=...), RK4(dt=...) or Euler(dt=...), got "
+                f"{type(self.solver).__name__}"
+            )
+        if self.readout not in ("mean", "final"):
+            raise ValueError(f"SimConfig.readout must be 'mean' or 'final', got {self.readout!r}")
+        if not math.isfinite(self.input_scale):
+            raise ValueError(f"SimConfig.input_scale must be finite, got {self.input_scale!r}")
+        if self.clip is not None:
+            lo, hi = self.clip
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"SimConfig.clip must be (lo, hi) with lo < hi, got {self.clip}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"SimConfig.bound must be a finite number > 0, got {self.bound!r}")
+        ce = self.checkpoint_every
+        if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
+            raise ValueError(f"SimConfig.checkpoint_every must be an int >= 1 or None, got {ce}")
+
+    @property
+    def n_steps(self) -> int:
+        """Number of fixed steps over ``[0, T]``."""
+        return max(1, math.ceil(self.T / self.solver.dt - 1e-9))
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationResult:
+    """Outcome of one forward or reversed run.
+
+    Attributes:
+        score: Read-out, shape (batch, n_out) (forward run; for the reversed run the
+            time-mean of ``D̂`` at the input slots, shape (batch, n_in)).
+        integral: ``∫_0^T D dt`` of every slot, shape (batch, n_slots).
+        final: State ``E(T)``, shape (batch, n_slots).
+        diverged: Shape (batch,): ``max |E|`` reached ``bound`` or turned non-finite.
+        clipped: Shape (batch,): the state clip was active at least once.
+    """
+
+    score: torch.Tensor
+    integral: torch.Tensor
+    final: torch.Tensor
+    diverged: torch.Tensor
+    clipped: torch.Tensor
+
+
+class WuxingNetwork(torch.nn.Module):
+    """A layered Wuxing network simulated in time as one ODE system (models.md §A).
+
+    Example:
+        >>> from quasineuron.wuxing import one_to_one_wiring
+        >>> net = WuxingNetwork(one_to_one_wiring((3, 4, 1), links=(7, 4)))
+        >>> net(torch.full((2, 3), 0.1)).shape
+        torch.Size([2, 1])
+
+    Args:
+        wiring: Links, pixel and read-out slots.
+        config: Simulation settings.
+        K1: Generation rate of every neuron, a float or 5 floats (one per element).
+        K2: Self-decay rate, likewise.
+        K3: Predation rate, likewise.
+        c0: Initial connection coefficient of every link ([ours] 1, models.md §A.9).
+        dtype: Dtype of the coefficients (the state follows the input's dtype).
+
+    Attributes:
+        c: Connection coefficients, shape (n_links,) (a trainable parameter).
+    """
+
+    def __init__(
+        self,
+        wiring: WuxingWiring,
+        *,
+        config: SimConfig | None = None,
+        K1: float | Sequence[float] = 1.0,
+        K2: float | Sequence[float] = 0.5,
+        K3: float | Sequence[float] = 0.5,
+        c0: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if not isinstance(wiring, WuxingWiring):
+            raise TypeError(
+                f"wiring must be a WuxingWiring (from one_to_one_wiring, adder_wiring or "
+                f"model_wiring), got {type(wiring).__name__}"
+            )
+        config = SimConfig() if config is None else config
+        if not isinstance(config, SimConfig):
+            raise TypeError(f"config must be a SimConfig, got {type(config).__name__}")
+        self.wiring, self.config = wiring, config
+        self.n_in = int(wiring.input_slots.numel())
+        self.n_out = int(wiring.output_slots.numel())
+        self.n_slots = wiring.n_slots
+        self._rhs = wuxing_rhs(K1, K2, K3, input_elements=range(N_ELEMENTS), layout="batch")
+        rest = torch.tensor(wuxing_rest_state(K1, K2, K3), dtype=torch.float64)
+        # reversed neuron (A2) = (A1) on the mirrored ring with permuted parameters:
+        # K1'_j = K1_{1-j}, K2'_j = K2_{-j}, K3'_j = K3_{2-j} (indices mod 5)
+        k1, k2, k3 = (self._five(v) for v in (K1, K2, K3))
+        k1m = [k1[(1 - j) % 5] for j in range(5)]
+        k2m = [k2[(-j) % 5] for j in range(5)]
+        k3m = [k3[(2 - j) % 5] for j in range(5)]
+        self._rhs_mirror = wuxing_rhs(k1m, k2m, k3m, input_elements=range(5), layout="batch")
+        rest_m = torch.tensor(wuxing_rest_state(k1m, k2m, k3m), dtype=torch.float64)
+        rest_rev = rest_m[list(_MIRROR)]
+        n = wiring.n_neurons
+        self.register_buffer("rest", rest.repeat(n), persistent=False)
+        self.register_buffer("rest_rev", rest_rev.repeat(n), persistent=False)
+        mirror = torch.arange(n)[:, None] * N_ELEMENTS + torch.tensor(_MIRROR)
+        self.register_buffer("mirror", mirror.reshape(-1), persistent=False)
+        for name in ("src", "dst", "input_slots", "output_slots"):
+            self.register_buffer(name, getattr(wiring, name).clone(), persistent=False)
+        self.c = torch.nn.Parameter(torch.full((wiring.n_links,), float(c0), dtype=dtype))
+
+    @staticmethod
+    def _five(v: float | Sequence[float]) -> list[float]:
+        return [float(v)] * 5 if isinstance(v, (int, float)) else [float(a) for a in v]
+
+    # -- right-hand sides --------------------------------------------------------------------
+
+    def rhs(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Forward network (A1) + links: ``dE/dt``, shape (batch, n_slots).
+
+        Args:
+            E: State, shape (batch, n_slots).
+            drive: External drive of every slot (pixels), shape (batch, n_slots).
+            c: Coefficients, shape (n_links,) or (batch, n_links).
+        """
+        D = E - self.rest.to(E.dtype)
+        u = drive.index_add(1, self.dst, c * D[:, self.src])
+        return self._rhs(None, E.reshape(-1, N_ELEMENTS), u.reshape(-1, N_ELEMENTS)).reshape(
+            E.shape
+        )
+
+    def rhs_reversed(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Reversed network (A2) + reversed links: ``dÊ/dt``, shape (batch, n_slots).
+
+        Args:
+            E: Reversed state ``Ê``, shape (batch, n_slots).
+            drive: External drive of every slot (errors at read-out slots), (batch, n_slots).
+            c: Coefficients, shape (n_links,) or (batch, n_links).
+        """
+        D = E - self.rest_rev.to(E.dtype)
+        u = drive.index_add(1, self.src, c * D[:, self.dst])
+        m = self.mirror
+        dm = self._rhs_mirror(
+            None, E[:, m].reshape(-1, N_ELEMENTS), u[:, m].reshape(-1, N_ELEMENTS)
+        ).reshape(E.shape)
+        return dm[:, m]
+
+    # -- time loop ---------------------------------------------------------------------------
+
+    def _run(
+        self,
+        f: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        E0: torch.Tensor,
+        drive: torch.Tensor,
+        rest: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        n_steps = cfg.n_steps
+        h = cfg.T / n_steps
+        step = cfg.solver._step
+        lo, hi = cfg.clip if cfg.clip is not None else (None, None)
+
+        def g(t: torch.Tensor, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return (f(p[0], drive, c), p[0] - rest)
+
+        def chunk(
+            E: torch.Tensor, Q: torch.Tensor, n: int
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            peak = torch.zeros(E.shape[0], dtype=E.dtype, device=E.device)
+            hit = torch.zeros(E.shape[0], dtype=torch.bool, device=E.device)
+            parts = (E, Q)
+            for _ in range(n):
+                parts = step(g, 0.0, parts, h)  # autonomous: t unused
+                E = parts[0]
+                if lo is not None:
+                    with torch.no_grad():
+                        hit = hit | ((E < lo) | (E > hi)).any(1)
+                    E = E.clamp(lo, hi)
+                    parts = (E, parts[1])
+                with torch.no_grad():
+                    # NaN propagates through maximum, so non-finite rows are caught as well
+                    peak = torch.maximum(peak, E.abs().amax(1))
+            return parts[0], parts[1], peak, hit
+
+        E, Q = E0, torch.zeros_like(E0)
+        peak = torch.zeros(E0.shape[0], dtype=E0.dtype, device=E0.device)
+        hit = torch.zeros(E0.shape[0], dtype=torch.bool, device=E0.device)
+        use_ckpt = cfg.checkpoint_every is not None and torch.is_grad_enabled()
+        size = cfg.checkpoint_every if use_ckpt else n_steps
+        k = 0
+        while k < n_steps:
+            n = min(size, n_steps - k)
+            if use_ckpt:
+                E, Q, pk, ht = checkpoint(chunk, E, Q, n, use_reentrant=False)
+            else:
+                E, Q, pk, ht = chunk(E, Q, n)
+            peak, hit = torch.maximum(peak, pk), hit | ht
+            k += n
+        diverged = ~(peak < cfg.bound)
+        return E, Q, diverged, hit
+
+    def _coeffs(self, coeffs: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        c = self.c if coeffs is None else coeffs
+        if c.shape[-1] != self.c.shape[0] or c.ndim not in (1, 2):
+            raise ValueError(
+                f"coeffs must have shape (n_links={self.c.shape[0]},) or (batch, n_links), got "
+                f"{tuple(c.shape)}"
+            )
+        return c.to(x.dtype)
+
+    def simulate(self, x: torch.Tensor, *, coeffs: torch.Tensor | None = None) -> SimulationResult:
+        """Run the forward network from rest with constant pixel drives.
+
+        Differentiable with respect to ``c`` (backprop through time).
+
+        Args:
+            x: Pixels, shape (batch, n_in); the state takes its dtype and torch device.
+            coeffs: Coefficients to use instead of :attr:`c`: (n_links,) or (batch, n_links)
+                (one set per sample, e.g. for batched finite differences).
+
+        Returns:
+            Scores (batch, n_out), ``∫D dt`` of every slot, final state and guard flags.
+
+        Raises:
+            ValueError: If ``x`` or ``coeffs`` has the wrong shape.
+        """
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_in:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (batch, n_in={self.n_in}), got {got}")
+        c = self._coeffs(coeffs, x)
+        rest = self.rest.to(x.dtype)
+        drive = x.new_zeros(x.shape[0], self.n_slots)
+        drive = drive.index_add(1, self.input_slots, self.config.input_scale * x)
+        E0 = rest.expand(x.shape[0], -1).contiguous()
+        E, Q, diverged, clipped = self._run(self.rhs, E0, drive, rest, c)
+        if self.config.readout == "mean":
+            score = Q[:, self.output_slots] / self.config.T
+        else:
+            score = (E - rest)[:, self.output_slots]
+        return SimulationResult(score, Q, E, diverged, clipped)
+
+    def simulate_reversed(
+        self, error: torch.Tensor, *, coeffs: torch.Tensor | None = None
+    ) -> SimulationResult:
+        """Run the reversed network (A2) from its rest state with the error at the read-outs.
+
+        Each output neuron's read-out slot is driven by the constant ``error`` (models.md
+        §A.5); input-layer neurons get no drive.
+
+        Args:
+            error: Error per output, shape (batch, n_out).
+            coeffs: As in :meth:`simulate`.
+
+        Returns:
+            ``integral`` = ``∫ D̂ dt`` of every slot (batch, n_slots); ``score`` = the
+            time-mean of ``D̂`` at the pixel slots (batch, n_in).
+        """
+        if error.ndim != 2 or error.shape[1] != self.n_out:
+            raise ValueError(
+                f"error must have shape (batch, n_out={self.n_out}), got {tuple(error.shape)}"
+            )
+        c = self._coeffs(coeffs, error)
+        rest = self.rest_rev.to(error.dtype)
+        drive = error.new_zeros(error.shape[0], self.n_slots)
+        drive = drive.index_add(1, self.output_slots, error)
+        E0 = rest.expand(error.shape[0], -1).contiguous()
+        E, Q, diverged, clipped = self._run(self.rhs_reversed, E0, drive, rest, c)
+        score = Q[:, self.input_slots] / self.config.T
+        return SimulationResult(score, Q, E, diverged, clipped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of the forward time simulation, shape (batch, n_out)."""
+        return self.simulate(x).score
+
+    def extra_repr(self) -> str:
+        """Shown in ``repr(net)``."""
+        return f"sizes={self.wiring.sizes}, n_links={self.wiring.n_links}, config={self.config}"
