@@ -25,6 +25,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 QUICK_ARGS = {"bench_network_epoch.py": ["--limit", "4096"]}  # scripts without --quick
+# quick runs skip torch.compile warm-ups (minutes on 2 cores)
+QUICK_EXTRA = {"bench_ode_throughput.py": ["--no-compile"]}
 EXTRA_ARGS = {"bench_scaling.py": lambda out: ["--plots", str(out)]}
 
 
@@ -43,6 +45,7 @@ def run_one(script: Path, out: Path, *, quick: bool, timeout: float) -> dict[str
         cmd += ["--json", str(json_path)]
     if quick:
         cmd += ["--quick"] if "--quick" in src else QUICK_ARGS.get(script.name, [])
+        cmd += QUICK_EXTRA.get(script.name, [])
     if script.name in EXTRA_ARGS:
         cmd += EXTRA_ARGS[script.name](out)
     print(f"== {script.name}: {' '.join(cmd[1:])}", flush=True)

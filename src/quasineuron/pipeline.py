@@ -225,7 +225,7 @@ def demo_config() -> RunConfig:
             "twin": {"kind": "spline"},
             "data": {"name": "digits"},
             "network": {"hidden": [32], "connection": "two-drive"},
-            "training": {"mode": "surrogate", "epochs": 30, "batch_size": 32, "lr": 3e-3},
+            "training": {"mode": "surrogate", "epochs": 20, "batch_size": 32, "lr": 3e-3},
             "evaluation": {"modes": ["surrogate", "device", "physics-aware"]},
         },
         source="demo",
