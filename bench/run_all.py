@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-QUICK_ARGS = {"bench_network_epoch.py": ["--limit", "4096"]}  # scripts without --quick
+QUICK_ARGS = {  # scripts without --quick
+    "bench_network_epoch.py": ["--limit", "4096"],
+    "bench_reaction_throughput.py": ["--batch", "200", "--scipy-images", "1"],
+}
 # quick runs skip torch.compile warm-ups (minutes on 2 cores)
 QUICK_EXTRA = {"bench_ode_throughput.py": ["--no-compile"]}
 EXTRA_ARGS = {"bench_scaling.py": lambda out: ["--plots", str(out)]}
@@ -182,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timeout = args.timeout or (300 if args.quick else 1800)
+    timeout = args.timeout or (180 if args.quick else 1800)
     load = os.getloadavg()
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -194,3 +194,26 @@ def test_twin_of_another_shape_is_rejected():
 def test_per_layer_sequences_must_match_the_depth():
     with pytest.raises(ValueError, match="3 entries"):
         DeviceNetwork([tanh_device()] * 3, (3, 4, 2))
+
+
+def test_direct_adjoint_runs_through_an_adjoint_ode_device_and_matches_autograd():
+    from quasineuron.devices.ode import Adaptive, FinalState, ODEDevice
+
+    def rhs(t, x, u):
+        return -x + torch.tanh(u)
+
+    def make(adjoint):
+        return ODEDevice(
+            rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, readout=FinalState(),
+            solver=Adaptive(rtol=1e-9, atol=1e-11, adjoint=adjoint), domain=BOX1,
+        )  # fmt: skip
+
+    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for adjoint, mode in ((False, Direct()), (True, Direct(adjoint=True))):
+        net = DeviceNetwork(make(adjoint), (3, 4, 2), dtype=F64, seed=0, readout_affine=False)
+        net(x, mode=mode).sum().backward()
+        grads.append(net.layers[0].map.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="adjoint"):
+        DeviceNetwork(make(False), (3, 4, 2), dtype=F64)(x, mode=Direct(adjoint=True))

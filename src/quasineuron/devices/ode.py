@@ -470,6 +470,8 @@ class ODEDevice(AbstractDevice):
         self.name = name
         self.params = dict(params or {})
         self.differentiable = True
+        # read by Direct(adjoint=True): gradients come from the adjoint ODE, not the tape
+        self.adjoint = bool(getattr(solver, "adjoint", False))
         self._comps = comps
         self._quad = isinstance(readout, (TimeIntegral, TimeAverage))
         self._compiled: Callable[..., Any] | None = None

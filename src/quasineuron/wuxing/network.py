@@ -183,6 +183,9 @@ class WuxingNetwork(torch.nn.Module):
         self.register_buffer("to_wiring", (slot % n) * 5 + slot // n, persistent=False)
         for name in ("src", "dst", "input_slots", "output_slots"):
             self.register_buffer(name, self.to_internal[getattr(wiring, name)], persistent=False)
+        # the same links in wiring numbering, on the network's torch device (for method 2)
+        self.register_buffer("link_src", wiring.src.clone(), persistent=False)
+        self.register_buffer("link_dst", wiring.dst.clone(), persistent=False)
         self.c = torch.nn.Parameter(torch.full((wiring.n_links,), float(c0), dtype=dtype))
 
     @staticmethod

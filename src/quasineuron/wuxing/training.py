@@ -185,7 +185,7 @@ def method2_step(
         e = output_error(fwd.score, y, method.target)
         bwd = net.simulate_reversed(e)
         ok = ~(fwd.diverged | bwd.diverged)
-        g1 = fwd.integral[:, net.wiring.src] * bwd.integral[:, net.wiring.dst]  # (batch, n_links)
+        g1 = fwd.integral[:, net.link_src] * bwd.integral[:, net.link_dst]  # (batch, n_links)
         if method.normalise:
             g1 = g1 / net.config.T**2
         g1 = g1 / method.target.error_scale
