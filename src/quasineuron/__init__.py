@@ -78,6 +78,7 @@ from quasineuron.sweep import (
     evaluate_points,
     sweep,
 )
+from quasineuron.sweep.dask import DaskExecutor
 from quasineuron.training import (
     CMAES,
     MSE,
@@ -95,8 +96,11 @@ from quasineuron.training import (
     train,
     train_local,
 )
+from quasineuron.training.distributed import train_distributed
 
 __all__ = [
+    "DaskExecutor",
+    "train_distributed",
     "RK4",
     "Adaptive",
     "Euler",
