@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     if a.quick:
-        a.n_train, a.n_test, a.T, a.dt = 256, 256, 20.0, 0.1
+        a.n_train, a.n_test, a.T, a.dt = 128, 256, 20.0, 0.1
     torch.set_num_threads(a.threads)
     train_set, test_set = load_mnist(a.data_dir)
     xtr, ytr = torch.as_tensor(train_set.x[: a.n_train]), torch.as_tensor(train_set.y[: a.n_train])

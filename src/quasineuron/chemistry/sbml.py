@@ -178,6 +178,31 @@ def from_sbml(text: str) -> ReactionNetwork:
     return ReactionNetwork(tuple(species), tuple(reactions), model.getId() or "reaction_network")
 
 
+def _integer_counts(text: str) -> str:
+    """Round every floating species' initial count ``Ω·x0`` to a whole number of molecules.
+
+    libroadrunner's Gillespie integrator starts from the document's amounts as they are and
+    moves them by whole stoichiometries, so a fractional start such as ``Ω·√ε = 2.236`` stays
+    fractional forever, and a reaction that consumes the last 0.236 molecule (whose propensity
+    is still positive) leaves a negative count. Boundary species are left exact: they are
+    held constant and only scale propensities.
+    """
+    lib = _libsbml()
+    doc = lib.readSBMLFromString(text)
+    model = doc.getModel()
+    for i in range(model.getNumSpecies()):
+        sp = model.getSpecies(i)
+        if sp.getBoundaryCondition():
+            continue
+        vol = model.getCompartment(sp.getCompartment()).getSize()
+        if sp.isSetInitialConcentration():
+            n = round(sp.getInitialConcentration() * vol)
+            _check(sp.setInitialConcentration(n / vol), f"round the count of {sp.getId()}")
+        elif sp.isSetInitialAmount():
+            _check(sp.setInitialAmount(float(round(sp.getInitialAmount()))), "round a count")
+    return lib.writeSBMLToString(doc)
+
+
 def roadrunner_simulate(
     text: str,
     *,
@@ -196,14 +221,16 @@ def roadrunner_simulate(
     Args:
         text: SBML document.
         t_end: End time.
-        integrator: ``"cvode"`` (deterministic, stiff) or ``"gillespie"`` (stochastic SSA).
+        integrator: ``"cvode"`` (deterministic, stiff) or ``"gillespie"`` (stochastic SSA;
+            floating species start from ``round(Ω·x0)`` molecules, boundary species stay
+            exact and constant).
         seed: Seed of the Gillespie integrator.
         n_points: Number of output times in [0, t_end].
         selections: Species ids to record (default: all floating species).
         tol: Relative and absolute tolerance of CVODE.
 
     Returns:
-        Array (n_points, len(selections)) of concentrations.
+        Array (n_points, len(selections)) of concentrations (Gillespie: counts / Ω).
     """
     try:
         import roadrunner
@@ -211,6 +238,8 @@ def roadrunner_simulate(
         raise ImportError(
             "simulation of SBML needs libroadrunner: pip install libroadrunner"
         ) from err
+    if integrator == "gillespie":
+        text = _integer_counts(text)
     rr = roadrunner.RoadRunner(text)
     rr.setIntegrator(integrator)
     if integrator == "cvode":

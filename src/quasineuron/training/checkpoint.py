@@ -10,8 +10,6 @@ seen half-written, and it cannot get out of step with a separate JSON file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from quasineuron._atomic import atomic_write_bytes
 from quasineuron.errors import StoreCorruptError
 
 __all__ = [
@@ -56,24 +55,6 @@ class Checkpoint:
     generator_state: torch.Tensor
     meta: dict[str, Any]
     best_model_state: dict[str, torch.Tensor] | None = None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    Writes a temp file in the same folder, fsyncs it and renames it over ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def save_checkpoint(
