@@ -6,7 +6,9 @@ species carry initial concentrations (``hasOnlySubstanceUnits="false"``), bounda
 mass-action kinetic law ``cell * k * ∏ reactant^order`` and a local parameter ``k``. The
 compartment factor makes the law an amount per time, so with ``volume = Ω`` a stochastic
 simulation (Gillespie) sees molecule counts ``n = Ω·x`` and propensities
-``k ∏ n^order / Ω^(order−1)``, whose mean-field limit is the concentration ODE.
+``k ∏ n^order / Ω^(order−1)`` (so ``2X → X`` fires at ``k n²/Ω``, the law as written, not the
+combinatorial ``k n(n−1)/Ω``; both have the concentration ODE as mean-field limit). For the SSA,
+:func:`roadrunner_simulate` rounds floating species' initial counts to whole molecules.
 
 Both libraries are optional (``pip install python-libsbml libroadrunner``).
 """
