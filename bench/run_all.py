@@ -33,16 +33,28 @@ QUICK_EXTRA = {"bench_ode_throughput.py": ["--no-compile"]}
 EXTRA_ARGS = {"bench_scaling.py": lambda out: ["--plots", str(out)]}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def discover(only: list[str] | None) -> list[Path]:
     found = sorted(p for p in HERE.glob("bench_*.py"))
+    if not _has_cuda():  # the GPU benchmark is run on a GPU machine by itself (bench_gpu.py)
+        found = [p for p in found if p.name != "bench_gpu.py"]
     if only:
         found = [p for p in found if any(o in p.stem for o in only)]
     return found
 
 
-def run_one(script: Path, out: Path, *, quick: bool, timeout: float) -> dict[str, Any]:
+def run_one(
+    script: Path, out: Path, *, quick: bool, timeout: float, data_dir: str | None = None
+) -> dict[str, Any]:
     src = script.read_text()
     cmd = [sys.executable, str(script)]
+    if data_dir and "--data-dir" in src:
+        cmd += ["--data-dir", data_dir]
     json_path = out / f".{script.stem}.json"
     if "--json" in src:
         cmd += ["--json", str(json_path)]
@@ -182,6 +194,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/bench", help="folder for results.json")
     ap.add_argument("--only", default=None, help="comma-separated substrings of script names")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
+    ap.add_argument("--data-dir", default=None, help="MNIST folder for benchmarks that take one")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +212,9 @@ def main() -> None:
         "benchmarks": {},
     }
     for script in discover(args.only.split(",") if args.only else None):
-        results["benchmarks"][script.name] = run_one(script, out, quick=args.quick, timeout=timeout)
+        results["benchmarks"][script.name] = run_one(
+            script, out, quick=args.quick, timeout=timeout, data_dir=args.data_dir
+        )
     after = os.getloadavg()
     results["machine"]["loadavg_after"] = [round(x, 2) for x in after]
     cpus = os.cpu_count() or 1
