@@ -135,6 +135,7 @@ def characterize(
     progress: bool = True,
     overwrite: bool = False,
     strict: bool = False,
+    policy: str = "warn",
 ) -> CharacterizeResult:
     """Sweep ``device`` over its domain, fit a twin, and write the report folder.
 
@@ -154,6 +155,7 @@ def characterize(
         progress: Show progress bars.
         overwrite: Replace a store made for another sweep instead of refusing it.
         strict: Raise at the first failing point.
+        policy: The twin's out-of-domain policy (saved with it): warn, clamp or raise.
 
     Returns:
         The table, the fit and the report.
@@ -177,7 +179,14 @@ def characterize(
     )
     t_sweep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fit = fit_surrogate(table, kind=twin_kind, hidden=hidden, seed=seed, true_device=device)  # type: ignore[arg-type]
+    fit = fit_surrogate(
+        table,
+        kind=twin_kind,  # type: ignore[arg-type]
+        hidden=hidden,
+        seed=seed,
+        true_device=device,
+        policy=policy,  # type: ignore[arg-type]
+    )
     t_fit = time.perf_counter() - t0
     save_surrogate(fit, out / "twin.safetensors")
     plots = plot_fit(fit.model, table, out, true_device=device)
@@ -355,9 +364,9 @@ def run_pipeline(
         seed=config.twin.seed,
         progress=progress,
         overwrite=True,
+        policy=config.twin.policy,
     )
     twin = char.fit.model.to(torch.float32)
-    twin.policy = config.twin.policy
     twin.compiled = config.twin.compile
     timings["characterize_s"] = time.perf_counter() - t_start
 
