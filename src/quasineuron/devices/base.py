@@ -17,7 +17,7 @@ import torch
 
 from quasineuron.errors import DeviceContractError
 
-__all__ = ["AbstractDevice", "Box", "check_device"]
+__all__ = ["AbstractDevice", "Box", "InitialState", "check_device"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,71 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
     def extra_repr(self) -> str:
         """Shown by ``repr``: name and sizes."""
         return f"name={self.name!r}, n_in={self.n_in}, n_out={self.n_out}"
+
+
+class InitialState(torch.nn.Module):
+    """A state that is either fixed or a function of the drives, shared by the ODE adapters.
+
+    Args:
+        value: A tensor (n_state,) used for every row, or a callable u (batch, n_in) →
+            (batch, n_state).
+        n_state: Required with a callable; checked against the tensor otherwise.
+        label: The argument's name in error messages (``"x0"``, ``"x_init"``).
+
+    Raises:
+        ValueError: If the tensor is not 1-D or disagrees with ``n_state``, or a callable comes
+            without a positive ``n_state``.
+        TypeError: If ``value`` is neither a tensor nor callable.
+    """
+
+    def __init__(self, value: Any, *, n_state: int | None, label: str) -> None:
+        super().__init__()
+        self.label = label
+        if isinstance(value, torch.Tensor):
+            if value.ndim != 1 or value.shape[0] < 1:
+                raise ValueError(
+                    f"{label} must have shape (n_state,), got {tuple(value.shape)}; for a "
+                    "per-row state pass a callable u -> (batch, n_state)"
+                )
+            if n_state is not None and n_state != value.shape[0]:
+                raise ValueError(
+                    f"{label} must have shape ({n_state},) to match n_state={n_state}, got "
+                    f"{tuple(value.shape)}"
+                )
+            self.n_state = int(value.shape[0])
+            self.register_buffer("value", value.detach().clone(), persistent=False)
+            self.fn = None
+        elif callable(value):
+            if isinstance(n_state, bool) or not isinstance(n_state, int) or n_state < 1:
+                raise ValueError(
+                    f"n_state must be given as a positive int when {label} is a callable, got "
+                    f"{n_state!r}"
+                )
+            self.n_state = n_state
+            self.value = None
+            self.fn = value
+        else:
+            raise TypeError(
+                f"{label} must be a tensor (n_state,) or a callable u -> (batch, n_state), got "
+                f"{type(value).__name__}"
+            )
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """The state for drives u (batch, n_in): (batch, n_state), dtype and device of ``u``.
+
+        Raises:
+            DeviceContractError: If the callable returns the wrong shape.
+        """
+        if self.fn is None:
+            return self.value.to(dtype=u.dtype, device=u.device).expand(u.shape[0], -1).clone()
+        x = self.fn(u)
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (u.shape[0], self.n_state):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DeviceContractError(
+                f"{self.label}(u) must return shape ({u.shape[0]}, n_state={self.n_state}), "
+                f"got {got}"
+            )
+        return x.to(dtype=u.dtype, device=u.device)
 
 
 def check_device(

@@ -34,7 +34,7 @@ from typing import Any, Literal, final
 
 import torch
 
-from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices.base import AbstractDevice, Box, InitialState
 from quasineuron.errors import DeviceContractError
 
 __all__ = [
@@ -609,22 +609,7 @@ class FixedPointDevice(AbstractDevice):
             )
         if not isinstance(domain, Box) or domain.dim != n_in:
             raise ValueError(f"domain must be a Box with {n_in} bounds, got {domain!r}")
-        if isinstance(x_init, torch.Tensor):
-            if tuple(x_init.shape) != (n_state,):
-                raise ValueError(
-                    f"x_init must have shape ({n_state},), got {tuple(x_init.shape)}; for a "
-                    "per-row initial guess pass a callable u -> (batch, n_state)"
-                )
-            self.register_buffer("x_init", x_init.detach().clone(), persistent=False)
-            self._x_init_fn = None
-        elif callable(x_init):
-            self.x_init = None
-            self._x_init_fn = x_init
-        else:
-            raise TypeError(
-                f"x_init must be a tensor ({n_state},) or a callable u -> (batch, n_state), "
-                f"got {type(x_init).__name__}"
-            )
+        self._x_init = InitialState(x_init, n_state=n_state, label="x_init")
         self.f = f
         self.readout = readout
         self.n_in, self.n_state, self.n_out = n_in, n_state, n_out
@@ -654,15 +639,7 @@ class FixedPointDevice(AbstractDevice):
 
     def initial_state(self, u: torch.Tensor) -> torch.Tensor:
         """Initial guess for drives ``u`` (batch, n_in) → (batch, n_state), dtype of ``u``."""
-        if self._x_init_fn is None:
-            return self.x_init.to(dtype=u.dtype, device=u.device).expand(u.shape[0], -1).clone()
-        x0 = self._x_init_fn(u)
-        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (u.shape[0], self.n_state):
-            got = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-            raise DeviceContractError(
-                f"x_init(u) must return shape ({u.shape[0]}, {self.n_state}), got {got}"
-            )
-        return x0.to(dtype=u.dtype, device=u.device)
+        return self._x_init(u)
 
     # -- solve and forward -------------------------------------------------------------------
 

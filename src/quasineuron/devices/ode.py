@@ -29,7 +29,7 @@ from typing import Any, Literal, final
 import numpy as np
 import torch
 
-from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices.base import AbstractDevice, Box, InitialState
 from quasineuron.errors import DeviceContractError
 
 __all__ = [
@@ -394,30 +394,8 @@ class ODEDevice(AbstractDevice):
                 f"layout must be 'batch' (x: (batch, n_state)) or 'rows' (x: tuple of n_state "
                 f"(batch,) tensors), got {layout!r}"
             )
-        if isinstance(x0, torch.Tensor):
-            if x0.ndim != 1 or x0.shape[0] < 1:
-                raise ValueError(
-                    f"x0 must have shape (n_state,), got {tuple(x0.shape)}; for a per-row "
-                    "initial state pass a callable u -> (batch, n_state)"
-                )
-            if n_state is not None and n_state != x0.shape[0]:
-                raise ValueError(f"n_state={n_state} disagrees with x0 of shape {tuple(x0.shape)}")
-            n_state = int(x0.shape[0])
-            self.register_buffer("x0", x0.detach().clone(), persistent=False)
-            self._x0_fn = None
-        elif callable(x0):
-            if isinstance(n_state, bool) or not isinstance(n_state, int) or n_state < 1:
-                raise ValueError(
-                    f"n_state must be given as a positive int when x0 is a callable, got "
-                    f"{n_state!r}"
-                )
-            self.x0 = None
-            self._x0_fn = x0
-        else:
-            raise TypeError(
-                f"x0 must be a tensor (n_state,) or a callable u -> (batch, n_state), got "
-                f"{type(x0).__name__}"
-            )
+        self._x0 = InitialState(x0, n_state=n_state, label="x0")
+        n_state = self._x0.n_state
         if readout is None:
             readout = FinalState()
         if not isinstance(readout, (FinalState, TimeIntegral, TimeAverage)):
@@ -486,15 +464,7 @@ class ODEDevice(AbstractDevice):
 
     def initial_state(self, u: torch.Tensor) -> torch.Tensor:
         """Initial state for drives ``u`` (batch, n_in) → (batch, n_state), dtype of ``u``."""
-        if self._x0_fn is None:
-            return self.x0.to(dtype=u.dtype, device=u.device).expand(u.shape[0], -1)
-        x0 = self._x0_fn(u)
-        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (u.shape[0], self.n_state):
-            got = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-            raise DeviceContractError(
-                f"x0(u) must return shape ({u.shape[0]}, n_state={self.n_state}), got {got}"
-            )
-        return x0.to(dtype=u.dtype, device=u.device)
+        return self._x0(u)
 
     def _rhs_batch(self, t: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The user's rhs in batch layout whatever its own layout: (batch, n_state)."""
