@@ -74,3 +74,26 @@ def test_make_device_names() -> None:
         make_device("no_such_module_xyz:dev")
     dev = make_device("quasineuron.devices.library:almost_neuron", eps=0.3)
     assert dev.params["eps"] == 0.3
+
+
+@pytest.mark.parametrize("adapter", ["ode", "fixed_point"])
+def test_a_callable_initial_state_of_the_wrong_shape_is_named(adapter: str) -> None:
+    from quasineuron.devices.fixed_point import FixedPointDevice
+    from quasineuron.devices.ode import ODEDevice
+
+    def bad(u: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(u.shape[0], 3, dtype=u.dtype)
+
+    if adapter == "ode":
+        dev = ODEDevice(lambda t, x, u: -x + u, x0=bad, n_state=1, n_in=1, t_end=1.0, domain=BOX1)
+        label = "x0"
+    else:
+        dev = FixedPointDevice(
+            lambda x, u: u - x, n_in=1, n_state=1, n_out=1, x_init=bad,
+            readout=lambda x: x, domain=BOX1,
+        )  # fmt: skip
+        label = "x_init"
+    with pytest.raises(
+        DeviceContractError, match=rf"{label}\(u\) must return shape \(2, n_state=1\)"
+    ):
+        dev(torch.zeros(2, 1))
