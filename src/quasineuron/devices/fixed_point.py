@@ -44,6 +44,7 @@ __all__ = [
     "FixedPointSolver",
     "Integrate",
     "Newton",
+    "implicit_fixed_point",
     "residual_tolerance",
 ]
 
@@ -390,6 +391,9 @@ class Newton:
             iterates stay strictly above it. The initial guess is clipped into the bounds.
         upper: Optional upper bound, likewise.
         fallback: Solver for rows Newton does not converge on, e.g. ``Integrate()``.
+        jacobian: Optional analytic Jacobian ``J(x, u)`` (batch, n_state, n_state) of the
+            residual, ``J[b, i, j] = ∂F_i/∂x_j``; by default it is built from ``n_state``
+            batched VJPs of the residual.
     """
 
     tol: float = 1e-10
@@ -399,6 +403,7 @@ class Newton:
     lower: float | None = None
     upper: float | None = None
     fallback: Integrate | Anderson | None = None
+    jacobian: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
@@ -478,7 +483,7 @@ class Newton:
                 break
             idx = act.nonzero().squeeze(1)
             xa, ua, fa = x[idx], u[idx], fx[idx]
-            jac, _ = _jacobian(fn, xa, ua)
+            jac = _jacobian(fn, xa, ua)[0] if self.jacobian is None else self.jacobian(xa, ua)
             d, ok = _solve_linear(jac, -fa)
             # a full step at rounding level: x is a root to machine precision
             tiny = ok & (d.abs().amax(dim=1) <= 8 * ulp * (1.0 + xa.abs().amax(dim=1)))
@@ -515,6 +520,53 @@ class Newton:
             failed[idx] = failed[idx] | ~(moved | tiny | stalled) | ~torch.isfinite(res[idx])
         conv = done & torch.isfinite(x).all(dim=1)
         return FixedPointResult(x=x, residual=res, iterations=iters, converged=conv)
+
+
+def implicit_fixed_point(
+    fn: Residual,
+    result: FixedPointResult,
+    u: torch.Tensor,
+    *,
+    jacobian: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Attach implicit-function-theorem gradients to a solved fixed point.
+
+    Returns ``x* − J⁻¹ F(x*, u)`` (``x*`` and ``J = ∂F/∂x`` at ``x*`` detached): its value is
+    ``x*`` refined by one Newton step, its derivative with respect to ``u`` and to anything
+    ``fn`` closes over is ``−J⁻¹ ∂F/∂(u, θ)`` (see the module docstring).
+
+    Args:
+        fn: Residual ``F(x, u)``: (batch, n_state), (batch, n_in) → (batch, n_state).
+        result: The solve of every row (from a solver's ``solve``).
+        u: Drives, (batch, n_in), possibly requiring grad.
+        jacobian: Optional analytic ``∂F/∂x`` (see :class:`Newton`).
+
+    Returns:
+        States, (batch, n_state); NaN rows where the solve did not converge. At a singular
+        Jacobian the row keeps ``x*`` and gets no gradient.
+    """
+    ok = result.converged
+    x = torch.full_like(result.x, math.nan)
+    if not bool(ok.any()):
+        return x
+    n_state = result.x.shape[1]
+    idx = ok.nonzero().squeeze(1)
+    xs, us = result.x[idx], u[idx]
+    if jacobian is None:
+        jac, f_val = _jacobian(fn, xs, us)
+    else:
+        with torch.no_grad():
+            jac, f_val = jacobian(xs, us), fn(xs, us)
+    singular = ~_solve_linear(jac, f_val)[1]
+    eye = torch.eye(n_state, dtype=jac.dtype, device=jac.device)
+    jac = torch.where(singular[:, None, None], eye, jac)
+    f_grad = fn(xs, us) if torch.is_grad_enabled() else f_val
+    if n_state == 1:
+        step = f_grad / jac[:, 0, :]
+    else:
+        step = torch.linalg.solve(jac, f_grad.unsqueeze(-1)).squeeze(-1)
+    step = torch.where(singular[:, None], torch.zeros_like(step), step)
+    return x.index_put((idx,), xs - step)
 
 
 FixedPointSolver = Newton | Anderson | Integrate
@@ -674,25 +726,7 @@ class FixedPointDevice(AbstractDevice):
             ``readout(x*)``, shape (batch, n_out), same dtype as ``u``; NaN rows where the
             solver did not converge.
         """
-        result = self.solve(u)
-        ok = result.converged
-        x = torch.full_like(result.x, math.nan)
-        if bool(ok.any()):
-            idx = ok.nonzero().squeeze(1)
-            xs, us = result.x[idx], u[idx]
-            jac, f_val = _jacobian(self.residual, xs, us)
-            singular = ~_solve_linear(jac, f_val)[1]
-            eye = torch.eye(self.n_state, dtype=jac.dtype, device=jac.device)
-            jac = torch.where(singular[:, None, None], eye, jac)
-            # value: x* plus one Newton step; gradient: -J^{-1} dF/d(u, theta) (IFT)
-            f_grad = self.residual(xs, us) if torch.is_grad_enabled() else f_val
-            if self.n_state == 1:
-                step = f_grad / jac[:, 0, :]
-            else:
-                step = torch.linalg.solve(jac, f_grad.unsqueeze(-1)).squeeze(-1)
-            # at a singular Jacobian the implicit gradient does not exist: keep x*, no gradient
-            step = torch.where(singular[:, None], torch.zeros_like(step), step)
-            x = x.index_put((idx,), xs - step)
+        x = implicit_fixed_point(self.residual, self.solve(u), u)
         y = self.readout(x)
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != (u.shape[0], self.n_out):
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__

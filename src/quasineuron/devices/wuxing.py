@@ -31,7 +31,13 @@ from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.fixed_point import FixedPointDevice, Integrate
 from quasineuron.devices.ode import RK4, AbstractODESolver, ODEDevice, TimeAverage
 
-__all__ = ["wuxing_jacobian", "wuxing_neuron", "wuxing_rest_state", "wuxing_rhs"]
+__all__ = [
+    "wuxing_jacobian",
+    "wuxing_jacobian_rows",
+    "wuxing_neuron",
+    "wuxing_rest_state",
+    "wuxing_rhs",
+]
 
 N_ELEMENTS = 5
 
@@ -51,6 +57,18 @@ def _five(v: float | Sequence[float], label: str) -> tuple[float, ...]:
     return vals
 
 
+def _five_rows(v: Any, label: str) -> Any:
+    """Parameters for the rows layout: 5 floats, or a tensor indexed by element first."""
+    if isinstance(v, torch.Tensor):
+        if v.ndim < 1 or v.shape[0] != N_ELEMENTS:
+            raise ValueError(
+                f"{label} as a tensor must have the element as its first dimension (5, ...), got "
+                f"shape {tuple(v.shape)}"
+            )
+        return v
+    return _five(v, label)
+
+
 def _elements(v: int | Sequence[int], label: str) -> tuple[int, ...]:
     els = (v,) if isinstance(v, int) else tuple(v)
     if (
@@ -67,9 +85,9 @@ def _elements(v: int | Sequence[int], label: str) -> tuple[int, ...]:
 
 
 def wuxing_rhs(
-    K1: float | Sequence[float] = 1.0,
-    K2: float | Sequence[float] = 0.5,
-    K3: float | Sequence[float] = 0.5,
+    K1: float | Sequence[float] | torch.Tensor = 1.0,
+    K2: float | Sequence[float] | torch.Tensor = 0.5,
+    K3: float | Sequence[float] | torch.Tensor = 0.5,
     *,
     input_elements: Sequence[int] = (0,),
     layout: Literal["batch", "rows"] = "rows",
@@ -77,7 +95,9 @@ def wuxing_rhs(
     """The right-hand side (A1) as ``rhs(t, x, u)`` for :class:`ODEDevice`.
 
     Args:
-        K1: Generation rate, a float or one per element.
+        K1: Generation rate, a float or one per element. With ``layout="rows"`` also a tensor
+            whose first dimension is the element, ``(5, ...)``, broadcasting against one row
+            of the state (e.g. ``(5, n_neurons, 1)`` for per-neuron parameters of a network).
         K2: Self-decay rate, likewise.
         K3: Predation rate, likewise.
         input_elements: Element receiving drive ``u_j``, for each drive j.
@@ -89,9 +109,9 @@ def wuxing_rhs(
     Returns:
         The right-hand side ``dE/dt``.
     """
-    k1, k2, k3 = _five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3")
     inputs = _elements(input_elements, "input_elements")
     if layout == "rows":
+        k1, k2, k3 = (_five_rows(v, n) for v, n in ((K1, "K1"), (K2, "K2"), (K3, "K3")))
 
         def rhs_rows(t: Any, x: Sequence[torch.Tensor], u: Sequence[torch.Tensor]) -> list:
             d = [
@@ -104,6 +124,7 @@ def wuxing_rhs(
         return rhs_rows
     if layout != "batch":
         raise ValueError(f"layout must be 'rows' or 'batch', got {layout!r}")
+    k1, k2, k3 = _five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3")
     idx = list(inputs)
 
     def rhs_batch(t: Any, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -150,11 +171,29 @@ def wuxing_rest_state(
 
 
 def _jac_np(k1: np.ndarray, k2: np.ndarray, k3: np.ndarray, e: np.ndarray) -> np.ndarray:
-    jac = np.zeros((N_ELEMENTS, N_ELEMENTS))
-    for i in range(N_ELEMENTS):
-        jac[i, (i - 1) % 5] += k1[i]
-        jac[i, i] += -k2[i] - k3[i] * e[(i - 2) % 5]
-        jac[i, (i - 2) % 5] += -k3[i] * e[i]
+    rows = [torch.from_numpy(np.asarray(v, dtype=float))[:, None] for v in (k1, k2, k3, e)]
+    return wuxing_jacobian_rows(rows[3].T, rows[0], rows[1], rows[2])[0].numpy()
+
+
+def wuxing_jacobian_rows(
+    E: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, K3: torch.Tensor
+) -> torch.Tensor:
+    """Jacobians ``∂(dE/dt)/∂E`` of (A1) for many neurons at once.
+
+    Args:
+        E: States, shape (R, 5).
+        K1: Generation rates, shape (5, R) (element first, as ``wuxing_rhs``'s rows layout).
+        K2: Self-decay rates, (5, R).
+        K3: Predation rates, (5, R).
+
+    Returns:
+        Shape (R, 5, 5), ``J[r, i, j] = ∂f_i/∂E_j``.
+    """
+    jac = E.new_zeros(E.shape[0], N_ELEMENTS, N_ELEMENTS)
+    for i in range(N_ELEMENTS):  # five elements: the ring's structure, not a loop over rows
+        jac[:, i, (i - 1) % 5] += K1[i]
+        jac[:, i, i] += -K2[i] - K3[i] * E[:, (i - 2) % 5]
+        jac[:, i, (i - 2) % 5] += -K3[i] * E[:, i]
     return jac
 
 

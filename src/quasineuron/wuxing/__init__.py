@@ -1,16 +1,23 @@
 """Layered Wuxing five-element networks: wiring, time simulation and training (models.md §A)."""
 
-from quasineuron.wuxing.network import SimConfig, SimulationResult, WuxingNetwork
+from quasineuron.wuxing.network import SimConfig, SimulationResult, SteadyState, WuxingNetwork
 from quasineuron.wuxing.training import (
     Backprop,
+    Method,
+    Method1,
     Method2,
+    Mixed,
+    Signals,
     StepReport,
     TargetCoding,
     TrainResult,
     bptt_step,
     evaluate,
+    method1_signal,
+    method1_step,
     method2_step,
     output_error,
+    signals,
     train,
 )
 from quasineuron.wuxing.wiring import (
@@ -28,9 +35,14 @@ __all__ = [
     "MODEL2_SIZES",
     "MODEL_LINKS",
     "Backprop",
+    "Method",
+    "Method1",
     "Method2",
+    "Mixed",
     "SimConfig",
+    "Signals",
     "SimulationResult",
+    "SteadyState",
     "StepReport",
     "TargetCoding",
     "TrainResult",
@@ -39,9 +51,12 @@ __all__ = [
     "adder_wiring",
     "bptt_step",
     "evaluate",
+    "method1_signal",
+    "method1_step",
     "method2_step",
     "model_wiring",
     "one_to_one_wiring",
     "output_error",
+    "signals",
     "train",
 ]

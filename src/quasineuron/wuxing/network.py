@@ -19,6 +19,7 @@ over neurons or links); the time loop is a fixed-step Heun (default) or RK4 step
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +28,81 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from quasineuron.devices.fixed_point import (
+    FixedPointResult,
+    Integrate,
+    Newton,
+    implicit_fixed_point,
+)
 from quasineuron.devices.ode import RK4, Euler, Heun
-from quasineuron.devices.wuxing import wuxing_rest_state, wuxing_rhs
+from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
-__all__ = ["SimConfig", "SimulationResult", "WuxingNetwork"]
+__all__ = ["SimConfig", "SimulationResult", "SteadyState", "WuxingNetwork", "neuron_residual"]
 
 # mirror of the ring, i -> -i (mod 5); an involution
 _MIRROR = (0, 4, 3, 2, 1)
+# reversed neuron (A2) = (A1) on the mirrored ring with permuted parameters:
+# K1'_j = K1_{1-j}, K2'_j = K2_{-j}, K3'_j = K3_{2-j} (indices mod 5)
+_MIRROR_K = (
+    [(1 - j) % 5 for j in range(5)],
+    [(-j) % 5 for j in range(5)],
+    [(2 - j) % 5 for j in range(5)],
+)
+
+
+def _five(v: float | Sequence[float]) -> list[float]:
+    return [float(v)] * 5 if isinstance(v, (int, float)) else [float(a) for a in v]
+
+
+def _merge(base: FixedPointResult, idx: torch.Tensor, part: FixedPointResult) -> FixedPointResult:
+    """``base`` with rows ``idx`` replaced by ``part`` (iteration counts added)."""
+    x, res, it, conv = (t.clone() for t in (base.x, base.residual, base.iterations, base.converged))
+    x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
+    it[idx] += part.iterations
+    return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
+
+
+def _steady_residual(
+    clip: tuple[float, float] | None,
+) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """Steady-state residual of independent neurons and its Jacobian (rows as below).
+
+    With a state clip ``(lo, hi)`` the steady state is that of the guarded dynamics,
+    ``E = clamp(E + f(E), lo, hi)``: an element held at a bound has ``f`` pointing outwards.
+    These are exactly the states the clipped time steps stop at.
+    """
+
+    def jac_free(E: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        k = r[:, 5:].reshape(-1, 3, 5)
+        return wuxing_jacobian_rows(E, k[:, 0].T, k[:, 1].T, k[:, 2].T)
+
+    if clip is None:
+        return neuron_residual, jac_free
+    lo, hi = clip
+
+    def fn(E: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return (E + neuron_residual(E, r)).clamp(lo, hi) - E
+
+    def jac(E: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        y = E + neuron_residual(E, r)
+        free = ((y > lo) & (y < hi)).to(E.dtype)[:, :, None]
+        eye = torch.eye(5, dtype=E.dtype, device=E.device)
+        return free * (eye + jac_free(E, r)) - eye
+
+    return fn, jac
+
+
+def neuron_residual(E: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(A1) of independent neurons, one per row: ``dE/dt`` (R, 5).
+
+    Args:
+        E: States, shape (R, 5).
+        rows: ``(drive(5), K1(5), K2(5), K3(5))`` per row, shape (R, 20).
+    """
+    k = rows[:, 5:].reshape(-1, 3, 5)
+    rhs = wuxing_rhs(k[:, 0].T, k[:, 1].T, k[:, 2].T, input_elements=range(5), layout="rows")
+    return torch.stack(rhs(None, E.unbind(1), rows[:, :5].unbind(1)), 1)
 
 
 @dataclass(frozen=True)
@@ -113,6 +181,22 @@ class SimulationResult:
     clipped: torch.Tensor
 
 
+@dataclass(frozen=True, eq=False)
+class SteadyState:
+    """Outcome of a layer-by-layer steady-state solve.
+
+    Attributes:
+        score: ``D*`` at the read-out slots (forward, (batch, n_out)) or at the pixel slots
+            (reversed, (batch, n_in)).
+        signal: ``D* = E* − rest`` of every slot, shape (batch, n_slots), wiring numbering.
+        converged: Shape (batch,): every neuron's Newton solve converged (the others are NaN).
+    """
+
+    score: torch.Tensor
+    signal: torch.Tensor
+    converged: torch.Tensor
+
+
 class WuxingNetwork(torch.nn.Module):
     """A layered Wuxing network simulated in time as one ODE system (models.md §A).
 
@@ -159,24 +243,16 @@ class WuxingNetwork(torch.nn.Module):
         self.n_in = int(wiring.input_slots.numel())
         self.n_out = int(wiring.output_slots.numel())
         self.n_slots = wiring.n_slots
+        n = wiring.n_neurons
+        self._n = n
+        # per-neuron parameters K[k, element, neuron] (k = 0, 1, 2 for K1, K2, K3), float64;
+        # uniform at construction, edited per neuron by training method 1
+        k = torch.tensor([_five(v) for v in (K1, K2, K3)], dtype=torch.float64)
+        wuxing_rest_state(*k.tolist())  # validates the parameters (needs K1 > K2)
+        self.register_buffer("K", k[:, :, None].repeat(1, 1, n).contiguous())
         # internal layout: state (n_slots, batch), element-major (row ``element·N + neuron``),
         # so each element is one contiguous (N, batch) block for the neuron equation and the
         # links are row gathers / row index_adds (several times faster than column indexing)
-        self._rhs = wuxing_rhs(K1, K2, K3, input_elements=range(N_ELEMENTS), layout="rows")
-        k1, k2, k3 = (self._five(v) for v in (K1, K2, K3))
-        # reversed neuron (A2) = (A1) on the mirrored ring with permuted parameters:
-        # K1'_j = K1_{1-j}, K2'_j = K2_{-j}, K3'_j = K3_{2-j} (indices mod 5)
-        k1m = [k1[(1 - j) % 5] for j in range(5)]
-        k2m = [k2[(-j) % 5] for j in range(5)]
-        k3m = [k3[(2 - j) % 5] for j in range(5)]
-        self._rhs_mirror = wuxing_rhs(k1m, k2m, k3m, input_elements=range(5), layout="rows")
-        rest = torch.tensor(wuxing_rest_state(K1, K2, K3), dtype=torch.float64)
-        rest_m = torch.tensor(wuxing_rest_state(k1m, k2m, k3m), dtype=torch.float64)
-        rest_rev = rest_m[list(_MIRROR)]
-        n = wiring.n_neurons
-        self._n = n
-        self.register_buffer("rest", rest.repeat_interleave(n)[:, None], persistent=False)
-        self.register_buffer("rest_rev", rest_rev.repeat_interleave(n)[:, None], persistent=False)
         slot = torch.arange(self.n_slots)
         # wiring slot 5·neuron + element  <->  internal row element·N + neuron
         self.register_buffer("to_internal", (slot % 5) * n + slot // 5, persistent=False)
@@ -186,11 +262,16 @@ class WuxingNetwork(torch.nn.Module):
         # the same links in wiring numbering, on the network's torch device (for method 2)
         self.register_buffer("link_src", wiring.src.clone(), persistent=False)
         self.register_buffer("link_dst", wiring.dst.clone(), persistent=False)
+        self.register_buffer("rest", torch.zeros(self.n_slots, 1, dtype=torch.float64),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("rest_rev", torch.zeros_like(self.rest), persistent=False)
         self.c = torch.nn.Parameter(torch.full((wiring.n_links,), float(c0), dtype=dtype))
-
-    @staticmethod
-    def _five(v: float | Sequence[float]) -> list[float]:
-        return [float(v)] * 5 if isinstance(v, (int, float)) else [float(a) for a in v]
+        # semi-smooth Newton on the (clipped) steady-state residual; rows it cannot solve
+        # (e.g. a drive with no fixed point, which the state clip holds at a bound) are integrated
+        self.steady_solver = Newton(
+            tol=1e-9, max_iter=40, fallback=Integrate(tol=1e-6, rtol=1e-2, atol=1e-6)
+        )
+        self.update_rest_states()
 
     # -- right-hand sides (internal layout) --------------------------------------------------
 
@@ -203,14 +284,118 @@ class WuxingNetwork(torch.nn.Module):
 
     def _f(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         u = self._link(drive, self.dst, self.src, c, E - self.rest.to(E.dtype))
-        return torch.cat(self._rhs(None, E.chunk(5), u.chunk(5)))
+        k = self.K.to(E.dtype)[..., None]  # (3, 5, N, 1): one row of parameters per neuron
+        rhs = wuxing_rhs(k[0], k[1], k[2], input_elements=range(N_ELEMENTS), layout="rows")
+        return torch.cat(rhs(None, E.chunk(5), u.chunk(5)))
 
     def _f_rev(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         u = self._link(drive, self.src, self.dst, c, E - self.rest_rev.to(E.dtype))
         e, v = E.chunk(5), u.chunk(5)
         m = _MIRROR  # mirrored ring: element j of the mirror is element -j
-        dm = self._rhs_mirror(None, [e[i] for i in m], [v[i] for i in m])
+        k = self.K.to(E.dtype)[..., None]
+        rhs = wuxing_rhs(*(k[i][p] for i, p in enumerate(_MIRROR_K)), input_elements=range(5),
+                         layout="rows")  # fmt: skip
+        dm = rhs(None, [e[i] for i in m], [v[i] for i in m])
         return torch.cat([dm[i] for i in m])
+
+    # -- per-neuron parameters and rest states -------------------------------------------------
+
+    @property
+    def layer_bounds(self) -> tuple[int, ...]:
+        """First neuron of each layer and the total, ``(0, n_0, n_0 + n_1, ..., N)``."""
+        return tuple(int(v) for v in torch.tensor((0, *self.wiring.sizes)).cumsum(0))
+
+    def _neuron_rows(self, neurons: slice, drive: torch.Tensor, *, reverse: bool) -> torch.Tensor:
+        """Rows ``(drive(5), K1(5), K2(5), K3(5))`` for :func:`neuron_residual`.
+
+        ``drive`` (batch, n, 5) for the neurons in ``neurons``; reversed rows are written on
+        the mirrored ring (A2 = A1 mirrored, with permuted parameters).
+        """
+        k = self.K[:, :, neurons].to(drive.dtype).permute(2, 0, 1)  # (n, 3, 5)
+        if reverse:
+            k = torch.stack([k[:, i, p] for i, p in enumerate(_MIRROR_K)], 1)
+            drive = drive[..., list(_MIRROR)]
+        b, n = drive.shape[0], drive.shape[1]
+        return torch.cat([drive, k.reshape(1, n, 15).expand(b, n, 15)], 2).reshape(b * n, 20)
+
+    def _steady_neurons(
+        self, neurons: slice, drive: torch.Tensor, start: torch.Tensor, *, reverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steady states ``E*`` (batch, n, 5) of ``neurons`` under constant ``drive``.
+
+        Newton from ``start`` (n, 5) with implicit-function gradients (with respect to the
+        drive and, through it, to ``c``). Returns ``E*`` (NaN where unsolved) and the per-row
+        convergence (batch, n).
+        """
+        rows = self._neuron_rows(neurons, drive, reverse=reverse)
+        b, n = drive.shape[0], drive.shape[1]
+        x0 = start[:, list(_MIRROR)] if reverse else start
+        x0 = x0.to(drive.dtype).expand(b, n, 5).reshape(b * n, 5)
+        fn, jac = _steady_residual(self.config.clip)
+        result = self._solve_rows(fn, jac, x0, rows.detach())
+        if torch.is_grad_enabled() and rows.requires_grad:
+            E = implicit_fixed_point(fn, result, rows, jacobian=jac)
+        else:
+            E = torch.where(result.converged[:, None], result.x, torch.nan)
+        E = E.reshape(b, n, 5)
+        if reverse:
+            E = E[..., list(_MIRROR)]
+        return E, result.converged.reshape(b, n)
+
+    def _solve_rows(self, fn, jac, x0: torch.Tensor, rows: torch.Tensor) -> FixedPointResult:
+        """Steady states of independent neurons (rows), without a graph.
+
+        Newton from the rest state; rows it cannot solve get Newton from ``E = 0`` (a neuron
+        the state clip holds at zero: drives with no fixed point, §A.3), then the solver's
+        fallback (integration of the guarded dynamics).
+        """
+        newton = dataclasses.replace(self.steady_solver, jacobian=jac, fallback=None)
+        with torch.no_grad():
+            out = newton.solve(fn, x0, rows)
+            if bool(out.converged.all()) or self.config.clip is None:
+                return out
+            idx = (~out.converged).nonzero().squeeze(1)
+            start = torch.full_like(x0[idx], max(self.config.clip[0], 0.0))
+            second = newton.solve(fn, start, rows[idx])
+            if not bool(second.converged.all()) and self.steady_solver.fallback is not None:
+                left = (~second.converged).nonzero().squeeze(1)
+                full = dataclasses.replace(self.steady_solver, jacobian=jac)
+                third = full.solve(fn, x0[idx[left]], rows[idx[left]])
+                second = _merge(second, left, third)
+            return _merge(out, idx, second)
+
+    def update_rest_states(self) -> None:
+        """Recompute every neuron's forward and reversed rest state from :attr:`K`.
+
+        Called after the parameters change (training method 1). Uniform parameters give
+        ``B0 = (K1 − K2)/K3``; otherwise each neuron's five quadratics are solved by Newton.
+
+        Raises:
+            ValueError: If some neuron has no positive rest state (e.g. ``K1 <= K2``).
+        """
+        n = self._n
+        k = self.K
+        guess = ((k[0] - k[1]) / k[2]).mean(0)[:, None].expand(n, 5)  # (N, 5)
+        zero = k.new_zeros(1, n, 5)
+        with torch.no_grad():
+            fwd, ok_f = self._steady_neurons(slice(None), zero, guess, reverse=False)
+            rev, ok_r = self._steady_neurons(slice(None), zero, guess, reverse=True)
+        bad = ~(ok_f & ok_r)[0] | ~((fwd[0] > 0).all(1) & (rev[0] > 0).all(1))
+        if not bool(bad.any()):  # the rest state must be stable (all eigenvalues Re < 0)
+            jac = wuxing_jacobian_rows(fwd[0], k[0], k[1], k[2])
+            bad = torch.linalg.eigvals(jac).real.amax(1) >= 0
+        if bool(bad.any()):
+            raise ValueError(
+                f"{int(bad.sum())} neurons have no positive stable rest state (first: neuron "
+                f"{int(bad.nonzero()[0])}); keep K1 > K2 > 0 and K3 > 0 (models.md §A.3)"
+            )
+        # internal rows element·N + neuron  <-  (neuron, element)
+        self.rest = fwd[0].T.reshape(-1, 1).contiguous()
+        self.rest_rev = rev[0].T.reshape(-1, 1).contiguous()
+
+    def rest_state(self) -> torch.Tensor:
+        """Forward rest state of every slot, shape (n_slots,), wiring numbering."""
+        return self.rest[self.to_internal, 0]
 
     def _public(self, f, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         i = self.to_internal
@@ -371,6 +556,126 @@ class WuxingNetwork(torch.nn.Module):
         E, Q, diverged, clipped = self._run(self._f_rev, E0, drive, rest, c)
         score = Q[self.input_slots].T / self.config.T
         return self._result(score, E, Q, rest, diverged, clipped)
+
+    # -- steady state (the T → ∞ limit of the window) -----------------------------------------
+
+    def _layer_links(self, ell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Links of layer pair ℓ → ℓ+1: indices (src within layer ℓ, dst within layer ℓ+1)."""
+        bounds = self.layer_bounds
+        sel = (self.wiring.layer == ell).nonzero().squeeze(1).to(self.link_src.device)
+        src = self.link_src[sel] - 5 * bounds[ell]
+        dst = self.link_dst[sel] - 5 * bounds[ell + 1]
+        return sel, src, dst
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_in:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (batch, n_in={self.n_in}), got {got}")
+
+    def steady_state(
+        self,
+        x: torch.Tensor,
+        *,
+        coeffs: torch.Tensor | None = None,
+        neuron: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> SteadyState:
+        """Steady state of the forward network under constant pixel drives, layer by layer.
+
+        Links only run from layer ℓ to ℓ+1, so the steady state of the whole network is the
+        composition of the layers' steady states: each layer's neurons are solved by Newton
+        (per neuron and sample, 5 unknowns) given the previous layer's signals. This is the
+        ``T → ∞`` limit of the time simulation where that limit exists; it is differentiable
+        with respect to ``c`` (implicit function theorem), i.e. a twin of the network built
+        from each neuron's steady-state map.
+
+        Args:
+            x: Pixels, shape (batch, n_in).
+            coeffs: Coefficients instead of :attr:`c`: (n_links,) only.
+            neuron: A twin of every neuron's steady-state map, drives (R, 5) → signals
+                ``D*`` (R, 5) (e.g. from :func:`~quasineuron.wuxing.twin.fit_neuron_twin`),
+                used instead of the Newton solves.
+
+        Returns:
+            Scores ``D*`` at the read-out slots (batch, n_out), ``D*`` of every slot
+            (batch, n_slots, wiring numbering) and per-sample convergence.
+        """
+        self._check_x(x)
+        c = self._coeffs(coeffs, x)
+        if c.ndim != 1:
+            raise ValueError("steady_state takes one coefficient vector (n_links,)")
+        bounds, batch = self.layer_bounds, x.shape[0]
+        rest = self.rest_state().to(x.dtype).reshape(-1, 5)
+        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=x.device)
+        for ell in range(len(self.wiring.sizes)):
+            a, b = bounds[ell], bounds[ell + 1]
+            drive = x.new_zeros(batch, 5 * (b - a))
+            if ell == 0:
+                pixels = self.wiring.input_slots.to(x.device)
+                drive = drive.index_add(1, pixels, self.config.input_scale * x)
+            else:
+                sel, src, dst = self._layer_links(ell - 1)
+                drive = drive.index_add(1, dst, signals[-1][:, src] * c[sel])
+            if neuron is not None:
+                signals.append(neuron(drive.reshape(-1, 5)).reshape(batch, -1))
+                continue
+            E, conv = self._steady_neurons(
+                slice(a, b), drive.reshape(batch, b - a, 5), rest[a:b], reverse=False
+            )
+            signals.append((E - rest[a:b]).reshape(batch, -1))
+            ok = ok & conv.all(1)
+        D = torch.cat(signals, 1)
+        return SteadyState(D[:, self.wiring.output_slots.to(x.device)], D, ok)
+
+    def steady_state_reversed(
+        self,
+        error: torch.Tensor,
+        *,
+        coeffs: torch.Tensor | None = None,
+        neuron: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> SteadyState:
+        """Steady state of the reversed network (A2) with the error at the read-outs.
+
+        Solved layer by layer from the output layer back to the input layer (the reversed
+        links run from layer ℓ+1 to ℓ).
+
+        Args:
+            error: Error per output, shape (batch, n_out).
+            coeffs: As in :meth:`steady_state`.
+            neuron: A twin of the reversed neurons' steady-state map (drives (R, 5) →
+                ``D̂*`` (R, 5)), e.g. :meth:`~quasineuron.wuxing.twin.NeuronTwin.reversed`.
+
+        Returns:
+            ``signal`` = ``D̂*`` of every slot (batch, n_slots); ``score`` = ``D̂*`` at the pixel
+            slots (batch, n_in).
+        """
+        if error.ndim != 2 or error.shape[1] != self.n_out:
+            raise ValueError(
+                f"error must have shape (batch, n_out={self.n_out}), got {tuple(error.shape)}"
+            )
+        c = self._coeffs(coeffs, error)
+        bounds, batch = self.layer_bounds, error.shape[0]
+        rest = self.rest_rev[self.to_internal, 0].to(error.dtype).reshape(-1, 5)
+        n_layers = len(self.wiring.sizes)
+        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=error.device)
+        for ell in reversed(range(n_layers)):
+            a, b = bounds[ell], bounds[ell + 1]
+            drive = error.new_zeros(batch, 5 * (b - a))
+            if ell == n_layers - 1:
+                out = self.wiring.output_slots.to(error.device) - 5 * a
+                drive = drive.index_add(1, out, error)
+            else:
+                sel, src, dst = self._layer_links(ell)
+                drive = drive.index_add(1, src, signals[0][:, dst] * c[sel])
+            if neuron is not None:
+                signals.insert(0, neuron(drive.reshape(-1, 5)).reshape(batch, -1))
+                continue
+            E, conv = self._steady_neurons(
+                slice(a, b), drive.reshape(batch, b - a, 5), rest[a:b], reverse=True
+            )
+            signals.insert(0, (E - rest[a:b]).reshape(batch, -1))
+            ok = ok & conv.all(1)
+        D = torch.cat(signals, 1)
+        return SteadyState(D[:, self.wiring.input_slots.to(error.device)], D, ok)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores of the forward time simulation, shape (batch, n_out)."""

@@ -1,0 +1,332 @@
+"""Wuxing networks on MNIST: train with method 1, method 2, mixed, BPTT or the steady-state twin,
+then score on the time simulation.
+
+Two steps, so that training (CPU) and scoring (the time simulation of 10,000 test images, which
+a GPU does in seconds) can run on different machines:
+
+    python examples/wuxing_mnist.py train --name wuxing-model1-method2 --model MODEL1 \\
+        --method method2 --data-dir <mnist folder> --out docs/results
+    python examples/wuxing_mnist.py score docs/results/wuxing-model1-method2 --data-dir <...>
+
+``train`` holds out the last 6,000 training images for validation (the epoch kept is chosen on
+it, scored on the steady state) and never reads the test set. It writes ``model.safetensors``
+(coefficients and per-neuron K), ``model.json`` (wiring, settings, training history) and a
+checkpoint after every epoch. ``score`` reads the test set once and writes ``metrics.json``
+with ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the steady-state twin),
+their gap and the agreement of the two predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from quasineuron.data.mnist import load_mnist
+from quasineuron.devices.ode import Heun
+from quasineuron.surrogate.io import load_surrogate, save_surrogate
+from quasineuron.wuxing import (
+    MODEL1_SIZES,
+    MODEL2_SIZES,
+    Backprop,
+    Method1,
+    Method2,
+    Mixed,
+    SimConfig,
+    TargetCoding,
+    WuxingNetwork,
+    adder_wiring,
+    model_wiring,
+    train,
+)
+from quasineuron.wuxing.twin import NeuronTwin, fit_neuron_twin
+
+N_VAL = 6000
+
+
+def load_twin(folder: str | Path) -> NeuronTwin:
+    """The neuron twin saved by the ``twin`` command."""
+    folder = Path(folder)
+    info = json.loads((folder / "twin.json").read_text())
+    return NeuronTwin(torch.tensor(info["gain"]), load_surrogate(folder / "correction.safetensors"))
+
+
+def cmd_twin(a: argparse.Namespace) -> None:
+    torch.set_num_threads(a.threads)
+    net = WuxingNetwork(model_wiring("MODEL1"))
+    t0 = time.perf_counter()
+    twin, rep = fit_neuron_twin(net, n_samples=a.n_samples, max_steps=a.max_steps, seed=a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_surrogate(twin.correction, out / "correction.safetensors")
+    info = {"gain": twin.gain.tolist(), "report": vars(rep) if hasattr(rep, "__dict__") else
+            {f: getattr(rep, f) for f in rep.__dataclass_fields__},
+            "fit_seconds": time.perf_counter() - t0, "n_samples": a.n_samples,
+            "max_steps": a.max_steps, "seed": a.seed,
+            "command": " ".join(["python", "examples/wuxing_mnist.py", *sys.argv[1:]])}  # fmt: skip
+    (out / "twin.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info["report"]))
+
+
+def build(spec: dict[str, Any], config: SimConfig, device: str = "cpu") -> WuxingNetwork:
+    """The network described by ``spec`` (the ``network`` entry of model.json)."""
+    if spec["wiring"] == "adder":
+        sizes = MODEL1_SIZES if spec["model"] == "MODEL1" else MODEL2_SIZES
+        fan_in, receiving = spec["fan_in"], spec["receiving"]
+        # fill every adder: a receiving interface sums up to fan_in links
+        ratios = [min(1.0, 0.999 * fan_in * receiving / n) for n in sizes[:-1]]
+        wiring = adder_wiring(
+            sizes, link_ratio=ratios, fan_in=fan_in, receiving=receiving, seed=spec["seed"]
+        )
+    else:
+        wiring = model_wiring(spec["model"], seed=spec["seed"])
+    return WuxingNetwork(wiring, config=config, c0=spec["c0"]).to(device)
+
+
+def _split(data_dir: str | None) -> tuple[Any, Any]:
+    train_set, test_set = load_mnist(data_dir)
+    x, y = torch.as_tensor(train_set.x), torch.as_tensor(train_set.y)
+    return (x[:-N_VAL], y[:-N_VAL], x[-N_VAL:], y[-N_VAL:]), test_set
+
+
+def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
+    target = TargetCoding(kind="softmax", beta=a.beta, error_scale=a.error_scale)
+    c_range = (-a.c_max, a.c_max)
+    est = a.estimate
+    m2 = Method2(kt=a.kt, eta=a.eta, c_range=c_range, target=target, estimate=est)
+    m1 = Method1(kt=a.kt, eta=a.eta1, eta_i=a.eta_i, target=target, estimate=est)
+    if a.method == "method2":
+        return m2
+    if a.method == "method1":
+        return m1
+    if a.method == "mixed":
+        return Mixed(method1=m1, method2=m2, target=target, estimate=est)
+    through = "time" if a.method == "bptt" else "steady"
+    return Backprop(lr=a.lr, c_range=c_range, target=target, through=through)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    (xtr, ytr, xva, yva), _ = _split(a.data_dir)
+    if a.n_train:
+        xtr, ytr = xtr[: a.n_train], ytr[: a.n_train]
+    xva, yva = xva[: a.n_val], yva[: a.n_val]
+    config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout=a.readout, input_scale=a.input_scale)
+    spec = {
+        "model": a.model,
+        "wiring": "adder" if a.fan_in else "one-to-one",
+        "fan_in": a.fan_in,
+        "receiving": 3,
+        "seed": a.seed,
+        "c0": a.c0,
+    }
+    net = build(spec, config, a.device)
+    if a.c_init == "uniform":
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(a.seed)
+            net.c.copy_(torch.empty(net.c.shape).uniform_(-a.c0, a.c0, generator=g))
+    method = _method(a)
+    out = Path(a.out) / a.name
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def save(tag: str) -> None:
+        save_file({"c": net.c.detach().cpu().contiguous(), "K": net.K.cpu().contiguous()},
+                  str(out / f"{tag}.safetensors"))  # fmt: skip
+
+    def on_epoch(epoch: int, acc: float | None) -> None:
+        history.append({"epoch": epoch, "val_accuracy_steady": acc,
+                        "seconds": time.perf_counter() - t0})  # fmt: skip
+        save("checkpoint")
+        print(f"epoch {epoch}: val {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    losses: list[float] = []
+
+    def on_step(i: int, rep: Any) -> None:
+        losses.append(rep.loss)
+        if i % a.log_every == 0:
+            print(f"step {i}: loss {rep.loss:.4f} acc {rep.accuracy:.3f} "
+                  f"diverged {rep.n_diverged}", flush=True)  # fmt: skip
+
+    neuron = load_twin(a.twin).to(a.device) if a.twin else None
+    x, y = xtr.to(a.device), ytr.to(a.device)
+    res = train(
+        net, x, y, method=method, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+        val=(xva.to(a.device), yva.to(a.device)), val_mode="steady", callback=on_step,
+        epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron,
+    )  # fmt: skip
+    save("model")
+    doc = {
+        "name": a.name,
+        "network": spec,
+        "wiring": net.wiring.describe(),
+        "train_config": {
+            "T": a.T,
+            "dt": a.dt,
+            "readout": a.readout,
+            "input_scale": a.input_scale,
+        },  # fmt: skip
+        "method": {"kind": a.method, "repr": repr(method)},
+        "args": {k: v for k, v in vars(a).items() if k != "func"},
+        "history": history,
+        "best_epoch": res.best_epoch,
+        "val_accuracy_steady": list(res.val_accuracy),
+        "train_seconds": res.seconds,
+        "train_samples_per_second": res.samples_per_second,
+        "train_samples_seen": res.samples_seen,
+        "loss_per_step": losses,
+        "diverged_steps": sum(s.n_diverged for s in res.steps),
+        "command": " ".join(["python", "examples/wuxing_mnist.py", *sys.argv[1:]]),
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": a.threads,
+            "device": a.device,
+        },  # fmt: skip
+    }
+    (out / "model.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps({"name": a.name, "val": list(res.val_accuracy), "s": res.seconds}))
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    _, test_set = _split(a.data_dir)
+    x = torch.as_tensor(test_set.x)[: a.n_test].to(device)
+    y = torch.as_tensor(test_set.y)[: a.n_test].to(device)
+    for run in a.runs:
+        run = Path(run)
+        doc = json.loads((run / "model.json").read_text())
+        tc = doc["train_config"]
+        config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout=a.readout,
+                           input_scale=tc["input_scale"])  # fmt: skip
+        net = build(doc["network"], config, device)
+        state = load_file(str(run / "model.safetensors"))
+        with torch.no_grad():
+            net.c.copy_(state["c"].to(device))
+            net.K.copy_(state["K"].to(device))
+            net.update_rest_states()
+        twin_dir = doc["args"].get("twin")
+        neuron = load_twin(twin_dir).to(device) if twin_dir and "twin" in a.modes else None
+        t0 = time.perf_counter()
+        right_t = right_s = agree = diverged = 0
+        with torch.no_grad():
+            for i in range(0, x.shape[0], a.batch_size):
+                xb, yb = x[i : i + a.batch_size], y[i : i + a.batch_size]
+                sim = net.simulate(xb)
+                st = net.steady_state(xb, neuron=neuron)
+                pt, ps = sim.score.argmax(1), st.score.argmax(1)
+                right_t += int(((pt == yb) & ~sim.diverged).sum())
+                right_s += int(((ps == yb) & st.converged).sum())
+                agree += int((pt == ps).sum())
+                diverged += int(sim.diverged.sum())
+        seconds = time.perf_counter() - t0
+        n = x.shape[0]
+        metrics = {
+            "name": doc["name"],
+            "accuracy": {"device": right_t / n, "surrogate": right_s / n},
+            "gap": (right_s - right_t) / n,
+            "agreement": agree / n,
+            "n_test": n,
+            "diverged": diverged,
+            "device": "time simulation of the whole network (Heun), score on the test set once",
+            "surrogate": (
+                "network of neuron twins (steady-state map, fitted)"
+                if neuron is not None
+                else "layer-by-layer steady state (Newton per neuron)"
+            ),
+            "score_config": {"T": a.T, "dt": a.dt, "readout": a.readout},
+            "score_seconds": seconds,
+            "score_machine": {"device": device, "platform": platform.platform(),
+                              "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
+            "train": {k: doc[k] for k in ("method", "network", "wiring", "train_config",
+                                          "best_epoch", "val_accuracy_steady", "history",
+                                          "train_seconds", "train_samples_per_second",
+                                          "train_samples_seen",
+                                          "diverged_steps", "command", "machine")},
+            "command": " ".join(["python", "examples/wuxing_mnist.py", "score", str(run),
+                                 *[f"--{k.replace('_', '-')} {v}" for k, v in (
+                                     ("T", a.T), ("dt", a.dt), ("readout", a.readout))]]),
+        }  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps({"name": doc["name"], **metrics["accuracy"], "agree": agree / n,
+                          "s": round(seconds, 1)}), flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one network, choose the epoch on validation")
+    t.add_argument("--name", required=True)
+    t.add_argument("--model", default="MODEL1", choices=["MODEL1", "MODEL2"])
+    t.add_argument("--method", required=True,
+                   choices=["method1", "method2", "mixed", "bptt", "twin"])  # fmt: skip
+    t.add_argument("--estimate", default="steady", choices=["steady", "window"],
+                   help="signals of methods 1/2: steady states or time integrals")  # fmt: skip
+    t.add_argument("--fan-in", type=int, default=0, help="adders of this fan-in (0: none)")
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--out", default="docs/results")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--n-train", type=int, default=0, help="first N training images (0: all)")
+    t.add_argument("--n-val", type=int, default=2000)
+    t.add_argument("--eta", type=float, default=20.0, help="method 2 step")
+    t.add_argument("--eta1", type=float, default=2.0, help="method 1 proportional gain")
+    t.add_argument("--eta-i", type=float, default=0.0, help="method 1 integral gain")
+    t.add_argument("--kt", type=float, default=1.0)
+    t.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (bptt, twin)")
+    t.add_argument("--beta", type=float, default=20.0)
+    t.add_argument("--error-scale", type=float, default=0.05,
+                   help="injected error scale: keeps the reversed network near rest")  # fmt: skip
+    t.add_argument("--c-max", type=float, default=3.0)
+    t.add_argument("--c0", type=float, default=1.0)
+    t.add_argument("--c-init", default="uniform", choices=["uniform", "const"])
+    t.add_argument("--input-scale", type=float, default=1.0)
+    t.add_argument("--T", type=float, default=40.0, help="window (bptt)")
+    t.add_argument("--dt", type=float, default=0.1)
+    t.add_argument("--readout", default="final", choices=["final", "mean"])
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=20)
+    t.add_argument("--time-limit", type=float, default=None, help="training budget, seconds")
+    t.add_argument("--twin", default=None,
+                   help="folder of a neuron twin (twin command): train through it")  # fmt: skip
+    t.set_defaults(func=cmd_train)
+    w = sub.add_parser("twin", help="fit the neuron twin (steady-state map) once")
+    w.add_argument("--out", default="docs/results/wuxing-neuron-twin")
+    w.add_argument("--n-samples", type=int, default=30000)
+    w.add_argument("--max-steps", type=int, default=600)
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(func=cmd_twin)
+    s = sub.add_parser("score", help="score trained runs on the test set (once)")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--T", type=float, default=40.0)
+    s.add_argument("--dt", type=float, default=0.1)
+    s.add_argument("--readout", default="final", choices=["final", "mean"])
+    s.add_argument("--n-test", type=int, default=10000)
+    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--modes", default="time,twin",
+                   help="'twin' scores the surrogate with the run's neuron twin if it has one, "
+                   "else the exact steady state")  # fmt: skip
+    s.set_defaults(func=cmd_score)
+    a = p.parse_args(argv)
+    if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):
+        p.error("--epochs must be >= 1")
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The sparse-MLP baseline script (examples/wuxing_sparse_mlp.py) runs end to end with --quick."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "wuxing_sparse_mlp.py"
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    """The example script imported as a module (stateless: constants and functions)."""
+    spec = importlib.util.spec_from_file_location("wuxing_sparse_mlp", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_masks_have_exact_link_counts_and_are_nested(script: ModuleType) -> None:
+    dense = script.build_mlp(1.0, seed=0)
+    sparse = script.build_mlp(0.05, seed=0)
+    possible = [a * b for a, b in zip(script.SIZES[:-1], script.SIZES[1:], strict=True)]
+    assert script.link_counts(dense) == possible
+    assert script.link_counts(sparse) == [max(1, round(0.05 * n)) for n in possible]
+    for small, big in zip(sparse.layers, dense.layers, strict=True):
+        assert bool((small.mask <= big.mask).all())
+    assert script.MODEL1_POSSIBLE == 925_773
+    assert math.isclose(100 * script.MODEL1_POOLED_LR, 0.509, abs_tol=5e-4)
+
+
+def test_masked_weights_get_no_gradient(script: ModuleType) -> None:
+    net = script.build_mlp(0.02, seed=1)
+    x = torch.rand(4, 784, generator=torch.Generator().manual_seed(0))
+    net(x, mode=script.Direct()).square().sum().backward()
+    for layer in net.layers:
+        grad = layer.map.weight.grad
+        assert grad is not None
+        assert bool((grad[~layer.mask] == 0).all())
+
+
+@pytest.mark.slow
+def test_quick_sweep_writes_sane_metrics(script: ModuleType, tmp_path: Path) -> None:
+    if not any(MNIST.glob("train-images-idx3-ubyte*")):
+        pytest.skip(f"MNIST IDX files not found in {MNIST} (the data folder beside the repo)")
+    returned = script.main(["--data-dir", str(MNIST), "--out", str(tmp_path), "--quick"])
+    run_dir = tmp_path / "wuxing-sparse-mlp"
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert (run_dir / "accuracy_vs_link_ratio.png").stat().st_size > 1000
+    assert metrics["runs"] == json.loads(json.dumps(returned["runs"]))
+    assert metrics["quick"] is True and metrics["seed"] == 0
+    assert metrics["torch_version"] == torch.__version__
+    assert "--quick" in metrics["command"]
+    assert [r["link_ratio"] for r in metrics["runs"]] == [1.0, 0.05]
+    for run in metrics["runs"]:
+        possible = run["possible_per_layer"]
+        assert run["links_per_layer"] == [max(1, round(run["link_ratio"] * n)) for n in possible]
+        assert math.isclose(run["pooled_link_ratio"], sum(run["links_per_layer"]) / sum(possible))
+        assert len(run["val_accuracy_per_epoch"]) == metrics["epochs"] == 2
+        assert 1 <= run["chosen_epoch"] <= 2
+        assert run["val_accuracy"] == max(run["val_accuracy_per_epoch"])
+        assert run["chosen_lr"] in metrics["candidate_lrs"]
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+    # even on 1800 digits and one or two epochs the dense MLP is far above chance
+    assert metrics["runs"][0]["test_accuracy"] > 0.6

@@ -1,0 +1,249 @@
+"""Steady state of a Wuxing network, method 1, the mixed method and twin training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quasineuron.devices.ode import RK4, Heun
+from quasineuron.wuxing import (
+    Backprop,
+    Method1,
+    Method2,
+    Mixed,
+    SimConfig,
+    TargetCoding,
+    WuxingNetwork,
+    bptt_step,
+    evaluate,
+    method1_signal,
+    method1_step,
+    method2_step,
+    one_to_one_wiring,
+    signals,
+    train,
+)
+
+F64 = torch.float64
+
+
+def toy(seed: int = 1, c_low: float = 0.5, c_high: float = 1.5, **cfg) -> WuxingNetwork:
+    """The 3 -> 4 -> 1 network with 11 links of models.md §A.6, coefficients U(c_low, c_high)."""
+    wiring = one_to_one_wiring((3, 4, 1), links=(7, 4), seed=seed)
+    config = SimConfig(**({"T": 300.0, "solver": RK4(dt=0.05), "readout": "final"} | cfg))
+    net = WuxingNetwork(wiring, config=config, dtype=F64)
+    with torch.no_grad():
+        net.c.uniform_(c_low, c_high, generator=torch.Generator().manual_seed(0))
+    return net
+
+
+@pytest.mark.parametrize("clip", [None, (0.0, 50.0)])
+def test_steady_state_is_the_long_time_limit_forward_and_reversed(clip):
+    net = toy(c_low=-1.5, clip=clip)
+    x = torch.rand(6, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        st, sim = net.steady_state(x), net.simulate(x)
+        assert bool(st.converged.all())
+        torch.testing.assert_close(st.signal, sim.final - net.rest_state(), atol=1e-8, rtol=0)
+        torch.testing.assert_close(st.score, sim.score, atol=1e-8, rtol=0)
+        e = 0.3 * torch.randn(6, 1, dtype=F64, generator=torch.Generator().manual_seed(2))
+        rev, rsim = net.steady_state_reversed(e), net.simulate_reversed(e)
+        rest_rev = net.rest_rev[net.to_internal, 0]
+        torch.testing.assert_close(rev.signal, rsim.final - rest_rev, atol=1e-8, rtol=0)
+
+
+def test_steady_state_with_a_clipped_neuron_matches_the_guarded_time_simulation():
+    """Strong negative drives have no fixed point; the clip holds the neuron at E = 0."""
+    net = toy(c_low=-3.0, c_high=-2.0, T=200.0, solver=Heun(dt=0.05))
+    x = torch.tensor([[0.9, 0.8, 0.9], [0.1, 0.0, 0.05]], dtype=F64)
+    with torch.no_grad():
+        st, sim = net.steady_state(x), net.simulate(x)
+    assert bool(sim.clipped[0]) and bool(st.converged.all())
+    torch.testing.assert_close(st.signal, sim.final - net.rest_state(), atol=1e-7, rtol=0)
+
+
+def test_steady_state_gradient_is_the_implicit_one():
+    net = toy(c_low=-1.0)
+    x = torch.tensor([[0.3, 0.1, 0.2], [0.05, 0.4, 0.1]], dtype=F64)
+    c = net.c.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda cc: net.steady_state(x, coeffs=cc).score, (c,))
+
+
+def test_steady_method2_signal_is_the_window_one_for_a_long_window():
+    """``F/T → D*`` and ``R/T → D̂*``: the two estimates of G1 agree for T ≫ settling."""
+    net = toy(T=400.0, solver=Heun(dt=0.05), readout="mean")
+    x = torch.tensor([[0.05, 0.1, 0.08]], dtype=F64)
+    y = torch.zeros(1, dtype=torch.long)
+    coding = TargetCoding(kind="onehot", amplitude=0.5)
+    w = net.wiring
+    sw = signals(net, x, y, coding, "window")
+    ss = signals(net, x, y, coding, "steady")
+    gw = sw.F[:, w.src] * sw.R[:, w.dst]
+    gs = ss.F[:, w.src] * ss.R[:, w.dst]
+    assert torch.corrcoef(torch.cat([gw, gs]))[0, 1] > 0.99
+    torch.testing.assert_close(gs, gw, rtol=0.1, atol=1e-3 * float(gs.abs().max()))
+
+
+def _fd_K(net: WuxingNetwork, x: torch.Tensor, e: torch.Tensor, k: int) -> torch.Tensor:
+    """Finite-difference ``e · ∂s*/∂K_k`` (relative steps) for every (element, neuron)."""
+    K0 = net.K.clone()
+    out = torch.zeros(5, net.wiring.n_neurons, dtype=F64)
+    h = 1e-6
+    for el in range(5):
+        for n in range(net.wiring.n_neurons):
+            vals = []
+            for sgn in (1.0, -1.0):
+                net.K.copy_(K0)
+                net.K[k, el, n] *= 1 + sgn * h
+                net.update_rest_states()
+                vals.append(net.steady_state(x).score)
+            out[el, n] = (e * (vals[0] - vals[1])).sum() / (2 * h)
+    net.K.copy_(K0)
+    net.update_rest_states()
+    return out
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_method1_signal_correlates_with_the_finite_difference_gradient(k):
+    """models.md §A.7: g_k (per neuron and element) against e · K ∂s/∂K (small signals)."""
+    net = toy()
+    x = torch.tensor([[0.05, 0.1, 0.08]], dtype=F64)
+    with torch.no_grad():
+        st = net.steady_state(x)
+        e = -st.score  # target 0
+        R = net.steady_state_reversed(e).signal
+        g = method1_signal(net, st.signal, R)[0, k]  # (neuron, element)
+        # multiplicative update: compare g·K with the gradient in relative steps
+        fd = _fd_K(net, x, e, k).T  # (neuron, element)
+    corr = torch.corrcoef(torch.stack([(g * net.K[k].T).flatten(), fd.flatten()]))[0, 1]
+    assert corr > 0.98
+
+
+def test_method1_and_mixed_steps_keep_parameters_in_range_and_rest_states_valid():
+    net = toy(c_low=-1.0)
+    x = torch.rand(4, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    y = torch.zeros(4, dtype=torch.long)
+    coding = TargetCoding(kind="onehot")
+    m1 = Method1(eta=3.0, eta_i=1.0, K_range=(0.2, 2.0), margin=0.1, target=coding,
+                 estimate="steady")  # fmt: skip
+    c0, memory = net.c.detach().clone(), None
+    for _ in range(3):
+        rep, memory = method1_step(net, x, y, m1, memory)
+    assert memory.shape == (3, 5, net.wiring.n_neurons) and rep.update_norm > 0
+    K = net.K
+    assert float(K.min()) >= 0.2 - 1e-12 and float(K.max()) <= 2.0 + 1e-12
+    assert bool((K[0] >= K[1] + 0.1 - 1e-12).all())
+    assert torch.equal(net.c.detach(), c0)  # method 1 leaves the coefficients alone
+    zero = net.rest_state().new_zeros(1, net.n_slots)
+    resid = net.rhs(net.rest_state()[None], zero, net.c.detach())
+    assert float(resid.abs().max()) < 1e-9  # the recomputed rest is a fixed point
+    mixed = Mixed(method1=m1, method2=Method2(eta=5.0), target=coding, estimate="steady")
+    K1 = net.K.clone()
+    method1_step(net, x, y, mixed)
+    assert not torch.equal(net.c.detach(), c0) and not torch.equal(net.K, K1)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        Method2(eta=20.0, target=TargetCoding(kind="onehot"), estimate="steady"),
+        Method1(eta=2.0, target=TargetCoding(kind="onehot"), estimate="steady"),
+        Backprop(lr=0.2, target=TargetCoding(kind="onehot"), through="steady"),
+    ],
+    ids=["method2", "method1", "twin"],
+)
+def test_steady_rules_lower_the_loss(method):
+    x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
+    y = torch.zeros(1, dtype=torch.long)
+    net = toy()
+    losses, memory = [], None
+    opt = torch.optim.Adam([net.c], lr=0.2)
+    for _ in range(5):
+        if isinstance(method, Method2):
+            rep, _ = method2_step(net, x, y, method)
+        elif isinstance(method, Method1):
+            rep, memory = method1_step(net, x, y, method, memory)
+        else:
+            rep = bptt_step(net, x, y, method, opt)
+        losses.append(rep.loss)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_train_keeps_the_best_validation_epoch():
+    net = toy(T=20.0, solver=Heun(dt=0.2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, dtype=F64, generator=g)
+    y = (x[:, 0] > x[:, 1]).long()
+    # two outputs are needed for a class decision: a 3 -> 4 -> 2 network
+    wiring = one_to_one_wiring((3, 4, 2), links=(6, 6), seed=0)
+    net = WuxingNetwork(wiring, config=SimConfig(T=20.0, solver=Heun(dt=0.2)), dtype=F64)
+    seen = []
+    res = train(
+        net, x, y, method=Method2(eta=5.0, estimate="steady"), epochs=3, batch_size=8,
+        val=(x, y), epoch_callback=lambda ep, acc: seen.append((ep, acc)),
+    )  # fmt: skip
+    assert len(res.val_accuracy) == 3 and [s[0] for s in seen] == [1, 2, 3]
+    best = max(range(3), key=lambda i: (res.val_accuracy[i], -i))
+    assert res.best_epoch == best + 1
+    assert evaluate(net, x, y, mode="steady") == pytest.approx(res.val_accuracy[best])
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="estimate"):
+        Method2(estimate="forever")
+    with pytest.raises(ValueError, match="K_range"):
+        Method1(K_range=(1.0, 0.5))
+    with pytest.raises(ValueError, match="through"):
+        Backprop(through="space")
+    with pytest.raises(ValueError, match="mode"):
+        evaluate(toy(), torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=torch.long), mode="x")
+    net = toy()
+    with pytest.raises(ValueError, match="rest state"):
+        net.K[0, :, 2] = 0.1  # K1 < K2 for every element of one neuron
+        net.update_rest_states()
+
+
+def test_neuron_twin_is_exact_to_first_order_and_its_reverse_is_the_transpose():
+    from quasineuron.wuxing.twin import fit_neuron_twin
+
+    net = toy()
+    twin, rep = fit_neuron_twin(net, n_samples=3000, max_steps=200, seed=0)
+    # G = -J^{-1} at rest: column j is the response to a unit drive on element j (§A.3)
+    torch.testing.assert_close(
+        twin.gain[:, 0].double(),
+        torch.tensor([0.780, 0.878, 0.488, 0.049, -0.195], dtype=F64),
+        atol=5e-4,
+        rtol=0,
+    )
+    assert rep.rmse < rep.signal_rms  # a 200-step fit: coarse for large drives
+    u = 1e-3 * torch.randn(50, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    rest = net.rest_state().reshape(-1, 5)[:1]
+    with torch.no_grad():
+        E, _ = net._steady_neurons(slice(0, 1), u[:, None, :], rest, reverse=False)
+        Er, _ = net._steady_neurons(slice(0, 1), u[:, None, :], rest, reverse=True)
+        rest_rev = net.rest_rev[net.to_internal, 0].reshape(-1, 5)[:1]
+        exact, exact_rev = E[:, 0] - rest, Er[:, 0] - rest_rev
+        torch.testing.assert_close(twin(u), exact, atol=1e-5, rtol=1e-2)
+        torch.testing.assert_close(twin.reversed(u), exact_rev, atol=1e-5, rtol=1e-2)
+
+
+def test_training_through_the_neuron_twin_lowers_the_loss():
+    from quasineuron.wuxing.twin import fit_neuron_twin
+
+    net = toy(c_low=-1.0)
+    twin, _ = fit_neuron_twin(net, n_samples=2000, max_steps=100)
+    x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
+    y = torch.zeros(1, dtype=torch.long)
+    coding = TargetCoding(kind="onehot")
+    for method in (Backprop(lr=0.2, target=coding, through="steady"),
+                   Method2(eta=20.0, target=coding, estimate="steady")):  # fmt: skip
+        net = toy(c_low=-1.0)
+        opt = torch.optim.Adam([net.c], lr=0.2)
+        losses = []
+        for _ in range(5):
+            if isinstance(method, Backprop):
+                rep = bptt_step(net, x, y, method, opt, twin)
+            else:
+                rep, _ = method2_step(net, x, y, method, twin)
+            losses.append(rep.loss)
+        assert losses[-1] < 0.8 * losses[0]
