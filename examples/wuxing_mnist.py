@@ -101,7 +101,8 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
     target = TargetCoding(kind="softmax", beta=a.beta, error_scale=a.error_scale)
     c_range = (-a.c_max, a.c_max)
     est = a.estimate
-    m2 = Method2(kt=a.kt, eta=a.eta, c_range=c_range, target=target, estimate=est)
+    m2 = Method2(kt=a.kt, eta=a.eta, c_range=c_range, target=target, estimate=est,
+                 step=a.m2_step)  # fmt: skip
     m1 = Method1(kt=a.kt, eta=a.eta1, eta_i=a.eta_i, target=target, estimate=est)
     if a.method == "method2":
         return m2
@@ -111,6 +112,21 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
         return Mixed(method1=m1, method2=m2, target=target, estimate=est)
     through = "time" if a.method == "bptt" else "steady"
     return Backprop(lr=a.lr, c_range=c_range, target=target, through=through)
+
+
+def _init_info(init: str | None) -> dict[str, Any] | None:
+    """Provenance of the run a continued run started from (its history and cost)."""
+    if not init:
+        return None
+    doc = json.loads((Path(init) / "model.json").read_text())
+    prev = doc.get("init") or {}
+    return {
+        "name": doc["name"],
+        "history": doc["history"],
+        "train_seconds": doc["train_seconds"] + prev.get("train_seconds", 0.0),
+        "train_samples_seen": doc["train_samples_seen"] + prev.get("train_samples_seen", 0),
+        "command": doc["command"],
+    }
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -134,6 +150,12 @@ def cmd_train(a: argparse.Namespace) -> None:
         with torch.no_grad():
             g = torch.Generator().manual_seed(a.seed)
             net.c.copy_(torch.empty(net.c.shape).uniform_(-a.c0, a.c0, generator=g))
+    if a.init:
+        state = load_file(str(Path(a.init) / "model.safetensors"))
+        with torch.no_grad():
+            net.c.copy_(state["c"].to(a.device))
+            net.K.copy_(state["K"].to(a.device))
+            net.update_rest_states()
     method = _method(a)
     out = Path(a.out) / a.name
     out.mkdir(parents=True, exist_ok=True)
@@ -198,11 +220,28 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps({"name": a.name, "val": list(res.val_accuracy), "s": res.seconds}))
 
 
+def _predict(net: WuxingNetwork, x: torch.Tensor, mode: str, neuron: Any, batch: int) -> Any:
+    """Predicted class per test image (−1 where the run diverged or did not converge)."""
+    preds = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            xb = x[i : i + batch]
+            if mode == "time":
+                res = net.simulate(xb)
+                score, ok = res.score, ~res.diverged
+            else:
+                st = net.steady_state(xb, neuron=neuron)
+                score, ok = st.score, st.converged
+            preds.append(torch.where(ok, score.argmax(1), -1).cpu())
+    return torch.cat(preds)
+
+
 def cmd_score(a: argparse.Namespace) -> None:
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     _, test_set = _split(a.data_dir)
     x = torch.as_tensor(test_set.x)[: a.n_test].to(device)
-    y = torch.as_tensor(test_set.y)[: a.n_test].to(device)
+    y = torch.as_tensor(test_set.y)[: a.n_test]
+    modes = a.modes.split(",")
     for run in a.runs:
         run = Path(run)
         doc = json.loads((run / "model.json").read_text())
@@ -216,50 +255,47 @@ def cmd_score(a: argparse.Namespace) -> None:
             net.K.copy_(state["K"].to(device))
             net.update_rest_states()
         twin_dir = doc["args"].get("twin")
-        neuron = load_twin(twin_dir).to(device) if twin_dir and "twin" in a.modes else None
-        t0 = time.perf_counter()
-        right_t = right_s = agree = diverged = 0
-        with torch.no_grad():
-            for i in range(0, x.shape[0], a.batch_size):
-                xb, yb = x[i : i + a.batch_size], y[i : i + a.batch_size]
-                sim = net.simulate(xb)
-                st = net.steady_state(xb, neuron=neuron)
-                pt, ps = sim.score.argmax(1), st.score.argmax(1)
-                right_t += int(((pt == yb) & ~sim.diverged).sum())
-                right_s += int(((ps == yb) & st.converged).sum())
-                agree += int((pt == ps).sum())
-                diverged += int(sim.diverged.sum())
-        seconds = time.perf_counter() - t0
+        neuron = load_twin(twin_dir).to(device) if twin_dir else None
+        pred_file = run / "predictions.safetensors"
+        preds = load_file(str(pred_file)) if pred_file.exists() else {}
+        mpath = run / "metrics.json"
+        metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+        for mode in modes:
+            t0 = time.perf_counter()
+            preds[mode] = _predict(net, x, mode, neuron, a.batch_size)
+            metrics.setdefault("score_seconds", {})[mode] = time.perf_counter() - t0
+            metrics.setdefault("score_machine", {})[mode] = {
+                "device": device, "platform": platform.platform(),
+                "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            }  # fmt: skip
+        save_file({k: v.contiguous() for k, v in preds.items()}, str(pred_file))
         n = x.shape[0]
-        metrics = {
+        acc = {k: float((v == y).double().mean()) for k, v in preds.items()}
+        metrics.update({
             "name": doc["name"],
-            "accuracy": {"device": right_t / n, "surrogate": right_s / n},
-            "gap": (right_s - right_t) / n,
-            "agreement": agree / n,
+            "accuracy": {"device": acc.get("time"), "surrogate": acc.get("surrogate")},
             "n_test": n,
-            "diverged": diverged,
-            "device": "time simulation of the whole network (Heun), score on the test set once",
-            "surrogate": (
-                "network of neuron twins (steady-state map, fitted)"
-                if neuron is not None
-                else "layer-by-layer steady state (Newton per neuron)"
-            ),
+            "device": "time simulation of the whole network (Heun), T, dt and read-out below; "
+                      "the test set is scored once",
+            "surrogate": ("network of neuron twins (fitted steady-state map)" if neuron is not None
+                          else "layer-by-layer steady state (Newton per neuron)"),
             "score_config": {"T": a.T, "dt": a.dt, "readout": a.readout},
-            "score_seconds": seconds,
-            "score_machine": {"device": device, "platform": platform.platform(),
-                              "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
             "train": {k: doc[k] for k in ("method", "network", "wiring", "train_config",
                                           "best_epoch", "val_accuracy_steady", "history",
                                           "train_seconds", "train_samples_per_second",
                                           "train_samples_seen",
                                           "diverged_steps", "command", "machine")},
             "command": " ".join(["python", "examples/wuxing_mnist.py", "score", str(run),
-                                 *[f"--{k.replace('_', '-')} {v}" for k, v in (
-                                     ("T", a.T), ("dt", a.dt), ("readout", a.readout))]]),
-        }  # fmt: skip
-        (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        print(json.dumps({"name": doc["name"], **metrics["accuracy"], "agree": agree / n,
-                          "s": round(seconds, 1)}), flush=True)  # fmt: skip
+                                 f"--T {a.T} --dt {a.dt} --readout {a.readout}"]),
+        })  # fmt: skip
+        if "time" in preds:
+            metrics["diverged"] = int((preds["time"] < 0).sum())
+        if "time" in preds and "surrogate" in preds:
+            metrics["gap"] = acc["surrogate"] - acc["time"]
+            metrics["agreement"] = float((preds["time"] == preds["surrogate"]).double().mean())
+        mpath.write_text(json.dumps(metrics, indent=1))
+        print(json.dumps({"name": doc["name"], **metrics["accuracy"],
+                          "agree": metrics.get("agreement")}), flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--n-train", type=int, default=0, help="first N training images (0: all)")
     t.add_argument("--n-val", type=int, default=2000)
     t.add_argument("--eta", type=float, default=20.0, help="method 2 step")
+    t.add_argument("--m2-step", default="additive", choices=["additive", "adaptive"])
     t.add_argument("--eta1", type=float, default=2.0, help="method 1 proportional gain")
     t.add_argument("--eta-i", type=float, default=0.0, help="method 1 integral gain")
     t.add_argument("--kt", type=float, default=1.0)
@@ -299,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=20)
     t.add_argument("--time-limit", type=float, default=None, help="training budget, seconds")
+    t.add_argument("--init", default=None, help="run folder to continue from (its model)")
     t.add_argument("--twin", default=None,
                    help="folder of a neuron twin (twin command): train through it")  # fmt: skip
     t.set_defaults(func=cmd_train)
@@ -318,9 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--n-test", type=int, default=10000)
     s.add_argument("--batch-size", type=int, default=1000)
     s.add_argument("--device", default="auto")
-    s.add_argument("--modes", default="time,twin",
-                   help="'twin' scores the surrogate with the run's neuron twin if it has one, "
-                   "else the exact steady state")  # fmt: skip
+    s.add_argument("--modes", default="time,surrogate",
+                   help="'time': the time simulation (accuracy.device); 'surrogate': the run's "
+                   "neuron twin if it has one, else the exact steady state")  # fmt: skip
     s.set_defaults(func=cmd_score)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):

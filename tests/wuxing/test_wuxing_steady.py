@@ -247,3 +247,17 @@ def test_training_through_the_neuron_twin_lowers_the_loss():
                 rep, _ = method2_step(net, x, y, method, twin)
             losses.append(rep.loss)
         assert losses[-1] < 0.8 * losses[0]
+
+
+def test_adaptive_method2_step_is_adam_on_g2():
+    net = toy(c_low=-1.0)
+    x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
+    y = torch.zeros(1, dtype=torch.long)
+    m = Method2(eta=0.01, step="adaptive", target=TargetCoding(kind="onehot"), estimate="steady")
+    c0, state = net.c.detach().clone(), {}
+    _, g2 = method2_step(net, x, y, m, state=state)
+    # first Adam step: m̂/√v̂ = sign(G2), so every link moves by η in G2's direction
+    torch.testing.assert_close(net.c.detach() - c0, 0.01 * torch.sign(g2))
+    assert state["t"] == 1
+    losses = [method2_step(net, x, y, m, state=state)[0].loss for _ in range(6)]
+    assert losses[-1] < losses[0]

@@ -132,6 +132,10 @@ class Method2:
             ``T → ∞`` limit, ``F/T → D*`` and ``R/T → D̂*`` (the layer-by-layer steady states,
             :meth:`WuxingNetwork.steady_state`), much cheaper; with ``normalise`` both give
             ``G1 ≈ e · ∂s/∂c`` once T exceeds the settling time.
+        step: ``"additive"``: the paper's ``c ← c + η G2``. ``"adaptive"`` [ours]: each link
+            divides its ``G2`` by the running RMS of its own past ``G2`` (with momentum, the
+            Adam step applied to method 2's signal; still local to the link), so ``η`` is
+            the step in units of ``c`` (e.g. 0.005).
     """
 
     kt: float = 1.0
@@ -141,8 +145,11 @@ class Method2:
     normalise: bool = True
     reduce: Literal["mean_g2", "mean_g1"] = "mean_g2"
     estimate: Literal["window", "steady"] = "window"
+    step: Literal["additive", "adaptive"] = "additive"
 
     def __post_init__(self) -> None:
+        if self.step not in ("additive", "adaptive"):
+            raise ValueError(f"Method2.step must be 'additive' or 'adaptive', got {self.step!r}")
         for name in ("kt", "eta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -352,13 +359,23 @@ def _soft_mean(g: torch.Tensor, ok: torch.Tensor, kt: float, reduce: str) -> tor
     return torch.atan(kt * g.sum(0) / n_ok) / kt
 
 
-def _apply_method2(net: WuxingNetwork, sig: Signals, method: Method2, scale: float) -> torch.Tensor:
-    """``c ← clip(c + η G2)`` from the signals; returns ``G2`` (n_links,)."""
+def _apply_method2(
+    net: WuxingNetwork, sig: Signals, method: Method2, scale: float, state: dict | None = None
+) -> torch.Tensor:
+    """``c ← clip(c + η G2)`` (or the adaptive step) from the signals; returns ``G2``."""
     g1 = sig.F[:, net.link_src] * sig.R[:, net.link_dst] / scale  # (batch, n_links)
     if not method.normalise:
         g1 = g1 * net.config.T**2
     g2 = _soft_mean(g1, sig.ok, method.kt, method.reduce)
-    net.c.add_(method.eta * g2.to(net.c.dtype)).clamp_(*method.c_range)
+    step = g2.to(net.c.dtype)
+    if method.step == "adaptive":
+        # per-link running moments of the link's own G2 (Adam's step, ascent on G2)
+        state = {} if state is None else state
+        t = state["t"] = state.get("t", 0) + 1
+        m = state["m"] = 0.9 * state.get("m", torch.zeros_like(step)) + 0.1 * step
+        v = state["v"] = 0.999 * state.get("v", torch.zeros_like(step)) + 0.001 * step**2
+        step = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-12)
+    net.c.add_(method.eta * step).clamp_(*method.c_range)
     return g2
 
 
@@ -447,6 +464,7 @@ def method2_step(
     y: torch.Tensor,
     method: Method2,
     neuron: NeuronTwin | None = None,
+    state: dict | None = None,
 ) -> tuple[StepReport, torch.Tensor]:
     """One mini-batch step of method 2; updates ``net.c`` in place.
 
@@ -456,6 +474,7 @@ def method2_step(
         y: Labels, shape (batch,), int64.
         method: Settings.
         neuron: Optional neuron twin for ``estimate="steady"`` (see :func:`signals`).
+        state: Running moments for ``step="adaptive"`` (a dict kept between steps).
 
     Returns:
         The step report and the per-link ``G2`` of the batch, shape (n_links,).
@@ -463,7 +482,7 @@ def method2_step(
     with torch.no_grad():
         sig = signals(net, x, y, method.target, method.estimate, neuron)
         old = net.c.detach().clone()
-        g2 = _apply_method2(net, sig, method, method.target.error_scale)
+        g2 = _apply_method2(net, sig, method, method.target.error_scale, state)
         return _report(sig, y, method.target, float((net.c - old).norm())), g2
 
 
@@ -658,10 +677,15 @@ def train(
     val_acc: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     memory = None
+    m2_state: dict = {}
     t0 = time.perf_counter()
     n_seen = 0
     out_of_time = False
+    epoch = 0
     for epoch in range(1, epochs + 1):
+        if epoch > 1 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            epoch -= 1
+            break
         order = torch.randperm(x.shape[0], generator=gen).to(x.device)
         for i in range(0, x.shape[0], batch_size):
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -670,7 +694,7 @@ def train(
             idx = order[i : i + batch_size]
             xb, yb = x[idx], y[idx]
             if isinstance(method, Method2):
-                rep, _ = method2_step(net, xb, yb, method, neuron)
+                rep, _ = method2_step(net, xb, yb, method, neuron, m2_state)
             elif isinstance(method, (Method1, Mixed)):
                 rep, memory = method1_step(net, xb, yb, method, memory)
             else:

@@ -62,7 +62,14 @@ class NeuronTwin(torch.nn.Module):
         self.correction = correction
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """Signals ``D*`` (R, 5) for drives ``u`` (R, 5)."""
+        """Signals ``D*`` (R, 5) for drives ``u`` (R, 5).
+
+        Drives are clamped to the fitted range first, so the twin saturates outside it
+        (a network of unbounded twins can blow up; the device itself grows sub-linearly
+        for large positive drives and is held at ``E = 0`` for large negative ones).
+        """
+        low, high = self.correction.domain.tensors(dtype=u.dtype, device=u.device)
+        u = torch.minimum(torch.maximum(u, low), high)
         g = self.gain.to(u.dtype)
         return u @ g.T + u.square().sum(1, keepdim=True) * self.correction(u).to(u.dtype)
 

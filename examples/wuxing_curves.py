@@ -1,0 +1,80 @@
+"""Learning curves of the Wuxing MNIST runs (docs/wuxing.md).
+
+    python examples/wuxing_curves.py docs/results --out docs/results/wuxing-curves.png
+
+Reads every ``wuxing-model*/model.json`` written by ``examples/wuxing_mnist.py train`` and plots
+(left) the training loss against training images seen, smoothed over 50 steps, and (right) the
+validation accuracy after each epoch against training wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("results", help="folder holding the wuxing-model* runs")
+    p.add_argument("--out", default="wuxing-curves.png")
+    a = p.parse_args(argv)
+    runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    for path in runs:
+        doc = json.loads(path.read_text())
+        name = doc["name"].removeprefix("wuxing-")
+        loss = np.asarray(doc["loss_per_step"], dtype=float)
+        batch = doc["args"]["batch_size"]
+        if loss.size >= 50:
+            smooth = np.convolve(np.nan_to_num(loss, nan=np.nan), np.ones(50) / 50, mode="valid")
+            ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name)
+        init = doc.get("init") or {"history": [], "train_seconds": 0.0}
+        t0 = init["train_seconds"]
+        hist = [*init["history"], *({**h, "seconds": t0 + h["seconds"]} for h in doc["history"])]
+        ax_v.plot([h["seconds"] for h in hist], [h["val_accuracy_steady"] for h in hist],
+                  "o-", label=name)  # fmt: skip
+    ax_l.set(xlabel="training images seen", ylabel="training loss (50-step mean)", yscale="log")
+    ax_v.set(xlabel="training wall time (s, one CPU thread)", ylabel="validation accuracy")
+    ax_v.legend(fontsize=7)
+    ax_l.grid(alpha=0.3)
+    ax_v.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    print(f"wrote {a.out} ({len(runs)} runs)")
+    print(table(runs))
+
+
+def table(runs: list[Path]) -> str:
+    """Markdown table of the runs' test scores (from each run's metrics.json)."""
+    head = "| run | links | training (images, s) | best val. (steady) | test: device | "
+    head += "test: twin/steady | gap | agreement |"
+    rows = [head, "|---|---|---|---|---|---|---|---|"]
+    for path in runs:
+        doc = json.loads(path.read_text())
+        mpath = path.with_name("metrics.json")
+        m = json.loads(mpath.read_text()) if mpath.exists() else {}
+        acc = m.get("accuracy", {})
+        init = doc.get("init") or {"train_samples_seen": 0, "train_seconds": 0.0}
+        seen = doc["train_samples_seen"] + init["train_samples_seen"]
+        secs = doc["train_seconds"] + init["train_seconds"]
+
+        def pct(v: float | None) -> str:
+            return "–" if v is None else f"{100 * v:.2f} %"
+
+        rows.append(
+            f"| {doc['name']} | {doc['wiring']['n_links']} | {seen:,} ({secs:.0f} s) | "
+            f"{pct(max(doc['val_accuracy_steady'], default=None))} | {pct(acc.get('device'))} | "
+            f"{pct(acc.get('surrogate'))} | {pct(m.get('gap'))} | {pct(m.get('agreement'))} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The Wuxing MNIST runner (examples/wuxing_mnist.py): twin, train, score, end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "wuxing_mnist.py"
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("wuxing_mnist", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_twin_train_and_score_write_a_reloadable_run(script: ModuleType, tmp_path: Path) -> None:
+    if not any(MNIST.glob("train-images-idx3-ubyte*")):
+        pytest.skip(f"MNIST IDX files not found in {MNIST} (the data folder beside the repo)")
+    twin = tmp_path / "twin"
+    script.main(["twin", "--out", str(twin), "--n-samples", "2000", "--max-steps", "50"])
+    assert json.loads((twin / "twin.json").read_text())["report"]["n_train"] > 1000
+    common = ["--data-dir", str(MNIST), "--out", str(tmp_path), "--n-train", "64",
+              "--n-val", "32", "--batch-size", "32"]  # fmt: skip
+    script.main(["train", "--name", "run-twin", "--method", "twin", "--twin", str(twin), *common])
+    script.main(["train", "--name", "run-m2", "--method", "method2", "--twin", str(twin),
+                 "--eta", "3", *common])  # fmt: skip
+    runs = [str(tmp_path / "run-twin"), str(tmp_path / "run-m2")]
+    score = ["--data-dir", str(MNIST), "--n-test", "20", "--T", "4", "--dt", "0.2",
+             "--device", "cpu"]  # fmt: skip
+    script.main(["score", *runs, "--modes", "surrogate", *score])
+    script.main(["score", *runs, "--modes", "time", *score])
+    for run in runs:
+        m = json.loads((Path(run) / "metrics.json").read_text())
+        assert 0 <= m["accuracy"]["device"] <= 1 and 0 <= m["accuracy"]["surrogate"] <= 1
+        assert m["gap"] == pytest.approx(m["accuracy"]["surrogate"] - m["accuracy"]["device"])
+        assert 0 <= m["agreement"] <= 1 and m["n_test"] == 20
+        assert m["train"]["train_samples_seen"] == 64
+        assert "examples/wuxing_mnist.py" in m["command"]
+    # a run continues from a saved one
+    script.main(["train", "--name", "run-more", "--method", "twin", "--twin", str(twin),
+                 "--init", runs[0], "--lr", "1e-9", *common])  # fmt: skip
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(runs[0]) / "model.safetensors"))["c"]
+    b = load_file(str(tmp_path / "run-more" / "model.safetensors"))["c"]
+    assert float((a - b).abs().max()) < 1e-6
