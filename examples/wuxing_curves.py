@@ -27,20 +27,24 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
-    for path in runs:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, path in enumerate(runs):
+        color = colors[i % len(colors)]
         doc = json.loads(path.read_text())
         name = doc["name"].removeprefix("wuxing-")
         loss = np.asarray(doc["loss_per_step"], dtype=float)
         batch = doc["args"]["batch_size"]
         if loss.size >= 50:
             smooth = np.convolve(np.nan_to_num(loss, nan=np.nan), np.ones(50) / 50, mode="valid")
-            ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name)
+            ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name, color=color)
         init = doc.get("init") or {"history": [], "train_seconds": 0.0}
         t0 = init["train_seconds"]
         hist = [*init["history"], *({**h, "seconds": t0 + h["seconds"]} for h in doc["history"])]
         ax_v.plot([h["seconds"] for h in hist], [h["val_accuracy_steady"] for h in hist],
-                  "o-", label=name)  # fmt: skip
-    ax_l.set(xlabel="training images seen", ylabel="training loss (50-step mean)", yscale="log")
+                  "o-", label=name, color=color)  # fmt: skip
+    ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",
+             yscale="log")  # fmt: skip
+    ax_l.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
     ax_v.set(xlabel="training wall time (s, one CPU thread)", ylabel="validation accuracy")
     ax_v.legend(fontsize=7)
     ax_l.grid(alpha=0.3)
