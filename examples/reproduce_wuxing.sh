@@ -16,9 +16,10 @@ c=(--data-dir "$data" --out "$out" --log-every 200)
 python examples/wuxing_mnist.py twin --out "$twin"
 python examples/wuxing_mnist.py train --name wuxing-model1-twin --method twin --lr 0.005 \
     --twin "$twin" --epochs 6 --time-limit 700 "${c[@]}"
-cp -r "$out/wuxing-model1-twin" /tmp/wuxing-model1-twin-stage1
+stage1=$(mktemp -d)
+cp -r "$out/wuxing-model1-twin/." "$stage1"
 python examples/wuxing_mnist.py train --name wuxing-model1-twin --method twin --lr 0.002 \
-    --twin "$twin" --init /tmp/wuxing-model1-twin-stage1 --epochs 5 --time-limit 720 "${c[@]}"
+    --twin "$twin" --init "$stage1" --epochs 5 --time-limit 720 "${c[@]}"
 python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.005 \
     --fan-in 16 --c0 0.25 --twin "$twin" --epochs 6 --time-limit 600 "${c[@]}"
 python examples/wuxing_mnist.py train --name wuxing-model1-method2 --method method2 --eta 3 \
