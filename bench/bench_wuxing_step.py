@@ -20,29 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 
+from bench_gpu import _best  # same folder: the timing helper of the GPU benchmark
 from quasineuron.devices.ode import Heun
 from quasineuron.wuxing import Method2, SimConfig, WuxingNetwork, method2_step, model_wiring
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _best(fn, device: torch.device, reps: int) -> float:
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def floor(n_slots: int, n_links: int, n_steps: int) -> dict[str, float]:

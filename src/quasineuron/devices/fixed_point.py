@@ -74,6 +74,19 @@ class FixedPointResult:
     iterations: torch.Tensor
     converged: torch.Tensor
 
+    def with_rows(
+        self, idx: torch.Tensor, part: FixedPointResult, *, extra_iterations: int | torch.Tensor = 0
+    ) -> FixedPointResult:
+        """This result with rows ``idx`` replaced by ``part`` (a re-solve of those rows).
+
+        The iteration counts of ``part`` (plus ``extra_iterations``) are added to the rows'.
+        """
+        x, res, it, conv = (t.clone() for t in (self.x, self.residual, self.iterations,
+                                                 self.converged))  # fmt: skip
+        x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
+        it[idx] += part.iterations + extra_iterations
+        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
+
 
 def residual_tolerance(tol: float, dtype: torch.dtype, *, ulps: float = 256.0) -> float:
     """Tolerance actually used for dtype ``dtype``: ``max(tol, ulps · machine epsilon)``.
@@ -445,10 +458,7 @@ class Newton:
         # polish every finite fallback result with Newton (fast, and sharpens Integrate's result)
         x_start = torch.where(torch.isfinite(fb.x), fb.x, x0[idx])
         pol = self._newton(fn, x_start, u[idx])
-        x, res, it, conv = (t.clone() for t in (out.x, out.residual, out.iterations, out.converged))
-        x[idx], res[idx], conv[idx] = pol.x, pol.residual, pol.converged
-        it[idx] += fb.iterations + pol.iterations
-        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
+        return out.with_rows(idx, pol, extra_iterations=fb.iterations)
 
     def _clip_to_bounds(self, x: torch.Tensor) -> torch.Tensor:
         if self.lower is None and self.upper is None:

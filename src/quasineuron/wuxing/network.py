@@ -55,14 +55,6 @@ def _five(v: float | Sequence[float]) -> list[float]:
     return [float(v)] * 5 if isinstance(v, (int, float)) else [float(a) for a in v]
 
 
-def _merge(base: FixedPointResult, idx: torch.Tensor, part: FixedPointResult) -> FixedPointResult:
-    """``base`` with rows ``idx`` replaced by ``part`` (iteration counts added)."""
-    x, res, it, conv = (t.clone() for t in (base.x, base.residual, base.iterations, base.converged))
-    x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
-    it[idx] += part.iterations
-    return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
-
-
 def _steady_residual(
     clip: tuple[float, float] | None,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
@@ -361,8 +353,8 @@ class WuxingNetwork(torch.nn.Module):
                 left = (~second.converged).nonzero().squeeze(1)
                 full = dataclasses.replace(self.steady_solver, jacobian=jac)
                 third = full.solve(fn, x0[idx[left]], rows[idx[left]])
-                second = _merge(second, left, third)
-            return _merge(out, idx, second)
+                second = second.with_rows(left, third)
+            return out.with_rows(idx, second)
 
     def update_rest_states(self) -> None:
         """Recompute every neuron's forward and reversed rest state from :attr:`K`.
@@ -513,9 +505,7 @@ class WuxingNetwork(torch.nn.Module):
         Raises:
             ValueError: If ``x`` or ``coeffs`` has the wrong shape.
         """
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_in:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (batch, n_in={self.n_in}), got {got}")
+        self._check_x(x)
         c = self._coeffs(coeffs, x)
         rest = self.rest.to(x.dtype)
         drive = x.new_zeros(self.n_slots, x.shape[0])
