@@ -1,12 +1,17 @@
 """Samples/s of one method-2 training step on the Wuxing MODEL1 network, with its floor.
 
-    python bench/bench_wuxing_step.py [--device cpu|cuda] [--threads 2] [--batch 32] [--json F]
+    python bench/bench_wuxing_step.py [--device cpu|cuda] [--threads 2] [--batch 32] [--compile]
+                                      [--json F]
 
 Measures, in one run on one machine:
 - ``window``: the paper's step, forward + reversed time simulation over T = 30 (Heun,
   dt = 0.05, float32), ``G1`` from the integrals, update of the 4711 coefficients;
 - ``forward``: the forward time simulation alone (the baseline: a step is two such runs);
-- ``steady``: the same rule from the layer-by-layer steady states (``estimate="steady"``).
+- ``steady``: the same rule from the layer-by-layer steady states (``estimate="steady"``);
+- with ``--compile``: the forward simulation and the window step again with
+  ``Heun(dt, compile=True, unroll=5)`` (each 5 steps of the whole network one
+  ``torch.compile``'d function), and one step of backprop through time (``Backprop``, Adam),
+  eager and compiled; compilation happens in the untimed warm-up call.
 
 and prints the ratios against ``forward`` together with the arithmetic and memory floor of the
 window step (per sample; S = 10,220 slots, L = 4711 links, 600 Heun steps per run, 2 runs):
@@ -25,7 +30,15 @@ import torch
 
 from bench_gpu import _best  # same folder: the timing helper of the GPU benchmark
 from quasineuron.devices.ode import Heun
-from quasineuron.wuxing import Method2, SimConfig, WuxingNetwork, method2_step, model_wiring
+from quasineuron.wuxing import (
+    Backprop,
+    Method2,
+    SimConfig,
+    WuxingNetwork,
+    bptt_step,
+    method2_step,
+    model_wiring,
+)
 
 
 def floor(n_slots: int, n_links: int, n_steps: int) -> dict[str, float]:
@@ -44,6 +57,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time the compiled steps")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -71,6 +85,29 @@ def main() -> None:
     t_fwd = _best(fwd, device, a.reps)
     t_win = _best(lambda: step(window), device, a.reps)
     t_std = _best(lambda: step(steady), device, a.reps)
+    compiled: dict[str, float] = {}
+    if a.compile:
+        opt = torch.optim.Adam([net.c], lr=1e-3)
+
+        def bptt() -> None:
+            with torch.no_grad():
+                net.c.copy_(c0)
+            bptt_step(net, x, y, Backprop(), opt)
+
+        t_bptt = _best(bptt, device, a.reps)
+        net.config = SimConfig(T=30.0, solver=Heun(dt=0.05, compile=True, unroll=5))
+        t_fwd_c = _best(fwd, device, a.reps)
+        t_win_c = _best(lambda: step(window), device, a.reps)
+        t_bptt_c = _best(bptt, device, a.reps)
+        net.config = config
+        compiled = {
+            "forward_compiled": a.batch / t_fwd_c,
+            "window_step_compiled": a.batch / t_win_c,
+            "bptt_step": a.batch / t_bptt,
+            "bptt_step_compiled": a.batch / t_bptt_c,
+        }
+        speedup = {"forward": t_fwd / t_fwd_c, "window_step": t_win / t_win_c,
+                   "bptt_step": t_bptt / t_bptt_c}  # fmt: skip
     fl = floor(net.n_slots, net.wiring.n_links, config.n_steps)
     sps = a.batch / t_win
     out = {
@@ -87,8 +124,10 @@ def main() -> None:
             "forward": a.batch / t_fwd,
             "window_step": sps,
             "steady_step": a.batch / t_std,
+            **compiled,
         },  # fmt: skip
         "ratio_vs_forward": {"window_step": t_win / t_fwd, "steady_step": t_std / t_fwd},
+        "compiled_speedup": speedup if a.compile else None,
         "floor": fl,
         "achieved": {
             "gflop_per_s": fl["flop_per_sample"] * sps / 1e9,

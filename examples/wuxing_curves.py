@@ -4,7 +4,8 @@
 
 Reads every ``wuxing-model*/model.json`` written by ``examples/wuxing_mnist.py train`` and plots
 (left) the training loss against training images seen, smoothed over 50 steps, and (right) the
-validation accuracy after each epoch against training wall time.
+validation accuracy after each epoch against training images seen (continued runs include the
+stage they started from). Images, not seconds: the runs trained on different machines.
 """
 
 from __future__ import annotations
@@ -20,13 +21,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _val(entry: dict) -> float:
+    """Validation accuracy of a history entry (steady-state or time-simulation validation)."""
+    return entry.get("val_accuracy_steady", entry.get("val_accuracy_time"))
+
+
+def _images(doc: dict) -> list[int]:
+    """Training images seen at each validation of a run's history (this stage only)."""
+    n_train = doc["args"].get("n_train") or 54_000
+    seen = doc["train_samples_seen"]
+    return [h.get("images", min(h["epoch"] * n_train, seen)) for h in doc["history"]]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("results", help="folder holding the wuxing-model* runs")
     p.add_argument("--out", default="wuxing-curves.png")
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, path in enumerate(runs):
         color = colors[i % len(colors)]
@@ -37,16 +50,19 @@ def main(argv: list[str] | None = None) -> None:
         if loss.size >= 50:
             smooth = np.convolve(np.nan_to_num(loss, nan=np.nan), np.ones(50) / 50, mode="valid")
             ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name, color=color)
-        init = doc.get("init") or {"history": [], "train_seconds": 0.0}
-        t0 = init["train_seconds"]
-        hist = [*init["history"], *({**h, "seconds": t0 + h["seconds"]} for h in doc["history"])]
-        ax_v.plot([h["seconds"] for h in hist], [h["val_accuracy_steady"] for h in hist],
-                  "o-", label=name, color=color)  # fmt: skip
+        init = doc.get("init")
+        images, vals = _images(doc), [_val(h) for h in doc["history"]]
+        if init:
+            n0 = init["train_samples_seen"]
+            first = [min(h.get("images", h["epoch"] * 54_000), n0) for h in init["history"]]
+            images = first + [n0 + i for i in images]
+            vals = [_val(h) for h in init["history"]] + vals
+        ax_v.plot(images, vals, "o-", label=name, color=color)
     ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",
              yscale="log")  # fmt: skip
     ax_l.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
-    ax_v.set(xlabel="training wall time (s, one CPU thread)", ylabel="validation accuracy")
-    ax_v.legend(fontsize=7)
+    ax_v.set(xlabel="training images seen", ylabel="validation accuracy", xscale="log")
+    ax_v.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax_l.grid(alpha=0.3)
     ax_v.grid(alpha=0.3)
     fig.tight_layout()
@@ -72,9 +88,10 @@ def table(runs: list[Path]) -> str:
         def pct(v: float | None) -> str:
             return "–" if v is None else f"{100 * v:.2f} %"
 
+        val = doc.get("val_accuracy_steady", doc.get("val_accuracy_time", []))
         rows.append(
             f"| {doc['name']} | {doc['wiring']['n_links']} | {seen:,} ({secs:.0f} s) | "
-            f"{pct(max(doc['val_accuracy_steady'], default=None))} | {pct(acc.get('device'))} | "
+            f"{pct(max(val, default=None))} | {pct(acc.get('device'))} | "
             f"{pct(acc.get('surrogate'))} | {pct(m.get('gap'))} | {pct(m.get('agreement'))} |"
         )
     return "\n".join(rows)

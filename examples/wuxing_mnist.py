@@ -11,9 +11,11 @@ a GPU does in seconds) can run on different machines:
 ``train`` holds out the last 6,000 training images for validation (the epoch kept is chosen on
 it, scored on the steady state) and never reads the test set. It writes ``model.safetensors``
 (coefficients and per-neuron K), ``model.json`` (wiring, settings, training history) and a
-checkpoint after every epoch. ``score`` reads the test set once and writes ``metrics.json``
-with ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the steady-state twin),
-their gap and the agreement of the two predictions.
+checkpoint after every epoch. ``validate`` scores trained runs on the validation split (on the
+time simulation or the steady state; appended to ``validation.json``), for choices between
+runs. ``score`` reads the test set once and writes ``metrics.json`` with ``accuracy.device``
+(the time simulation), ``accuracy.surrogate`` (the steady-state twin), their gap and the
+agreement of the two predictions.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from quasineuron.wuxing import (
     TargetCoding,
     WuxingNetwork,
     adder_wiring,
+    evaluate,
     model_wiring,
     train,
 )
@@ -102,7 +105,7 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
     c_range = (-a.c_max, a.c_max)
     est = a.estimate
     m2 = Method2(kt=a.kt, eta=a.eta, c_range=c_range, target=target, estimate=est,
-                 step=a.m2_step)  # fmt: skip
+                 step=a.m2_step, reversal=a.reversal)  # fmt: skip
     m1 = Method1(kt=a.kt, eta=a.eta1, eta_i=a.eta_i, target=target, estimate=est)
     if a.method == "method2":
         return m2
@@ -157,6 +160,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             net.K.copy_(state["K"].to(a.device))
             net.update_rest_states()
     method = _method(a)
+    init_info = _init_info(a.init)  # before a run that continues in place overwrites it
     out = Path(a.out) / a.name
     out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
@@ -167,8 +171,9 @@ def cmd_train(a: argparse.Namespace) -> None:
                   str(out / f"{tag}.safetensors"))  # fmt: skip
 
     def on_epoch(epoch: int, acc: float | None) -> None:
-        history.append({"epoch": epoch, "val_accuracy_steady": acc,
-                        "seconds": time.perf_counter() - t0})  # fmt: skip
+        history.append({"epoch": epoch, f"val_accuracy_{a.val_mode}": acc,
+                        "seconds": time.perf_counter() - t0,
+                        "images": len(losses) * a.batch_size})  # fmt: skip
         save("checkpoint")
         print(f"epoch {epoch}: val {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -184,8 +189,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     x, y = xtr.to(a.device), ytr.to(a.device)
     res = train(
         net, x, y, method=method, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
-        val=(xva.to(a.device), yva.to(a.device)), val_mode="steady", callback=on_step,
-        epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron,
+        val=(xva.to(a.device), yva.to(a.device)), val_mode=a.val_mode, callback=on_step,
+        epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron, schedule=a.schedule,
     )  # fmt: skip
     save("model")
     doc = {
@@ -202,13 +207,16 @@ def cmd_train(a: argparse.Namespace) -> None:
         "args": {k: v for k, v in vars(a).items() if k != "func"},
         "history": history,
         "best_epoch": res.best_epoch,
-        "val_accuracy_steady": list(res.val_accuracy),
+        "epochs_planned": res.epochs_planned,
+        "val_mode": a.val_mode,
+        f"val_accuracy_{a.val_mode}": list(res.val_accuracy),
         "train_seconds": res.seconds,
         "train_samples_per_second": res.samples_per_second,
         "train_samples_seen": res.samples_seen,
         "loss_per_step": losses,
         "diverged_steps": sum(s.n_diverged for s in res.steps),
         "command": " ".join(["python", "examples/wuxing_mnist.py", *sys.argv[1:]]),
+        "init": init_info,
         "machine": {
             "platform": platform.platform(),
             "torch": torch.__version__,
@@ -236,24 +244,57 @@ def _predict(net: WuxingNetwork, x: torch.Tensor, mode: str, neuron: Any, batch:
     return torch.cat(preds)
 
 
+def load_run(
+    run: Path, T: float, dt: float, readout: str, device: str
+) -> tuple[dict[str, Any], WuxingNetwork]:
+    """A trained run's model.json and its network, simulated with the given window."""
+    doc = json.loads((run / "model.json").read_text())
+    config = SimConfig(T=T, solver=Heun(dt=dt), readout=readout,
+                       input_scale=doc["train_config"]["input_scale"])  # fmt: skip
+    net = build(doc["network"], config, device)
+    state = load_file(str(run / "model.safetensors"))
+    with torch.no_grad():
+        net.c.copy_(state["c"].to(device))
+        net.K.copy_(state["K"].to(device))
+        net.update_rest_states()
+    return doc, net
+
+
+def _device(name: str) -> str:
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_validate(a: argparse.Namespace) -> None:
+    """Validation accuracy of trained runs (the held-out training images, never the test set)."""
+    torch.set_num_threads(a.threads)
+    device = _device(a.device)
+    (_, _, xva, yva), _ = _split(a.data_dir)
+    x, y = xva[: a.n_val].to(device), yva[: a.n_val].to(device)
+    for run in map(Path, a.runs):
+        doc, net = load_run(run, a.T, a.dt, a.readout, device)
+        t0 = time.perf_counter()
+        acc = evaluate(net, x, y, batch_size=a.batch_size, mode=a.mode)
+        path = run / "validation.json"
+        vals = json.loads(path.read_text()) if path.exists() else []
+        vals.append({
+            "accuracy": acc, "mode": a.mode, "T": a.T, "dt": a.dt, "readout": a.readout,
+            "n_val": x.shape[0], "seconds": time.perf_counter() - t0, "device": device,
+            "command": " ".join(["python", "examples/wuxing_mnist.py", "validate", str(run),
+                                 f"--mode {a.mode} --T {a.T} --dt {a.dt} --n-val {a.n_val}"]),
+        })  # fmt: skip
+        path.write_text(json.dumps(vals, indent=1))
+        print(json.dumps({"name": doc["name"], "val_accuracy": acc, "mode": a.mode}), flush=True)
+
+
 def cmd_score(a: argparse.Namespace) -> None:
-    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(a.device)
     _, test_set = _split(a.data_dir)
     x = torch.as_tensor(test_set.x)[: a.n_test].to(device)
     y = torch.as_tensor(test_set.y)[: a.n_test]
     modes = a.modes.split(",")
     for run in a.runs:
         run = Path(run)
-        doc = json.loads((run / "model.json").read_text())
-        tc = doc["train_config"]
-        config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout=a.readout,
-                           input_scale=tc["input_scale"])  # fmt: skip
-        net = build(doc["network"], config, device)
-        state = load_file(str(run / "model.safetensors"))
-        with torch.no_grad():
-            net.c.copy_(state["c"].to(device))
-            net.K.copy_(state["K"].to(device))
-            net.update_rest_states()
+        doc, net = load_run(run, a.T, a.dt, a.readout, device)
         twin_dir = doc["args"].get("twin")
         neuron = load_twin(twin_dir).to(device) if twin_dir else None
         pred_file = run / "predictions.safetensors"
@@ -281,10 +322,13 @@ def cmd_score(a: argparse.Namespace) -> None:
                           else "layer-by-layer steady state (Newton per neuron)"),
             "score_config": {"T": a.T, "dt": a.dt, "readout": a.readout},
             "train": {k: doc[k] for k in ("method", "network", "wiring", "train_config",
-                                          "best_epoch", "val_accuracy_steady", "history",
-                                          "train_seconds", "train_samples_per_second",
-                                          "train_samples_seen",
-                                          "diverged_steps", "command", "machine")},
+                                          "best_epoch", "epochs_planned", "val_mode",
+                                          "val_accuracy_steady", "val_accuracy_time",
+                                          "history", "train_seconds",
+                                          "train_samples_per_second", "train_samples_seen",
+                                          "diverged_steps", "command", "machine", "init",
+                                          "selection", "selection_rule")
+                      if k in doc},
             "command": " ".join(["python", "examples/wuxing_mnist.py", "score", str(run),
                                  f"--T {a.T} --dt {a.dt} --readout {a.readout}"]),
         })  # fmt: skip
@@ -317,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--n-val", type=int, default=2000)
     t.add_argument("--eta", type=float, default=20.0, help="method 2 step")
     t.add_argument("--m2-step", default="additive", choices=["additive", "adaptive"])
+    t.add_argument("--reversal", default="rest", choices=["rest", "operating"],
+                   help="method 2 (steady): reversed neurons linearised at rest (paper) or "
+                   "at their forward neuron's operating point (ours)")  # fmt: skip
     t.add_argument("--eta1", type=float, default=2.0, help="method 1 proportional gain")
     t.add_argument("--eta-i", type=float, default=0.0, help="method 1 integral gain")
     t.add_argument("--kt", type=float, default=1.0)
@@ -336,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=20)
     t.add_argument("--time-limit", type=float, default=None, help="training budget, seconds")
+    t.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                   help="step size: constant, or cosine decay after the first epoch over the "
+                   "epochs that fit --time-limit (or --epochs)")  # fmt: skip
+    t.add_argument("--val-mode", default="steady", choices=["steady", "time"],
+                   help="validation on the exact steady state (cheap on CPU) or on the time "
+                   "simulation at --T (the device; cheap on a GPU)")  # fmt: skip
     t.add_argument("--init", default=None, help="run folder to continue from (its model)")
     t.add_argument("--twin", default=None,
                    help="folder of a neuron twin (twin command): train through it")  # fmt: skip
@@ -360,6 +413,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="'time': the time simulation (accuracy.device); 'surrogate': the run's "
                    "neuron twin if it has one, else the exact steady state")  # fmt: skip
     s.set_defaults(func=cmd_score)
+    v = sub.add_parser("validate", help="validation accuracy of trained runs (no test images)")
+    v.add_argument("runs", nargs="+")
+    v.add_argument("--data-dir", default=None)
+    v.add_argument("--mode", default="time", choices=["time", "steady"])
+    v.add_argument("--T", type=float, default=40.0)
+    v.add_argument("--dt", type=float, default=0.1)
+    v.add_argument("--readout", default="final", choices=["final", "mean"])
+    v.add_argument("--n-val", type=int, default=1000)
+    v.add_argument("--batch-size", type=int, default=250)
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--device", default="auto")
+    v.set_defaults(func=cmd_validate)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):
         p.error("--epochs must be >= 1")

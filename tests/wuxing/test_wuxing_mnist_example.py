@@ -55,3 +55,12 @@ def test_twin_train_and_score_write_a_reloadable_run(script: ModuleType, tmp_pat
     a = load_file(str(Path(runs[0]) / "model.safetensors"))["c"]
     b = load_file(str(tmp_path / "run-more" / "model.safetensors"))["c"]
     assert float((a - b).abs().max()) < 1e-6
+    more = json.loads((tmp_path / "run-more" / "model.json").read_text())
+    assert more["init"]["name"] == "run-twin" and more["init"]["train_samples_seen"] == 64
+    # validation accuracy on the held-out images, appended per call
+    val = ["--data-dir", str(MNIST), "--n-val", "16", "--T", "4", "--dt", "0.2", "--device", "cpu"]
+    script.main(["validate", runs[0], "--mode", "steady", *val])
+    script.main(["validate", runs[0], "--mode", "time", *val])
+    vals = json.loads((Path(runs[0]) / "validation.json").read_text())
+    assert [v["mode"] for v in vals] == ["steady", "time"] and vals[0]["n_val"] == 16
+    assert all(0 <= v["accuracy"] <= 1 for v in vals)

@@ -261,3 +261,109 @@ def test_adaptive_method2_step_is_adam_on_g2():
     assert state["t"] == 1
     losses = [method2_step(net, x, y, m, state=state)[0].loss for _ in range(6)]
     assert losses[-1] < losses[0]
+
+
+def _fd_c(net: WuxingNetwork, x: torch.Tensor, e: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    """Finite-difference ``Σ e · ∂s*/∂c`` (steady state, e held fixed) for every link."""
+    c0 = net.c.detach().clone()
+    out = torch.zeros_like(c0)
+    for k in range(c0.numel()):
+        cp, cm = c0.clone(), c0.clone()
+        cp[k] += h
+        cm[k] -= h
+        sp = net.steady_state(x, coeffs=cp).score
+        sm = net.steady_state(x, coeffs=cm).score
+        out[k] = (e * (sp - sm)).sum() / (2 * h)
+    return out
+
+
+def test_operating_point_reversal_gives_the_exact_gradient_signal():
+    """Large drives: the operating-point G1 is e·∂s*/∂c exactly; the paper's rest one is not."""
+    net = toy(c_low=-1.5, c_high=2.5)
+    x = torch.tensor([[0.9, 0.2, 1.0], [0.6, 1.0, 0.1]], dtype=F64)
+    y = torch.zeros(2, dtype=torch.long)
+    coding = TargetCoding(kind="onehot", amplitude=0.5)
+    w = net.wiring
+    with torch.no_grad():
+        op = signals(net, x, y, coding, "steady", reversal="operating")
+        rest = signals(net, x, y, coding, "steady")
+        fd = _fd_c(net, x, op.error)
+    g_op = (op.F[:, w.src] * op.R[:, w.dst]).sum(0)
+    g_rest = (rest.F[:, w.src] * rest.R[:, w.dst]).sum(0)
+    torch.testing.assert_close(g_op, fd, rtol=1e-5, atol=1e-8)
+    assert float((g_rest - fd).norm()) > 0.05 * float(fd.norm())  # the rest linearisation
+    torch.testing.assert_close(op.F, rest.F)  # the same forward signals
+
+
+def test_operating_point_reversal_is_the_paper_reversal_for_small_signals():
+    net = toy()
+    x = 1e-3 * torch.tensor([[0.5, 1.0, 0.8]], dtype=F64)
+    y = torch.zeros(1, dtype=torch.long)
+    coding = TargetCoding(kind="onehot", amplitude=1e-3)
+    with torch.no_grad():
+        op = signals(net, x, y, coding, "steady", reversal="operating")
+        rest = signals(net, x, y, coding, "steady")
+    scale = float(rest.R.abs().max())
+    torch.testing.assert_close(op.R, rest.R, rtol=0, atol=1e-2 * scale)
+
+
+def test_operating_point_reversal_settings_are_checked():
+    with pytest.raises(ValueError, match="estimate='steady'"):
+        Method2(reversal="operating")  # the default estimate is the time window
+    with pytest.raises(ValueError, match="reversal"):
+        Method2(reversal="sideways", estimate="steady")
+    with pytest.raises(ValueError, match="reversal"):
+        Mixed(method2=Method2(reversal="operating", estimate="steady"), estimate="steady")
+    net = toy()
+    x, y = torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=torch.long)
+    with pytest.raises(ValueError, match="reversal"):
+        signals(net, x, y, TargetCoding(), "window", reversal="operating")
+
+
+def _xor_data() -> tuple[WuxingNetwork, torch.Tensor, torch.Tensor]:
+    wiring = one_to_one_wiring((3, 4, 2), links=(6, 6), seed=0)
+    net = WuxingNetwork(wiring, config=SimConfig(T=20.0, solver=Heun(dt=0.2)), dtype=F64)
+    x = torch.rand(16, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    return net, x, (x[:, 0] > x[:, 1]).long()
+
+
+def test_cosine_schedule_decays_the_step_after_the_first_epoch():
+    net, x, y = _xor_data()
+    m = Method2(eta=5.0, estimate="steady", kt=1e-3)  # kt → 0: G2 = G1, steps scale with η
+    res = train(net, x, y, method=m, epochs=4, batch_size=16, schedule="cosine")
+    assert res.epochs_planned == 4 and len(res.steps) == 4
+    norms = [s.update_norm for s in res.steps]
+    # factors 1, 1, cos²(π/6)·…: the last step is (1 + cos(2π/3)) / 2 = 0.25 of a full one
+    assert norms[-1] < 0.5 * norms[0]
+    with pytest.raises(ValueError, match="schedule"):
+        train(net, x, y, method=m, schedule="linear")
+
+
+def test_cosine_schedule_plans_the_epochs_that_fit_the_budget():
+    net, x, y = _xor_data()
+    m = Method2(eta=5.0, estimate="steady")
+    res = train(net, x, y, method=m, epochs=50, batch_size=8, max_seconds=1e-9,
+                schedule="cosine")  # fmt: skip
+    assert res.epochs_planned == 1 and len(res.steps) == 0  # out of time at once
+    res = train(net, x, y, method=m, epochs=3, batch_size=8, max_seconds=1e6,
+                schedule="cosine")  # fmt: skip
+    assert res.epochs_planned == 3 and len(res.steps) == 6
+
+
+@pytest.mark.slow
+def test_compiled_time_step_equals_the_eager_one_forward_reversed_and_gradient():
+    import copy
+
+    x = torch.tensor([[0.9, 0.2, 1.0], [0.3, 0.6, 0.1]], dtype=F64)
+    e = torch.tensor([[0.3], [-0.2]], dtype=F64)
+    out = {}
+    for solver in (Heun(dt=0.1), Heun(dt=0.1, compile=True, unroll=2)):
+        net = toy(c_low=-1.0, T=1.0, solver=solver)  # 10 steps: 5 fused calls of 2
+        res = net.simulate(x)
+        (res.score.square().sum() + res.integral.sum()).backward()
+        rev = net.simulate_reversed(e)
+        out[solver.compile] = (res.score.detach(), res.integral.detach(), net.c.grad.clone(),
+                               rev.integral, res.clipped)  # fmt: skip
+    for a, b in zip(out[False], out[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert net._compiled is not None and copy.deepcopy(net)._compiled is None

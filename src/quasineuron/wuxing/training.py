@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -136,6 +136,10 @@ class Method2:
             divides its ``G2`` by the running RMS of its own past ``G2`` (with momentum, the
             Adam step applied to method 2's signal; still local to the link), so ``η`` is
             the step in units of ``c`` (e.g. 0.005).
+        reversal: With ``estimate="steady"``: ``"rest"`` (the paper's reversed network,
+            linearised about rest) or ``"operating"`` [ours] (each reversed neuron linearised
+            about its forward neuron's operating point; then ``G1`` is the exact gradient
+            signal), see :func:`signals`.
     """
 
     kt: float = 1.0
@@ -146,8 +150,15 @@ class Method2:
     reduce: Literal["mean_g2", "mean_g1"] = "mean_g2"
     estimate: Literal["window", "steady"] = "window"
     step: Literal["additive", "adaptive"] = "additive"
+    reversal: Literal["rest", "operating"] = "rest"
 
     def __post_init__(self) -> None:
+        if self.reversal not in ("rest", "operating"):
+            raise ValueError(
+                f"Method2.reversal must be 'rest' or 'operating', got {self.reversal!r}"
+            )
+        if self.reversal == "operating" and self.estimate != "steady":
+            raise ValueError("Method2(reversal='operating') needs estimate='steady'")
         if self.step not in ("additive", "adaptive"):
             raise ValueError(f"Method2.step must be 'additive' or 'adaptive', got {self.step!r}")
         for name in ("kt", "eta"):
@@ -240,6 +251,11 @@ class Mixed:
     def __post_init__(self) -> None:
         if not isinstance(self.method1, Method1) or not isinstance(self.method2, Method2):
             raise TypeError("Mixed needs method1=Method1(...) and method2=Method2(...)")
+        if self.method2.reversal != "rest":
+            raise ValueError(
+                "Mixed runs the paper's reversed network (reversal='rest'); "
+                "reversal='operating' is for Method2 alone"
+            )
         _check_estimate(self.estimate, "Mixed")
 
 
@@ -319,6 +335,7 @@ def signals(
     target: TargetCoding,
     estimate: Literal["window", "steady"] = "window",
     neuron: NeuronTwin | None = None,
+    reversal: Literal["rest", "operating"] = "rest",
 ) -> Signals:
     """One forward run, the error, one reversed run (models.md §A.5–A.6), without a graph.
 
@@ -331,7 +348,19 @@ def signals(
             ``T → ∞`` limit).
         neuron: With ``"steady"``: a neuron twin; the forward steady state is the twin's and
             the reversed one its small-signal transpose (:meth:`NeuronTwin.reversed`).
+        reversal: Where each reversed neuron is linearised (``"steady"`` only). ``"rest"``:
+            about its own rest state, the paper's reversed network (A2). ``"operating"``
+            [ours]: about the operating point of its forward twin, i.e. each reversed neuron
+            responds with the transpose of its forward neuron's local gain ``∂D*/∂u`` at the
+            present drive (still neuron-local: a neuron needs only its own forward state).
+            Then ``R`` is exactly the adjoint of every slot's drive and ``F · R`` exactly
+            ``e · ∂s/∂c`` of the steady state; computed here by differentiating the forward
+            steady state with respect to a zero drive offset, which gives the same numbers.
     """
+    if reversal not in ("rest", "operating"):
+        raise ValueError(f"reversal must be 'rest' or 'operating', got {reversal!r}")
+    if reversal == "operating" and estimate != "steady":
+        raise ValueError("reversal='operating' needs estimate='steady'")
     with torch.no_grad():
         if estimate == "window":
             fwd = net.simulate(x)
@@ -341,6 +370,15 @@ def signals(
             ok = ~(fwd.diverged | bwd.diverged)
             return Signals(fwd.score, e, fwd.integral / T, bwd.integral / T, ok,
                            fwd.clipped | bwd.clipped)  # fmt: skip
+        if reversal == "operating":
+            z = x.new_zeros(x.shape[0], 5 * net.wiring.n_neurons, requires_grad=True)
+            with torch.enable_grad():
+                fwd_s = net.steady_state(x, coeffs=net.c.detach(), neuron=neuron, drive_offset=z)
+                e = output_error(torch.nan_to_num(fwd_s.score.detach()), y, target)
+                (R,) = torch.autograd.grad((torch.nan_to_num(fwd_s.score) * e).sum(), z)
+            ok = fwd_s.converged
+            none = torch.zeros_like(ok)
+            return Signals(fwd_s.score.detach(), e, fwd_s.signal.detach(), R, ok, none)
         fwd_s = net.steady_state(x, neuron=neuron)
         e = output_error(torch.nan_to_num(fwd_s.score), y, target)
         rev = None if neuron is None else neuron.reversed
@@ -480,7 +518,7 @@ def method2_step(
         The step report and the per-link ``G2`` of the batch, shape (n_links,).
     """
     with torch.no_grad():
-        sig = signals(net, x, y, method.target, method.estimate, neuron)
+        sig = signals(net, x, y, method.target, method.estimate, neuron, method.reversal)
         old = net.c.detach().clone()
         g2 = _apply_method2(net, sig, method, method.target.error_scale, state)
         return _report(sig, y, method.target, float((net.c - old).norm())), g2
@@ -609,6 +647,7 @@ class TrainResult:
         val_accuracy: Validation accuracy after each epoch (empty without ``val``).
         best_epoch: Epoch (1-based) whose state was kept (the last one without ``val``).
         samples_seen: Training samples processed.
+        epochs_planned: Epochs the step-size schedule was planned over (see :func:`train`).
     """
 
     steps: tuple[StepReport, ...]
@@ -617,6 +656,7 @@ class TrainResult:
     val_accuracy: tuple[float, ...] = ()
     best_epoch: int = 0
     samples_seen: int = 0
+    epochs_planned: int = 0
 
 
 Method = Method1 | Method2 | Mixed | Backprop
@@ -638,6 +678,7 @@ def train(
     epoch_callback: Callable[[int, float | None], None] | None = None,
     max_seconds: float | None = None,
     neuron: NeuronTwin | None = None,
+    schedule: Literal["constant", "cosine"] = "constant",
 ) -> TrainResult:
     """Train the network in place with method 1, method 2, mixed or backprop.
 
@@ -662,6 +703,14 @@ def train(
             ``Backprop(through="steady")`` and method 2 with ``estimate="steady"``: the
             steady states come from the twin instead of Newton solves (fast); validation
             with ``val_mode="steady"`` still uses the exact steady state.
+        schedule: Step-size schedule [ours]: ``"constant"``, or ``"cosine"``: the first
+            epoch at the full step, then the Adam learning rate (:class:`Backprop`) or ``η``
+            (:class:`Method2`) scaled by ``(1 + cos(π k / K)) / 2`` at step ``k`` of the
+            ``K`` steps of the remaining planned epochs (method 1's steps are not
+            scheduled). With ``max_seconds`` the plan is set after the first epoch to the
+            number of epochs that fit the budget (:attr:`TrainResult.epochs_planned`, or the
+            epochs begun if the budget runs out first); rerunning with that many ``epochs``
+            and no budget repeats the schedule.
 
     Returns:
         The per-step reports, throughput, validation curve and the epoch kept.
@@ -671,6 +720,10 @@ def train(
             f"method must be Method1(...), Method2(...), Mixed(...) or Backprop(...), got "
             f"{method!r}"
         )
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
+    planned = epochs
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([net.c], lr=method.lr) if isinstance(method, Backprop) else None
     reports: list[StepReport] = []
@@ -683,6 +736,9 @@ def train(
     out_of_time = False
     epoch = 0
     for epoch in range(1, epochs + 1):
+        if epoch > planned:
+            epoch -= 1
+            break
         if epoch > 1 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             epoch -= 1
             break
@@ -693,8 +749,17 @@ def train(
                 break
             idx = order[i : i + batch_size]
             xb, yb = x[idx], y[idx]
+            f = 1.0
+            k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
+            if schedule == "cosine" and k >= 0 and planned > 1:
+                f = 0.5 * (1.0 + math.cos(math.pi * k / ((planned - 1) * steps_per_epoch)))
+                f = max(f, 1e-6)
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = method.lr * f  # type: ignore[union-attr]
             if isinstance(method, Method2):
-                rep, _ = method2_step(net, xb, yb, method, neuron, m2_state)
+                step_method = method if f == 1.0 else replace(method, eta=method.eta * f)
+                rep, _ = method2_step(net, xb, yb, step_method, neuron, m2_state)
             elif isinstance(method, (Method1, Mixed)):
                 rep, memory = method1_step(net, xb, yb, method, memory)
             else:
@@ -714,7 +779,11 @@ def train(
         if epoch_callback is not None:
             epoch_callback(epoch, acc)
         if out_of_time:
+            planned = min(planned, epoch)
             break
+        if epoch == 1 and max_seconds is not None:
+            fit = int(max_seconds // max(time.perf_counter() - t0, 1e-9))
+            planned = max(1, min(epochs, fit))
     seconds = time.perf_counter() - t0
     best_epoch = epoch
     if best is not None and best[1] != epoch:
@@ -726,4 +795,4 @@ def train(
     elif best is not None:
         best_epoch = best[1]
     sps = n_seen / max(seconds, 1e-12)
-    return TrainResult(tuple(reports), seconds, sps, tuple(val_acc), best_epoch, n_seen)
+    return TrainResult(tuple(reports), seconds, sps, tuple(val_acc), best_epoch, n_seen, planned)

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The Wuxing MNIST runs of docs/wuxing.md that were trained on one CUDA GPU.
+#
+#   bash examples/reproduce_wuxing_gpu.sh MNIST_DIR [RESULTS_DIR]
+#
+# Every run gets the same wall-time budget (BUDGET seconds, default 240) and all of them run at
+# once on the one GPU (one CPU thread each): their steps are small and launch-bound, so they
+# share the card well, but the samples-per-second figures in model.json are those of a shared
+# card. Each run validates on the time simulation (the device) after every epoch, keeps its
+# best epoch, and decays its step (Adam learning rate, or method 2's eta) on a cosine over the
+# epochs that fit its budget after the first one. The neuron twin is the committed one
+# (examples/wuxing_mnist.py twin, fitted on the CPU). Then the test set is scored once per
+# run, on the time simulation (and on the twin where the run used one).
+#
+# Environment: DEVICE (default cuda), BUDGET (seconds per run), RUNS (which runs, default
+# "twin adders method2 operating model2 bptt"), M2_ETAS and OP_ETAS (method 2's candidate steps,
+# paper and operating-point reversal; default "3 10" and "5 15"), EXTRA (more train arguments,
+# e.g. "--n-train 512 --n-val 100" for a smoke test), SCORE_EXTRA (more score arguments, e.g.
+# "--n-test 200"). The results in docs/results come from two calls on one H100:
+#   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
+#   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
+#       bash examples/reproduce_wuxing_gpu.sh MNIST_DIR                 (kept: the other three)
+# (the steps of the second call are the ones the first call chose on validation).
+set -uo pipefail
+data=$1
+out=${2:-docs/results}
+device=${DEVICE:-cuda}
+budget=${BUDGET:-240}
+twin=docs/results/wuxing-neuron-twin
+# shellcheck disable=SC2206
+extra=(${EXTRA:-})
+common=(--data-dir "$data" --out "$out" --device "$device" --val-mode time --schedule cosine
+        --epochs 200 --time-limit "$budget" --log-every 500 "${extra[@]}")
+
+runs=" ${RUNS:-twin adders method2 operating model2 bptt} "
+
+run() {  # run KEY NAME ARGS...: one training run in the background, its log beside its results
+    local key=$1 name=$2
+    shift 2
+    [[ $runs == *" $key "* ]] || return 0
+    mkdir -p "$out/$name"
+    timeout $((budget * 3 + 300)) python examples/wuxing_mnist.py train --name "$name" \
+        "${common[@]}" "$@" >"$out/$name/train.log" 2>&1 || echo "train $name failed" >&2 &
+}
+
+run twin wuxing-model1-twin --method twin --lr 0.005 --twin "$twin" --T 60
+run adders wuxing-model1-adders --method twin --lr 0.005 --fan-in 16 --c0 0.25 \
+    --twin "$twin" --T 60
+for eta in ${M2_ETAS:-3 10}; do  # method 2's step is chosen on the validation split below
+    run method2 "wuxing-model1-method2-eta$eta" --method method2 --eta "$eta" --twin "$twin" --T 60
+done
+for eta in ${OP_ETAS:-5 15}; do
+    run operating "wuxing-model1-method2-operating-eta$eta" --method method2 --reversal operating \
+        --eta "$eta" --twin "$twin" --T 60
+done
+run model2 wuxing-model2-method2 --model MODEL2 --method method2 --eta 3 --twin "$twin" --T 60
+run bptt wuxing-model1-bptt --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
+wait
+
+# keep the candidate with the best validation accuracy under the run's name (the test set is
+# not read); the others stay beside it, unscored
+python - "$out" wuxing-model1-method2 wuxing-model1-method2-operating <<'PY'
+import json, shutil, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+for name in sys.argv[2:]:
+    cands = sorted(out.glob(f"{name}-eta*/model.json"))
+    docs = {p.parent: json.loads(p.read_text()) for p in cands}
+    if not docs:
+        continue
+    best = max(docs, key=lambda p: max(docs[p]["val_accuracy_time"], default=-1.0))
+    doc = docs[best]
+    doc["selection"] = {p.name: max(d["val_accuracy_time"], default=None) for p, d in docs.items()}
+    doc["selection_rule"] = "best validation accuracy (time simulation) among the candidates"
+    doc["name"] = name
+    shutil.rmtree(out / name, ignore_errors=True)
+    shutil.copytree(best, out / name)
+    (out / name / "model.json").write_text(json.dumps(doc, indent=1))
+    print(f"{name}: kept {best.name}", doc["selection"])
+PY
+
+# shellcheck disable=SC2206
+score=(--data-dir "$data" --device "$device" --readout final --dt 0.1 --batch-size 2500
+       ${SCORE_EXTRA:-})
+# score only what this call trained
+for pair in twin:wuxing-model1-twin adders:wuxing-model1-adders method2:wuxing-model1-method2 \
+    operating:wuxing-model1-method2-operating model2:wuxing-model2-method2; do
+    key=${pair%%:*} name=${pair#*:}
+    [[ $runs == *" $key "* && -f "$out/$name/model.json" ]] || continue
+    timeout 300 python examples/wuxing_mnist.py score "$out/$name" --modes time,surrogate \
+        --T 60 "${score[@]}" || echo "score $name failed" >&2
+done
+if [[ $runs == *" bptt "* && -f "$out/wuxing-model1-bptt/model.json" ]]; then
+    timeout 300 python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt" --modes time \
+        --T 40 "${score[@]}" || echo "score wuxing-model1-bptt failed" >&2
+fi
