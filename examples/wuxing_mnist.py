@@ -287,6 +287,8 @@ def cmd_validate(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = _device(a.device)
     _, test_set = _split(a.data_dir)
     x = torch.as_tensor(test_set.x)[: a.n_test].to(device)
@@ -409,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--n-test", type=int, default=10000)
     s.add_argument("--batch-size", type=int, default=1000)
     s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: torch's default; use 1 beside other runs)")  # fmt: skip
     s.add_argument("--modes", default="time,surrogate",
                    help="'time': the time simulation (accuracy.device); 'surrogate': the run's "
                    "neuron twin if it has one, else the exact steady state")  # fmt: skip
