@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from quasineuron.data.mnist import load_mnist
 from quasineuron.devices.ode import Heun
 from quasineuron.surrogate.io import load_surrogate, save_surrogate
+from quasineuron.training.config import Cosine
 from quasineuron.wuxing import (
     MODEL1_SIZES,
     MODEL2_SIZES,
@@ -48,6 +49,7 @@ from quasineuron.wuxing import (
     adder_wiring,
     evaluate,
     model_wiring,
+    predict,
     train,
 )
 from quasineuron.wuxing.twin import NeuronTwin, fit_neuron_twin
@@ -186,11 +188,12 @@ def cmd_train(a: argparse.Namespace) -> None:
                   f"diverged {rep.n_diverged}", flush=True)  # fmt: skip
 
     neuron = load_twin(a.twin).to(a.device) if a.twin else None
+    schedule = Cosine() if a.schedule == "cosine" else None
     x, y = xtr.to(a.device), ytr.to(a.device)
     res = train(
         net, x, y, method=method, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
         val=(xva.to(a.device), yva.to(a.device)), val_mode=a.val_mode, callback=on_step,
-        epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron, schedule=a.schedule,
+        epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron, schedule=schedule,
     )  # fmt: skip
     save("model")
     doc = {
@@ -226,22 +229,6 @@ def cmd_train(a: argparse.Namespace) -> None:
     }
     (out / "model.json").write_text(json.dumps(doc, indent=1))
     print(json.dumps({"name": a.name, "val": list(res.val_accuracy), "s": res.seconds}))
-
-
-def _predict(net: WuxingNetwork, x: torch.Tensor, mode: str, neuron: Any, batch: int) -> Any:
-    """Predicted class per test image (−1 where the run diverged or did not converge)."""
-    preds = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            xb = x[i : i + batch]
-            if mode == "time":
-                res = net.simulate(xb)
-                score, ok = res.score, ~res.diverged
-            else:
-                st = net.steady_state(xb, neuron=neuron)
-                score, ok = st.score, st.converged
-            preds.append(torch.where(ok, score.argmax(1), -1).cpu())
-    return torch.cat(preds)
 
 
 def load_run(
@@ -305,7 +292,13 @@ def cmd_score(a: argparse.Namespace) -> None:
         metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
         for mode in modes:
             t0 = time.perf_counter()
-            preds[mode] = _predict(net, x, mode, neuron, a.batch_size)
+            preds[mode] = predict(
+                net,
+                x,
+                batch_size=a.batch_size,
+                neuron=neuron,
+                mode="time" if mode == "time" else "steady",
+            ).cpu()
             metrics.setdefault("score_seconds", {})[mode] = time.perf_counter() - t0
             metrics.setdefault("score_machine", {})[mode] = {
                 "device": device, "platform": platform.platform(),

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "examples" / "wuxing_sparse_mlp.py"
-MNIST = REPO.parent / "shared" / "data" / "mnist"
-
 
 @pytest.fixture(scope="module")
-def script() -> ModuleType:
-    """The example script imported as a module (stateless: constants and functions)."""
-    spec = importlib.util.spec_from_file_location("wuxing_sparse_mlp", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(example: Callable[[str], ModuleType]) -> ModuleType:
+    """The example script imported as a module."""
+    return example("wuxing_sparse_mlp")
 
 
 def test_masks_have_exact_link_counts_and_are_nested(script: ModuleType) -> None:
@@ -49,10 +41,10 @@ def test_masked_weights_get_no_gradient(script: ModuleType) -> None:
 
 
 @pytest.mark.slow
-def test_quick_sweep_writes_sane_metrics(script: ModuleType, tmp_path: Path) -> None:
-    if not any(MNIST.glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"MNIST IDX files not found in {MNIST} (the data folder beside the repo)")
-    returned = script.main(["--data-dir", str(MNIST), "--out", str(tmp_path), "--quick"])
+def test_quick_sweep_writes_sane_metrics(
+    script: ModuleType, tmp_path: Path, mnist_dir: Path
+) -> None:
+    returned = script.main(["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--quick"])
     run_dir = tmp_path / "wuxing-sparse-mlp"
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert (run_dir / "accuracy_vs_link_ratio.png").stat().st_size > 1000

@@ -2,41 +2,34 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "examples" / "wuxing_mnist.py"
-MNIST = REPO.parent / "shared" / "data" / "mnist"
-
 
 @pytest.fixture(scope="module")
-def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wuxing_mnist", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(example: Callable[[str], ModuleType]) -> ModuleType:
+    """The example script imported as a module."""
+    return example("wuxing_mnist")
 
 
 @pytest.mark.slow
-def test_twin_train_and_score_write_a_reloadable_run(script: ModuleType, tmp_path: Path) -> None:
-    if not any(MNIST.glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"MNIST IDX files not found in {MNIST} (the data folder beside the repo)")
+def test_twin_train_and_score_write_a_reloadable_run(
+    script: ModuleType, tmp_path: Path, mnist_dir: Path
+) -> None:
     twin = tmp_path / "twin"
     script.main(["twin", "--out", str(twin), "--n-samples", "2000", "--max-steps", "50"])
     assert json.loads((twin / "twin.json").read_text())["report"]["n_train"] > 1000
-    common = ["--data-dir", str(MNIST), "--out", str(tmp_path), "--n-train", "64",
+    common = ["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--n-train", "64",
               "--n-val", "32", "--batch-size", "32"]  # fmt: skip
     script.main(["train", "--name", "run-twin", "--method", "twin", "--twin", str(twin), *common])
     script.main(["train", "--name", "run-m2", "--method", "method2", "--twin", str(twin),
                  "--eta", "3", *common])  # fmt: skip
     runs = [str(tmp_path / "run-twin"), str(tmp_path / "run-m2")]
-    score = ["--data-dir", str(MNIST), "--n-test", "20", "--T", "4", "--dt", "0.2",
+    score = ["--data-dir", str(mnist_dir), "--n-test", "20", "--T", "4", "--dt", "0.2",
              "--device", "cpu"]  # fmt: skip
     script.main(["score", *runs, "--modes", "surrogate", *score])
     script.main(["score", *runs, "--modes", "time", *score])
@@ -58,7 +51,18 @@ def test_twin_train_and_score_write_a_reloadable_run(script: ModuleType, tmp_pat
     more = json.loads((tmp_path / "run-more" / "model.json").read_text())
     assert more["init"]["name"] == "run-twin" and more["init"]["train_samples_seen"] == 64
     # validation accuracy on the held-out images, appended per call
-    val = ["--data-dir", str(MNIST), "--n-val", "16", "--T", "4", "--dt", "0.2", "--device", "cpu"]
+    val = [
+        "--data-dir",
+        str(mnist_dir),
+        "--n-val",
+        "16",
+        "--T",
+        "4",
+        "--dt",
+        "0.2",
+        "--device",
+        "cpu",
+    ]
     script.main(["validate", runs[0], "--mode", "steady", *val])
     script.main(["validate", runs[0], "--mode", "time", *val])
     vals = json.loads((Path(runs[0]) / "validation.json").read_text())

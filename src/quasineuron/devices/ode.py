@@ -43,6 +43,7 @@ __all__ = [
     "ODEResult",
     "TimeAverage",
     "TimeIntegral",
+    "compile_method",
     "solve_reference",
 ]
 
@@ -63,6 +64,18 @@ def _positive_finite(v: Any, label: str) -> float:
 
 class AbstractODESolver(abc.ABC):  # noqa: B024 -- a marker base, the concrete classes are final
     """Base of the solver choices accepted by :class:`ODEDevice`."""
+
+
+def compile_method(func: Callable[..., Any], obj: object) -> Callable[..., Any]:
+    """``func`` bound to ``obj`` under ``torch.compile`` (dynamic shapes), on its own code copy.
+
+    Dynamo keeps its graph cache and recompile limit on the code object, so every object
+    (device, network) compiles its own copy and they do not share one limit.
+    """
+    fresh = types.FunctionType(
+        func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__
+    )
+    return torch.compile(types.MethodType(fresh, obj), dynamic=True)
 
 
 @dataclass(frozen=True)
@@ -581,13 +594,9 @@ class ODEDevice(AbstractDevice):
         block = self._block
         if solver.compile:
             if self._compiled is None:
-                # dynamo keeps its graph cache (and its recompile limit) on the code object, so
-                # each device compiles its own copy of _block; the batch size is dynamic, so a
-                # device compiles once per dtype, phase and readout, not once per batch size
-                fresh = types.FunctionType(
-                    ODEDevice._block.__code__.replace(), ODEDevice._block.__globals__
-                )
-                self._compiled = torch.compile(types.MethodType(fresh, self), dynamic=True)
+                # the batch size is dynamic, so a device compiles once per dtype, phase and
+                # readout, not once per batch size
+                self._compiled = compile_method(ODEDevice._block, self)
             block = self._compiled
         bound = self.bound if self.bound is not None else math.inf
         bad = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)

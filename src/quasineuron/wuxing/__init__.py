@@ -17,6 +17,7 @@ from quasineuron.wuxing.training import (
     method1_step,
     method2_step,
     output_error,
+    predict,
     signals,
     train,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "model_wiring",
     "one_to_one_wiring",
     "output_error",
+    "predict",
     "signals",
     "train",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
     implicit_fixed_point,
 )
-from quasineuron.devices.ode import RK4, Euler, Heun
+from quasineuron.devices.ode import RK4, Euler, Heun, compile_method
 from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
@@ -462,16 +461,11 @@ class WuxingNetwork(torch.nn.Module):
         if not self.config.solver.compile:
             return self._advance
         if self._compiled is None:
-            # dynamo keeps its graph cache (and recompile limit) on the code object: each
-            # network compiles its own copy; the batch size is dynamic
-            fresh = types.FunctionType(
-                WuxingNetwork._advance.__code__.replace(), WuxingNetwork._advance.__globals__
-            )
-            compiled = torch.compile(types.MethodType(fresh, self), dynamic=True)
+            compiled = compile_method(WuxingNetwork._advance, self)
 
             def advance(*args: object) -> tuple[torch.Tensor, ...]:
                 with warnings.catch_warnings():
-                    # tracing reads .grad of non-leaf states; a warning of torch's own
+                    # tracing reads .grad of the non-leaf states; a warning of torch's own
                     warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor")
                     return compiled(*args)
 

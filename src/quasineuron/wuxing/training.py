@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from quasineuron.devices.wuxing import wuxing_jacobian_rows
+from quasineuron.training.config import Cosine
 from quasineuron.wuxing.network import WuxingNetwork
 from quasineuron.wuxing.twin import NeuronTwin
 
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate",
     "method2_step",
     "output_error",
+    "predict",
     "train",
     "bptt_step",
 ]
@@ -105,6 +107,13 @@ def _check_estimate(estimate: str, label: str) -> None:
         raise ValueError(f"{label}.estimate must be 'window' or 'steady', got {estimate!r}")
 
 
+def _check_reversal(reversal: str, estimate: str, label: str) -> None:
+    if reversal not in ("rest", "operating"):
+        raise ValueError(f"{label}reversal must be 'rest' or 'operating', got {reversal!r}")
+    if reversal == "operating" and estimate != "steady":
+        raise ValueError(f"{label}reversal='operating' needs estimate='steady'")
+
+
 def _check_range(c_range: tuple[float, float], label: str) -> None:
     lo, hi = c_range
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -153,12 +162,7 @@ class Method2:
     reversal: Literal["rest", "operating"] = "rest"
 
     def __post_init__(self) -> None:
-        if self.reversal not in ("rest", "operating"):
-            raise ValueError(
-                f"Method2.reversal must be 'rest' or 'operating', got {self.reversal!r}"
-            )
-        if self.reversal == "operating" and self.estimate != "steady":
-            raise ValueError("Method2(reversal='operating') needs estimate='steady'")
+        _check_reversal(self.reversal, self.estimate, "Method2.")
         if self.step not in ("additive", "adaptive"):
             raise ValueError(f"Method2.step must be 'additive' or 'adaptive', got {self.step!r}")
         for name in ("kt", "eta"):
@@ -357,10 +361,7 @@ def signals(
             ``e · ∂s/∂c`` of the steady state; computed here by differentiating the forward
             steady state with respect to a zero drive offset, which gives the same numbers.
     """
-    if reversal not in ("rest", "operating"):
-        raise ValueError(f"reversal must be 'rest' or 'operating', got {reversal!r}")
-    if reversal == "operating" and estimate != "steady":
-        raise ValueError("reversal='operating' needs estimate='steady'")
+    _check_reversal(reversal, estimate, "")
     with torch.no_grad():
         if estimate == "window":
             fwd = net.simulate(x)
@@ -599,6 +600,43 @@ def bptt_step(
         )
 
 
+def predict(
+    net: WuxingNetwork,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    mode: Literal["time", "steady"] = "time",
+    neuron: NeuronTwin | None = None,
+) -> torch.Tensor:
+    """Predicted class per sample, −1 where the run diverged or the steady state is unsolved.
+
+    Args:
+        net: The network.
+        x: Pixels, shape (n, n_in).
+        batch_size: Samples per simulation.
+        mode: ``"time"``: the forward time simulation (the device; default). ``"steady"``:
+            the layer-by-layer steady state (exact, or through ``neuron``).
+        neuron: With ``"steady"``: a neuron twin instead of the Newton solves.
+
+    Returns:
+        Classes, shape (n,), int64, on ``x``'s torch device.
+    """
+    if mode not in ("time", "steady"):
+        raise ValueError(f"mode must be 'time' or 'steady', got {mode!r}")
+    preds = [x.new_zeros(0, dtype=torch.long)]
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            if mode == "time":
+                res = net.simulate(xb)
+                score, ok = res.score, ~res.diverged
+            else:
+                st = net.steady_state(xb, neuron=neuron)
+                score, ok = st.score, st.converged
+            preds.append(torch.where(ok, score.argmax(1), -1))
+    return torch.cat(preds)
+
+
 def evaluate(
     net: WuxingNetwork,
     x: torch.Tensor,
@@ -607,33 +645,20 @@ def evaluate(
     batch_size: int = 256,
     mode: Literal["time", "steady"] = "time",
 ) -> float:
-    """Accuracy on ``(x, y)``; diverged or unsolved samples count wrong.
+    """Accuracy on ``(x, y)``; diverged or unsolved samples count wrong (see :func:`predict`).
 
     Args:
         net: The network.
         x: Pixels, shape (n, n_in).
         y: Labels, shape (n,).
         batch_size: Samples per simulation.
-        mode: ``"time"``: the forward time simulation (the device; default). ``"steady"``:
-            the layer-by-layer steady state (the twin).
+        mode: ``"time"`` (the device; default) or ``"steady"`` (the exact steady state).
 
     Returns:
         Fraction classified right (float).
     """
-    if mode not in ("time", "steady"):
-        raise ValueError(f"mode must be 'time' or 'steady', got {mode!r}")
-    right = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size]
-            if mode == "time":
-                res = net.simulate(xb)
-                score, ok = res.score, ~res.diverged
-            else:
-                st = net.steady_state(xb)
-                score, ok = st.score, st.converged
-            right += int(((score.argmax(1) == y[i : i + batch_size].to(x.device)) & ok).sum())
-    return right / max(x.shape[0], 1)
+    pred = predict(net, x, batch_size=batch_size, mode=mode)
+    return int((pred == y.to(pred.device)).sum()) / max(x.shape[0], 1)
 
 
 @dataclass(frozen=True)
@@ -678,7 +703,7 @@ def train(
     epoch_callback: Callable[[int, float | None], None] | None = None,
     max_seconds: float | None = None,
     neuron: NeuronTwin | None = None,
-    schedule: Literal["constant", "cosine"] = "constant",
+    schedule: Cosine | None = None,
 ) -> TrainResult:
     """Train the network in place with method 1, method 2, mixed or backprop.
 
@@ -703,14 +728,15 @@ def train(
             ``Backprop(through="steady")`` and method 2 with ``estimate="steady"``: the
             steady states come from the twin instead of Newton solves (fast); validation
             with ``val_mode="steady"`` still uses the exact steady state.
-        schedule: Step-size schedule [ours]: ``"constant"``, or ``"cosine"``: the first
-            epoch at the full step, then the Adam learning rate (:class:`Backprop`) or ``η``
-            (:class:`Method2`) scaled by ``(1 + cos(π k / K)) / 2`` at step ``k`` of the
-            ``K`` steps of the remaining planned epochs (method 1's steps are not
-            scheduled). With ``max_seconds`` the plan is set after the first epoch to the
-            number of epochs that fit the budget (:attr:`TrainResult.epochs_planned`, or the
-            epochs begun if the budget runs out first); rerunning with that many ``epochs``
-            and no budget repeats the schedule.
+        schedule: Step-size schedule: ``None`` (constant) or the library's
+            :class:`~quasineuron.training.config.Cosine`, here [ours] with the first epoch at
+            the full step and the cosine over the ``K`` steps of the remaining planned
+            epochs, applied to the Adam learning rate (:class:`Backprop`) or to ``η``
+            (:class:`Method2`; method 1's steps are not scheduled); ``min_lr`` is read as
+            a fraction of that step. With ``max_seconds`` the plan is set after the first
+            epoch to the number of epochs that fit the budget
+            (:attr:`TrainResult.epochs_planned`, or the epochs begun if the budget runs out
+            first); rerunning with that many ``epochs`` and no budget repeats the schedule.
 
     Returns:
         The per-step reports, throughput, validation curve and the epoch kept.
@@ -720,8 +746,8 @@ def train(
             f"method must be Method1(...), Method2(...), Mixed(...) or Backprop(...), got "
             f"{method!r}"
         )
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if schedule is not None and not isinstance(schedule, Cosine):
+        raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
     steps_per_epoch = math.ceil(x.shape[0] / batch_size)
     planned = epochs
     gen = torch.Generator().manual_seed(seed)
@@ -751,9 +777,9 @@ def train(
             xb, yb = x[idx], y[idx]
             f = 1.0
             k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
-            if schedule == "cosine" and k >= 0 and planned > 1:
-                f = 0.5 * (1.0 + math.cos(math.pi * k / ((planned - 1) * steps_per_epoch)))
-                f = max(f, 1e-6)
+            if schedule is not None and k >= 0 and planned > 1:
+                # as a fraction of the base step (kept > 0: η must stay positive)
+                f = max(schedule.lr_at(1.0, k, (planned - 1) * steps_per_epoch), 1e-6)
             if opt is not None:
                 for group in opt.param_groups:
                     group["lr"] = method.lr * f  # type: ignore[union-attr]
@@ -786,13 +812,12 @@ def train(
             planned = max(1, min(epochs, fit))
     seconds = time.perf_counter() - t0
     best_epoch = epoch
-    if best is not None and best[1] != epoch:
-        with torch.no_grad():
-            net.c.copy_(best[2]["c"])
-            net.K.copy_(best[2]["K"])
-            net.update_rest_states()
+    if best is not None:
         best_epoch = best[1]
-    elif best is not None:
-        best_epoch = best[1]
+        if best_epoch != epoch:
+            with torch.no_grad():
+                net.c.copy_(best[2]["c"])
+                net.K.copy_(best[2]["K"])
+                net.update_rest_states()
     sps = n_seen / max(seconds, 1e-12)
     return TrainResult(tuple(reports), seconds, sps, tuple(val_acc), best_epoch, n_seen, planned)
