@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 QUICK_ARGS = {  # scripts without --quick
     "bench_network_epoch.py": ["--limit", "4096"],
     "bench_reaction_throughput.py": ["--batch", "200", "--scipy-images", "1"],
+    "bench_wuxing_bptt_memory.py": ["--T", "10"],
 }
 # quick runs skip torch.compile warm-ups (minutes on 2 cores)
 QUICK_EXTRA = {"bench_ode_throughput.py": ["--no-compile"]}

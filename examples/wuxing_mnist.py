@@ -141,7 +141,11 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.n_train:
         xtr, ytr = xtr[: a.n_train], ytr[: a.n_train]
     xva, yva = xva[: a.n_val], yva[: a.n_val]
-    config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout=a.readout, input_scale=a.input_scale)
+    # adjoint gradients need the state clip off (SimConfig); every other run keeps the default
+    adjoint = {"adjoint": True, "clip": None} if a.adjoint else {}
+    config = SimConfig(
+        T=a.T, solver=Heun(dt=a.dt), readout=a.readout, input_scale=a.input_scale, **adjoint
+    )
     spec = {
         "model": a.model,
         "wiring": "adder" if a.fan_in else "one-to-one",
@@ -205,6 +209,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             "dt": a.dt,
             "readout": a.readout,
             "input_scale": a.input_scale,
+            "adjoint": a.adjoint,
         },  # fmt: skip
         "method": {"kind": a.method, "repr": repr(method)},
         "args": {k: v for k, v in vars(a).items() if k != "func"},
@@ -373,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--T", type=float, default=40.0, help="window (bptt)")
     t.add_argument("--dt", type=float, default=0.1)
     t.add_argument("--readout", default="final", choices=["final", "mean"])
+    t.add_argument("--adjoint", action="store_true",
+                   help="bptt: adjoint gradients (less memory; no state clip)")  # fmt: skip
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)

@@ -116,6 +116,16 @@ class SimConfig:
         checkpoint_every: For backprop through time: keep only every n-th state and recompute
             the steps in between in the backward pass (memory ∝ n_steps/n + n). ``None``
             keeps every step's graph.
+        adjoint: For backprop through time: take gradients from the adjoint ODE
+            (``torchdiffeq.odeint_adjoint``; Chen et al., NeurIPS 2018), solved backwards in
+            time by the same fixed-step method on the same grid, instead of from the recorded
+            steps. Memory no longer grows with the number of steps (one state per sample
+            instead of one per checkpoint); the gradient is that of the continuous problem, so
+            it differs from the taped one by the solver's discretisation error (O(dt²) for
+            Heun, tested). Forward values are unchanged. Needs ``clip=None`` (a per-step clamp
+            is not part of an ODE that can be run backwards; a sample that reaches ``bound`` is
+            frozen there and reported diverged), and ``Heun`` or ``Euler`` uncompiled
+            (torchdiffeq has no classical RK4).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
@@ -132,6 +142,7 @@ class SimConfig:
     clip: tuple[float, float] | None = (0.0, 50.0)
     bound: float = 1e3
     checkpoint_every: int | None = 25
+    adjoint: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
@@ -154,6 +165,20 @@ class SimConfig:
         ce = self.checkpoint_every
         if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
             raise ValueError(f"SimConfig.checkpoint_every must be an int >= 1 or None, got {ce}")
+        if not isinstance(self.adjoint, bool):
+            raise TypeError(f"SimConfig.adjoint must be a bool, got {self.adjoint!r}")
+        if self.adjoint:
+            if self.clip is not None:
+                raise ValueError(
+                    "SimConfig(adjoint=True) needs clip=None: the per-step clamp is not part of "
+                    "an ODE the adjoint can run backwards (samples that reach `bound` are frozen "
+                    "and reported diverged instead)"
+                )
+            if not isinstance(self.solver, (Heun, Euler)) or self.solver.compile:
+                raise ValueError(
+                    "SimConfig(adjoint=True) needs solver=Heun(dt) or Euler(dt) without compile "
+                    f"(torchdiffeq's fixed-grid methods), got {self.solver!r}"
+                )
 
     @property
     def n_steps(self) -> int:
@@ -500,6 +525,8 @@ class WuxingNetwork(torch.nn.Module):
                 peak, hit = torch.maximum(peak, pk), hit | ht
             return E, Q, peak, hit
 
+        if cfg.adjoint and torch.is_grad_enabled():
+            return self._run_adjoint(reverse, E0, drive, rest, c)
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
@@ -516,6 +543,44 @@ class WuxingNetwork(torch.nn.Module):
             k += n
         diverged = ~(peak < cfg.bound)
         return E, Q, diverged, hit
+
+    def _run_adjoint(
+        self, reverse: bool, E0: torch.Tensor, drive: torch.Tensor, rest: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """:meth:`_run` with adjoint gradients (``SimConfig.adjoint``); no clip by construction."""
+        import torchdiffeq
+
+        cfg = self.config
+        f = self._f_rev if reverse else self._f
+        n_steps, bound = cfg.n_steps, cfg.bound
+
+        def func(t: torch.Tensor, y: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            E = y[0]
+            # a sample past the bound stops evolving (and stays flagged): NaN compares False
+            live = E.abs().amax(0) < bound
+            return torch.where(live, f(E, drive, c), 0.0), torch.where(live, E - rest, 0.0)
+
+        h = cfg.T / n_steps
+
+        def grid(func: object, y0: object, t: torch.Tensor) -> torch.Tensor:
+            # the solver's equal steps over [t0, t1], forwards and (adjoint) backwards
+            m = max(1, round(abs(float(t[-1] - t[0])) / h))
+            return torch.linspace(float(t[0]), float(t[-1]), m + 1, dtype=t.dtype,
+                                  device=t.device)  # fmt: skip
+
+        # states kept every `checkpoint_every` steps restart the backward reconstruction
+        every = cfg.checkpoint_every or n_steps
+        marks = [*range(0, n_steps, every), n_steps]
+        t = torch.tensor(marks, dtype=E0.dtype, device=E0.device) * h
+        method = "heun2" if isinstance(cfg.solver, Heun) else "euler"
+        E, Q = torchdiffeq.odeint_adjoint(
+            func, (E0, torch.zeros_like(E0)), t, method=method,
+            options={"grid_constructor": grid}, adjoint_params=(c, drive),
+        )  # fmt: skip
+        E, Q = E[-1], Q[-1]
+        diverged = ~(E.detach().abs().amax(0) < bound)
+        return E, Q, diverged, torch.zeros_like(diverged)
 
     def _coeffs(self, coeffs: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         c = self.c if coeffs is None else coeffs
