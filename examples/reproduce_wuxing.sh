@@ -31,10 +31,26 @@ python examples/wuxing_mnist.py train --name wuxing-model1-mixed --method mixed 
 python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt --method bptt --lr 0.005 \
     --batch-size 32 --T 40 --dt 0.2 --init "$out/wuxing-model1-twin" --time-limit 3300 \
     --n-val 2000 "${c[@]}"
+# a second BPTT stage with compiled steps (2.2x faster on one thread)
+python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt2 --method bptt --lr 0.003 \
+    --batch-size 32 --T 40 --dt 0.2 --compile --init "$out/wuxing-model1-twin-bptt" \
+    --time-limit 3300 --n-val 1000 "${c[@]}"
+# adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
+python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
+    --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
+    --time-limit 3600 "${c[@]}"
+# MODEL2: the twin and BPTT from scratch, for the curves
+python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 --method twin \
+    --lr 0.005 --schedule cosine --epochs 200 --time-limit 780 --twin "$twin" --T 60 "${c[@]}"
+python examples/wuxing_mnist.py train --name wuxing-model2-bptt --model MODEL2 --method bptt \
+    --lr 0.05 --batch-size 64 --T 40 --dt 0.2 --compile --time-limit 720 --n-val 1000 \
+    --val-mode time "${c[@]}"
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin" --data-dir "$data" \
     --mode time --T 60 --n-val 1000
-python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" --data-dir "$data" \
-    --mode time --T 40 --n-val 1000
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" \
+    "$out/wuxing-model1-twin-bptt2" --data-dir "$data" --mode time --T 40 --n-val 1000 --compile
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
+    "$out/wuxing-model1-adders-h100" --data-dir "$data" --mode time --T 60 --n-val 1000 --compile
 
 # surrogate scores (twin or exact steady state), then the time simulation (the device)
 runs="$out/wuxing-model1-twin $out/wuxing-model2-method2 $out/wuxing-model1-method1
@@ -44,6 +60,11 @@ python examples/wuxing_mnist.py score $runs --data-dir "$data" --modes time --T 
     --dt 0.1 --readout final --batch-size 2500
 python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt" --data-dir "$data" \
     --modes time --T 40 --dt 0.1 --readout final --batch-size 500
+# compiled time simulation (about half the time on one CPU thread)
+python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt2" "$out/wuxing-model2-bptt" \
+    --data-dir "$data" --modes time --T 40 --dt 0.1 --readout final --batch-size 500 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-model2-twin" \
+    --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"
 python examples/wuxing_gradient_alignment.py --data-dir "$data" --twin "$twin" \
     --trained "$out/wuxing-model1-twin" --out "$out/wuxing-gradient-alignment"

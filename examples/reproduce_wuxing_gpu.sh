@@ -44,7 +44,7 @@ run() {  # run KEY NAME ARGS...: one training run in the background, its log bes
 }
 
 run twin wuxing-model1-twin --method twin --lr 0.005 --twin "$twin" --T 60
-run adders wuxing-model1-adders --method twin --lr 0.005 --fan-in 16 --c0 0.25 \
+run adders wuxing-model1-adders-h100 --method twin --lr 0.005 --fan-in 16 --c0 0.25 \
     --twin "$twin" --T 60
 for eta in ${M2_ETAS:-3 10}; do  # method 2's step is chosen on the validation split below
     run method2 "wuxing-model1-method2-eta$eta" --method method2 --eta "$eta" --twin "$twin" --T 60
@@ -84,8 +84,9 @@ PY
 score=(--data-dir "$data" --device "$device" --readout final --dt 0.1 --batch-size 2500
        ${SCORE_EXTRA:-})
 # score only what this call trained
-for pair in twin:wuxing-model1-twin adders:wuxing-model1-adders method2:wuxing-model1-method2 \
-    operating:wuxing-model1-method2-operating model2:wuxing-model2-method2; do
+for pair in twin:wuxing-model1-twin adders:wuxing-model1-adders-h100 \
+    method2:wuxing-model1-method2 operating:wuxing-model1-method2-operating \
+    model2:wuxing-model2-method2; do
     key=${pair%%:*} name=${pair#*:}
     [[ $runs == *" $key "* && -f "$out/$name/model.json" ]] || continue
     timeout 300 python examples/wuxing_mnist.py score "$out/$name" --modes time,surrogate \

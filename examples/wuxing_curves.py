@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.get_cmap("tab20").colors
     for i, path in enumerate(runs):
         color = colors[i % len(colors)]
         doc = json.loads(path.read_text())
-        name = doc["name"].removeprefix("wuxing-")
+        name = path.parent.name.removeprefix("wuxing-")  # the folder: two runs may share a name
         loss = np.asarray(doc["loss_per_step"], dtype=float)
         batch = doc["args"]["batch_size"]
         if loss.size >= 50:
@@ -90,7 +90,7 @@ def table(runs: list[Path]) -> str:
 
         val = doc.get("val_accuracy_steady", doc.get("val_accuracy_time", []))
         rows.append(
-            f"| {doc['name']} | {doc['wiring']['n_links']} | {seen:,} ({secs:.0f} s) | "
+            f"| {path.parent.name} | {doc['wiring']['n_links']} | {seen:,} ({secs:.0f} s) | "
             f"{pct(max(val, default=None))} | {pct(acc.get('device'))} | "
             f"{pct(acc.get('surrogate'))} | {pct(m.get('gap'))} | {pct(m.get('agreement'))} |"
         )

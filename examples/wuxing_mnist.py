@@ -143,8 +143,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     xva, yva = xva[: a.n_val], yva[: a.n_val]
     # adjoint gradients need the state clip off (SimConfig); every other run keeps the default
     adjoint = {"adjoint": True, "clip": None} if a.adjoint else {}
+    solver = Heun(dt=a.dt, compile=True, unroll=5) if a.compile else Heun(dt=a.dt)
     config = SimConfig(
-        T=a.T, solver=Heun(dt=a.dt), readout=a.readout, input_scale=a.input_scale, **adjoint
+        T=a.T, solver=solver, readout=a.readout, input_scale=a.input_scale, **adjoint
     )
     spec = {
         "model": a.model,
@@ -210,6 +211,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             "readout": a.readout,
             "input_scale": a.input_scale,
             "adjoint": a.adjoint,
+            "compile": a.compile,
         },  # fmt: skip
         "method": {"kind": a.method, "repr": repr(method)},
         "args": {k: v for k, v in vars(a).items() if k != "func"},
@@ -237,11 +239,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def load_run(
-    run: Path, T: float, dt: float, readout: str, device: str
+    run: Path, T: float, dt: float, readout: str, device: str, compile: bool = False
 ) -> tuple[dict[str, Any], WuxingNetwork]:
     """A trained run's model.json and its network, simulated with the given window."""
     doc = json.loads((run / "model.json").read_text())
-    config = SimConfig(T=T, solver=Heun(dt=dt), readout=readout,
+    solver = Heun(dt=dt, compile=True, unroll=5) if compile else Heun(dt=dt)
+    config = SimConfig(T=T, solver=solver, readout=readout,
                        input_scale=doc["train_config"]["input_scale"])  # fmt: skip
     net = build(doc["network"], config, device)
     state = load_file(str(run / "model.safetensors"))
@@ -263,7 +266,7 @@ def cmd_validate(a: argparse.Namespace) -> None:
     (_, _, xva, yva), _ = _split(a.data_dir)
     x, y = xva[: a.n_val].to(device), yva[: a.n_val].to(device)
     for run in map(Path, a.runs):
-        doc, net = load_run(run, a.T, a.dt, a.readout, device)
+        doc, net = load_run(run, a.T, a.dt, a.readout, device, a.compile)
         t0 = time.perf_counter()
         acc = evaluate(net, x, y, batch_size=a.batch_size, mode=a.mode)
         path = run / "validation.json"
@@ -272,7 +275,9 @@ def cmd_validate(a: argparse.Namespace) -> None:
             "accuracy": acc, "mode": a.mode, "T": a.T, "dt": a.dt, "readout": a.readout,
             "n_val": x.shape[0], "seconds": time.perf_counter() - t0, "device": device,
             "command": " ".join(["python", "examples/wuxing_mnist.py", "validate", str(run),
-                                 f"--mode {a.mode} --T {a.T} --dt {a.dt} --n-val {a.n_val}"]),
+                                 f"--mode {a.mode} --T {a.T} --dt {a.dt} --n-val {a.n_val}"]
+                                + (["--compile"] if a.compile else [])),
+            "compile": a.compile,
         })  # fmt: skip
         path.write_text(json.dumps(vals, indent=1))
         print(json.dumps({"name": doc["name"], "val_accuracy": acc, "mode": a.mode}), flush=True)
@@ -288,7 +293,7 @@ def cmd_score(a: argparse.Namespace) -> None:
     modes = a.modes.split(",")
     for run in a.runs:
         run = Path(run)
-        doc, net = load_run(run, a.T, a.dt, a.readout, device)
+        doc, net = load_run(run, a.T, a.dt, a.readout, device, a.compile)
         twin_dir = doc["args"].get("twin")
         neuron = load_twin(twin_dir).to(device) if twin_dir else None
         pred_file = run / "predictions.safetensors"
@@ -320,7 +325,8 @@ def cmd_score(a: argparse.Namespace) -> None:
                       "the test set is scored once",
             "surrogate": ("network of neuron twins (fitted steady-state map)" if neuron is not None
                           else "layer-by-layer steady state (Newton per neuron)"),
-            "score_config": {"T": a.T, "dt": a.dt, "readout": a.readout},
+            "score_config": {"T": a.T, "dt": a.dt, "readout": a.readout,
+                             "compile": a.compile},  # fmt: skip
             "train": {k: doc[k] for k in ("method", "network", "wiring", "train_config",
                                           "best_epoch", "epochs_planned", "val_mode",
                                           "val_accuracy_steady", "val_accuracy_time",
@@ -330,7 +336,8 @@ def cmd_score(a: argparse.Namespace) -> None:
                                           "selection", "selection_rule")
                       if k in doc},
             "command": " ".join(["python", "examples/wuxing_mnist.py", "score", str(run),
-                                 f"--T {a.T} --dt {a.dt} --readout {a.readout}"]),
+                                 f"--T {a.T} --dt {a.dt} --readout {a.readout}"]
+                                + (["--compile"] if a.compile else [])),
         })  # fmt: skip
         if "time" in preds:
             metrics["diverged"] = int((preds["time"] < 0).sum())
@@ -380,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--readout", default="final", choices=["final", "mean"])
     t.add_argument("--adjoint", action="store_true",
                    help="bptt: adjoint gradients (less memory; no state clip)")  # fmt: skip
+    t.add_argument("--compile", action="store_true",
+                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
@@ -413,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0: torch's default; use 1 beside other runs)")  # fmt: skip
+    s.add_argument("--compile", action="store_true",
+                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
     s.add_argument("--modes", default="time,surrogate",
                    help="'time': the time simulation (accuracy.device); 'surrogate': the run's "
                    "neuron twin if it has one, else the exact steady state")  # fmt: skip
@@ -428,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--batch-size", type=int, default=250)
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--device", default="auto")
+    v.add_argument("--compile", action="store_true",
+                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
     v.set_defaults(func=cmd_validate)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):
