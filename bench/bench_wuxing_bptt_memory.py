@@ -119,7 +119,7 @@ def main() -> None:
             "torch": torch.__version__,
             "device": "cpu",
             "threads": a.threads,
-        },  # fmt: skip
+        },
         "batch": a.batch,
         "T": a.T,
         "dt": a.dt,

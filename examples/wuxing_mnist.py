@@ -143,10 +143,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     xva, yva = xva[: a.n_val], yva[: a.n_val]
     # adjoint gradients need the state clip off (SimConfig); every other run keeps the default
     adjoint = {"adjoint": True, "clip": None} if a.adjoint else {}
-    solver = Heun(dt=a.dt, compile=True, unroll=5) if a.compile else Heun(dt=a.dt)
     config = SimConfig(
-        T=a.T, solver=solver, readout=a.readout, input_scale=a.input_scale, **adjoint
-    )
+        T=a.T, solver=_solver(a.dt, a.compile), readout=a.readout, input_scale=a.input_scale,
+        **adjoint,
+    )  # fmt: skip
     spec = {
         "model": a.model,
         "wiring": "adder" if a.fan_in else "one-to-one",
@@ -238,13 +238,20 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps({"name": a.name, "val": list(res.val_accuracy), "s": res.seconds}))
 
 
+COMPILE_HELP = "time simulation: 5 compiled whole-network steps per call"
+
+
+def _solver(dt: float, compile: bool) -> Heun:
+    """Heun steps, five whole-network steps per ``torch.compile``'d call with ``--compile``."""
+    return Heun(dt=dt, compile=True, unroll=5) if compile else Heun(dt=dt)
+
+
 def load_run(
     run: Path, T: float, dt: float, readout: str, device: str, compile: bool = False
 ) -> tuple[dict[str, Any], WuxingNetwork]:
     """A trained run's model.json and its network, simulated with the given window."""
     doc = json.loads((run / "model.json").read_text())
-    solver = Heun(dt=dt, compile=True, unroll=5) if compile else Heun(dt=dt)
-    config = SimConfig(T=T, solver=solver, readout=readout,
+    config = SimConfig(T=T, solver=_solver(dt, compile), readout=readout,
                        input_scale=doc["train_config"]["input_scale"])  # fmt: skip
     net = build(doc["network"], config, device)
     state = load_file(str(run / "model.safetensors"))
@@ -387,8 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--readout", default="final", choices=["final", "mean"])
     t.add_argument("--adjoint", action="store_true",
                    help="bptt: adjoint gradients (less memory; no state clip)")  # fmt: skip
-    t.add_argument("--compile", action="store_true",
-                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
+    t.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
@@ -422,8 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0: torch's default; use 1 beside other runs)")  # fmt: skip
-    s.add_argument("--compile", action="store_true",
-                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.add_argument("--modes", default="time,surrogate",
                    help="'time': the time simulation (accuracy.device); 'surrogate': the run's "
                    "neuron twin if it has one, else the exact steady state")  # fmt: skip
@@ -439,8 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--batch-size", type=int, default=250)
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--device", default="auto")
-    v.add_argument("--compile", action="store_true",
-                   help="time simulation: 5 compiled whole-network steps per call")  # fmt: skip
+    v.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     v.set_defaults(func=cmd_validate)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):

@@ -119,13 +119,15 @@ class SimConfig:
         adjoint: For backprop through time: take gradients from the adjoint ODE
             (``torchdiffeq.odeint_adjoint``; Chen et al., NeurIPS 2018), solved backwards in
             time by the same fixed-step method on the same grid, instead of from the recorded
-            steps. Memory no longer grows with the number of steps (one state per sample
-            instead of one per checkpoint); the gradient is that of the continuous problem, so
-            it differs from the taped one by the solver's discretisation error (O(dt²) for
-            Heun, tested). Forward values are unchanged. Needs ``clip=None`` (a per-step clamp
-            is not part of an ODE that can be run backwards; a sample that reaches ``bound`` is
-            frozen there and reported diverged), and ``Heun`` or ``Euler`` uncompiled
-            (torchdiffeq has no classical RK4).
+            steps. Only the states every ``checkpoint_every`` steps are kept (no graph); the
+            backward reconstruction of the state restarts from them, since running this damped
+            network backwards over the whole window (``checkpoint_every=None``, constant
+            memory) ruins the gradient (BENCHMARKS.md). The gradient is that of the continuous
+            problem, so it differs from the taped one by the solver's discretisation error
+            (second order for Heun, tested). Forward values are unchanged. Needs
+            ``clip=None`` (a per-step clamp is not part of an ODE that can be run backwards; a
+            sample that reaches ``bound`` is frozen there and reported diverged), and ``Heun``
+            or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
