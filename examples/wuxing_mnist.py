@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from quasineuron.data import RandomShift
 from quasineuron.data.mnist import load_mnist
 from quasineuron.devices.ode import Heun
 from quasineuron.surrogate.io import load_surrogate, save_surrogate
@@ -116,7 +117,8 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
     if a.method == "mixed":
         return Mixed(method1=m1, method2=m2, target=target, estimate=est)
     through = "time" if a.method == "bptt" else "steady"
-    return Backprop(lr=a.lr, c_range=c_range, target=target, through=through)
+    return Backprop(lr=a.lr, c_range=c_range, target=target, through=through,
+                    weight_decay=a.weight_decay)  # fmt: skip
 
 
 def _init_info(init: str | None) -> dict[str, Any] | None:
@@ -199,6 +201,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         net, x, y, method=method, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
         val=(xva.to(a.device), yva.to(a.device)), val_mode=a.val_mode, callback=on_step,
         epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron, schedule=schedule,
+        augment=RandomShift(a.shift) if a.shift else None,
     )  # fmt: skip
     save("model")
     doc = {
@@ -382,6 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eta-i", type=float, default=0.0, help="method 1 integral gain")
     t.add_argument("--kt", type=float, default=1.0)
     t.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (bptt, twin)")
+    t.add_argument("--weight-decay", type=float, default=0.0,
+                   help="bptt, twin: decoupled weight decay of c (AdamW; 0: Adam)")  # fmt: skip
+    t.add_argument("--shift", type=int, default=0,
+                   help="augment training images by random shifts of up to N pixels")  # fmt: skip
     t.add_argument("--beta", type=float, default=20.0)
     t.add_argument("--error-scale", type=float, default=0.05,
                    help="injected error scale: keeps the reversed network near rest")  # fmt: skip

@@ -371,3 +371,37 @@ def test_compiled_time_step_equals_the_eager_one_forward_reversed_and_gradient()
     for a, b in zip(out[False], out[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert net._compiled is not None and copy.deepcopy(net)._compiled is None
+
+
+def test_weight_decay_is_decoupled_and_augment_sees_every_batch():
+    net, x, y = _xor_data()
+    c0 = net.c.detach().clone()
+    lr, wd = 0.01, 0.5
+    after = {}
+    for decay in (0.0, wd):
+        with torch.no_grad():
+            net.c.copy_(c0)
+        m = Backprop(lr=lr, through="steady", weight_decay=decay, c_range=(-9.0, 9.0))
+        train(net, x[:6], y[:6], method=m, epochs=1, batch_size=6)
+        after[decay] = net.c.detach().clone()
+    # AdamW's first step is Adam's plus exactly the decoupled shrink lr·wd·c
+    torch.testing.assert_close(after[wd] - after[0.0], -lr * wd * c0, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Backprop(weight_decay=-1.0)
+
+    seen = []
+
+    def spy(xb, gen):
+        seen.append(xb.shape[0])
+        return torch.zeros_like(xb)
+
+    m = Backprop(lr=lr, through="steady")
+    losses = []
+    for data, augment in ((x, spy), (torch.zeros_like(x), None), (x, None)):
+        with torch.no_grad():
+            net.c.copy_(c0)
+        res = train(net, data, y, method=m, epochs=2, batch_size=6, augment=augment)
+        losses.append([s.loss for s in res.steps])
+    assert seen == [6, 6, 4, 6, 6, 4]
+    # the steps trained on what augment returned (blank images), on the same batches
+    assert losses[0] == losses[1] != losses[2]

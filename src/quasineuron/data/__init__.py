@@ -1,5 +1,6 @@
-"""Data sets: an in-memory ``ArrayDataset``, MNIST, scikit-learn's digits and toy problems."""
+"""Data sets: in-memory ``ArrayDataset``, MNIST, digits, toys; ``RandomShift`` augmentation."""
 
+from quasineuron.data.augment import RandomShift
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.data.mnist import (
     MNIST_FILES,
@@ -14,6 +15,7 @@ __all__ = [
     "MNIST_FILES",
     "MNIST_MIRRORS",
     "ArrayDataset",
+    "RandomShift",
     "default_data_root",
     "load_digits",
     "load_mnist",

@@ -277,16 +277,23 @@ class Backprop:
             ``"steady"``: through the twin built from every neuron's steady-state map (the
             layer-by-layer steady state with implicit gradients); score it on the time
             simulation afterwards.
+        weight_decay: Decoupled weight decay of ``c`` (AdamW, Loshchilov & Hutter, ICLR
+            2019): each step shrinks ``c`` by ``lr · weight_decay · c``; 0 is plain Adam.
     """
 
     lr: float = 0.02
     c_range: tuple[float, float] = (-3.0, 3.0)
     target: TargetCoding = field(default_factory=TargetCoding)
     through: Literal["time", "steady"] = "time"
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"Backprop.lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"Backprop.weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         _check_range(self.c_range, "Backprop")
         if self.through not in ("time", "steady"):
             raise ValueError(f"Backprop.through must be 'time' or 'steady', got {self.through!r}")
@@ -704,6 +711,7 @@ def train(
     max_seconds: float | None = None,
     neuron: NeuronTwin | None = None,
     schedule: Cosine | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train the network in place with method 1, method 2, mixed or backprop.
 
@@ -737,6 +745,9 @@ def train(
             epoch to the number of epochs that fit the budget
             (:attr:`TrainResult.epochs_planned`, or the epochs begun if the budget runs out
             first); rerunning with that many ``epochs`` and no budget repeats the schedule.
+        augment: Applied to every training batch as ``augment(xb, generator)`` (e.g.
+            :class:`~quasineuron.data.RandomShift`); its generator is seeded from ``seed``
+            apart from the shuffling's, so the batches are the same with and without it.
 
     Returns:
         The per-step reports, throughput, validation curve and the epoch kept.
@@ -751,7 +762,12 @@ def train(
     steps_per_epoch = math.ceil(x.shape[0] / batch_size)
     planned = epochs
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([net.c], lr=method.lr) if isinstance(method, Backprop) else None
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    opt: torch.optim.Optimizer | None = None
+    if isinstance(method, Backprop) and method.weight_decay:
+        opt = torch.optim.AdamW([net.c], lr=method.lr, weight_decay=method.weight_decay)
+    elif isinstance(method, Backprop):
+        opt = torch.optim.Adam([net.c], lr=method.lr)
     reports: list[StepReport] = []
     val_acc: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -775,6 +791,8 @@ def train(
                 break
             idx = order[i : i + batch_size]
             xb, yb = x[idx], y[idx]
+            if augment is not None:
+                xb = augment(xb, aug_gen)
             f = 1.0
             k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
             if schedule is not None and k >= 0 and planned > 1:
