@@ -39,6 +39,13 @@ python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt2 --method b
 python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
     --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
     --time-limit 3600 "${c[@]}"
+# the same with shifted training images, and with weight decay too (lost on validation)
+python examples/wuxing_mnist.py train --name wuxing-model1-adders-shift --method twin \
+    --lr 0.003 --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
+    --time-limit 3600 --shift 2 "${c[@]}"
+python examples/wuxing_mnist.py train --name wuxing-model1-adders-shift-wd --method twin \
+    --lr 0.003 --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
+    --time-limit 3600 --shift 2 --weight-decay 0.05 "${c[@]}"
 # MODEL2: the twin and BPTT from scratch, for the curves
 python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 --method twin \
     --lr 0.005 --schedule cosine --epochs 200 --time-limit 780 --twin "$twin" --T 60 "${c[@]}"
@@ -50,7 +57,9 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin" --data-dir "$
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" \
     "$out/wuxing-model1-twin-bptt2" --data-dir "$data" --mode time --T 40 --n-val 1000 --compile
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
-    "$out/wuxing-model1-adders-h100" --data-dir "$data" --mode time --T 60 --n-val 1000 --compile
+    "$out/wuxing-model1-adders-h100" "$out/wuxing-model1-adders-shift" \
+    "$out/wuxing-model1-adders-shift-wd" --data-dir "$data" --mode time --T 60 --n-val 1000 \
+    --compile
 
 # surrogate scores (twin or exact steady state), then the time simulation (the device)
 runs="$out/wuxing-model1-twin $out/wuxing-model2-method2 $out/wuxing-model1-method1
