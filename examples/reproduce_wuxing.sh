@@ -52,6 +52,11 @@ python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 -
 python examples/wuxing_mnist.py train --name wuxing-model2-bptt --model MODEL2 --method bptt \
     --lr 0.05 --batch-size 64 --T 40 --dt 0.2 --compile --time-limit 720 --n-val 1000 \
     --val-mode time "${c[@]}"
+# MODEL2: method 1 and the mixed method with MODEL1's settings, for the curves
+python examples/wuxing_mnist.py train --name wuxing-model2-method1 --model MODEL2 \
+    --method method1 --eta1 2 --time-limit 900 "${c[@]}"
+python examples/wuxing_mnist.py train --name wuxing-model2-mixed --model MODEL2 --method mixed \
+    --eta 20 --eta1 2 --time-limit 840 "${c[@]}"
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin" --data-dir "$data" \
     --mode time --T 60 --n-val 1000
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" \
@@ -73,6 +78,8 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt" --data-dir 
 python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt2" "$out/wuxing-model2-bptt" \
     --data-dir "$data" --modes time --T 40 --dt 0.1 --readout final --batch-size 500 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-model2-twin" \
+    --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"
 python examples/wuxing_gradient_alignment.py --data-dir "$data" --twin "$twin" \
