@@ -764,10 +764,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     opt: torch.optim.Optimizer | None = None
-    if isinstance(method, Backprop) and method.weight_decay:
+    if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
         opt = torch.optim.AdamW([net.c], lr=method.lr, weight_decay=method.weight_decay)
-    elif isinstance(method, Backprop):
-        opt = torch.optim.Adam([net.c], lr=method.lr)
     reports: list[StepReport] = []
     val_acc: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
