@@ -136,6 +136,17 @@ def _init_info(init: str | None) -> dict[str, Any] | None:
     }
 
 
+def _init_spec(init: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """The network of the run in ``init`` (its wiring seed included: ``--seed`` then only
+    seeds the training); wiring flags changed from their defaults must agree with it."""
+    spec = json.loads((Path(init) / "model.json").read_text())["network"]
+    defaults = {"model": "MODEL1", "wiring": "one-to-one", "fan_in": 0}
+    clash = [k for k, v in defaults.items() if flags[k] != v and flags[k] != spec[k]]
+    if clash:
+        raise SystemExit(f"--init {init}: its network {spec} differs in {clash} from the flags")
+    return spec
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -157,6 +168,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         "seed": a.seed,
         "c0": a.c0,
     }
+    if a.init:  # a continued run keeps the wiring of the run it starts from
+        spec = _init_spec(a.init, spec)
     net = build(spec, config, a.device)
     if a.c_init == "uniform":
         with torch.no_grad():

@@ -68,3 +68,19 @@ def test_twin_train_and_score_write_a_reloadable_run(
     vals = json.loads((Path(runs[0]) / "validation.json").read_text())
     assert [v["mode"] for v in vals] == ["steady", "time"] and vals[0]["n_val"] == 16
     assert all(0 <= v["accuracy"] <= 1 for v in vals)
+
+
+def test_a_continued_run_keeps_the_wiring_of_the_run_it_starts_from(
+    script: ModuleType, tmp_path: Path
+) -> None:
+    adders = {"model": "MODEL1", "wiring": "adder", "fan_in": 16, "receiving": 3, "seed": 3,
+              "c0": 0.25}  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps({"network": adders}))
+    flags = {"model": "MODEL1", "wiring": "one-to-one", "fan_in": 0, "receiving": 3, "seed": 0,
+             "c0": 0.5}  # fmt: skip
+    assert script._init_spec(str(tmp_path), flags) == adders  # defaults: taken from the run
+    assert script._init_spec(str(tmp_path), {**flags, "fan_in": 16, "seed": 1}) == adders
+    with pytest.raises(SystemExit, match="fan_in"):
+        script._init_spec(str(tmp_path), {**flags, "fan_in": 8})
+    with pytest.raises(SystemExit, match="model"):
+        script._init_spec(str(tmp_path), {**flags, "model": "MODEL2"})
