@@ -46,6 +46,14 @@ python examples/wuxing_mnist.py train --name wuxing-model1-adders-shift --method
 python examples/wuxing_mnist.py train --name wuxing-model1-adders-shift-wd --method twin \
     --lr 0.003 --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
     --time-limit 3600 --shift 2 --weight-decay 0.05 "${c[@]}"
+# the 17-epoch adders network fine-tuned by BPTT at two step sizes (compiled, T = 40, dt = 0.2);
+# lr 0.0003 kept, chosen on device validation at T = 60, dt = 0.1
+for lr in 0.0003 0.001; do
+    name=wuxing-model1-adders-bptt; [ "$lr" = 0.001 ] && name=$name-lr0.001
+    python examples/wuxing_mnist.py train --name "$name" --method bptt --lr "$lr" \
+        --batch-size 32 --T 40 --dt 0.2 --compile --init "$out/wuxing-model1-adders" \
+        --time-limit 4200 --n-val 1000 --val-mode time "${c[@]}"
+done
 # MODEL2: the twin and BPTT from scratch, for the curves
 python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 --method twin \
     --lr 0.005 --schedule cosine --epochs 200 --time-limit 780 --twin "$twin" --T 60 "${c[@]}"
@@ -63,7 +71,8 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" \
     "$out/wuxing-model1-twin-bptt2" --data-dir "$data" --mode time --T 40 --n-val 1000 --compile
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
     "$out/wuxing-model1-adders-h100" "$out/wuxing-model1-adders-shift" \
-    "$out/wuxing-model1-adders-shift-wd" --data-dir "$data" --mode time --T 60 --n-val 1000 \
+    "$out/wuxing-model1-adders-shift-wd" "$out/wuxing-model1-adders-bptt" \
+    "$out/wuxing-model1-adders-bptt-lr0.001" --data-dir "$data" --mode time --T 60 --n-val 1000 \
     --compile
 
 # surrogate scores (twin or exact steady state), then the time simulation (the device)
@@ -79,6 +88,8 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt2" "$out/wuxi
     --data-dir "$data" --modes time --T 40 --dt 0.1 --readout final --batch-size 500 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-model2-twin" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-dir "$data" \
+    --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"
