@@ -88,7 +88,7 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt2" "$out/wuxi
     --data-dir "$data" --modes time --T 40 --dt 0.1 --readout final --batch-size 500 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-model2-twin" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
-python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-dir "$data" \
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-dir "$data" --threads 1 \
     --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
