@@ -54,6 +54,14 @@ for lr in 0.0003 0.001; do
         --batch-size 32 --T 40 --dt 0.2 --compile --init "$out/wuxing-model1-adders" \
         --time-limit 4200 --n-val 1000 --val-mode time "${c[@]}"
 done
+# a second BPTT stage from that, at the device's settings (T = 60, dt = 0.1), two step sizes;
+# lr 0.0003 kept, chosen on device validation (1,000 and 3,000 images)
+for lr in 0.0003 0.001; do
+    name=wuxing-model1-adders-bptt2; [ "$lr" = 0.001 ] && name=$name-lr0.001
+    python examples/wuxing_mnist.py train --name "$name" --method bptt --lr "$lr" \
+        --batch-size 32 --T 60 --dt 0.1 --compile --init "$out/wuxing-model1-adders-bptt" \
+        --time-limit 5100 --n-val 1000 --val-mode time --seed 1 "${c[@]}"
+done
 # MODEL2: the twin and BPTT from scratch, for the curves
 python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 --method twin \
     --lr 0.005 --schedule cosine --epochs 200 --time-limit 780 --twin "$twin" --T 60 "${c[@]}"
@@ -74,6 +82,8 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
     "$out/wuxing-model1-adders-shift-wd" "$out/wuxing-model1-adders-bptt" \
     "$out/wuxing-model1-adders-bptt-lr0.001" --data-dir "$data" --mode time --T 60 --n-val 1000 \
     --compile
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders-bptt" \
+    "$out/wuxing-model1-adders-bptt2" --data-dir "$data" --mode time --T 60 --n-val 3000 --compile
 
 # surrogate scores (twin or exact steady state), then the time simulation (the device)
 runs="$out/wuxing-model1-twin $out/wuxing-model2-method2 $out/wuxing-model1-method1
@@ -90,6 +100,8 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-m
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-dir "$data" --threads 1 \
     --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt2" --data-dir "$data" \
+    --threads 1 --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"

@@ -33,6 +33,23 @@ def _images(doc: dict) -> list[int]:
     return [h.get("images", min(h["epoch"] * n_train, seen)) for h in doc["history"]]
 
 
+def _curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:
+    """Validation curve of a run with every stage it continued from (found by name in
+    ``results``, else the summary its model.json keeps), and the images of the whole chain."""
+    images, vals = _images(doc), [_val(h) for h in doc["history"]]
+    init = doc.get("init")
+    if not init:
+        return images, vals, doc["train_samples_seen"]
+    parent = results / init["name"] / "model.json"
+    if parent.exists() and init["name"] != doc["name"]:  # a run may continue its namesake
+        first, first_vals, n0 = _curve(json.loads(parent.read_text()), results)
+    else:
+        n0 = init["train_samples_seen"]
+        first = [min(h.get("images", h["epoch"] * 54_000), n0) for h in init["history"]]
+        first_vals = [_val(h) for h in init["history"]]
+    return first + [n0 + i for i in images], first_vals + vals, n0 + doc["train_samples_seen"]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("results", help="folder holding the wuxing-model* runs")
@@ -40,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4))
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
     for i, path in enumerate(runs):
         color = colors[i % len(colors)]
         doc = json.loads(path.read_text())
@@ -50,13 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         if loss.size >= 50:
             smooth = np.convolve(np.nan_to_num(loss, nan=np.nan), np.ones(50) / 50, mode="valid")
             ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name, color=color)
-        init = doc.get("init")
-        images, vals = _images(doc), [_val(h) for h in doc["history"]]
-        if init:
-            n0 = init["train_samples_seen"]
-            first = [min(h.get("images", h["epoch"] * 54_000), n0) for h in init["history"]]
-            images = first + [n0 + i for i in images]
-            vals = [_val(h) for h in init["history"]] + vals
+        images, vals, _ = _curve(doc, path.parent.parent)
         ax_v.plot(images, vals, "o-", label=name, color=color)
     ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",
              yscale="log")  # fmt: skip
