@@ -4,7 +4,7 @@
 
 Reads every ``wuxing-model*/model.json`` written by ``examples/wuxing_mnist.py train`` and plots
 (left) the training loss against training images seen, smoothed over 50 steps, and (right) the
-validation accuracy after each epoch against training images seen (continued runs include the
+validation accuracy after each epoch against training images seen (continued runs include every
 stage they started from). Images, not seconds: the runs trained on different machines.
 """
 
