@@ -28,26 +28,33 @@ def _val(entry: dict) -> float:
 
 def _images(doc: dict) -> list[int]:
     """Training images seen at each validation of a run's history (this stage only)."""
-    n_train = doc["args"].get("n_train") or 54_000
+    n_train = doc.get("args", {}).get("n_train") or 54_000  # a kept summary has no args
     seen = doc["train_samples_seen"]
     return [h.get("images", min(h["epoch"] * n_train, seen)) for h in doc["history"]]
 
 
-def _curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:
-    """Validation curve of a run with every stage it continued from (found by name in
-    ``results``, else the summary its model.json keeps), and the images of the whole chain."""
-    images, vals = _images(doc), [_val(h) for h in doc["history"]]
+def _stages(doc: dict, results: Path) -> list[dict]:
+    """A run and every stage it continued from, earliest first: the stage's run in ``results``
+    (found by name) where it is there, else the summary the later run's model.json keeps."""
     init = doc.get("init")
     if not init:
-        return images, vals, doc["train_samples_seen"]
+        return [doc]
     parent = results / init["name"] / "model.json"
     if parent.exists() and init["name"] != doc["name"]:  # a run may continue its namesake
-        first, first_vals, n0 = _curve(json.loads(parent.read_text()), results)
-    else:
-        n0 = init["train_samples_seen"]
-        first = [min(h.get("images", h["epoch"] * 54_000), n0) for h in init["history"]]
-        first_vals = [_val(h) for h in init["history"]]
-    return first + [n0 + i for i in images], first_vals + vals, n0 + doc["train_samples_seen"]
+        return [*_stages(json.loads(parent.read_text()), results), doc]
+    return [init, doc]
+
+
+def _curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:
+    """Validation curve of a run over all its stages, and the images of the whole chain."""
+    images: list[int] = []
+    vals: list[float] = []
+    n0 = 0
+    for stage in _stages(doc, results):
+        images += [n0 + i for i in _images(stage)]
+        vals += [_val(h) for h in stage["history"]]
+        n0 += stage["train_samples_seen"]
+    return images, vals, n0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,9 +99,9 @@ def table(runs: list[Path]) -> str:
         mpath = path.with_name("metrics.json")
         m = json.loads(mpath.read_text()) if mpath.exists() else {}
         acc = m.get("accuracy", {})
-        init = doc.get("init") or {"train_samples_seen": 0, "train_seconds": 0.0}
-        seen = doc["train_samples_seen"] + init["train_samples_seen"]
-        secs = doc["train_seconds"] + init["train_seconds"]
+        stages = _stages(doc, path.parent.parent)
+        seen = sum(s["train_samples_seen"] for s in stages)
+        secs = sum(s["train_seconds"] for s in stages)
 
         def pct(v: float | None) -> str:
             return "–" if v is None else f"{100 * v:.2f} %"
