@@ -62,6 +62,17 @@ for lr in 0.0003 0.001; do
         --batch-size 32 --T 60 --dt 0.1 --compile --init "$out/wuxing-model1-adders-bptt" \
         --time-limit 5100 --n-val 1000 --val-mode time --seed 1 "${c[@]}"
 done
+# the mean of the two second-stage networks (weight averaging; won device validation on 3,000)
+python examples/wuxing_mnist.py average "$out/wuxing-model1-adders-bptt2" \
+    "$out/wuxing-model1-adders-bptt2-lr0.001" --name wuxing-model1-adders-avg --out "$out"
+# method 2 (operating-point reversal) and BPTT from scratch at the same budget (measured side
+# by side, one CPU thread each for an hour)
+python examples/wuxing_mnist.py train --name wuxing-model1-method2-operating-cpu --method method2 \
+    --reversal operating --eta 15 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
+    --time-limit 3600 "${c[@]}"
+python examples/wuxing_mnist.py train --name wuxing-model1-bptt-cpu --method bptt --lr 0.05 \
+    --batch-size 128 --T 40 --dt 0.1 --compile --val-mode time --schedule cosine --epochs 200 \
+    --time-limit 3600 "${c[@]}" --log-every 20
 # MODEL2: the twin and BPTT from scratch, for the curves
 python examples/wuxing_mnist.py train --name wuxing-model2-twin --model MODEL2 --method twin \
     --lr 0.005 --schedule cosine --epochs 200 --time-limit 780 --twin "$twin" --T 60 "${c[@]}"
@@ -83,7 +94,8 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
     "$out/wuxing-model1-adders-bptt-lr0.001" --data-dir "$data" --mode time --T 60 --n-val 1000 \
     --compile
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders-bptt" \
-    "$out/wuxing-model1-adders-bptt2" --data-dir "$data" --mode time --T 60 --n-val 3000 --compile
+    "$out/wuxing-model1-adders-bptt2" "$out/wuxing-model1-adders-avg" --data-dir "$data" \
+    --mode time --T 60 --n-val 3000 --compile
 
 # surrogate scores (twin or exact steady state), then the time simulation (the device)
 runs="$out/wuxing-model1-twin $out/wuxing-model2-method2 $out/wuxing-model1-method1
@@ -102,6 +114,12 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-di
     --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt2" --data-dir "$data" \
     --threads 1 --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-avg" --data-dir "$data" \
+    --threads 1 --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-method2-operating-cpu" \
+    --data-dir "$data" --threads 1 --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt-cpu" --data-dir "$data" \
+    --threads 1 --T 40 --dt 0.1 --readout final --batch-size 1000 --compile --modes time
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, path in enumerate(runs):
         color = colors[i % len(colors)]
         doc = json.loads(path.read_text())
+        if doc.get("averaged"):  # an average of runs has no training of its own to plot
+            continue
         name = path.parent.name.removeprefix("wuxing-")  # the folder: two runs may share a name
         loss = np.asarray(doc["loss_per_step"], dtype=float)
         batch = doc["args"]["batch_size"]
@@ -102,13 +104,16 @@ def table(runs: list[Path]) -> str:
         stages = _stages(doc, path.parent.parent)
         seen = sum(s["train_samples_seen"] for s in stages)
         secs = sum(s["train_seconds"] for s in stages)
+        training = f"{seen:,} ({secs:.0f} s)"
+        if doc.get("averaged"):
+            training = "mean of " + ", ".join(r["name"] for r in doc["averaged"])
 
         def pct(v: float | None) -> str:
             return "–" if v is None else f"{100 * v:.2f} %"
 
         val = doc.get("val_accuracy_steady", doc.get("val_accuracy_time", []))
         rows.append(
-            f"| {path.parent.name} | {doc['wiring']['n_links']} | {seen:,} ({secs:.0f} s) | "
+            f"| {path.parent.name} | {doc['wiring']['n_links']} | {training} | "
             f"{pct(max(val, default=None))} | {pct(acc.get('device'))} | "
             f"{pct(acc.get('surrogate'))} | {pct(m.get('gap'))} | {pct(m.get('agreement'))} |"
         )

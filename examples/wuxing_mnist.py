@@ -13,9 +13,10 @@ it, scored on the steady state) and never reads the test set. It writes ``model.
 (coefficients and per-neuron K), ``model.json`` (wiring, settings, training history) and a
 checkpoint after every epoch. ``validate`` scores trained runs on the validation split (on the
 time simulation or the steady state; appended to ``validation.json``), for choices between
-runs. ``score`` reads the test set once and writes ``metrics.json`` with ``accuracy.device``
-(the time simulation), ``accuracy.surrogate`` (the steady-state twin), their gap and the
-agreement of the two predictions.
+runs. ``average`` writes a run whose coefficients are the mean of those of several runs of one
+network (fine-tuned from a common ancestor). ``score`` reads the test set once and writes
+``metrics.json`` with ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the
+steady-state twin), their gap and the agreement of the two predictions.
 """
 
 from __future__ import annotations
@@ -278,6 +279,34 @@ def load_run(
     return doc, net
 
 
+def cmd_average(a: argparse.Namespace) -> None:
+    """One network whose coefficients are the mean of those of several runs of the same network
+    (weight averaging of fine-tuned runs that share an ancestor); validate it like any run."""
+    runs = [Path(r) for r in a.runs]
+    if len(runs) < 2:
+        raise SystemExit("average needs at least two runs")
+    docs = [json.loads((r / "model.json").read_text()) for r in runs]
+    states = [load_file(str(r / "model.safetensors")) for r in runs]
+    for run, doc, state in zip(runs[1:], docs[1:], states[1:], strict=True):
+        if doc["network"] != docs[0]["network"] or not torch.equal(state["K"], states[0]["K"]):
+            raise SystemExit(f"{run}: not the network of {runs[0]} (wiring or K differ)")
+    c = torch.stack([state["c"] for state in states]).mean(0)
+    out = Path(a.out) / a.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"c": c.contiguous(), "K": states[0]["K"].contiguous()},
+              str(out / "model.safetensors"))  # fmt: skip
+    doc = {k: docs[0][k] for k in ("network", "wiring", "train_config", "method", "args")}
+    doc.update({
+        "name": a.name, "history": [], "loss_per_step": [], "train_seconds": 0.0,
+        "train_samples_seen": 0, "diverged_steps": 0, "init": None,
+        "averaged": [{k: d.get(k) for k in ("name", "command", "train_seconds",
+                                             "train_samples_seen", "init")} for d in docs],
+        "command": " ".join(["python", "examples/wuxing_mnist.py", *sys.argv[1:]]),
+    })  # fmt: skip
+    (out / "model.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps({"name": a.name, "averaged": [d["name"] for d in docs]}))
+
+
 def _device(name: str) -> str:
     return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -356,7 +385,7 @@ def cmd_score(a: argparse.Namespace) -> None:
                                           "history", "train_seconds",
                                           "train_samples_per_second", "train_samples_seen",
                                           "diverged_steps", "command", "machine", "init",
-                                          "selection", "selection_rule")
+                                          "selection", "selection_rule", "averaged")
                       if k in doc},
             "command": " ".join(["python", "examples/wuxing_mnist.py", "score", str(run),
                                  f"--T {a.T} --dt {a.dt} --readout {a.readout}"]
@@ -466,6 +495,11 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--device", default="auto")
     v.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     v.set_defaults(func=cmd_validate)
+    g = sub.add_parser("average", help="one network: the mean coefficients of several runs")
+    g.add_argument("runs", nargs="+")
+    g.add_argument("--name", required=True)
+    g.add_argument("--out", default="docs/results")
+    g.set_defaults(func=cmd_average)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):
         p.error("--epochs must be >= 1")

@@ -40,3 +40,23 @@ def test_a_run_that_continues_its_namesake_uses_the_kept_summary(
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.json").write_text(json.dumps(doc))
     assert curves._curve(doc, tmp_path) == ([50, 60], [0.4, 0.8], 60)
+
+
+def test_an_average_of_runs_is_listed_and_does_not_break_the_plot(
+    example: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    curves = example("wuxing_curves")
+    doc = {"name": "wuxing-model1-avg", "args": {"batch_size": 32}, "history": [],
+           "loss_per_step": [], "train_samples_seen": 0, "train_seconds": 0.0,
+           "wiring": {"n_links": 3}, "averaged": [{"name": "p"}, {"name": "q"}]}  # fmt: skip
+    (tmp_path / doc["name"]).mkdir()
+    path = tmp_path / doc["name"] / "model.json"
+    path.write_text(json.dumps(doc))
+    assert "| wuxing-model1-avg | 3 | mean of p, q |" in curves.table([path])
+    trained = {**doc, "name": "wuxing-model1-p", "loss_per_step": [1.0] * 60, "averaged": None,
+               "history": [{"epoch": 1, "images": 64, "val_accuracy_steady": 0.5}],
+               "train_samples_seen": 64}  # fmt: skip
+    (tmp_path / trained["name"]).mkdir()
+    (tmp_path / trained["name"] / "model.json").write_text(json.dumps(trained))
+    curves.main([str(tmp_path), "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -84,3 +84,38 @@ def test_a_continued_run_keeps_the_wiring_of_the_run_it_starts_from(
         script._init_spec(str(tmp_path), {**flags, "fan_in": 8})
     with pytest.raises(SystemExit, match="model"):
         script._init_spec(str(tmp_path), {**flags, "model": "MODEL2"})
+
+
+def _fake_run(folder: Path, name: str, c: list[float], k: float = 1.0) -> Path:
+    """A run folder as ``train`` writes it, with the given coefficients."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file(
+        {"c": torch.tensor(c), "K": torch.full((3, 5, 2), k)}, str(folder / "model.safetensors")
+    )
+    doc = {"name": name, "network": {"model": "MODEL1", "seed": 0}, "wiring": {"n_links": len(c)},
+           "train_config": {"T": 40.0}, "method": {"kind": "bptt"}, "args": {"twin": None},
+           "command": f"train {name}", "train_seconds": 1.0, "train_samples_seen": 32}  # fmt: skip
+    (folder / "model.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_average_writes_one_run_with_the_mean_coefficients(
+    script: ModuleType, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    a = _fake_run(tmp_path / "a", "a", [0.0, 1.0, -2.0])
+    b = _fake_run(tmp_path / "b", "b", [1.0, 2.0, 2.0])
+    script.main(["average", str(a), str(b), "--name", "ab", "--out", str(tmp_path)])
+    c = load_file(str(tmp_path / "ab" / "model.safetensors"))["c"]
+    assert c.tolist() == [0.5, 1.5, 0.0]
+    doc = json.loads((tmp_path / "ab" / "model.json").read_text())
+    assert [r["name"] for r in doc["averaged"]] == ["a", "b"] and doc["network"]["seed"] == 0
+    other_k = _fake_run(tmp_path / "k", "k", [0.0, 0.0, 0.0], k=2.0)
+    with pytest.raises(SystemExit, match="not the network"):
+        script.main(["average", str(a), str(other_k), "--name", "x", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="at least two"):
+        script.main(["average", str(a), "--name", "x", "--out", str(tmp_path)])
