@@ -117,5 +117,10 @@ def test_average_writes_one_run_with_the_mean_coefficients(
     other_k = _fake_run(tmp_path / "k", "k", [0.0, 0.0, 0.0], k=2.0)
     with pytest.raises(SystemExit, match="not the network"):
         script.main(["average", str(a), str(other_k), "--name", "x", "--out", str(tmp_path)])
+    other_wiring = _fake_run(tmp_path / "w", "w", [0.0, 0.0, 0.0])
+    doc = json.loads((other_wiring / "model.json").read_text())
+    (other_wiring / "model.json").write_text(json.dumps({**doc, "network": {"seed": 1}}))
+    with pytest.raises(SystemExit, match="not the network"):
+        script.main(["average", str(a), str(other_wiring), "--name", "x", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="at least two"):
         script.main(["average", str(a), "--name", "x", "--out", str(tmp_path)])
