@@ -20,7 +20,10 @@
 #   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
 #   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
 #       bash examples/reproduce_wuxing_gpu.sh MNIST_DIR                 (kept: the other three)
-# (the steps of the second call are the ones the first call chose on validation).
+# (the steps of the second call are the ones the first call chose on validation), and the two
+# adders BPTT stages at the end of this script from two calls on one H200:
+#   RUNS=adders-bptt3 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
+#   RUNS=adders-bptt4 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
 set -uo pipefail
 data=$1
 out=${2:-docs/results}
@@ -95,4 +98,60 @@ done
 if [[ $runs == *" bptt "* && -f "$out/wuxing-model1-bptt/model.json" ]]; then
     timeout 300 python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt" --modes time \
         --T 40 "${score[@]}" || echo "score wuxing-model1-bptt failed" >&2
+fi
+
+# Adders, BPTT stages at the device's settings (T = 60, dt = 0.1) from the CPU-trained
+# wuxing-model1-adders-bptt2 (RUNS="adders-bptt3 adders-bptt4"; neither is in the default RUNS).
+# adders-bptt3: two candidates side by side for 360 s, eager and compiled (the compiled one sees
+# about three times the images), kept on validation (3,000 images) against the run they start
+# from, validated on the same card; the kept one is scored. adders-bptt4: the kept one, then
+# images shifted by up to one pixel (against memorising); scored only if it validates better.
+bptt_stage=(--method bptt --T 60 --dt 0.1 --lr 0.0003 --batch-size 256 --n-val 3000
+            --val-mode time --threads 2 --log-every 10 --device "$device" --data-dir "$data"
+            --out "$out" "${extra[@]}")
+keep() {  # keep NAME START CANDIDATE...: the best on validation under NAME, if it beats START
+    python - "$out" "$@" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+
+out, name, start, *cands = sys.argv[1:]
+start_acc = json.loads((out := Path(out)).joinpath(start, "validation.json").read_text())[-1]
+vals = {c: max(json.loads((out / c / "model.json").read_text())["val_accuracy_time"])
+        for c in cands}
+best = max(vals, key=vals.get)
+if vals[best] <= start_acc["accuracy"]:
+    sys.exit(f"{name}: no candidate beats {start} on validation ({vals}); nothing kept")
+doc = json.loads((out / best / "model.json").read_text())
+doc.update(name=name, trained_as=best, selection={**vals, f"{start} (the start)":
+           start_acc["accuracy"]}, selection_rule="best validation accuracy (time simulation) "
+           "among the candidates and the run they start from")
+shutil.rmtree(out / name, ignore_errors=True)
+shutil.copytree(out / best, out / name)
+(out / name / "model.json").write_text(json.dumps(doc, indent=1))
+print(f"{name}: kept {best}", doc["selection"])
+PY
+}
+if [[ $runs == *" adders-bptt3 "* ]]; then
+    start=wuxing-model1-adders-bptt2
+    for c in "a" "b --compile"; do
+        set -- $c
+        python examples/wuxing_mnist.py train --name "wuxing-model1-adders-gpu-$1" "${@:2}" \
+            --init "$out/$start" --time-limit 360 --seed 1 "${bptt_stage[@]}" &
+    done
+    python examples/wuxing_mnist.py validate "$out/$start" --mode time --T 60 --dt 0.1 \
+        --n-val 3000 --device "$device" --threads 2 --data-dir "$data"
+    wait
+    keep wuxing-model1-adders-bptt3 "$start" wuxing-model1-adders-gpu-a wuxing-model1-adders-gpu-b &&
+        python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt3" --modes time \
+            --T 60 "${score[@]}"
+fi
+if [[ $runs == *" adders-bptt4 "* ]]; then
+    start=wuxing-model1-adders-bptt3
+    python examples/wuxing_mnist.py train --name wuxing-model1-adders-gpu-c --compile --shift 1 \
+        --init "$out/$start" --time-limit 230 --seed 2 "${bptt_stage[@]}"
+    python examples/wuxing_mnist.py validate "$out/$start" --mode time --T 60 --dt 0.1 \
+        --n-val 3000 --device "$device" --threads 2 --data-dir "$data"
+    keep wuxing-model1-adders-bptt4 "$start" wuxing-model1-adders-gpu-c &&
+        python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt4" --modes time \
+            --T 60 "${score[@]}"
 fi

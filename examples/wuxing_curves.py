@@ -82,11 +82,13 @@ def main(argv: list[str] | None = None) -> None:
              yscale="log")  # fmt: skip
     ax_l.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
     ax_v.set(xlabel="training images seen", ylabel="validation accuracy", xscale="log")
-    ax_v.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax_v.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + len(runs) // 20
+    )  # one column holds about 20 names at this height
     ax_l.grid(alpha=0.3)
     ax_v.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
+    fig.savefig(a.out, dpi=110, bbox_inches="tight")  # the legend lies outside the axes
     print(f"wrote {a.out} ({len(runs)} runs)")
     print(table(runs))
 
