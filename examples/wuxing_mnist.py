@@ -137,12 +137,12 @@ def _init_info(init: str | None) -> dict[str, Any] | None:
     }
 
 
-def _init_spec(init: str, flags: dict[str, Any]) -> dict[str, Any]:
+def _init_spec(init: str, model: str | None, fan_in: int | None) -> dict[str, Any]:
     """The network of the run in ``init`` (its wiring seed included: ``--seed`` then only
-    seeds the training); wiring flags changed from their defaults must agree with it."""
+    seeds the training); ``--model``/``--fan-in``, where given (not None), must agree with it."""
     spec = json.loads((Path(init) / "model.json").read_text())["network"]
-    defaults = {"model": "MODEL1", "wiring": "one-to-one", "fan_in": 0}
-    clash = [k for k, v in defaults.items() if flags[k] != v and flags[k] != spec[k]]
+    given = {"model": model, "fan_in": fan_in}
+    clash = [k for k, v in given.items() if v is not None and v != spec[k]]
     if clash:
         raise SystemExit(f"--init {init}: its network {spec} differs in {clash} from the flags")
     return spec
@@ -161,16 +161,19 @@ def cmd_train(a: argparse.Namespace) -> None:
         T=a.T, solver=_solver(a.dt, a.compile), readout=a.readout, input_scale=a.input_scale,
         **adjoint,
     )  # fmt: skip
-    spec = {
-        "model": a.model,
-        "wiring": "adder" if a.fan_in else "one-to-one",
-        "fan_in": a.fan_in,
-        "receiving": 3,
-        "seed": a.seed,
-        "c0": a.c0,
-    }
     if a.init:  # a continued run keeps the wiring of the run it starts from
-        spec = _init_spec(a.init, spec)
+        spec = _init_spec(a.init, a.model, a.fan_in)
+    else:
+        fan_in = a.fan_in or 0
+        spec = {
+            "model": a.model or "MODEL1",
+            "wiring": "adder" if fan_in else "one-to-one",
+            "fan_in": fan_in,
+            "receiving": 3,
+            "seed": a.seed,
+            "c0": a.c0,
+        }
+    a.model, a.fan_in = spec["model"], spec["fan_in"]  # the args saved with the run: its network
     net = build(spec, config, a.device)
     if a.c_init == "uniform":
         with torch.no_grad():
@@ -406,12 +409,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one network, choose the epoch on validation")
     t.add_argument("--name", required=True)
-    t.add_argument("--model", default="MODEL1", choices=["MODEL1", "MODEL2"])
+    t.add_argument("--model", choices=["MODEL1", "MODEL2"],
+                   help="default MODEL1, or the network of the --init run")  # fmt: skip
     t.add_argument("--method", required=True,
                    choices=["method1", "method2", "mixed", "bptt", "twin"])  # fmt: skip
     t.add_argument("--estimate", default="steady", choices=["steady", "window"],
                    help="signals of methods 1/2: steady states or time integrals")  # fmt: skip
-    t.add_argument("--fan-in", type=int, default=0, help="adders of this fan-in (0: none)")
+    t.add_argument(
+        "--fan-in", type=int, help="adders of this fan-in (default 0: none; or the --init run's)"
+    )
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", default="docs/results")
     t.add_argument("--epochs", type=int, default=1)

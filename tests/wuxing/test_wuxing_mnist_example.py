@@ -76,14 +76,15 @@ def test_a_continued_run_keeps_the_wiring_of_the_run_it_starts_from(
     adders = {"model": "MODEL1", "wiring": "adder", "fan_in": 16, "receiving": 3, "seed": 3,
               "c0": 0.25}  # fmt: skip
     (tmp_path / "model.json").write_text(json.dumps({"network": adders}))
-    flags = {"model": "MODEL1", "wiring": "one-to-one", "fan_in": 0, "receiving": 3, "seed": 0,
-             "c0": 0.5}  # fmt: skip
-    assert script._init_spec(str(tmp_path), flags) == adders  # defaults: taken from the run
-    assert script._init_spec(str(tmp_path), {**flags, "fan_in": 16, "seed": 1}) == adders
+    run = str(tmp_path)
+    assert script._init_spec(run, None, None) == adders  # not given: taken from the run
+    assert script._init_spec(run, "MODEL1", 16) == adders  # given and agreeing
     with pytest.raises(SystemExit, match="fan_in"):
-        script._init_spec(str(tmp_path), {**flags, "fan_in": 8})
+        script._init_spec(run, None, 8)
+    with pytest.raises(SystemExit, match="fan_in"):  # an explicit "no adders" clashes too
+        script._init_spec(run, None, 0)
     with pytest.raises(SystemExit, match="model"):
-        script._init_spec(str(tmp_path), {**flags, "model": "MODEL2"})
+        script._init_spec(run, "MODEL2", None)
 
 
 def _fake_run(folder: Path, name: str, c: list[float], k: float = 1.0) -> Path:
