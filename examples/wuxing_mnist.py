@@ -293,12 +293,16 @@ def cmd_average(a: argparse.Namespace) -> None:
     for run, doc, state in zip(runs[1:], docs[1:], states[1:], strict=True):
         if doc["network"] != docs[0]["network"] or not torch.equal(state["K"], states[0]["K"]):
             raise SystemExit(f"{run}: not the network of {runs[0]} (wiring or K differ)")
+        if doc["train_config"]["input_scale"] != docs[0]["train_config"]["input_scale"]:
+            raise SystemExit(f"{run}: its input scale differs from that of {runs[0]}")
     c = torch.stack([state["c"] for state in states]).mean(0)
     out = Path(a.out) / a.name
     out.mkdir(parents=True, exist_ok=True)
     save_file({"c": c.contiguous(), "K": states[0]["K"].contiguous()},
               str(out / "model.safetensors"))  # fmt: skip
-    doc = {k: docs[0][k] for k in ("network", "wiring", "train_config", "method", "args")}
+    doc = {k: docs[0][k] for k in ("network", "wiring")}
+    for key in ("train_config", "method", "args"):  # what all the runs share, nothing else
+        doc[key] = {k: v for k, v in docs[0][key].items() if all(d[key].get(k) == v for d in docs)}
     doc.update({
         "name": a.name, "history": [], "loss_per_step": [], "train_seconds": 0.0,
         "train_samples_seen": 0, "diverged_steps": 0, "init": None,

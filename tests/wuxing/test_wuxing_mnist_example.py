@@ -87,7 +87,9 @@ def test_a_continued_run_keeps_the_wiring_of_the_run_it_starts_from(
         script._init_spec(run, "MODEL2", None)
 
 
-def _fake_run(folder: Path, name: str, c: list[float], k: float = 1.0) -> Path:
+def _fake_run(
+    folder: Path, name: str, c: list[float], k: float = 1.0, lr: float = 0.1, scale: float = 1.0
+) -> Path:
     """A run folder as ``train`` writes it, with the given coefficients."""
     import torch
     from safetensors.torch import save_file
@@ -97,7 +99,9 @@ def _fake_run(folder: Path, name: str, c: list[float], k: float = 1.0) -> Path:
         {"c": torch.tensor(c), "K": torch.full((3, 5, 2), k)}, str(folder / "model.safetensors")
     )
     doc = {"name": name, "network": {"model": "MODEL1", "seed": 0}, "wiring": {"n_links": len(c)},
-           "train_config": {"T": 40.0}, "method": {"kind": "bptt"}, "args": {"twin": None},
+           "train_config": {"T": 40.0, "input_scale": scale},
+           "method": {"kind": "bptt", "repr": f"Backprop(lr={lr})"},
+           "args": {"twin": None, "lr": lr},
            "command": f"train {name}", "train_seconds": 1.0, "train_samples_seen": 32}  # fmt: skip
     (folder / "model.json").write_text(json.dumps(doc))
     return folder
@@ -109,12 +113,18 @@ def test_average_writes_one_run_with_the_mean_coefficients(
     from safetensors.torch import load_file
 
     a = _fake_run(tmp_path / "a", "a", [0.0, 1.0, -2.0])
-    b = _fake_run(tmp_path / "b", "b", [1.0, 2.0, 2.0])
+    b = _fake_run(tmp_path / "b", "b", [1.0, 2.0, 2.0], lr=0.3)
     script.main(["average", str(a), str(b), "--name", "ab", "--out", str(tmp_path)])
     c = load_file(str(tmp_path / "ab" / "model.safetensors"))["c"]
     assert c.tolist() == [0.5, 1.5, 0.0]
     doc = json.loads((tmp_path / "ab" / "model.json").read_text())
     assert [r["name"] for r in doc["averaged"]] == ["a", "b"] and doc["network"]["seed"] == 0
+    # the settings of the runs are kept where they agree, never taken from one of them
+    assert doc["args"] == {"twin": None} and doc["method"] == {"kind": "bptt"}
+    assert doc["train_config"] == {"T": 40.0, "input_scale": 1.0}
+    other_scale = _fake_run(tmp_path / "s", "s", [0.0, 0.0, 0.0], scale=2.0)
+    with pytest.raises(SystemExit, match="input scale"):
+        script.main(["average", str(a), str(other_scale), "--name", "x", "--out", str(tmp_path)])
     other_k = _fake_run(tmp_path / "k", "k", [0.0, 0.0, 0.0], k=2.0)
     with pytest.raises(SystemExit, match="not the network"):
         script.main(["average", str(a), str(other_k), "--name", "x", "--out", str(tmp_path)])
