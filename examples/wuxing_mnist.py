@@ -123,7 +123,8 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
 
 
 def _init_info(init: str | None) -> dict[str, Any] | None:
-    """Provenance of the run a continued run started from (its history and cost)."""
+    """Provenance of the run a continued run started from: its history, its command, the cost
+    of the whole chain up to it, and the same summary of the run it started from (``init``)."""
     if not init:
         return None
     doc = json.loads((Path(init) / "model.json").read_text())
@@ -134,6 +135,7 @@ def _init_info(init: str | None) -> dict[str, Any] | None:
         "train_seconds": doc["train_seconds"] + prev.get("train_seconds", 0.0),
         "train_samples_seen": doc["train_samples_seen"] + prev.get("train_samples_seen", 0),
         "command": doc["command"],
+        "init": prev or None,
     }
 
 

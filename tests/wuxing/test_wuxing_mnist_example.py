@@ -50,6 +50,14 @@ def test_twin_train_and_score_write_a_reloadable_run(
     assert float((a - b).abs().max()) < 1e-6
     more = json.loads((tmp_path / "run-more" / "model.json").read_text())
     assert more["init"]["name"] == "run-twin" and more["init"]["train_samples_seen"] == 64
+    assert more["init"]["init"] is None
+    # a third stage keeps the whole chain: each stage's command, the cost summed
+    script.main(["train", "--name", "run-more2", "--method", "twin", "--twin", str(twin),
+                 "--init", str(tmp_path / "run-more"), "--lr", "1e-9", *common])  # fmt: skip
+    more2 = json.loads((tmp_path / "run-more2" / "model.json").read_text())
+    assert more2["init"]["name"] == "run-more" and more2["init"]["train_samples_seen"] == 128
+    assert more2["init"]["init"]["name"] == "run-twin"
+    assert more2["init"]["init"]["command"] == more["init"]["command"]
     # validation accuracy on the held-out images, appended per call
     val = [
         "--data-dir",
