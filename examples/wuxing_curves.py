@@ -63,7 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="wuxing-curves.png")
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
+    plotted = plot(runs, a.out)
+    print(f"wrote {a.out} ({len(plotted)} of {len(runs)} runs; averages of runs are not plotted)")
+    print(table(runs))
+
+
+def plot(runs: list[Path], out: str | Path) -> list[str]:
+    """Training loss and validation curves of the runs (``model.json`` paths) into ``out``;
+    returns the names plotted (an average of runs has no training of its own)."""
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4))
+    plotted: list[str] = []
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
     for i, path in enumerate(runs):
         color = colors[i % len(colors)]
@@ -78,19 +87,20 @@ def main(argv: list[str] | None = None) -> None:
             ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name, color=color)
         images, vals, _ = _curve(doc, path.parent.parent)
         ax_v.plot(images, vals, "o-", label=name, color=color)
+        plotted.append(name)
     ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",
              yscale="log")  # fmt: skip
     ax_l.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
     ax_v.set(xlabel="training images seen", ylabel="validation accuracy", xscale="log")
     ax_v.legend(
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + len(runs) // 20
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + len(plotted) // 20
     )  # one column holds about 20 names at this height
     ax_l.grid(alpha=0.3)
     ax_v.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110, bbox_inches="tight")  # the legend lies outside the axes
-    print(f"wrote {a.out} ({len(runs)} runs)")
-    print(table(runs))
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the legend lies outside the axes
+    plt.close(fig)
+    return plotted
 
 
 def table(runs: list[Path]) -> str:

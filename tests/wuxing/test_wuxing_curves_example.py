@@ -58,5 +58,8 @@ def test_an_average_of_runs_is_listed_and_does_not_break_the_plot(
                "train_samples_seen": 64}  # fmt: skip
     (tmp_path / trained["name"]).mkdir()
     (tmp_path / trained["name"] / "model.json").write_text(json.dumps(trained))
-    curves.main([str(tmp_path), "--out", str(tmp_path / "c.png")])
+    runs = sorted(tmp_path.glob("*/model.json"))
+    assert curves.plot(runs, tmp_path / "c.png") == ["model1-p"]  # the average is left out
     assert (tmp_path / "c.png").stat().st_size > 0
+    curves.main([str(tmp_path), "--out", str(tmp_path / "d.png")])
+    assert (tmp_path / "d.png").stat().st_size > 0
