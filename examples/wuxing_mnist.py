@@ -11,10 +11,11 @@ a GPU does in seconds) can run on different machines:
 ``train`` holds out the last 6,000 training images for validation (the epoch kept is chosen on
 it, scored on the steady state) and never reads the test set. It writes ``model.safetensors``
 (coefficients and per-neuron K), ``model.json`` (wiring, settings, training history) and a
-checkpoint after every epoch. ``validate`` scores trained runs on the validation split (on the
-time simulation or the steady state; appended to ``validation.json``), for choices between
-runs. ``average`` writes a run whose coefficients are the mean of those of several runs of one
-network (fine-tuned from a common ancestor). ``score`` reads the test set once and writes
+checkpoint after every epoch (left only by a run that did not end normally). ``validate``
+scores trained runs on the validation split (on the time simulation or the steady state;
+appended to ``validation.json``), for choices between runs. ``average`` writes a run whose
+coefficients are the mean of those of several runs of one network (fine-tuned from a common
+ancestor). ``score`` reads the test set once and writes
 ``metrics.json`` with ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the
 steady-state twin), their gap and the agreement of the two predictions.
 """
@@ -257,6 +258,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         },  # fmt: skip
     }
     (out / "model.json").write_text(json.dumps(doc, indent=1))
+    (out / "checkpoint.safetensors").unlink(missing_ok=True)  # model.* now hold the run
     print(json.dumps({"name": a.name, "val": list(res.val_accuracy), "s": res.seconds}))
 
 

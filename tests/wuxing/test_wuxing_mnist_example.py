@@ -29,6 +29,9 @@ def test_twin_train_and_score_write_a_reloadable_run(
     script.main(["train", "--name", "run-m2", "--method", "method2", "--twin", str(twin),
                  "--eta", "3", *common])  # fmt: skip
     runs = [str(tmp_path / "run-twin"), str(tmp_path / "run-m2")]
+    # a run that ended normally keeps its model, not the per-epoch checkpoint
+    assert all((Path(r) / "model.safetensors").exists() for r in runs)
+    assert not any((Path(r) / "checkpoint.safetensors").exists() for r in runs)
     score = ["--data-dir", str(mnist_dir), "--n-test", "20", "--T", "4", "--dt", "0.2",
              "--device", "cpu"]  # fmt: skip
     script.main(["score", *runs, "--modes", "surrogate", *score])
