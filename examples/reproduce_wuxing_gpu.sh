@@ -60,28 +60,44 @@ run model2 wuxing-model2-method2 --model MODEL2 --method method2 --eta 3 --twin 
 run bptt wuxing-model1-bptt --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
 wait
 
-# keep the candidate with the best validation accuracy under the run's name (the test set is
-# not read); the others stay beside it, unscored
-python - "$out" wuxing-model1-method2 wuxing-model1-method2-operating <<'PY'
+keep() {  # keep NAME START CANDIDATE...: the candidate run with the best validation accuracy
+    # (time simulation) is copied to NAME, with the choice recorded; START, unless "-", is the
+    # run the candidates continue, and one of them must validate better than it (its last
+    # validate result). The test set is not read.
+    python - "$out" "$@" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
-for name in sys.argv[2:]:
-    cands = sorted(out.glob(f"{name}-eta*/model.json"))
-    docs = {p.parent: json.loads(p.read_text()) for p in cands}
-    if not docs:
-        continue
-    best = max(docs, key=lambda p: max(docs[p]["val_accuracy_time"], default=-1.0))
-    doc = docs[best]
-    doc["selection"] = {p.name: max(d["val_accuracy_time"], default=None) for p, d in docs.items()}
-    doc["selection_rule"] = "best validation accuracy (time simulation) among the candidates"
-    doc["name"] = name
-    shutil.rmtree(out / name, ignore_errors=True)
-    shutil.copytree(best, out / name)
-    (out / name / "model.json").write_text(json.dumps(doc, indent=1))
-    print(f"{name}: kept {best.name}", doc["selection"])
+out, name, start, *cands = sys.argv[1:]
+out = Path(out)
+vals = {c: max(json.loads((out / c / "model.json").read_text())["val_accuracy_time"],
+               default=-1.0) for c in cands}
+best = max(vals, key=vals.get)
+rule = "best validation accuracy (time simulation) among the candidates"
+if start != "-":
+    start_acc = json.loads((out / start / "validation.json").read_text())[-1]["accuracy"]
+    if vals[best] <= start_acc:
+        sys.exit(f"{name}: no candidate beats {start} on validation ({vals}); nothing kept")
+    vals[f"{start} (the start)"] = start_acc
+    rule += " and the run they start from"
+doc = json.loads((out / best / "model.json").read_text())
+doc.update(name=name, trained_as=best, selection=vals, selection_rule=rule)
+shutil.rmtree(out / name, ignore_errors=True)
+shutil.copytree(out / best, out / name)
+(out / name / "model.json").write_text(json.dumps(doc, indent=1))
+print(f"{name}: kept {best}", doc["selection"])
 PY
+}
+
+# method 2's step: keep the candidate with the best validation accuracy under the run's name;
+# the others stay beside it, unscored
+for name in wuxing-model1-method2 wuxing-model1-method2-operating; do
+    cands=()
+    for f in "$out/$name"-eta*/model.json; do
+        [[ -f $f ]] && cands+=("$(basename "$(dirname "$f")")")
+    done
+    ((${#cands[@]})) && keep "$name" - "${cands[@]}"
+done
 
 # shellcheck disable=SC2206
 score=(--data-dir "$data" --device "$device" --readout final --dt 0.1 --batch-size 2500
@@ -109,28 +125,6 @@ fi
 bptt_stage=(--method bptt --T 60 --dt 0.1 --lr 0.0003 --batch-size 256 --n-val 3000
             --val-mode time --threads 2 --log-every 10 --device "$device" --data-dir "$data"
             --out "$out" "${extra[@]}")
-keep() {  # keep NAME START CANDIDATE...: the best on validation under NAME, if it beats START
-    python - "$out" "$@" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-
-out, name, start, *cands = sys.argv[1:]
-start_acc = json.loads((out := Path(out)).joinpath(start, "validation.json").read_text())[-1]
-vals = {c: max(json.loads((out / c / "model.json").read_text())["val_accuracy_time"])
-        for c in cands}
-best = max(vals, key=vals.get)
-if vals[best] <= start_acc["accuracy"]:
-    sys.exit(f"{name}: no candidate beats {start} on validation ({vals}); nothing kept")
-doc = json.loads((out / best / "model.json").read_text())
-doc.update(name=name, trained_as=best, selection={**vals, f"{start} (the start)":
-           start_acc["accuracy"]}, selection_rule="best validation accuracy (time simulation) "
-           "among the candidates and the run they start from")
-shutil.rmtree(out / name, ignore_errors=True)
-shutil.copytree(out / best, out / name)
-(out / name / "model.json").write_text(json.dumps(doc, indent=1))
-print(f"{name}: kept {best}", doc["selection"])
-PY
-}
 if [[ $runs == *" adders-bptt3 "* ]]; then
     start=wuxing-model1-adders-bptt2
     for c in "a" "b --compile"; do
