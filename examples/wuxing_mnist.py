@@ -15,9 +15,9 @@ checkpoint after every epoch (left only by a run that did not end normally). ``v
 scores trained runs on the validation split (on the time simulation or the steady state;
 appended to ``validation.json``), for choices between runs. ``average`` writes a run whose
 coefficients are the mean of those of several runs of one network (fine-tuned from a common
-ancestor). ``score`` reads the test set once and writes
-``metrics.json`` with ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the
-steady-state twin), their gap and the agreement of the two predictions.
+ancestor). ``score`` reads the test set once and writes ``metrics.json`` with
+``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the steady-state twin), their
+gap and the agreement of the two predictions.
 """
 
 from __future__ import annotations
