@@ -48,7 +48,9 @@ done
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt2" \
     "$out/wuxing-model1-twin-bptt3-a" "$out/wuxing-model1-twin-bptt3-b" --data-dir "$data" \
     --mode time --T 40 --dt 0.1 --n-val 3000 --compile --threads 1
-cp -r "$out/wuxing-model1-twin-bptt3-a/." "$out/wuxing-model1-twin-bptt3"
+python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt3-a" \
+    "$out/wuxing-model1-twin-bptt3-b" --start "$out/wuxing-model1-twin-bptt2" --by validate \
+    --name wuxing-model1-twin-bptt3 --out "$out"
 # adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
 python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
     --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \

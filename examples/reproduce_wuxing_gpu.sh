@@ -60,33 +60,14 @@ run model2 wuxing-model2-method2 --model MODEL2 --method method2 --eta 3 --twin 
 run bptt wuxing-model1-bptt --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
 wait
 
-keep() {  # keep NAME START CANDIDATE...: the candidate run with the best validation accuracy
-    # (time simulation) is copied to NAME, with the choice recorded; START, unless "-", is the
-    # run the candidates continue, and one of them must validate better than it (its last
-    # validate result). The test set is not read.
-    python - "$out" "$@" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-
-out, name, start, *cands = sys.argv[1:]
-out = Path(out)
-vals = {c: max(json.loads((out / c / "model.json").read_text())["val_accuracy_time"],
-               default=-1.0) for c in cands}
-best = max(vals, key=vals.get)
-rule = "best validation accuracy (time simulation) among the candidates"
-if start != "-":
-    start_acc = json.loads((out / start / "validation.json").read_text())[-1]["accuracy"]
-    if vals[best] <= start_acc:
-        sys.exit(f"{name}: no candidate beats {start} on validation ({vals}); nothing kept")
-    vals[f"{start} (the start)"] = start_acc
-    rule += " and the run they start from"
-doc = json.loads((out / best / "model.json").read_text())
-doc.update(name=name, trained_as=best, selection=vals, selection_rule=rule)
-shutil.rmtree(out / name, ignore_errors=True)
-shutil.copytree(out / best, out / name)
-(out / name / "model.json").write_text(json.dumps(doc, indent=1))
-print(f"{name}: kept {best}", doc["selection"])
-PY
+keep() {  # keep NAME START|- CANDIDATE...: the candidate (in $out) that validates best during
+    # training is copied to NAME, with the choice recorded; START, unless "-", is the run the
+    # candidates continue, and one must validate better than its last `validate` result
+    local name=$1 start=$2
+    shift 2
+    local from=()
+    [[ $start == - ]] || from=(--start "$out/$start")
+    python examples/wuxing_mnist.py keep "${@/#/$out/}" --name "$name" --out "$out" "${from[@]}"
 }
 
 # method 2's step: keep the candidate with the best validation accuracy under the run's name;

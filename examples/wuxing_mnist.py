@@ -15,7 +15,8 @@ checkpoint after every epoch (left only by a run that did not end normally). ``v
 scores trained runs on the validation split (on the time simulation or the steady state;
 appended to ``validation.json``), for choices between runs. ``average`` writes a run whose
 coefficients are the mean of those of several runs of one network (fine-tuned from a common
-ancestor). ``score`` reads the test set once and writes ``metrics.json`` with
+ancestor). ``keep`` copies the candidate run that validates best to a new name, with the
+choice recorded. ``score`` reads the test set once and writes ``metrics.json`` with
 ``accuracy.device`` (the time simulation), ``accuracy.surrogate`` (the steady-state twin), their
 gap and the agreement of the two predictions.
 """
@@ -26,6 +27,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -318,6 +320,62 @@ def cmd_average(a: argparse.Namespace) -> None:
     print(json.dumps({"name": a.name, "averaged": [d["name"] for d in docs]}))
 
 
+def _val_result(run: Path, by: str) -> dict[str, Any]:
+    """A run's validation accuracy and the settings it was measured with: the best epoch of its
+    in-training validation (``by="training"``, time simulation only) or its last ``validate``
+    result (``by="validate"``)."""
+    if by == "validate":
+        path = run / "validation.json"
+        if not path.exists():
+            raise SystemExit(f"{run}: no validation.json (run `validate` on it first)")
+        last = json.loads(path.read_text())[-1]
+        return {k: last[k] for k in ("accuracy", "mode", "T", "dt", "readout", "n_val")}
+    doc = json.loads((run / "model.json").read_text())
+    if not doc.get("val_accuracy_time"):
+        raise SystemExit(f"{run}: not validated on the time simulation while training "
+                         "(train with --val-mode time, or keep --by validate)")  # fmt: skip
+    tc = doc["train_config"]
+    return {"accuracy": max(doc["val_accuracy_time"]), "mode": "time", "T": tc["T"],
+            "dt": tc["dt"], "readout": tc["readout"], "n_val": doc["args"]["n_val"]}  # fmt: skip
+
+
+def cmd_keep(a: argparse.Namespace) -> None:
+    """Copy the candidate run with the best validation accuracy to ``--out/--name``, with the
+    choice recorded in its model.json (``trained_as``, ``selection``, ``selection_rule``). With
+    ``--start`` (the run the candidates continue; its last ``validate`` result) a candidate must
+    validate better than it, or nothing is kept. All are compared on the same validation
+    settings. The test set is not read."""
+    cands = [Path(r) for r in a.runs]
+    results = {c.name: _val_result(c, a.by) for c in cands}
+    if a.start:
+        results[f"{Path(a.start).name} (the start)"] = _val_result(Path(a.start), "validate")
+    settings = {
+        k: {key: v for key, v in r.items() if key != "accuracy"} for k, r in results.items()
+    }
+    if len({json.dumps(s, sort_keys=True) for s in settings.values()}) > 1:
+        raise SystemExit(f"keep: validated on different settings, not comparable: {settings}")
+    vals = {k: r["accuracy"] for k, r in results.items()}
+    best = max(cands, key=lambda c: vals[c.name])
+    s = next(iter(settings.values()))
+    mode = {"time": "time simulation", "steady": "steady state"}[s["mode"]]
+    rule = (f"best validation accuracy ({mode}, T = {s['T']:g}, dt = {s['dt']:g}, "
+            f"{s['n_val']:,} images) among the candidates")  # fmt: skip
+    if a.start:
+        if vals[best.name] <= vals[f"{Path(a.start).name} (the start)"]:
+            raise SystemExit(f"{a.name}: no candidate beats {a.start} on validation ({vals}); "
+                             "nothing kept")  # fmt: skip
+        rule += " and the run they start from"
+    out = Path(a.out) / a.name
+    if out.resolve() in {c.resolve() for c in cands}:
+        raise SystemExit(f"keep: --name {a.name} is one of the candidates")
+    doc = json.loads((best / "model.json").read_text())
+    doc.update(name=a.name, trained_as=best.name, selection=vals, selection_rule=rule)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(best, out)
+    (out / "model.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps({"name": a.name, "kept": best.name, "selection": vals}), flush=True)
+
+
 def _device(name: str) -> str:
     return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -514,6 +572,23 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--name", required=True)
     g.add_argument("--out", default="docs/results")
     g.set_defaults(func=cmd_average)
+    k = sub.add_parser("keep", help="copy the candidate run that validates best to a new name")
+    k.add_argument("runs", nargs="+", help="candidate run folders")
+    k.add_argument("--name", required=True)
+    k.add_argument("--out", default="docs/results")
+    k.add_argument(
+        "--start",
+        default=None,
+        help="the run the candidates continue: one must validate better than it",
+    )
+    k.add_argument(
+        "--by",
+        default="training",
+        choices=["training", "validate"],
+        help="training: each run's in-training validation (--val-mode time); "
+        "validate: each run's last `validate` result",
+    )
+    k.set_defaults(func=cmd_keep)
     a = p.parse_args(argv)
     if getattr(a, "epochs", 1) < 1 or not math.isfinite(getattr(a, "eta", 1.0)):
         p.error("--epochs must be >= 1")

@@ -146,3 +146,53 @@ def test_average_writes_one_run_with_the_mean_coefficients(
         script.main(["average", str(a), str(other_wiring), "--name", "x", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="at least two"):
         script.main(["average", str(a), "--name", "x", "--out", str(tmp_path)])
+
+
+def _validated(run: Path, acc: float, n_val: int = 3000, in_training: float | None = None) -> Path:
+    """``run`` with a ``validate`` result and, optionally, an in-training (time) validation."""
+    entry = {"accuracy": acc, "mode": "time", "T": 40.0, "dt": 0.1, "readout": "final",
+             "n_val": n_val}  # fmt: skip
+    (run / "validation.json").write_text(json.dumps([{**entry, "accuracy": 0.0}, entry]))
+    doc = json.loads((run / "model.json").read_text())
+    doc["train_config"].update(dt=0.1, readout="final")
+    doc["args"]["n_val"] = n_val
+    if in_training is not None:
+        doc["val_accuracy_time"] = [in_training - 0.01, in_training]
+    (run / "model.json").write_text(json.dumps(doc))
+    return run
+
+
+def test_keep_copies_the_candidate_that_validates_best(script: ModuleType, tmp_path: Path) -> None:
+    start = _validated(_fake_run(tmp_path / "start", "start", [0.0]), 0.80)
+    a = _validated(_fake_run(tmp_path / "a", "a", [1.0]), 0.82, in_training=0.90)
+    b = _validated(_fake_run(tmp_path / "b", "b", [2.0]), 0.85, in_training=0.70)
+    out = ["--out", str(tmp_path)]
+    # the last `validate` result of each (b), against the start
+    script.main(["keep", str(a), str(b), "--name", "kept", "--start", str(start), "--by",
+                 "validate", *out])  # fmt: skip
+    doc = json.loads((tmp_path / "kept" / "model.json").read_text())
+    assert doc["name"] == "kept" and doc["trained_as"] == "b" and doc["command"] == "train b"
+    assert doc["selection"] == {"a": 0.82, "b": 0.85, "start (the start)": 0.80}
+    assert "3,000 images" in doc["selection_rule"] and "start from" in doc["selection_rule"]
+    assert (tmp_path / "kept" / "model.safetensors").read_bytes() == (
+        b / "model.safetensors"
+    ).read_bytes()
+    # the best epoch of the in-training validation (a); the earlier copy is replaced
+    script.main(["keep", str(a), str(b), "--name", "kept", *out])
+    doc = json.loads((tmp_path / "kept" / "model.json").read_text())
+    assert doc["trained_as"] == "a" and doc["selection"] == {"a": 0.90, "b": 0.70}
+    # nothing kept when no candidate beats the start
+    with pytest.raises(SystemExit, match="no candidate beats"):
+        script.main(["keep", str(a), "--name", "k2", "--start", str(b), "--by", "validate", *out])
+    assert not (tmp_path / "k2").exists()
+    # like is compared with like only
+    c = _validated(_fake_run(tmp_path / "c", "c", [3.0]), 0.99, n_val=1000)
+    with pytest.raises(SystemExit, match="not comparable"):
+        script.main(["keep", str(a), str(c), "--name", "k3", "--by", "validate", *out])
+    with pytest.raises(SystemExit, match="no validation.json"):
+        script.main(["keep", str(a), str(tmp_path / "kept"), "--name", "k4", "--by", "validate",
+                     "--start", str(_fake_run(tmp_path / "s", "s", [0.0])), *out])  # fmt: skip
+    with pytest.raises(SystemExit, match="val-mode time"):
+        script.main(["keep", str(start), "--name", "k5", *out])
+    with pytest.raises(SystemExit, match="one of the candidates"):
+        script.main(["keep", str(a), str(b), "--name", "a", *out])
