@@ -35,14 +35,18 @@ def _images(doc: dict) -> list[int]:
 
 def _stages(doc: dict, results: Path) -> list[dict]:
     """A run and every stage it continued from, earliest first: the stage's run in ``results``
-    (found by name) where it is there, else the summary the later run's model.json keeps."""
+    (found by name) where it is there, else the summary the later run's model.json keeps
+    (its images count the whole chain below it, so that chain's images are subtracted)."""
     init = doc.get("init")
     if not init:
         return [doc]
     parent = results / init["name"] / "model.json"
     if parent.exists() and init["name"] != doc["name"]:  # a run may continue its namesake
         return [*_stages(json.loads(parent.read_text()), results), doc]
-    return [init, doc]
+    below = init.get("init") or {}  # absent in summaries kept before chains were
+    own = {**init, "train_samples_seen": init["train_samples_seen"]
+           - below.get("train_samples_seen", 0)}  # fmt: skip
+    return [*_stages(own, results), doc]
 
 
 def _curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:

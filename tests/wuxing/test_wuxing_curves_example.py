@@ -42,6 +42,20 @@ def test_a_run_that_continues_its_namesake_uses_the_kept_summary(
     assert curves._curve(doc, tmp_path) == ([50, 60], [0.4, 0.8], 60)
 
 
+def test_a_chain_kept_only_as_summaries_counts_each_stage_once(
+    example: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    curves = example("wuxing_curves")
+    # as train keeps them: each summary's images count the chain below it (50, then 50 + 20)
+    s1 = {"name": "s1", "train_samples_seen": 50, "init": None,
+          "history": [{"epoch": 1, "images": 50, "val_accuracy_steady": 0.4}]}  # fmt: skip
+    s2 = {"name": "s2", "train_samples_seen": 70, "init": s1,
+          "history": [{"epoch": 1, "images": 20, "val_accuracy_time": 0.6}]}  # fmt: skip
+    doc = {"name": "s3", "args": {}, "train_samples_seen": 10, "init": s2,
+           "history": [{"epoch": 1, "images": 10, "val_accuracy_time": 0.8}]}  # fmt: skip
+    assert curves._curve(doc, tmp_path) == ([50, 70, 80], [0.4, 0.6, 0.8], 80)
+
+
 def test_an_average_of_runs_is_listed_and_does_not_break_the_plot(
     example: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:
