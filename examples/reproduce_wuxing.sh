@@ -51,6 +51,25 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt2" \
 python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt3-a" \
     "$out/wuxing-model1-twin-bptt3-b" --start "$out/wuxing-model1-twin-bptt2" --by validate \
     --name wuxing-model1-twin-bptt3 --out "$out"
+# a fourth stage from the third, two candidates side by side (one thread each, new shuffles):
+# a, lr 0.003 on the first 20,000 training images twice, the second pass on a cosine to zero
+# (validated on the device at dt = 0.2 after each pass); b, lr 0.003 constant over all of them
+# for the same time; kept as above (both trained, 40,000 and 43,328 images; not yet validated
+# at dt = 0.1, kept or scored)
+bptt4=(--init "$out/wuxing-model1-twin-bptt3" --method bptt --lr 0.003 --batch-size 32 --T 40
+       --dt 0.2 --compile --threads 1 --log-every 20 --data-dir "$data" --out "$out")
+python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt4-a "${bptt4[@]}" \
+    --schedule cosine --n-train 20000 --epochs 2 --n-val 1000 --val-mode time \
+    --time-limit 7000 --seed 4 &
+python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt4-b "${bptt4[@]}" \
+    --n-val 200 --time-limit 6300 --seed 5 &
+wait
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt4-a" \
+    "$out/wuxing-model1-twin-bptt4-b" --data-dir "$data" --mode time --T 40 --dt 0.1 \
+    --n-val 3000 --compile --threads 1
+python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt4-a" \
+    "$out/wuxing-model1-twin-bptt4-b" --start "$out/wuxing-model1-twin-bptt3" --by validate \
+    --name wuxing-model1-twin-bptt4 --out "$out"
 # adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
 python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
     --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
