@@ -122,7 +122,7 @@ def _method(a: argparse.Namespace) -> Method1 | Method2 | Mixed | Backprop:
         return Mixed(method1=m1, method2=m2, target=target, estimate=est)
     through = "time" if a.method == "bptt" else "steady"
     return Backprop(lr=a.lr, c_range=c_range, target=target, through=through,
-                    weight_decay=a.weight_decay)  # fmt: skip
+                    weight_decay=a.weight_decay, k_lr=a.k_lr)  # fmt: skip
 
 
 def _init_info(init: str | None) -> dict[str, Any] | None:
@@ -198,7 +198,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
 
     def save(tag: str) -> None:
-        save_file({"c": net.c.detach().cpu().contiguous(), "K": net.K.cpu().contiguous()},
+        save_file({"c": net.c.detach().cpu().contiguous(), "K": net.K.detach().cpu().contiguous()},
                   str(out / f"{tag}.safetensors"))  # fmt: skip
 
     def on_epoch(epoch: int, acc: float | None) -> None:
@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (bptt, twin)")
     t.add_argument("--weight-decay", type=float, default=0.0,
                    help="bptt, twin: decoupled weight decay of c (AdamW; 0: Adam)")  # fmt: skip
+    t.add_argument("--k-lr", type=float, default=0.0,
+                   help="bptt: Adam learning rate of the neurons' K parameters, trained with "
+                   "c (0: K fixed, the paper's network) [ours]")  # fmt: skip
     t.add_argument("--shift", type=int, default=0,
                    help="augment training images by random shifts of up to N pixels")  # fmt: skip
     t.add_argument("--beta", type=float, default=20.0)

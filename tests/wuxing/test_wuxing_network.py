@@ -21,6 +21,7 @@ from quasineuron.wuxing import (
     model_wiring,
     one_to_one_wiring,
     output_error,
+    train,
 )
 
 F64 = torch.float64
@@ -226,6 +227,77 @@ def test_bptt_gradient_matches_finite_differences_with_checkpointing():
     with torch.no_grad():
         fd = (net.simulate(x, coeffs=cp).score - net.simulate(x, coeffs=cm).score).sum() / (2 * eps)
     torch.testing.assert_close(g[k], fd, rtol=1e-6, atol=1e-10)
+
+
+def _jitter_K(net: WuxingNetwork, seed: int = 3) -> None:
+    """Give every neuron its own parameters (still K1 > K2, a stable rest state)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.K.mul_(1 + 0.1 * torch.randn(net.K.shape, generator=g, dtype=net.K.dtype))
+        net.K[0] = torch.maximum(net.K[0], net.K[1] + 0.05)
+        net.update_rest_states()
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_bptt_gradient_in_K_matches_finite_differences_through_the_rest_state(compile_):
+    """K moves each neuron's rest state, which the links measure from: the gradient sees it."""
+    net = toy(T=5.0, solver=Heun(dt=0.1, compile=compile_, unroll=5), checkpoint_every=10)
+    _jitter_K(net)
+    x = torch.tensor([[0.2, 0.1, 0.3], [0.5, 0.0, 0.4]], dtype=F64)
+    net.K.requires_grad_(True)
+    net.simulate(x).score.pow(2).sum().backward()
+    g = net.K.grad.clone()
+    net.K.requires_grad_(False)
+
+    def loss_at(K: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            net.K.copy_(K)
+            net.update_rest_states()
+            return net.simulate(x).score.pow(2).sum()
+
+    K0, eps = net.K.clone(), 1e-6
+    # input, hidden and output neurons, each of K1, K2, K3
+    for idx in [(0, 1, 2), (1, 3, 4), (2, 0, 5), (0, 4, 7), (2, 2, 0), (1, 0, 7)]:
+        kp, km = K0.clone(), K0.clone()
+        kp[idx] += eps
+        km[idx] -= eps
+        fd = (loss_at(kp) - loss_at(km)) / (2 * eps)
+        torch.testing.assert_close(g[idx], fd, rtol=1e-5, atol=1e-12)
+    loss_at(K0)
+
+
+def test_training_K_by_backprop_lowers_the_loss_and_keeps_every_rest_state_valid():
+    coding = TargetCoding(kind="onehot", amplitude=0.5)
+    x = torch.tensor([[0.3, 0.2, 0.4], [0.1, 0.5, 0.0]], dtype=F64)
+    y = torch.zeros(2, dtype=torch.long)
+    net = toy(T=10.0, solver=Heun(dt=0.2), checkpoint_every=10)
+    K0 = net.K.clone()
+    c_only = Backprop(lr=1e-9, target=coding)  # c all but frozen: any progress is K's
+    before = train(net, x, y, method=c_only, epochs=1, batch_size=2).steps[0].loss
+    m = Backprop(lr=1e-9, k_lr=0.05, target=coding, K_range=(0.3, 2.0), margin=0.1)
+    res = train(net, x, y, method=m, epochs=8, batch_size=2)
+    assert res.steps[-1].loss < 0.7 * before
+    assert not net.K.requires_grad and net.K.grad is None  # left as it was found
+    assert (net.K - K0).abs().amax() > 0.05
+    assert net.K.min() >= 0.3 and net.K.max() <= 2.0
+    assert (net.K[0] - net.K[1]).min() >= 0.1 - 1e-12
+    rest = net.rest.clone()
+    net.update_rest_states()  # the stored rest states are those of the trained K
+    torch.testing.assert_close(net.rest, rest)
+
+
+def test_training_K_needs_the_taped_time_simulation():
+    with pytest.raises(ValueError, match="through must be 'time'"):
+        Backprop(k_lr=0.01, through="steady")
+    with pytest.raises(ValueError, match="k_lr"):
+        Backprop(k_lr=-1.0)
+    with pytest.raises(ValueError, match="K_range"):
+        Backprop(K_range=(0.0, 1.0))
+    net = toy(T=1.0, solver=Heun(dt=0.1), adjoint=True)
+    x, y = torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=torch.long)
+    with pytest.raises(ValueError, match="adjoint"):
+        train(net, x, y, method=Backprop(k_lr=0.01), epochs=1)
+    assert not net.K.requires_grad
 
 
 def _bptt_grad(net: WuxingNetwork, x: torch.Tensor) -> torch.Tensor:

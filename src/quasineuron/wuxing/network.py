@@ -310,14 +310,18 @@ class WuxingNetwork(torch.nn.Module):
         cc = c[:, None] if c.ndim == 1 else c.T
         return drive.index_add(0, to, D.index_select(0, frm) * cc)
 
-    def _f(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        u = self._link(drive, self.dst, self.src, c, E - self.rest.to(E.dtype))
+    def _f(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor,
+           rest: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        rest = self.rest if rest is None else rest  # links carry D = E − rest
+        u = self._link(drive, self.dst, self.src, c, E - rest.to(E.dtype))
         k = self.K.to(E.dtype)[..., None]  # (3, 5, N, 1): one row of parameters per neuron
         rhs = wuxing_rhs(k[0], k[1], k[2], input_elements=range(N_ELEMENTS), layout="rows")
         return torch.cat(rhs(None, E.chunk(5), u.chunk(5)))
 
-    def _f_rev(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        u = self._link(drive, self.src, self.dst, c, E - self.rest_rev.to(E.dtype))
+    def _f_rev(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor,
+               rest: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        rest = self.rest_rev if rest is None else rest
+        u = self._link(drive, self.src, self.dst, c, E - rest.to(E.dtype))
         e, v = E.chunk(5), u.chunk(5)
         m = _MIRROR  # mirrored ring: element j of the mirror is element -j
         k = self.K.to(E.dtype)[..., None]
@@ -421,6 +425,25 @@ class WuxingNetwork(torch.nn.Module):
         self.rest = fwd[0].T.reshape(-1, 1).contiguous()
         self.rest_rev = rev[0].T.reshape(-1, 1).contiguous()
 
+    def _rest(self, *, reverse: bool) -> torch.Tensor:
+        """Rest state rows (n_slots, 1), internal layout; differentiable in :attr:`K`.
+
+        The stored rest state, or, while ``K`` requires grad (backprop that trains the
+        neurons' parameters), the same state re-solved from it by Newton with
+        implicit-function gradients: a change of ``K`` moves the rest state the links
+        measure from, and the gradient must see it.
+        """
+        stored = self.rest_rev if reverse else self.rest
+        if not (torch.is_grad_enabled() and self.K.requires_grad):
+            return stored
+        n = self._n
+        start = stored[:, 0].reshape(5, n).T  # (neuron, element)
+        E, ok = self._steady_neurons(slice(None), self.K.new_zeros(1, n, 5), start,
+                                     reverse=reverse)  # fmt: skip
+        if not bool(ok.all()):  # cannot happen for K that passed update_rest_states
+            raise RuntimeError("the rest state of some neuron could not be re-solved")
+        return E[0].T.reshape(-1, 1)
+
     def rest_state(self) -> torch.Tensor:
         """Forward rest state of every slot, shape (n_slots,), wiring numbering."""
         return self.rest[self.to_internal, 0]
@@ -469,7 +492,7 @@ class WuxingNetwork(torch.nn.Module):
         h = cfg.T / cfg.n_steps
 
         def g(t: float, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            return (f(p[0], drive, c), p[0] - rest)  # autonomous: t is unused
+            return (f(p[0], drive, c, rest), p[0] - rest)  # autonomous: t is unused
 
         peak = E.new_zeros(E.shape[1])
         hit = torch.zeros(E.shape[1], dtype=torch.bool, device=E.device)
@@ -561,7 +584,8 @@ class WuxingNetwork(torch.nn.Module):
             E = y[0]
             # a sample past the bound stops evolving (and stays flagged): NaN compares False
             live = E.abs().amax(0) < bound
-            return torch.where(live, f(E, drive, c), 0.0), torch.where(live, E - rest, 0.0)
+            return (torch.where(live, f(E, drive, c, rest), 0.0),
+                    torch.where(live, E - rest, 0.0))  # fmt: skip
 
         h = cfg.T / n_steps
 
@@ -602,7 +626,8 @@ class WuxingNetwork(torch.nn.Module):
     def simulate(self, x: torch.Tensor, *, coeffs: torch.Tensor | None = None) -> SimulationResult:
         """Run the forward network from rest with constant pixel drives.
 
-        Differentiable with respect to ``c`` (backprop through time).
+        Differentiable with respect to ``c`` (backprop through time), and to :attr:`K` when
+        it requires grad (through the neurons and their rest states, see :meth:`_rest`).
 
         Args:
             x: Pixels, shape (batch, n_in); the state takes its dtype and torch device.
@@ -618,7 +643,7 @@ class WuxingNetwork(torch.nn.Module):
         """
         self._check_x(x)
         c = self._coeffs(coeffs, x)
-        rest = self.rest.to(x.dtype)
+        rest = self._rest(reverse=False).to(x.dtype)
         drive = x.new_zeros(self.n_slots, x.shape[0])
         drive = drive.index_add(0, self.input_slots, self.config.input_scale * x.T)
         E0 = rest.expand(-1, x.shape[0]).contiguous()
@@ -650,7 +675,7 @@ class WuxingNetwork(torch.nn.Module):
                 f"error must have shape (batch, n_out={self.n_out}), got {tuple(error.shape)}"
             )
         c = self._coeffs(coeffs, error)
-        rest = self.rest_rev.to(error.dtype)
+        rest = self._rest(reverse=True).to(error.dtype)
         drive = error.new_zeros(self.n_slots, error.shape[0])
         drive = drive.index_add(0, self.output_slots, error.T)
         E0 = rest.expand(-1, error.shape[0]).contiguous()

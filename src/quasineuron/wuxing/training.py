@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -279,6 +279,15 @@ class Backprop:
             simulation afterwards.
         weight_decay: Decoupled weight decay of ``c`` (AdamW, Loshchilov & Hutter, ICLR
             2019): each step shrinks ``c`` by ``lr · weight_decay · c``; 0 is plain Adam.
+        k_lr: Adam learning rate of the neurons' parameters :attr:`~WuxingNetwork.K`
+            [ours]: 0 (default) leaves them as they are, the paper's network for methods
+            other than method 1; > 0 trains them with ``c`` (``through="time"``, not with
+            the adjoint), the gradient passing through each neuron's rest state. After each
+            step ``K`` is clipped to ``K_range`` with ``K1 ≥ K2 + margin``, as in
+            :class:`Method1`; a step that costs a neuron its stable rest state is undone for
+            ``K`` (``c`` keeps its step).
+        K_range: Every K stays in this range (with ``k_lr > 0``).
+        margin: Minimum ``K1 − K2`` of every element (with ``k_lr > 0``).
     """
 
     lr: float = 0.02
@@ -286,6 +295,9 @@ class Backprop:
     target: TargetCoding = field(default_factory=TargetCoding)
     through: Literal["time", "steady"] = "time"
     weight_decay: float = 0.0
+    k_lr: float = 0.0
+    K_range: tuple[float, float] = (0.05, 5.0)
+    margin: float = 0.05
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -297,6 +309,16 @@ class Backprop:
         _check_range(self.c_range, "Backprop")
         if self.through not in ("time", "steady"):
             raise ValueError(f"Backprop.through must be 'time' or 'steady', got {self.through!r}")
+        if not (math.isfinite(self.k_lr) and self.k_lr >= 0):
+            raise ValueError(f"Backprop.k_lr must be a finite number >= 0, got {self.k_lr!r}")
+        if self.k_lr > 0 and self.through != "time":
+            raise ValueError("Backprop.k_lr > 0 trains K through the time simulation: "
+                             "through must be 'time'")  # fmt: skip
+        lo, hi = self.K_range
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise ValueError(f"Backprop.K_range must be (lo, hi), 0 < lo < hi, got {self.K_range}")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"Backprop.margin must be a finite number > 0, got {self.margin!r}")
 
 
 @dataclass(frozen=True)
@@ -579,10 +601,16 @@ def bptt_step(
         x: Pixels, shape (batch, n_in).
         y: Labels, shape (batch,).
         method: Settings.
-        optimizer: Optimiser over ``net.c`` (e.g. ``torch.optim.Adam([net.c], lr)``).
+        optimizer: Optimiser over ``net.c`` (e.g. ``torch.optim.Adam([net.c], lr)``), and
+            over ``net.K`` (which then requires grad) to train the neurons' parameters too
+            (see :attr:`Backprop.k_lr`; :func:`train` sets this up).
         neuron: With ``through="steady"``: a neuron twin used instead of the Newton solves.
     """
     old = net.c.detach().clone()
+    old_K = net.K.detach().clone()
+    train_k = net.K.requires_grad
+    if train_k and (method.through != "time" or net.config.adjoint):
+        raise ValueError("K is trained through the time simulation without the adjoint")
     with torch.enable_grad():
         if method.through == "time":
             res = net.simulate(x)
@@ -597,14 +625,32 @@ def bptt_step(
             optimizer.step()
     with torch.no_grad():
         net.c.clamp_(*method.c_range)
+        if train_k:
+            _project_K(net, method, old_K)
         acc = (score.argmax(1) == y).double().mean()
         return StepReport(
             loss=float(loss.detach()),
             accuracy=float(acc),
             n_diverged=int((~ok).sum()),
             n_clipped=int(clipped.sum()),
-            update_norm=float((net.c - old).norm()),
+            update_norm=float((net.c - old).norm()) + float((net.K - old_K).norm()),
         )
+
+
+def _project_K(net: WuxingNetwork, method: Backprop, old: torch.Tensor) -> None:
+    """Keep a gradient step of ``K`` valid, then store the new rest states.
+
+    The range, ``K1 ≥ K2 + margin`` and a stable rest state of every neuron; a step that
+    costs some neuron its rest state sends ``K`` back to ``old``.
+    """
+    K = net.K.clamp(*method.K_range)
+    K[0] = torch.maximum(K[0], K[1] + method.margin)
+    net.K.copy_(K)
+    try:
+        net.update_rest_states()
+    except ValueError:
+        net.K.copy_(old)
+        net.update_rest_states()
 
 
 def predict(
@@ -759,13 +805,51 @@ def train(
         )
     if schedule is not None and not isinstance(schedule, Cosine):
         raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
+    opt: torch.optim.Optimizer | None = None
+    base_lr: list[float] = []
+    if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
+        groups: list[dict[str, Any]] = [{"params": [net.c]}]
+        base_lr.append(method.lr)
+        if method.k_lr > 0:
+            if net.config.adjoint:
+                raise ValueError("Backprop.k_lr > 0 needs the checkpointed BPTT, not the adjoint")
+            net.K.requires_grad_(True)
+            groups.append({"params": [net.K], "lr": method.k_lr, "weight_decay": 0.0})
+            base_lr.append(method.k_lr)
+        opt = torch.optim.AdamW(groups, lr=method.lr, weight_decay=method.weight_decay)
+    try:
+        return _train_loop(net, x, y, method, epochs, batch_size, seed, val, val_mode,
+                           callback, epoch_callback, max_seconds, neuron, schedule, augment,
+                           opt, base_lr)  # fmt: skip
+    finally:
+        net.K.requires_grad_(False)
+        net.K.grad = None
+
+
+def _train_loop(
+    net: WuxingNetwork,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: Method,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    val_mode: Literal["time", "steady"],
+    callback: Callable[[int, StepReport], None] | None,
+    epoch_callback: Callable[[int, float | None], None] | None,
+    max_seconds: float | None,
+    neuron: NeuronTwin | None,
+    schedule: Cosine | None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    opt: torch.optim.Optimizer | None,
+    base_lr: list[float],
+) -> TrainResult:
+    """:func:`train`'s epochs, with its checked arguments and optimiser."""
     steps_per_epoch = math.ceil(x.shape[0] / batch_size)
     planned = epochs
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
-    opt: torch.optim.Optimizer | None = None
-    if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
-        opt = torch.optim.AdamW([net.c], lr=method.lr, weight_decay=method.weight_decay)
     reports: list[StepReport] = []
     val_acc: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -797,8 +881,8 @@ def train(
                 # as a fraction of the base step (kept > 0: η must stay positive)
                 f = max(schedule.lr_at(1.0, k, (planned - 1) * steps_per_epoch), 1e-6)
             if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = method.lr * f  # type: ignore[union-attr]
+                for group, lr in zip(opt.param_groups, base_lr, strict=True):
+                    group["lr"] = lr * f
             if isinstance(method, Method2):
                 step_method = method if f == 1.0 else replace(method, eta=method.eta * f)
                 rep, _ = method2_step(net, xb, yb, step_method, neuron, m2_state)
@@ -816,7 +900,7 @@ def train(
             acc = evaluate(net, val[0], val[1], mode=val_mode)
             val_acc.append(acc)
             if best is None or acc > best[0]:
-                state = {"c": net.c.detach().clone(), "K": net.K.clone()}
+                state = {"c": net.c.detach().clone(), "K": net.K.detach().clone()}
                 best = (acc, epoch, state)
         if epoch_callback is not None:
             epoch_callback(epoch, acc)
