@@ -286,6 +286,34 @@ def test_training_K_by_backprop_lowers_the_loss_and_keeps_every_rest_state_valid
     torch.testing.assert_close(net.rest, rest)
 
 
+def test_a_K_step_that_costs_a_rest_state_is_undone(monkeypatch):
+    from quasineuron.wuxing.training import _project_K
+
+    net = toy(T=1.0, solver=Heun(dt=0.1))
+    old, rest = net.K.clone(), net.rest.clone()
+    with torch.no_grad():
+        net.K.mul_(1.5)
+    real, calls = net.update_rest_states, []
+
+    def fail_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("no positive stable rest state")
+        real()
+
+    monkeypatch.setattr(net, "update_rest_states", fail_once)
+    with torch.no_grad():
+        _project_K(net, Backprop(k_lr=0.01), old)
+    torch.testing.assert_close(net.K, old)
+    torch.testing.assert_close(net.rest, rest)
+    with torch.no_grad():  # a valid step is kept, clipped to the range and the margin
+        net.K.copy_(old * 3.0)
+        net.K[1, 0, 0] = net.K[0, 0, 0]
+        _project_K(net, Backprop(k_lr=0.01, K_range=(0.1, 2.0), margin=0.2), old)
+    assert net.K.max() <= 2.0 and (net.K[0] - net.K[1]).min() >= 0.2 - 1e-12
+    assert not torch.equal(net.rest, rest)
+
+
 def test_training_K_needs_the_taped_time_simulation():
     with pytest.raises(ValueError, match="through must be 'time'"):
         Backprop(k_lr=0.01, through="steady")
@@ -293,6 +321,8 @@ def test_training_K_needs_the_taped_time_simulation():
         Backprop(k_lr=-1.0)
     with pytest.raises(ValueError, match="K_range"):
         Backprop(K_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="margin must be below"):
+        Backprop(K_range=(0.1, 0.2), margin=0.2)
     net = toy(T=1.0, solver=Heun(dt=0.1), adjoint=True)
     x, y = torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match="adjoint"):

@@ -114,6 +114,14 @@ def _check_reversal(reversal: str, estimate: str, label: str) -> None:
         raise ValueError(f"{label}reversal='operating' needs estimate='steady'")
 
 
+def _check_K_range(K_range: tuple[float, float], margin: float, label: str) -> None:
+    lo, hi = K_range
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"{label}.K_range must be (lo, hi), 0 < lo < hi, got {K_range}")
+    if margin >= hi - lo:
+        raise ValueError(f"{label}.margin must be below K_range's width {hi - lo}, got {margin}")
+
+
 def _check_range(c_range: tuple[float, float], label: str) -> None:
     lo, hi = c_range
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -226,9 +234,7 @@ class Method1:
             raise ValueError(f"Method1.eta_i must be a finite number >= 0, got {self.eta_i!r}")
         if not 0 <= self.leak < 1:
             raise ValueError(f"Method1.leak must be in [0, 1), got {self.leak!r}")
-        lo, hi = self.K_range
-        if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"Method1.K_range must be (lo, hi), 0 < lo < hi, got {self.K_range}")
+        _check_K_range(self.K_range, self.margin, "Method1")
         _check_estimate(self.estimate, "Method1")
 
 
@@ -314,11 +320,9 @@ class Backprop:
         if self.k_lr > 0 and self.through != "time":
             raise ValueError("Backprop.k_lr > 0 trains K through the time simulation: "
                              "through must be 'time'")  # fmt: skip
-        lo, hi = self.K_range
-        if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"Backprop.K_range must be (lo, hi), 0 < lo < hi, got {self.K_range}")
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"Backprop.margin must be a finite number > 0, got {self.margin!r}")
+        _check_K_range(self.K_range, self.margin, "Backprop")
 
 
 @dataclass(frozen=True)
@@ -489,6 +493,15 @@ def method1_signal(
     return g - w.unsqueeze(1) * a.unsqueeze(0)
 
 
+def _clip_K(K: torch.Tensor, K_range: tuple[float, float], margin: float) -> torch.Tensor:
+    """``K`` (3, 5, N) clipped to ``K_range`` with ``K1 ≥ K2 + margin`` (K2 lowered if need be)."""
+    lo, hi = K_range
+    K = K.clamp(lo, hi)
+    K[1] = K[1].clamp(max=hi - margin)
+    K[0] = torch.maximum(K[0], K[1] + margin)
+    return K
+
+
 def _apply_method1(
     net: WuxingNetwork, sig: Signals, method: Method1, scale: float, memory: torch.Tensor | None
 ) -> torch.Tensor:
@@ -501,9 +514,7 @@ def _apply_method1(
     delta = method.eta * G + method.eta_i * memory
     old = net.K.clone()
     for _ in range(5):  # a step that costs some neuron its stable rest state is halved
-        K = (old * (1.0 + delta)).clamp(*method.K_range)
-        K[0] = torch.maximum(K[0], K[1] + method.margin)
-        net.K.copy_(K)
+        net.K.copy_(_clip_K(old * (1.0 + delta), method.K_range, method.margin))
         try:
             net.update_rest_states()
             return memory
@@ -643,9 +654,7 @@ def _project_K(net: WuxingNetwork, method: Backprop, old: torch.Tensor) -> None:
     The range, ``K1 ≥ K2 + margin`` and a stable rest state of every neuron; a step that
     costs some neuron its rest state sends ``K`` back to ``old``.
     """
-    K = net.K.clamp(*method.K_range)
-    K[0] = torch.maximum(K[0], K[1] + method.margin)
-    net.K.copy_(K)
+    net.K.copy_(_clip_K(net.K, method.K_range, method.margin))
     try:
         net.update_rest_states()
     except ValueError:
