@@ -16,8 +16,9 @@
 # "twin adders method2 operating model2 bptt"), M2_ETAS and OP_ETAS (method 2's candidate steps,
 # paper and operating-point reversal; default "3 10" and "5 15"), EXTRA (more train arguments,
 # e.g. "--n-train 512 --n-val 100" for a smoke test), SCORE_EXTRA (more score arguments, e.g.
-# "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START and
-# M1_BUDGET (the MODEL1 BPTT stage at the end). The results in docs/results come from two
+# "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START,
+# M1_BUDGET and M1_KLR (the MODEL1 BPTT stage at the end; M1_KLR, default 0.0003, is the
+# Adam step of the neurons' K, trained with c; 0 keeps K fixed). The results in docs/results come from two
 # calls on one H100:
 #   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
 #   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
@@ -135,25 +136,25 @@ if [[ $runs == *" adders-bptt4 "* ]]; then
 fi
 
 # MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
-# MODEL1 network (M1_START, default wuxing-model1-twin-bptt4; RUNS=model1-bptt5, not in the
+# MODEL1 network (M1_START, default wuxing-model1-twin-bptt5k; RUNS=model1-bptt6, not in the
 # default RUNS). Prepared for the next GPU call and smoke-tested on the CPU only: two compiled
 # candidates side by side (batch 256, lr 0.003 and 0.006, cosine over the epochs that fit
 # M1_BUDGET seconds after the first), kept on validation against the run they start from (on
 # the same card), then the kept one is scored.
-if [[ $runs == *" model1-bptt5 "* ]]; then
-    start=${M1_START:-wuxing-model1-twin-bptt4}
+if [[ $runs == *" model1-bptt6 "* ]]; then
+    start=${M1_START:-wuxing-model1-twin-bptt5k}
     for c in "a 0.003" "b 0.006"; do
         set -- $c
         python examples/wuxing_mnist.py train --name "wuxing-model1-gpu-$1" --lr "$2" \
             --init "$out/$start" --time-limit "${M1_BUDGET:-420}" --epochs 200 --seed 5 \
             --schedule cosine --method bptt --T 40 --dt 0.1 --compile --batch-size 256 \
             --n-val "$nval" --val-mode time --threads 2 --log-every 20 --device "$device" \
-            --data-dir "$data" --out "$out" "${extra[@]}" &
+            --k-lr "${M1_KLR:-0.0003}" --data-dir "$data" --out "$out" "${extra[@]}" &
     done
     python examples/wuxing_mnist.py validate "$out/$start" --mode time --T 40 --dt 0.1 \
         --n-val "$nval" --device "$device" --threads 2 --compile --data-dir "$data"
     wait
-    keep wuxing-model1-bptt5 "$start" wuxing-model1-gpu-a wuxing-model1-gpu-b &&
-        python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt5" --modes time \
+    keep wuxing-model1-bptt6 "$start" wuxing-model1-gpu-a wuxing-model1-gpu-b &&
+        python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt6" --modes time \
             --T 40 --compile "${score[@]}"
 fi
