@@ -363,11 +363,12 @@ def test_compiled_time_step_equals_the_eager_one_forward_reversed_and_gradient()
     out = {}
     for solver in (Heun(dt=0.1), Heun(dt=0.1, compile=True, unroll=2)):
         net = toy(c_low=-1.0, T=1.0, solver=solver)  # 10 steps: 5 fused calls of 2
+        net.K.requires_grad_(True)  # the gradient in K too (Backprop(k_lr > 0))
         res = net.simulate(x)
         (res.score.square().sum() + res.integral.sum()).backward()
         rev = net.simulate_reversed(e)
         out[solver.compile] = (res.score.detach(), res.integral.detach(), net.c.grad.clone(),
-                               rev.integral, res.clipped)  # fmt: skip
+                               net.K.grad.clone(), rev.integral.detach(), res.clipped)  # fmt: skip
     for a, b in zip(out[False], out[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert net._compiled is not None and copy.deepcopy(net)._compiled is None
