@@ -14,6 +14,17 @@ out=${2:-docs/results}
 twin="$out/wuxing-neuron-twin"
 c=(--data-dir "$data" --out "$out" --log-every 200)
 
+keep_on_device() {  # keep_on_device NAME START CANDIDATE...: validate the candidates (in $out)
+    # on the device's settings (3,000 images, T = 40, dt = 0.1) and copy the best to NAME if it
+    # beats START's last validation there
+    local name=$1 start=$2
+    shift 2
+    python examples/wuxing_mnist.py validate "${@/#/$out/}" --data-dir "$data" --mode time \
+        --T 40 --dt 0.1 --n-val 3000 --compile --threads 1
+    python examples/wuxing_mnist.py keep "${@/#/$out/}" --start "$out/$start" --by validate \
+        --name "$name" --out "$out"
+}
+
 python examples/wuxing_mnist.py twin --out "$twin"
 python examples/wuxing_mnist.py train --name wuxing-model1-twin --method twin --lr 0.005 \
     --twin "$twin" --epochs 6 --time-limit 700 "${c[@]}"
@@ -45,12 +56,10 @@ for run in "a 0.003" "b 0.0015"; do
         --init "$out/wuxing-model1-twin-bptt2" --time-limit 3900 --n-val 200 --val-mode steady \
         --threads 1 --seed 3 --log-every 20 --data-dir "$data" --out "$out"
 done
-python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt2" \
-    "$out/wuxing-model1-twin-bptt3-a" "$out/wuxing-model1-twin-bptt3-b" --data-dir "$data" \
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt2" --data-dir "$data" \
     --mode time --T 40 --dt 0.1 --n-val 3000 --compile --threads 1
-python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt3-a" \
-    "$out/wuxing-model1-twin-bptt3-b" --start "$out/wuxing-model1-twin-bptt2" --by validate \
-    --name wuxing-model1-twin-bptt3 --out "$out"
+keep_on_device wuxing-model1-twin-bptt3 wuxing-model1-twin-bptt2 wuxing-model1-twin-bptt3-a \
+    wuxing-model1-twin-bptt3-b
 # a fourth stage from the third, two candidates side by side (one thread each, new shuffles):
 # a, lr 0.003 on the first 20,000 training images twice, the second pass on a cosine to zero
 # (validated on the device at dt = 0.2 after each pass); b, lr 0.003 constant over all of them
@@ -64,12 +73,8 @@ python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt4-a "${bptt4
 python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt4-b "${bptt4[@]}" \
     --n-val 200 --time-limit 6300 --seed 5 &
 wait
-python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt4-a" \
-    "$out/wuxing-model1-twin-bptt4-b" --data-dir "$data" --mode time --T 40 --dt 0.1 \
-    --n-val 3000 --compile --threads 1
-python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt4-a" \
-    "$out/wuxing-model1-twin-bptt4-b" --start "$out/wuxing-model1-twin-bptt3" --by validate \
-    --name wuxing-model1-twin-bptt4 --out "$out"
+keep_on_device wuxing-model1-twin-bptt4 wuxing-model1-twin-bptt3 wuxing-model1-twin-bptt4-a \
+    wuxing-model1-twin-bptt4-b
 # a fifth stage from the fourth that trains every neuron's K with c (--k-lr, [ours]): two
 # candidates side by side (one thread each, new shuffles), K's Adam step 0.0003 (a) and 0.001
 # (b); kept as above (a: 89.87 % against 89.70 % for b and 88.87 % for the start)
@@ -81,12 +86,8 @@ python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt5k-a "${bptt
 python examples/wuxing_mnist.py train --name wuxing-model1-twin-bptt5k-b "${bptt5[@]}" \
     --k-lr 0.001 --seed 7 &
 wait
-python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt5k-a" \
-    "$out/wuxing-model1-twin-bptt5k-b" --data-dir "$data" --mode time --T 40 --dt 0.1 \
-    --n-val 3000 --compile --threads 1
-python examples/wuxing_mnist.py keep "$out/wuxing-model1-twin-bptt5k-a" \
-    "$out/wuxing-model1-twin-bptt5k-b" --start "$out/wuxing-model1-twin-bptt4" --by validate \
-    --name wuxing-model1-twin-bptt5k --out "$out"
+keep_on_device wuxing-model1-twin-bptt5k wuxing-model1-twin-bptt4 \
+    wuxing-model1-twin-bptt5k-a wuxing-model1-twin-bptt5k-b
 # adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
 python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
     --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \

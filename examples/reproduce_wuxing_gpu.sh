@@ -18,8 +18,8 @@
 # e.g. "--n-train 512 --n-val 100" for a smoke test), SCORE_EXTRA (more score arguments, e.g.
 # "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START,
 # M1_BUDGET and M1_KLR (the MODEL1 BPTT stage at the end; M1_KLR, default 0.0003, is the
-# Adam step of the neurons' K, trained with c; 0 keeps K fixed). The results in docs/results come from two
-# calls on one H100:
+# Adam step of the neurons' K, trained with c; 0 keeps K fixed). The results in docs/results
+# come from two calls on one H100:
 #   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
 #   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
 #       bash examples/reproduce_wuxing_gpu.sh MNIST_DIR                 (kept: the other three)

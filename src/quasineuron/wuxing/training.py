@@ -621,7 +621,8 @@ def bptt_step(
     old_K = net.K.detach().clone()
     train_k = net.K.requires_grad
     if train_k and (method.through != "time" or net.config.adjoint):
-        raise ValueError("K is trained through the time simulation without the adjoint")
+        raise ValueError("K is trained by the taped time simulation (through='time'), not the "
+                         "adjoint or the steady state")  # fmt: skip
     with torch.enable_grad():
         if method.through == "time":
             res = net.simulate(x)
@@ -819,9 +820,7 @@ def train(
     if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
         groups: list[dict[str, Any]] = [{"params": [net.c]}]
         base_lr.append(method.lr)
-        if method.k_lr > 0:
-            if net.config.adjoint:
-                raise ValueError("Backprop.k_lr > 0 needs the checkpointed BPTT, not the adjoint")
+        if method.k_lr > 0:  # bptt_step refuses the adjoint
             net.K.requires_grad_(True)
             groups.append({"params": [net.K], "lr": method.k_lr, "weight_decay": 0.0})
             base_lr.append(method.k_lr)
