@@ -18,7 +18,8 @@
 # e.g. "--n-train 512 --n-val 100" for a smoke test), SCORE_EXTRA (more score arguments, e.g.
 # "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START,
 # M1_BUDGET and M1_KLR (the MODEL1 BPTT stage at the end; M1_KLR, default 0.0003, is the
-# Adam step of the neurons' K, trained with c; 0 keeps K fixed). The results in docs/results
+# Adam step of the neurons' K, trained with c; 0 keeps K fixed), A_START and A_BUDGET (the
+# adders stage that trains K, RUNS=adders-bptt5k). The results in docs/results
 # come from two calls on one H100:
 #   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
 #   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
@@ -120,7 +121,8 @@ if [[ $runs == *" adders-bptt3 "* ]]; then
     python examples/wuxing_mnist.py validate "$out/$start" --mode time --T 60 --dt 0.1 \
         --n-val "$nval" --device "$device" --threads 2 --data-dir "$data"
     wait
-    keep wuxing-model1-adders-bptt3 "$start" wuxing-model1-adders-gpu-a wuxing-model1-adders-gpu-b &&
+    keep wuxing-model1-adders-bptt3 "$start" wuxing-model1-adders-gpu-a \
+        wuxing-model1-adders-gpu-b &&
         python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt3" --modes time \
             --T 60 "${score[@]}"
 fi
@@ -135,26 +137,47 @@ if [[ $runs == *" adders-bptt4 "* ]]; then
             --T 60 "${score[@]}"
 fi
 
-# MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
-# MODEL1 network (M1_START, default wuxing-model1-twin-bptt5k; RUNS=model1-bptt6, not in the
-# default RUNS). Prepared for the next GPU call and smoke-tested on the CPU only: two compiled
-# candidates side by side (batch 256, lr 0.003 and 0.006, cosine over the epochs that fit
-# M1_BUDGET seconds after the first), kept on validation against the run they start from (on
-# the same card), then the kept one is scored.
-if [[ $runs == *" model1-bptt6 "* ]]; then
-    start=${M1_START:-wuxing-model1-twin-bptt5k}
-    for c in "a 0.003" "b 0.006"; do
-        set -- $c
-        python examples/wuxing_mnist.py train --name "wuxing-model1-gpu-$1" --lr "$2" \
-            --init "$out/$start" --time-limit "${M1_BUDGET:-420}" --epochs 200 --seed 5 \
-            --schedule cosine --method bptt --T 40 --dt 0.1 --compile --batch-size 256 \
-            --n-val "$nval" --val-mode time --threads 2 --log-every 20 --device "$device" \
-            --k-lr "${M1_KLR:-0.0003}" --data-dir "$data" --out "$out" "${extra[@]}" &
+gpu_stage() {  # gpu_stage KEPT START T BUDGET NAME:ARGS...: BPTT candidates side by side from
+    # START (compiled, batch 256, dt = 0.1, a cosine over the epochs that fit BUDGET seconds
+    # after the first, validated on NVAL images each epoch), START validated on the same card;
+    # the best is kept as KEPT if it beats START, and scored
+    local kept=$1 start=$2 T=$3 budget=$4 names=() cand args
+    shift 4
+    for cand in "$@"; do
+        names+=("${cand%%:*}")
+        read -ra args <<<"${cand#*:}"
+        python examples/wuxing_mnist.py train --name "${cand%%:*}" "${args[@]}" \
+            --init "$out/$start" --time-limit "$budget" --epochs 200 --schedule cosine \
+            --method bptt --T "$T" --dt 0.1 --compile --batch-size 256 --n-val "$nval" \
+            --val-mode time --threads 2 --log-every 20 --device "$device" --data-dir "$data" \
+            --out "$out" "${extra[@]}" &
     done
-    python examples/wuxing_mnist.py validate "$out/$start" --mode time --T 40 --dt 0.1 \
+    python examples/wuxing_mnist.py validate "$out/$start" --mode time --T "$T" --dt 0.1 \
         --n-val "$nval" --device "$device" --threads 2 --compile --data-dir "$data"
     wait
-    keep wuxing-model1-bptt6 "$start" wuxing-model1-gpu-a wuxing-model1-gpu-b &&
-        python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt6" --modes time \
-            --T 40 --compile "${score[@]}"
+    keep "$kept" "$start" "${names[@]}" &&
+        python examples/wuxing_mnist.py score "$out/$kept" --modes time --T "$T" --compile \
+            "${score[@]}"
+}
+
+# MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
+# MODEL1 network (M1_START, default wuxing-model1-twin-bptt5k; RUNS=model1-bptt6, not in the
+# default RUNS), K trained with c (M1_KLR). Prepared for the next GPU call and smoke-tested on
+# the CPU only: lr 0.003 and 0.006, one seed.
+if [[ $runs == *" model1-bptt6 "* ]]; then
+    klr=${M1_KLR:-0.0003}
+    gpu_stage wuxing-model1-bptt6 "${M1_START:-wuxing-model1-twin-bptt5k}" 40 \
+        "${M1_BUDGET:-420}" "wuxing-model1-gpu-a:--lr 0.003 --k-lr $klr --seed 5" \
+        "wuxing-model1-gpu-b:--lr 0.006 --k-lr $klr --seed 5"
+fi
+
+# Adders, a BPTT stage at the device's settings (T = 60, dt = 0.1) that trains the neurons' K
+# with c (RUNS=adders-bptt5k, not in the default RUNS) from A_START (default
+# wuxing-model1-adders-bptt3): Adam lr 0.0003, K's step 0.0001 and 0.0003, A_BUDGET seconds
+# (default 420). Prepared for the next GPU call and smoke-tested on the CPU only. (On the CPU,
+# at dt = 0.2, K's step 0.0003 lost device validation: reproduce_wuxing.sh.)
+if [[ $runs == *" adders-bptt5k "* ]]; then
+    gpu_stage wuxing-model1-adders-bptt5k "${A_START:-wuxing-model1-adders-bptt3}" 60 \
+        "${A_BUDGET:-420}" "wuxing-model1-adders-gpu-d:--lr 0.0003 --k-lr 0.0001 --seed 10" \
+        "wuxing-model1-adders-gpu-e:--lr 0.0003 --k-lr 0.0003 --seed 10"
 fi

@@ -346,6 +346,8 @@ def cmd_keep(a: argparse.Namespace) -> None:
     validate better than it, or nothing is kept. All are compared on the same validation
     settings. The test set is not read."""
     cands = [Path(r) for r in a.runs]
+    if len({c.name for c in cands}) < len(cands):
+        raise SystemExit(f"keep: candidates are told apart by folder name; two share one: {a.runs}")
     results = {c.name: _val_result(c, a.by) for c in cands}
     if a.start:
         results[f"{Path(a.start).name} (the start)"] = _val_result(Path(a.start), "validate")

@@ -196,3 +196,7 @@ def test_keep_copies_the_candidate_that_validates_best(script: ModuleType, tmp_p
         script.main(["keep", str(start), "--name", "k5", *out])
     with pytest.raises(SystemExit, match="one of the candidates"):
         script.main(["keep", str(a), str(b), "--name", "a", *out])
+    twin_a = _validated(_fake_run(tmp_path / "elsewhere" / "a", "a", [4.0]), 0.95)
+    with pytest.raises(SystemExit, match="two share one"):
+        script.main(["keep", str(a), str(twin_a), "--name", "k6", "--by", "validate", *out])
+    assert not (tmp_path / "k6").exists()
