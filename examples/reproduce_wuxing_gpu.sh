@@ -162,8 +162,9 @@ gpu_stage() {  # gpu_stage KEPT START T BUDGET NAME:ARGS...: BPTT candidates sid
 
 # MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
 # MODEL1 network (M1_START, default wuxing-model1-twin-bptt5k; RUNS=model1-bptt6, not in the
-# default RUNS), K trained with c (M1_KLR). Prepared for the next GPU call and smoke-tested on
-# the CPU only: lr 0.003 and 0.006, one seed.
+# default RUNS), K trained with c (M1_KLR): lr 0.003 and 0.006, one seed. Prepared for the next
+# GPU call, not run on one: smoke-tested on the CPU as its own block, whose commands gpu_stage
+# repeats word for word (checked by printing them).
 if [[ $runs == *" model1-bptt6 "* ]]; then
     klr=${M1_KLR:-0.0003}
     gpu_stage wuxing-model1-bptt6 "${M1_START:-wuxing-model1-twin-bptt5k}" 40 \
@@ -174,8 +175,9 @@ fi
 # Adders, a BPTT stage at the device's settings (T = 60, dt = 0.1) that trains the neurons' K
 # with c (RUNS=adders-bptt5k, not in the default RUNS) from A_START (default
 # wuxing-model1-adders-bptt3): Adam lr 0.0003, K's step 0.0001 and 0.0003, A_BUDGET seconds
-# (default 420). Prepared for the next GPU call and smoke-tested on the CPU only. (On the CPU,
-# at dt = 0.2, K's step 0.0003 lost device validation: reproduce_wuxing.sh.)
+# (default 420). Prepared for the next GPU call, not run (its commands checked by printing
+# them). On the CPU, at dt = 0.2, K's step 0.0003 lost device validation (reproduce_wuxing.sh).
+# The adders stages above stay as they ran (eager and compiled candidates, no cosine).
 if [[ $runs == *" adders-bptt5k "* ]]; then
     gpu_stage wuxing-model1-adders-bptt5k "${A_START:-wuxing-model1-adders-bptt3}" 60 \
         "${A_BUDGET:-420}" "wuxing-model1-adders-gpu-d:--lr 0.0003 --k-lr 0.0001 --seed 10" \
