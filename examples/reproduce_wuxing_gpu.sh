@@ -17,7 +17,7 @@
 # paper and operating-point reversal; default "3 10" and "5 15"), EXTRA (more train arguments,
 # e.g. "--n-train 512 --n-val 100" for a smoke test), SCORE_EXTRA (more score arguments, e.g.
 # "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START,
-# M1_BUDGET and M1_KLR (the MODEL1 BPTT stage at the end; M1_KLR, default 0.0003, is the
+# M1_BUDGET and M1_KLR (the MODEL1 BPTT stage, RUNS=model1-bptt7; M1_KLR, default 0.001, is the
 # Adam step of the neurons' K, trained with c; 0 keeps K fixed), A_START and A_BUDGET (the
 # adders stage that trains K, RUNS=adders-bptt5k). The results in docs/results
 # come from two calls on one H100:
@@ -161,13 +161,14 @@ gpu_stage() {  # gpu_stage KEPT START T BUDGET NAME:ARGS...: BPTT candidates sid
 }
 
 # MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
-# MODEL1 network (M1_START, default wuxing-model1-twin-bptt5k; RUNS=model1-bptt6, not in the
+# MODEL1 network (M1_START, default wuxing-model1-twin-bptt6k; RUNS=model1-bptt7, not in the
 # default RUNS), K trained with c (M1_KLR): lr 0.003 and 0.006, one seed. Prepared for the next
 # GPU call, not run on one: smoke-tested on the CPU as its own block, whose commands gpu_stage
-# repeats word for word (checked by printing them).
-if [[ $runs == *" model1-bptt6 "* ]]; then
-    klr=${M1_KLR:-0.0003}
-    gpu_stage wuxing-model1-bptt6 "${M1_START:-wuxing-model1-twin-bptt5k}" 40 \
+# repeats word for word (checked by printing them); since then its defaults moved to the sixth
+# CPU stage's winner and its K step (reproduce_wuxing.sh) and the stage was renamed.
+if [[ $runs == *" model1-bptt7 "* ]]; then
+    klr=${M1_KLR:-0.001}
+    gpu_stage wuxing-model1-bptt7 "${M1_START:-wuxing-model1-twin-bptt6k}" 40 \
         "${M1_BUDGET:-420}" "wuxing-model1-gpu-a:--lr 0.003 --k-lr $klr --seed 5" \
         "wuxing-model1-gpu-b:--lr 0.006 --k-lr $klr --seed 5"
 fi
