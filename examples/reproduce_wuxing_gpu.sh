@@ -161,14 +161,15 @@ gpu_stage() {  # gpu_stage KEPT START T BUDGET NAME:ARGS...: BPTT candidates sid
 }
 
 # MODEL1, a BPTT stage at the device's settings (T = 40, dt = 0.1) from the best CPU-trained
-# MODEL1 network (M1_START, default wuxing-model1-twin-bptt6k; RUNS=model1-bptt7, not in the
+# MODEL1 network (M1_START, default wuxing-model1-twin-bptt8k; RUNS=model1-bptt7, not in the
 # default RUNS), K trained with c (M1_KLR): lr 0.003 and 0.006, one seed. Prepared for the next
 # GPU call, not run on one: smoke-tested on the CPU as its own block, whose commands gpu_stage
-# repeats word for word (checked by printing them); since then its defaults moved to the sixth
-# CPU stage's winner and its K step (reproduce_wuxing.sh) and the stage was renamed.
+# repeats word for word (checked by printing them); since then its start moved to the eighth
+# CPU stage's winner, its K step to the sixth's (reproduce_wuxing.sh), and the stage was renamed.
+# The eighth CPU stage won with smaller steps (lr 0.001, K 0.0005) than these: try those first.
 if [[ $runs == *" model1-bptt7 "* ]]; then
     klr=${M1_KLR:-0.001}
-    gpu_stage wuxing-model1-bptt7 "${M1_START:-wuxing-model1-twin-bptt6k}" 40 \
+    gpu_stage wuxing-model1-bptt7 "${M1_START:-wuxing-model1-twin-bptt8k}" 40 \
         "${M1_BUDGET:-420}" "wuxing-model1-gpu-a:--lr 0.003 --k-lr $klr --seed 5" \
         "wuxing-model1-gpu-b:--lr 0.006 --k-lr $klr --seed 5"
 fi
