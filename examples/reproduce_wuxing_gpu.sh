@@ -19,7 +19,7 @@
 # "--n-test 200"), NVAL (validation images of the BPTT stages, default 3000), M1_START,
 # M1_BUDGET and M1_KLR (the MODEL1 BPTT stage, RUNS=model1-bptt7; M1_KLR, default 0.001, is the
 # Adam step of the neurons' K, trained with c; 0 keeps K fixed), A_START and A_BUDGET (the
-# adders stage that trains K, RUNS=adders-bptt5k). The results in docs/results
+# adders stage that trains K, RUNS=adders-bptt6k). The results in docs/results
 # come from two calls on one H100:
 #   BUDGET=270 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR         (kept: adders)
 #   BUDGET=180 RUNS="method2 operating bptt" M2_ETAS=3 OP_ETAS=15 \
@@ -175,13 +175,14 @@ if [[ $runs == *" model1-bptt7 "* ]]; then
 fi
 
 # Adders, a BPTT stage at the device's settings (T = 60, dt = 0.1) that trains the neurons' K
-# with c (RUNS=adders-bptt5k, not in the default RUNS) from A_START (default
-# wuxing-model1-adders-bptt3): Adam lr 0.0003, K's step 0.0001 and 0.0003, A_BUDGET seconds
-# (default 420). Prepared for the next GPU call, not run (its commands checked by printing
-# them). On the CPU, at dt = 0.2, K's step 0.0003 lost device validation (reproduce_wuxing.sh).
+# with c (RUNS=adders-bptt6k, not in the default RUNS) from A_START (default
+# wuxing-model1-adders-bptt5k, the CPU stage of reproduce_wuxing.sh at these settings, whose
+# smaller steps won: lr 0.0001, K 0.0001): Adam lr 0.0001 and 0.00005 with K's step equal,
+# A_BUDGET seconds (default 420). Prepared for the next GPU call, not run (its commands
+# checked by printing them).
 # The adders stages above stay as they ran (eager and compiled candidates, no cosine).
-if [[ $runs == *" adders-bptt5k "* ]]; then
-    gpu_stage wuxing-model1-adders-bptt5k "${A_START:-wuxing-model1-adders-bptt3}" 60 \
-        "${A_BUDGET:-420}" "wuxing-model1-adders-gpu-d:--lr 0.0003 --k-lr 0.0001 --seed 10" \
-        "wuxing-model1-adders-gpu-e:--lr 0.0003 --k-lr 0.0003 --seed 10"
+if [[ $runs == *" adders-bptt6k "* ]]; then
+    gpu_stage wuxing-model1-adders-bptt6k "${A_START:-wuxing-model1-adders-bptt5k}" 60 \
+        "${A_BUDGET:-420}" "wuxing-model1-adders-gpu-d:--lr 0.0001 --k-lr 0.0001 --seed 12" \
+        "wuxing-model1-adders-gpu-e:--lr 0.00005 --k-lr 0.00005 --seed 12"
 fi
