@@ -25,21 +25,21 @@ keep_on_device() {  # keep_on_device T NAME START CANDIDATE...: validate the can
         --name "$name" --out "$out"
 }
 
-cpu_stage() {  # cpu_stage KEPT START NVAL BUDGET NAME:ARGS...: BPTT candidates from START side
-    # by side, one thread each (T = 40, dt = 0.2, batch 32, compiled, BUDGET seconds, validated
-    # in training on NVAL images), then kept on the device's settings as KEPT (keep_on_device)
-    local kept=$1 start=$2 nval=$3 budget=$4 names=() cand args
-    shift 4
+cpu_stage() {  # cpu_stage KEPT START T DT NVAL BUDGET NAME:ARGS...: BPTT candidates from START
+    # side by side, one thread each (T, DT, batch 32, compiled, BUDGET seconds, validated in
+    # training on NVAL images), then kept on the device's settings at T as KEPT (keep_on_device)
+    local kept=$1 start=$2 T=$3 dt=$4 nval=$5 budget=$6 names=() cand args
+    shift 6
     for cand in "$@"; do
         names+=("${cand%%:*}")
         read -ra args <<<"${cand#*:}"
         python examples/wuxing_mnist.py train --name "${cand%%:*}" --init "$out/$start" \
-            --method bptt --batch-size 32 --T 40 --dt 0.2 --compile --threads 1 --log-every 20 \
-            --n-val "$nval" --val-mode time --time-limit "$budget" --data-dir "$data" \
-            --out "$out" "${args[@]}" &
+            --method bptt --batch-size 32 --T "$T" --dt "$dt" --compile --threads 1 \
+            --log-every 20 --n-val "$nval" --val-mode time --time-limit "$budget" \
+            --data-dir "$data" --out "$out" "${args[@]}" &
     done
     wait
-    keep_on_device 40 "$kept" "$start" "${names[@]}"
+    keep_on_device "$T" "$kept" "$start" "${names[@]}"
 }
 
 python examples/wuxing_mnist.py twin --out "$twin"
@@ -95,25 +95,25 @@ keep_on_device 40 wuxing-model1-twin-bptt4 wuxing-model1-twin-bptt3 wuxing-model
 # a fifth stage from the fourth that trains every neuron's K with c (--k-lr, [ours]): two
 # candidates side by side (one thread each, new shuffles), K's Adam step 0.0003 (a) and 0.001
 # (b); kept as above (a: 89.87 % against 89.70 % for b and 88.87 % for the start)
-cpu_stage wuxing-model1-twin-bptt5k wuxing-model1-twin-bptt4 1000 5100 \
+cpu_stage wuxing-model1-twin-bptt5k wuxing-model1-twin-bptt4 40 0.2 1000 5100 \
     "wuxing-model1-twin-bptt5k-a:--lr 0.003 --k-lr 0.0003 --seed 6" \
     "wuxing-model1-twin-bptt5k-b:--lr 0.003 --k-lr 0.001 --seed 7"
 # a sixth stage from the fifth, K trained again: two candidates side by side (one thread each,
 # new shuffles), a: lr 0.003 with K's step 0.0003 (the fifth stage's), b: lr 0.0015 with K's
 # step 0.001; kept as above (b: 90.17 % against 89.37 % for a and 89.87 % for the start)
-cpu_stage wuxing-model1-twin-bptt6k wuxing-model1-twin-bptt5k 1000 4800 \
+cpu_stage wuxing-model1-twin-bptt6k wuxing-model1-twin-bptt5k 40 0.2 1000 4800 \
     "wuxing-model1-twin-bptt6k-a:--lr 0.003 --k-lr 0.0003 --seed 12" \
     "wuxing-model1-twin-bptt6k-b:--lr 0.0015 --k-lr 0.001 --seed 13"
 # a short seventh stage from the sixth (25 minutes, 200 in-training validation images), a: the
 # sixth stage's steps, b: lr 0.001 with K's step 0.002 (its loss jumped at step 280 and did not
 # recover: 78.10 %); a kept at 90.23 % against 90.17 % for the start
-cpu_stage wuxing-model1-twin-bptt7k wuxing-model1-twin-bptt6k 200 1500 \
+cpu_stage wuxing-model1-twin-bptt7k wuxing-model1-twin-bptt6k 40 0.2 200 1500 \
     "wuxing-model1-twin-bptt7k-a:--lr 0.0015 --k-lr 0.001 --seed 14" \
     "wuxing-model1-twin-bptt7k-b:--lr 0.001 --k-lr 0.002 --seed 15"
 # an eighth stage from the seventh (95 minutes on one thread each, new shuffles), a: the sixth
 # stage's steps again, b: smaller steps, lr 0.001 with K's step 0.0005; kept as above (b: 91.27 %
 # against 90.43 % for a and 90.23 % for the start)
-cpu_stage wuxing-model1-twin-bptt8k wuxing-model1-twin-bptt7k 1000 5700 \
+cpu_stage wuxing-model1-twin-bptt8k wuxing-model1-twin-bptt7k 40 0.2 1000 5700 \
     "wuxing-model1-twin-bptt8k-a:--lr 0.0015 --k-lr 0.001 --seed 16" \
     "wuxing-model1-twin-bptt8k-b:--lr 0.001 --k-lr 0.0005 --seed 17"
 # adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
@@ -165,16 +165,9 @@ keep_on_device 60 wuxing-model1-adders-bptt4k wuxing-model1-adders-bptt3 \
 # the same at the device's T = 60, dt = 0.1 with a smaller K step (--k-lr 0.0001), c's step
 # 0.0003 (a) and 0.0001 (b), 72 min each side by side: b validated at 97.13 % against 97.10 %
 # for the start (a 96.70 %) and is kept as adders-bptt5k
-ad5=(--init "$out/wuxing-model1-adders-bptt3" --method bptt --k-lr 0.0001 --batch-size 32
-     --T 60 --dt 0.1 --compile --threads 1 --log-every 20 --n-val 200 --val-mode time
-     --time-limit 4300 --data-dir "$data" --out "$out")
-python examples/wuxing_mnist.py train --name wuxing-model1-adders-bptt5k-a "${ad5[@]}" \
-    --lr 0.0003 --seed 10 &
-python examples/wuxing_mnist.py train --name wuxing-model1-adders-bptt5k-b "${ad5[@]}" \
-    --lr 0.0001 --seed 11 &
-wait
-keep_on_device 60 wuxing-model1-adders-bptt5k wuxing-model1-adders-bptt3 \
-    wuxing-model1-adders-bptt5k-a wuxing-model1-adders-bptt5k-b || true
+cpu_stage wuxing-model1-adders-bptt5k wuxing-model1-adders-bptt3 60 0.1 200 4300 \
+    "wuxing-model1-adders-bptt5k-a:--lr 0.0003 --k-lr 0.0001 --seed 10" \
+    "wuxing-model1-adders-bptt5k-b:--lr 0.0001 --k-lr 0.0001 --seed 11"
 # method 2 (operating-point reversal) and BPTT from scratch at the same budget (measured side
 # by side, one CPU thread each for an hour)
 python examples/wuxing_mnist.py train --name wuxing-model1-method2-operating-cpu --method method2 \
