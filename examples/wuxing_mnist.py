@@ -223,7 +223,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         net, x, y, method=method, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
         val=(xva.to(a.device), yva.to(a.device)), val_mode=a.val_mode, callback=on_step,
         epoch_callback=on_epoch, max_seconds=a.time_limit, neuron=neuron, schedule=schedule,
-        augment=RandomShift(a.shift) if a.shift else None,
+        augment=RandomShift(a.shift) if a.shift else None, max_samples=a.max_images,
     )  # fmt: skip
     save("model")
     doc = {
@@ -526,9 +526,16 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=20)
     t.add_argument("--time-limit", type=float, default=None, help="training budget, seconds")
+    t.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="training budget in images (whole batches), the same on every machine",
+    )
     t.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
                    help="step size: constant, or cosine decay after the first epoch over the "
-                   "epochs that fit --time-limit (or --epochs)")  # fmt: skip
+                   "epochs that fit --time-limit (or --epochs); with --max-images, cosine "
+                   "decay over all the steps of that budget")  # fmt: skip
     t.add_argument("--val-mode", default="steady", choices=["steady", "time"],
                    help="validation on the exact steady state (cheap on CPU) or on the time "
                    "simulation at --T (the device; cheap on a GPU)")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -352,6 +354,26 @@ def test_cosine_schedule_plans_the_epochs_that_fit_the_budget():
     res = train(net, x, y, method=m, epochs=3, batch_size=8, max_seconds=1e6,
                 schedule=Cosine())  # fmt: skip
     assert res.epochs_planned == 3 and len(res.steps) == 6
+
+
+def test_sample_budget_stops_training_and_the_cosine_spans_it():
+    net, x, y = _xor_data()
+    m = Method2(eta=1e-4, estimate="steady", kt=1e-3)  # step sizes as in the test above
+    res = train(net, x, y, method=m, epochs=9, batch_size=4, max_samples=17, schedule=Cosine())
+    # ceil(17 / 4) = 5 steps: one epoch of 4 and one step of the second, which counts as planned
+    assert len(res.steps) == 5 and res.samples_seen == 20 and res.epochs_planned == 2
+    res = train(net, x, y, method=m, epochs=1, batch_size=16, max_samples=10 * 16,
+                schedule=Cosine())  # fmt: skip
+    assert len(res.steps) == 1 and res.epochs_planned == 1  # never more than `epochs`
+    res = train(net, x[:8], y[:8], method=m, epochs=4, batch_size=8, max_samples=32,
+                schedule=Cosine())  # fmt: skip
+    norms = torch.tensor([s.update_norm for s in res.steps])
+    # no full-step first epoch: (1 + cos(π k/4)) / 2 for k = 0..3 from the first step
+    want = torch.tensor([(1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)], dtype=F64)
+    torch.testing.assert_close(norms / norms[0], want.to(norms.dtype), rtol=1e-2, atol=0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_samples"):
+            train(net, x, y, method=m, max_samples=bad)
 
 
 @pytest.mark.slow

@@ -768,6 +768,7 @@ def train(
     neuron: NeuronTwin | None = None,
     schedule: Cosine | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    max_samples: int | None = None,
 ) -> TrainResult:
     """Train the network in place with method 1, method 2, mixed or backprop.
 
@@ -801,9 +802,16 @@ def train(
             epoch to the number of epochs that fit the budget
             (:attr:`TrainResult.epochs_planned`, or the epochs begun if the budget runs out
             first); rerunning with that many ``epochs`` and no budget repeats the schedule.
+            With ``max_samples`` the plan is instead the ``ceil(max_samples / batch_size)``
+            steps of the stage and the cosine runs over all of them from the first step (a
+            fine-tuning stage, typically shorter than an epoch, that anneals to its end).
         augment: Applied to every training batch as ``augment(xb, generator)`` (e.g.
             :class:`~quasineuron.data.RandomShift`); its generator is seeded from ``seed``
             apart from the shuffling's, so the batches are the same with and without it.
+        max_samples: Sample budget: training stops after ``ceil(max_samples / batch_size)``
+            steps (whole batches; at most ``epochs`` epochs), and the epoch in progress is
+            validated and counted as the last one. Unlike ``max_seconds`` it gives the same
+            stage on every machine.
 
     Returns:
         The per-step reports, throughput, validation curve and the epoch kept.
@@ -815,6 +823,10 @@ def train(
         )
     if schedule is not None and not isinstance(schedule, Cosine):
         raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+    ):
+        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
     opt: torch.optim.Optimizer | None = None
     base_lr: list[float] = []
     if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
@@ -828,7 +840,7 @@ def train(
     try:
         return _train_loop(net, x, y, method, epochs, batch_size, seed, val, val_mode,
                            callback, epoch_callback, max_seconds, neuron, schedule, augment,
-                           opt, base_lr)  # fmt: skip
+                           opt, base_lr, max_samples)  # fmt: skip
     finally:
         net.K.requires_grad_(False)
         net.K.grad = None
@@ -852,10 +864,15 @@ def _train_loop(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     opt: torch.optim.Optimizer | None,
     base_lr: list[float],
+    max_samples: int | None,
 ) -> TrainResult:
     """:func:`train`'s epochs, with its checked arguments and optimiser."""
     steps_per_epoch = math.ceil(x.shape[0] / batch_size)
     planned = epochs
+    max_steps = None  # the sample budget in steps, and then the span of the schedule
+    if max_samples is not None:
+        max_steps = min(math.ceil(max_samples / batch_size), epochs * steps_per_epoch)
+        planned = math.ceil(max_steps / steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     reports: list[StepReport] = []
@@ -865,7 +882,7 @@ def _train_loop(
     m2_state: dict = {}
     t0 = time.perf_counter()
     n_seen = 0
-    out_of_time = False
+    budget_spent = False
     epoch = 0
     for epoch in range(1, epochs + 1):
         if epoch > planned:
@@ -876,8 +893,9 @@ def _train_loop(
             break
         order = torch.randperm(x.shape[0], generator=gen).to(x.device)
         for i in range(0, x.shape[0], batch_size):
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                out_of_time = True
+            over_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+            if over_time or (max_steps is not None and len(reports) >= max_steps):
+                budget_spent = True
                 break
             idx = order[i : i + batch_size]
             xb, yb = x[idx], y[idx]
@@ -885,7 +903,9 @@ def _train_loop(
                 xb = augment(xb, aug_gen)
             f = 1.0
             k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
-            if schedule is not None and k >= 0 and planned > 1:
+            if schedule is not None and max_steps is not None:
+                f = max(schedule.lr_at(1.0, len(reports), max_steps), 1e-6)
+            elif schedule is not None and k >= 0 and planned > 1:
                 # as a fraction of the base step (kept > 0: η must stay positive)
                 f = max(schedule.lr_at(1.0, k, (planned - 1) * steps_per_epoch), 1e-6)
             if opt is not None:
@@ -912,10 +932,10 @@ def _train_loop(
                 best = (acc, epoch, state)
         if epoch_callback is not None:
             epoch_callback(epoch, acc)
-        if out_of_time:
+        if budget_spent:
             planned = min(planned, epoch)
             break
-        if epoch == 1 and max_seconds is not None:
+        if epoch == 1 and max_seconds is not None and max_steps is None:
             fit = int(max_seconds // max(time.perf_counter() - t0, 1e-9))
             planned = max(1, min(epochs, fit))
     seconds = time.perf_counter() - t0
