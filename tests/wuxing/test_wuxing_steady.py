@@ -362,6 +362,9 @@ def test_sample_budget_stops_training_and_the_cosine_spans_it():
     res = train(net, x, y, method=m, epochs=9, batch_size=4, max_samples=17, schedule=Cosine())
     # ceil(17 / 4) = 5 steps: one epoch of 4 and one step of the second, which counts as planned
     assert len(res.steps) == 5 and res.samples_seen == 20 and res.epochs_planned == 2
+    # a budget that ends at an epoch's end begins no empty epoch (nothing validated twice)
+    res = train(net, x, y, method=m, epochs=9, batch_size=4, max_samples=16, val=(x, y))
+    assert len(res.steps) == 4 and res.epochs_planned == 1 and len(res.val_accuracy) == 1
     res = train(net, x, y, method=m, epochs=1, batch_size=16, max_samples=10 * 16,
                 schedule=Cosine())  # fmt: skip
     assert len(res.steps) == 1 and res.epochs_planned == 1  # never more than `epochs`

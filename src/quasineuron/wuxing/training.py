@@ -901,12 +901,12 @@ def _train_loop(
             xb, yb = x[idx], y[idx]
             if augment is not None:
                 xb = augment(xb, aug_gen)
+            # the step as a fraction of the base one (kept > 0: η must stay positive)
             f = 1.0
             k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
-            if schedule is not None and max_steps is not None:
+            if schedule is not None and max_steps is not None:  # the budget's steps, all
                 f = max(schedule.lr_at(1.0, len(reports), max_steps), 1e-6)
             elif schedule is not None and k >= 0 and planned > 1:
-                # as a fraction of the base step (kept > 0: η must stay positive)
                 f = max(schedule.lr_at(1.0, k, (planned - 1) * steps_per_epoch), 1e-6)
             if opt is not None:
                 for group, lr in zip(opt.param_groups, base_lr, strict=True):
