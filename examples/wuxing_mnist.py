@@ -343,14 +343,18 @@ def cmd_keep(a: argparse.Namespace) -> None:
     """Copy the candidate run with the best validation accuracy to ``--out/--name``, with the
     choice recorded in its model.json (``trained_as``, ``selection``, ``selection_rule``). With
     ``--start`` (the run the candidates continue; its last ``validate`` result) a candidate must
-    validate better than it, or nothing is kept. All are compared on the same validation
+    validate better than it, or nothing is kept; likewise for each ``--beat`` run (e.g. the best
+    network so far, from another chain of stages). All are compared on the same validation
     settings. The test set is not read."""
     cands = [Path(r) for r in a.runs]
     if len({c.name for c in cands}) < len(cands):
         raise SystemExit(f"keep: candidates are told apart by folder name; two share one: {a.runs}")
     results = {c.name: _val_result(c, a.by) for c in cands}
-    if a.start:
-        results[f"{Path(a.start).name} (the start)"] = _val_result(Path(a.start), "validate")
+    bars = {f"{Path(a.start).name} (the start)": Path(a.start)} if a.start else {}
+    bars.update({f"{Path(r).name} (to beat)": Path(r) for r in a.beat})
+    if {r.resolve() for r in bars.values()} & {c.resolve() for c in cands}:
+        raise SystemExit("keep: a --start or --beat run is also a candidate")
+    results.update({key: _val_result(run, "validate") for key, run in bars.items()})
     settings = {
         k: {key: v for key, v in r.items() if key != "accuracy"} for k, r in results.items()
     }
@@ -362,11 +366,12 @@ def cmd_keep(a: argparse.Namespace) -> None:
     mode = {"time": "time simulation", "steady": "steady state"}[s["mode"]]
     rule = (f"best validation accuracy ({mode}, T = {s['T']:g}, dt = {s['dt']:g}, "
             f"{s['n_val']:,} images) among the candidates")  # fmt: skip
-    if a.start:
-        if vals[best.name] <= vals[f"{Path(a.start).name} (the start)"]:
-            raise SystemExit(f"{a.name}: no candidate beats {a.start} on validation ({vals}); "
-                             "nothing kept")  # fmt: skip
-        rule += " and the run they start from"
+    if bars:
+        if vals[best.name] <= max(vals[key] for key in bars):
+            raise SystemExit(f"{a.name}: no candidate beats {', '.join(map(str, bars.values()))} "
+                             f"on validation ({vals}); nothing kept")  # fmt: skip
+        rule += "".join(" and the run they start from" if key.endswith("(the start)")
+                        else f" and {run.name}" for key, run in bars.items())  # fmt: skip
     out = Path(a.out) / a.name
     if out.resolve() in {c.resolve() for c in cands}:
         raise SystemExit(f"keep: --name {a.name} is one of the candidates")
@@ -593,6 +598,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the run the candidates continue: one must validate better than it",
     )
+    k.add_argument("--beat", action="append", default=[], metavar="RUN",
+                   help="another run (e.g. the best so far) that the kept candidate must "
+                   "validate better than; repeatable")  # fmt: skip
     k.add_argument(
         "--by",
         default="training",

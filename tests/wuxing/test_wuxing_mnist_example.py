@@ -200,3 +200,28 @@ def test_keep_copies_the_candidate_that_validates_best(script: ModuleType, tmp_p
     with pytest.raises(SystemExit, match="two share one"):
         script.main(["keep", str(a), str(twin_a), "--name", "k6", "--by", "validate", *out])
     assert not (tmp_path / "k6").exists()
+
+
+def test_keep_beat_is_a_bar_from_another_chain(script: ModuleType, tmp_path: Path) -> None:
+    start = _validated(_fake_run(tmp_path / "start", "start", [0.0]), 0.80)
+    best = _validated(_fake_run(tmp_path / "best", "best", [5.0]), 0.86)
+    a = _validated(_fake_run(tmp_path / "a", "a", [1.0]), 0.85)
+    b = _validated(_fake_run(tmp_path / "b", "b", [2.0]), 0.87)
+    out = ["--out", str(tmp_path), "--by", "validate"]
+    # a beats its start but not the best run so far: nothing kept, whatever the order
+    for args in (["--start", str(start), "--beat", str(best)], ["--beat", str(best)]):
+        with pytest.raises(SystemExit, match="no candidate beats.*best"):
+            script.main(["keep", str(a), "--name", "k", *args, *out])
+        assert not (tmp_path / "k").exists()
+    script.main(["keep", str(a), str(b), "--name", "k", "--start", str(start), "--beat",
+                 str(best), *out])  # fmt: skip
+    doc = json.loads((tmp_path / "k" / "model.json").read_text())
+    assert doc["trained_as"] == "b"
+    assert doc["selection"] == {"a": 0.85, "b": 0.87, "start (the start)": 0.80,
+                                "best (to beat)": 0.86}  # fmt: skip
+    assert doc["selection_rule"].endswith("and the run they start from and best")
+    with pytest.raises(SystemExit, match="also a candidate"):
+        script.main(["keep", str(a), str(b), "--name", "k7", "--beat", str(b), *out])
+    other = _validated(_fake_run(tmp_path / "o", "o", [0.0]), 0.5, n_val=1000)
+    with pytest.raises(SystemExit, match="not comparable"):
+        script.main(["keep", str(b), "--name", "k8", "--beat", str(other), *out])
