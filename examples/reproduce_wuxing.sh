@@ -25,13 +25,12 @@ keep_on_device() {  # keep_on_device T NAME START CANDIDATE...: validate the can
         --name "$name" --out "$out"
 }
 
-cpu_stage() {  # cpu_stage KEPT START T DT NVAL BUDGET NAME:ARGS...: BPTT candidates from START
-    # side by side, one thread each (T, DT, batch 32, compiled, BUDGET seconds, validated in
-    # training on NVAL images), then kept on the device's settings at T as KEPT (keep_on_device)
-    local kept=$1 start=$2 T=$3 dt=$4 nval=$5 budget=$6 names=() cand args
-    shift 6
+bptt_candidates() {  # bptt_candidates START T DT NVAL BUDGET NAME:ARGS...: BPTT candidates
+    # from START side by side, one thread each (T, DT, batch 32, compiled, BUDGET seconds,
+    # validated in training on NVAL images)
+    local start=$1 T=$2 dt=$3 nval=$4 budget=$5 cand args
+    shift 5
     for cand in "$@"; do
-        names+=("${cand%%:*}")
         read -ra args <<<"${cand#*:}"
         python examples/wuxing_mnist.py train --name "${cand%%:*}" --init "$out/$start" \
             --method bptt --batch-size 32 --T "$T" --dt "$dt" --compile --threads 1 \
@@ -39,7 +38,14 @@ cpu_stage() {  # cpu_stage KEPT START T DT NVAL BUDGET NAME:ARGS...: BPTT candid
             --data-dir "$data" --out "$out" "${args[@]}" &
     done
     wait
-    keep_on_device "$T" "$kept" "$start" "${names[@]}"
+}
+
+cpu_stage() {  # cpu_stage KEPT START T DT NVAL BUDGET NAME:ARGS...: bptt_candidates from START,
+    # then kept on the device's settings at T as KEPT (keep_on_device)
+    local kept=$1 start=$2 T=$3 dt=$4 nval=$5 budget=$6
+    shift 6
+    bptt_candidates "$start" "$T" "$dt" "$nval" "$budget" "$@"
+    keep_on_device "$T" "$kept" "$start" "${@%%:*}"
 }
 
 python examples/wuxing_mnist.py twin --out "$twin"
@@ -190,13 +196,8 @@ python examples/wuxing_mnist.py train --name wuxing-model1-adders-wd "${tw[@]}" 
     --weight-decay 0.01 &
 wait
 reg=(wuxing-model1-adders-shift1-bptt-a wuxing-model1-adders-wd-bptt-b)
-for run in "${reg[0]} shift1 3300 30" "${reg[1]} wd 3200 31"; do
-    set -- $run
-    python examples/wuxing_mnist.py train --name "$1" --init "$out/wuxing-model1-adders-$2" \
-        --method bptt --lr 0.0003 --batch-size 32 --T 40 --dt 0.2 --compile --threads 1 \
-        --log-every 20 --n-val 200 --val-mode time --time-limit "$3" --seed "$4" \
-        --data-dir "$data" --out "$out" &
-done
+bptt_candidates wuxing-model1-adders-shift1 40 0.2 200 3300 "${reg[0]}:--lr 0.0003 --seed 30" &
+bptt_candidates wuxing-model1-adders-wd 40 0.2 200 3200 "${reg[1]}:--lr 0.0003 --seed 31" &
 wait
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders-shift1" \
     "$out/wuxing-model1-adders-wd" "${reg[@]/#/$out/}" --data-dir "$data" --mode time --T 60 \
@@ -212,14 +213,8 @@ python examples/wuxing_mnist.py keep "${reg[@]/#/$out/}" --by validate \
 python examples/wuxing_mnist.py train --name wuxing-model1-adders-swd "${tw[@]}" --shift 1 \
     --weight-decay 0.01
 swd=(wuxing-model1-adders-swd-bptt-a wuxing-model1-adders-swd-bptt-b)
-for run in "${swd[0]} 40" "${swd[1]} 41 --shift 1"; do
-    set -- $run
-    python examples/wuxing_mnist.py train --name "$1" --init "$out/wuxing-model1-adders-swd" \
-        --method bptt --lr 0.0003 --batch-size 32 --T 40 --dt 0.2 --compile --threads 1 \
-        --log-every 20 --n-val 200 --val-mode time --time-limit 3300 --seed "$2" "${@:3}" \
-        --data-dir "$data" --out "$out" &
-done
-wait
+bptt_candidates wuxing-model1-adders-swd 40 0.2 200 3300 "${swd[0]}:--lr 0.0003 --seed 40" \
+    "${swd[1]}:--lr 0.0003 --seed 41 --shift 1"
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders-bptt3" \
     "$out/wuxing-model1-adders-bptt5k" "$out/wuxing-model1-adders-reg" \
     "$out/wuxing-model1-adders-swd" "${swd[@]/#/$out/}" --data-dir "$data" --mode time \
