@@ -122,8 +122,9 @@ cpu_stage wuxing-model1-twin-bptt7k wuxing-model1-twin-bptt6k 40 0.2 200 1500 \
 cpu_stage wuxing-model1-twin-bptt8k wuxing-model1-twin-bptt7k 40 0.2 1000 5700 \
     "wuxing-model1-twin-bptt8k-a:--lr 0.0015 --k-lr 0.001 --seed 16" \
     "wuxing-model1-twin-bptt8k-b:--lr 0.001 --k-lr 0.0005 --seed 17"
-# adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh)
-python examples/wuxing_mnist.py train --name wuxing-model1-adders --method twin --lr 0.003 \
+# adders, 17 epochs on the CPU (the 3-epoch GPU run: reproduce_wuxing_gpu.sh); adders-twin was
+# trained as wuxing-model1-adders, the name that now holds the best adders network (at the end)
+python examples/wuxing_mnist.py train --name wuxing-model1-adders-twin --method twin --lr 0.003 \
     --fan-in 16 --c0 0.25 --twin "$twin" --T 60 --schedule cosine --epochs 200 \
     --time-limit 3600 "${c[@]}"
 # the same with shifted training images, and with weight decay too (lost on validation)
@@ -138,7 +139,7 @@ python examples/wuxing_mnist.py train --name wuxing-model1-adders-shift-wd --met
 for lr in 0.0003 0.001; do
     name=wuxing-model1-adders-bptt; [ "$lr" = 0.001 ] && name=$name-lr0.001
     python examples/wuxing_mnist.py train --name "$name" --method bptt --lr "$lr" \
-        --batch-size 32 --T 40 --dt 0.2 --compile --init "$out/wuxing-model1-adders" \
+        --batch-size 32 --T 40 --dt 0.2 --compile --init "$out/wuxing-model1-adders-twin" \
         --time-limit 4200 --n-val 1000 --val-mode time "${c[@]}"
 done
 # a second BPTT stage from that, at the device's settings (T = 60, dt = 0.1), two step sizes;
@@ -245,7 +246,7 @@ python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin" --data-dir "$
     --mode time --T 60 --n-val 1000
 python examples/wuxing_mnist.py validate "$out/wuxing-model1-twin-bptt" \
     "$out/wuxing-model1-twin-bptt2" --data-dir "$data" --mode time --T 40 --n-val 1000 --compile
-python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders" \
+python examples/wuxing_mnist.py validate "$out/wuxing-model1-adders-twin" \
     "$out/wuxing-model1-adders-h100" "$out/wuxing-model1-adders-shift" \
     "$out/wuxing-model1-adders-shift-wd" "$out/wuxing-model1-adders-bptt" \
     "$out/wuxing-model1-adders-bptt-lr0.001" --data-dir "$data" --mode time --T 60 --n-val 1000 \
@@ -275,7 +276,7 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt6k" --data-di
     --modes time --T 40 --dt 0.1 --readout final --compile --threads 1 --batch-size 500
 python examples/wuxing_mnist.py score "$out/wuxing-model1-twin-bptt8k" --data-dir "$data" \
     --modes time --T 40 --dt 0.1 --readout final --compile --threads 2 --batch-size 500
-python examples/wuxing_mnist.py score "$out/wuxing-model1-adders" "$out/wuxing-model2-twin" \
+python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-twin" "$out/wuxing-model2-twin" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 python examples/wuxing_mnist.py score "$out/wuxing-model1-adders-bptt" --data-dir "$data" \
     --threads 1 --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
@@ -295,6 +296,30 @@ python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt-cpu" --data-dir "
     --threads 1 --T 40 --dt 0.1 --readout final --batch-size 1000 --compile --modes time
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
+
+# the issue's result names: of each experiment's scored networks (those that are there; the GPU
+# runs come from reproduce_wuxing_gpu.sh), the one that validates best on all 6,000 validation
+# images (time simulation, dt = 0.1, at the T it is scored with) is copied to the name, its test
+# score with it; then the targets are read from them (wuxing-targets/metrics.json)
+headline() {  # headline NAME T RUN...
+    local name=$1 T=$2 run cands=()
+    shift 2
+    for run in "$@"; do
+        [[ -f "$out/$run/metrics.json" ]] && cands+=("$out/$run")
+    done
+    ((${#cands[@]})) || { echo "$name: none of its runs is scored" >&2; return 1; }
+    python examples/wuxing_mnist.py validate "${cands[@]}" --data-dir "$data" --mode time \
+        --T "$T" --dt 0.1 --n-val 6000 --compile --threads 1
+    python examples/wuxing_mnist.py keep "${cands[@]}" --by validate --name "$name" --out "$out"
+}
+headline wuxing-model1-adders 60 wuxing-model1-adders-twin wuxing-model1-adders-h100 \
+    wuxing-model1-adders-bptt wuxing-model1-adders-bptt2 wuxing-model1-adders-avg \
+    wuxing-model1-adders-bptt3 wuxing-model1-adders-bptt5k wuxing-model1-adders-reg \
+    wuxing-model1-adders-reg2
+headline wuxing-model1-method2 60 wuxing-model1-method2-paper wuxing-model1-method2-operating \
+    wuxing-model1-method2-operating-cpu
+headline wuxing-model1-bptt 40 wuxing-model1-bptt-h100 wuxing-model1-bptt-cpu
+python examples/wuxing_targets.py "$out"
 python examples/wuxing_curves.py "$out" --out "$out/wuxing-curves.png"
 python examples/wuxing_gradient_alignment.py --data-dir "$data" --twin "$twin" \
     --trained "$out/wuxing-model1-twin" --out "$out/wuxing-gradient-alignment"

@@ -28,6 +28,9 @@
 # adders BPTT stages at the end of this script from two calls on one H200:
 #   RUNS=adders-bptt3 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
 #   RUNS=adders-bptt4 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
+# The issue's result names wuxing-model1-method2, wuxing-model1-bptt and wuxing-model1-adders are
+# not trained here: examples/reproduce_wuxing.sh ends by copying to each the run of that
+# experiment that validates best (these runs among the candidates).
 set -uo pipefail
 data=$1
 out=${2:-docs/results}
@@ -54,14 +57,15 @@ run twin wuxing-model1-twin --method twin --lr 0.005 --twin "$twin" --T 60
 run adders wuxing-model1-adders-h100 --method twin --lr 0.005 --fan-in 16 --c0 0.25 \
     --twin "$twin" --T 60
 for eta in ${M2_ETAS:-3 10}; do  # method 2's step is chosen on the validation split below
-    run method2 "wuxing-model1-method2-eta$eta" --method method2 --eta "$eta" --twin "$twin" --T 60
+    run method2 "wuxing-model1-method2-paper-eta$eta" --method method2 --eta "$eta" \
+        --twin "$twin" --T 60
 done
 for eta in ${OP_ETAS:-5 15}; do
     run operating "wuxing-model1-method2-operating-eta$eta" --method method2 --reversal operating \
         --eta "$eta" --twin "$twin" --T 60
 done
 run model2 wuxing-model2-method2 --model MODEL2 --method method2 --eta 3 --twin "$twin" --T 60
-run bptt wuxing-model1-bptt --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
+run bptt wuxing-model1-bptt-h100 --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
 wait
 
 keep() {  # keep NAME START|- CANDIDATE...: the candidate (in $out) that validates best during
@@ -76,7 +80,7 @@ keep() {  # keep NAME START|- CANDIDATE...: the candidate (in $out) that validat
 
 # method 2's step: keep the candidate with the best validation accuracy under the run's name;
 # the others stay beside it, unscored
-for name in wuxing-model1-method2 wuxing-model1-method2-operating; do
+for name in wuxing-model1-method2-paper wuxing-model1-method2-operating; do
     cands=()
     for f in "$out/$name"-eta*/model.json; do
         [[ -f $f ]] && cands+=("$(basename "$(dirname "$f")")")
@@ -89,16 +93,16 @@ score=(--data-dir "$data" --device "$device" --readout final --dt 0.1 --batch-si
        ${SCORE_EXTRA:-})
 # score only what this call trained
 for pair in twin:wuxing-model1-twin adders:wuxing-model1-adders-h100 \
-    method2:wuxing-model1-method2 operating:wuxing-model1-method2-operating \
+    method2:wuxing-model1-method2-paper operating:wuxing-model1-method2-operating \
     model2:wuxing-model2-method2; do
     key=${pair%%:*} name=${pair#*:}
     [[ $runs == *" $key "* && -f "$out/$name/model.json" ]] || continue
     timeout 300 python examples/wuxing_mnist.py score "$out/$name" --modes time,surrogate \
         --T 60 "${score[@]}" || echo "score $name failed" >&2
 done
-if [[ $runs == *" bptt "* && -f "$out/wuxing-model1-bptt/model.json" ]]; then
-    timeout 300 python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt" --modes time \
-        --T 40 "${score[@]}" || echo "score wuxing-model1-bptt failed" >&2
+if [[ $runs == *" bptt "* && -f "$out/wuxing-model1-bptt-h100/model.json" ]]; then
+    timeout 300 python examples/wuxing_mnist.py score "$out/wuxing-model1-bptt-h100" --modes time \
+        --T 40 "${score[@]}" || echo "score wuxing-model1-bptt-h100 failed" >&2
 fi
 
 # Adders, BPTT stages at the device's settings (T = 60, dt = 0.1) from the CPU-trained

@@ -35,14 +35,16 @@ def _images(doc: dict) -> list[int]:
 
 def _stages(doc: dict, results: Path) -> list[dict]:
     """A run and every stage it continued from, earliest first: the stage's run in ``results``
-    (found by name) where it is there, else the summary the later run's model.json keeps
-    (its images count the whole chain below it, so that chain's images are subtracted)."""
+    (found by name, and the same run: the same command) where it is there, else the summary the
+    later run's model.json keeps (its images count the whole chain below it, so that chain's
+    images are subtracted). A folder renamed or reused since holds another run: the summary."""
     init = doc.get("init")
     if not init:
         return [doc]
-    parent = results / init["name"] / "model.json"
-    if parent.exists() and init["name"] != doc["name"]:  # a run may continue its namesake
-        return [*_stages(json.loads(parent.read_text()), results), doc]
+    path = results / init["name"] / "model.json"
+    parent = json.loads(path.read_text()) if path.exists() else {}
+    if parent and parent.get("command") == init.get("command") and init["name"] != doc["name"]:
+        return [*_stages(parent, results), doc]  # (a run may continue its namesake)
     below = init.get("init") or {}  # absent in summaries kept before chains were
     own = {**init, "train_samples_seen": init["train_samples_seen"]
            - below.get("train_samples_seen", 0)}  # fmt: skip
@@ -68,20 +70,27 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     runs = sorted(Path(a.results).glob("wuxing-model*/model.json"))
     plotted = plot(runs, a.out)
-    print(f"wrote {a.out} ({len(plotted)} of {len(runs)} runs; averages of runs are not plotted)")
+    print(
+        f"wrote {a.out} ({len(plotted)} of {len(runs)} runs; averages of runs are not plotted, "
+        "kept copies once)"
+    )
     print(table(runs))
 
 
 def plot(runs: list[Path], out: str | Path) -> list[str]:
     """Training loss and validation curves of the runs (``model.json`` paths) into ``out``;
-    returns the names plotted (an average of runs has no training of its own)."""
+    returns the names plotted (an average of runs has no training of its own, and a run that
+    was kept under another name is drawn once, as the copy)."""
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4))
     plotted: list[str] = []
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
-    for i, path in enumerate(runs):
+    docs = {path: json.loads(path.read_text()) for path in runs}
+    folders = {path.parent.name: doc for path, doc in docs.items()}
+    kept = {d["trained_as"] for d in docs.values() if d.get("trained_as")
+            and folders.get(d["trained_as"], {}).get("command") == d.get("command")}  # fmt: skip
+    for i, (path, doc) in enumerate(docs.items()):
         color = colors[i % len(colors)]
-        doc = json.loads(path.read_text())
-        if doc.get("averaged"):  # an average of runs has no training of its own to plot
+        if doc.get("averaged") or path.parent.name in kept:
             continue
         name = path.parent.name.removeprefix("wuxing-")  # the folder: two runs may share a name
         loss = np.asarray(doc["loss_per_step"], dtype=float)

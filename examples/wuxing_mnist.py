@@ -341,7 +341,8 @@ def _val_result(run: Path, by: str) -> dict[str, Any]:
 
 def cmd_keep(a: argparse.Namespace) -> None:
     """Copy the candidate run with the best validation accuracy to ``--out/--name``, with the
-    choice recorded in its model.json (``trained_as``, ``selection``, ``selection_rule``). With
+    choice recorded in its model.json (``trained_as``, ``selection``, ``selection_rule``; in its
+    metrics.json too when the candidate was scored, the score being the same network's). With
     ``--start`` (the run the candidates continue; its last ``validate`` result) a candidate must
     validate better than it, or nothing is kept; likewise for each ``--beat`` run (e.g. the best
     network so far, from another chain of stages). All are compared on the same validation
@@ -375,11 +376,13 @@ def cmd_keep(a: argparse.Namespace) -> None:
     out = Path(a.out) / a.name
     if out.resolve() in {c.resolve() for c in cands}:
         raise SystemExit(f"keep: --name {a.name} is one of the candidates")
-    doc = json.loads((best / "model.json").read_text())
-    doc.update(name=a.name, trained_as=best.name, selection=vals, selection_rule=rule)
+    record = {"name": a.name, "trained_as": best.name, "selection": vals, "selection_rule": rule}
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(best, out)
-    (out / "model.json").write_text(json.dumps(doc, indent=1))
+    for file in ("model.json", "metrics.json"):  # a scored candidate's test score comes along
+        if (out / file).exists():
+            doc = json.loads((out / file).read_text())
+            (out / file).write_text(json.dumps({**doc, **record}, indent=1))
     print(json.dumps({"name": a.name, "kept": best.name, "selection": vals}), flush=True)
 
 

@@ -9,10 +9,11 @@ from types import ModuleType
 
 
 def _run(results: Path, name: str, history: list[dict], seen: int, init: str | None = None) -> dict:
-    doc = {"name": name, "args": {"n_train": 0}, "history": history, "train_samples_seen": seen}
+    doc = {"name": name, "args": {"n_train": 0}, "history": history, "train_samples_seen": seen,
+           "command": f"train --name {name}"}  # fmt: skip
     if init is not None:
         parent = json.loads((results / init / "model.json").read_text())
-        doc["init"] = {k: parent[k] for k in ("name", "history", "train_samples_seen")}
+        doc["init"] = {k: parent[k] for k in ("name", "history", "train_samples_seen", "command")}
     (results / name).mkdir()
     (results / name / "model.json").write_text(json.dumps(doc))
     return doc
@@ -27,6 +28,20 @@ def test_a_curve_follows_every_stage_it_continued_from(
     _run(tmp_path, "b", [{"epoch": 1, "images": 30, "val_accuracy_time": 0.7}], 30, init="a")
     c = _run(tmp_path, "c", [{"epoch": 1, "images": 10, "val_accuracy_time": 0.8}], 10, init="b")
     assert curves._curve(c, tmp_path) == ([100, 200, 230, 240], [0.5, 0.6, 0.7, 0.8], 240)
+
+
+def test_a_stage_whose_folder_now_holds_another_run_uses_the_kept_summary(
+    example: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    curves = example("wuxing_curves")
+    _run(tmp_path, "a", [{"epoch": 1, "images": 100, "val_accuracy_steady": 0.5}], 100)
+    b = _run(tmp_path, "b", [{"epoch": 1, "images": 30, "val_accuracy_time": 0.7}], 30, init="a")
+    (tmp_path / "a").rename(tmp_path / "a-first")  # renamed; "a" now holds another run
+    other = {"name": "a", "command": "train --name a --lr 1", "train_samples_seen": 7,
+             "history": [{"epoch": 1, "images": 7, "val_accuracy_time": 0.9}]}  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.json").write_text(json.dumps(other))
+    assert curves._curve(b, tmp_path) == ([100, 130], [0.5, 0.7], 130)
 
 
 def test_a_run_that_continues_its_namesake_uses_the_kept_summary(
@@ -77,3 +92,25 @@ def test_an_average_of_runs_is_listed_and_does_not_break_the_plot(
     assert (tmp_path / "c.png").stat().st_size > 0
     curves.main([str(tmp_path), "--out", str(tmp_path / "d.png")])
     assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_a_run_kept_under_another_name_is_drawn_once_as_the_copy(
+    example: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    curves = example("wuxing_curves")
+    base = {"args": {"batch_size": 32}, "loss_per_step": [1.0] * 60, "train_samples_seen": 64,
+            "history": [{"epoch": 1, "images": 64, "val_accuracy_time": 0.5}]}  # fmt: skip
+    runs = {
+        "wuxing-b-1": {**base, "name": "wuxing-b-1", "command": "train --name wuxing-b-1"},
+        "wuxing-b": {**base, "name": "wuxing-b", "trained_as": "wuxing-b-1",
+                     "command": "train --name wuxing-b-1"},  # keep's copy of b-1
+        # renamed: its old name now holds another run (another command), so both are drawn
+        "wuxing-a-first": {**base, "name": "wuxing-a-first", "trained_as": "wuxing-a",
+                           "command": "train --name wuxing-a"},
+        "wuxing-a": {**base, "name": "wuxing-a", "command": "train --name wuxing-a --lr 1"},
+    }  # fmt: skip
+    for name, doc in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(json.dumps(doc))
+    paths = sorted(tmp_path.glob("*/model.json"))
+    assert curves.plot(paths, tmp_path / "c.png") == ["a", "a-first", "b"]

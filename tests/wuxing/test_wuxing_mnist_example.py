@@ -177,6 +177,14 @@ def test_keep_copies_the_candidate_that_validates_best(script: ModuleType, tmp_p
     assert (tmp_path / "kept" / "model.safetensors").read_bytes() == (
         b / "model.safetensors"
     ).read_bytes()
+    assert not (tmp_path / "kept" / "metrics.json").exists()  # b was never scored
+    # a scored candidate: its test score comes along, under the new name
+    (b / "metrics.json").write_text(json.dumps({"name": "b", "accuracy": {"device": 0.84}}))
+    script.main(["keep", str(a), str(b), "--name", "kept", "--by", "validate", *out])
+    m = json.loads((tmp_path / "kept" / "metrics.json").read_text())
+    assert m["name"] == "kept" and m["trained_as"] == "b" and m["accuracy"] == {"device": 0.84}
+    assert m["selection"] == {"a": 0.82, "b": 0.85}
+    assert json.loads((b / "metrics.json").read_text())["name"] == "b"  # the candidate's as it was
     # the best epoch of the in-training validation (a); the earlier copy is replaced
     script.main(["keep", str(a), str(b), "--name", "kept", *out])
     doc = json.loads((tmp_path / "kept" / "model.json").read_text())
