@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+from wuxing_mnist import _val_result  # noqa: E402
+
 BEST_MODEL1 = "wuxing-model1-twin-bptt8k"  # the last stage the MODEL1 chain kept on validation
 
 
@@ -29,21 +32,12 @@ def _run(results: Path, name: str) -> dict[str, Any]:
     m = json.loads((folder / "metrics.json").read_text())
     doc = json.loads((folder / "model.json").read_text())
     below = doc.get("init") or {}  # the summary of the chain below counts all of its stages
-    vpath = folder / "validation.json"
-    last = json.loads(vpath.read_text())[-1] if vpath.exists() else None
-    validation = (
-        {k: last[k] for k in ("accuracy", "mode", "T", "dt", "n_val")}
-        if last
-        else {
-            "accuracy": max(doc.get("val_accuracy_time") or doc["val_accuracy_steady"]),
-            "in_training": True,
-        }
-    )
+    by = "validate" if (folder / "validation.json").exists() else "training"  # as keep reads it
     return {
         "run": name,
         "trained_as": doc.get("trained_as"),
         "accuracy_device": m["accuracy"]["device"],
-        "validation": validation,
+        "validation": {**_val_result(folder, by), "by": by},
         "network": doc["network"],
         "n_links": doc["wiring"]["n_links"],
         "train_seconds": doc["train_seconds"] + below.get("train_seconds", 0.0),

@@ -15,7 +15,8 @@ NET = {"model": "MODEL1", "wiring": "one-to-one", "fan_in": 0, "seed": 0}
 def _scored(results: Path, name: str, device: float, network: dict = NET) -> None:
     (results / name).mkdir(parents=True)
     doc = {"name": name, "network": network, "wiring": {"n_links": 4711},
-           "train_seconds": 10.0, "train_samples_seen": 100, "val_accuracy_steady": [0.5, 0.6],
+           "train_seconds": 10.0, "train_samples_seen": 100, "val_accuracy_time": [0.5, 0.6],
+           "train_config": {"T": 40.0, "dt": 0.2, "readout": "final"}, "args": {"n_val": 1000},
            "init": {"name": "first", "train_seconds": 5.0, "train_samples_seen": 50}}  # fmt: skip
     (results / name / "model.json").write_text(json.dumps(doc))
     (results / name / "metrics.json").write_text(json.dumps({"accuracy": {"device": device}}))
@@ -35,11 +36,14 @@ def test_targets_are_read_from_the_scored_runs(
     assert doc["targets"][1]["difference"] == pytest.approx(0.04)
     run = doc["targets"][0]["runs"][0]
     assert run["train_seconds"] == 15.0 and run["train_samples_seen"] == 150  # every stage
-    assert run["validation"] == {"accuracy": 0.6, "in_training": True}
+    assert run["validation"] == {"accuracy": 0.6, "mode": "time", "T": 40.0, "dt": 0.2,
+                                 "readout": "final", "n_val": 1000, "by": "training"}  # fmt: skip
     (tmp_path / "wuxing-model1-bptt" / "validation.json").write_text(json.dumps([
-        {"accuracy": 0.7, "mode": "time", "T": 40.0, "dt": 0.1, "n_val": 6000, "seconds": 1.0}
+        {"accuracy": 0.7, "mode": "time", "T": 40.0, "dt": 0.1, "readout": "final", "n_val": 6000,
+         "seconds": 1.0}
     ]))  # fmt: skip
-    assert targets.targets(tmp_path)[1]["runs"][1]["validation"]["n_val"] == 6000
+    val = targets.targets(tmp_path)[1]["runs"][1]["validation"]
+    assert val["n_val"] == 6000 and val["accuracy"] == 0.7 and val["by"] == "validate"
 
 
 def test_targets_refuse_an_unscored_run_or_two_different_networks(
