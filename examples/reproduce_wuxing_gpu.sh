@@ -64,7 +64,8 @@ for eta in ${OP_ETAS:-5 15}; do
     run operating "wuxing-model1-method2-operating-eta$eta" --method method2 --reversal operating \
         --eta "$eta" --twin "$twin" --T 60
 done
-run model2 wuxing-model2-method2 --model MODEL2 --method method2 --eta 3 --twin "$twin" --T 60
+run model2 wuxing-model2-method2-paper --model MODEL2 --method method2 --eta 3 --twin "$twin" \
+    --T 60
 run bptt wuxing-model1-bptt-h100 --method bptt --lr 0.05 --batch-size 128 --T 40 --dt 0.1
 wait
 
@@ -94,7 +95,7 @@ score=(--data-dir "$data" --device "$device" --readout final --dt 0.1 --batch-si
 # score only what this call trained
 for pair in twin:wuxing-model1-twin adders:wuxing-model1-adders-h100 \
     method2:wuxing-model1-method2-paper operating:wuxing-model1-method2-operating \
-    model2:wuxing-model2-method2; do
+    model2:wuxing-model2-method2-paper; do
     key=${pair%%:*} name=${pair#*:}
     [[ $runs == *" $key "* && -f "$out/$name/model.json" ]] || continue
     timeout 300 python examples/wuxing_mnist.py score "$out/$name" --modes time,surrogate \
