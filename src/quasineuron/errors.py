@@ -41,3 +41,10 @@ class StoreCorruptError(RuntimeError):
 
 class OutOfDomainError(ValueError):
     """Drives fell outside a surrogate's characterised domain under ``policy='raise'``."""
+
+
+class IntegrityError(StoreCorruptError):
+    """A file quasineuron wrote fails its checksum or cannot be parsed: it was damaged.
+
+    The message names the file and what to do (usually: delete it and run the step again).
+    """
