@@ -100,23 +100,12 @@ def _check_finite(
                 bad_figures.append(f"{name}={value!r}")
     if not bad_tensors and not bad_figures:
         return
-    if report is not None and not all(math.isfinite(float(v)) for v in report.output_range):
-        why = (
-            "the sweep it was fitted on has inf/NaN device outputs at points marked successful "
-            "(see the sweep's outputs and the device's numerics)"
-        )
-    elif bad_tensors:
-        why = "the twin's own parameters are inf/NaN: its fit blew up (try a smaller lr)"
-    else:
-        why = (
-            "its held-out predictions or the device outputs it was checked against are inf/NaN "
-            "(non-finite device outputs in the sweep, or a twin that blew up)"
-        )
     found = ", ".join(bad_figures + [f"tensor {k!r}" for k in bad_tensors])
     raise ValueError(
-        f"refusing to save the twin to {str(path)!r}: its fidelity is not finite ({found}); "
-        f"{why}. Fix the sweep or the fit and fit again, or pass allow_nonfinite=True to save "
-        f"it anyway"
+        f"refusing to save the twin to {str(path)!r}: it is not finite ({found}). Either the "
+        f"sweep it was fitted on has inf/NaN device outputs at points marked successful (check "
+        f"the device's numerics and the sweep's outputs), or its fit blew up (refit with a "
+        f"smaller lr). Fit it again, or pass allow_nonfinite=True to save it anyway"
     )
 
 
