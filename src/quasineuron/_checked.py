@@ -24,7 +24,9 @@ DOC_KEY = "quasineuron"
 CHECKED_FLAG = "checksummed"
 
 
-def write_document_checked(path: str | Path, tensors: dict[str, Any], document: dict) -> None:
+def write_document_checked(
+    path: str | Path, tensors: dict[str, Any], document: dict[str, Any]
+) -> None:
     """Write ``tensors`` and ``document`` (JSON) atomically, with a checksum over both."""
     text = json.dumps({**document, CHECKED_FLAG: True})
     save_safetensors_checked(path, tensors, {DOC_KEY: text})
