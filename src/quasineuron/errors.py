@@ -15,6 +15,10 @@ class OutOfDomainWarning(QuasineuronWarning):
     """Drives fell outside the domain a surrogate was characterised on."""
 
 
+class NonFiniteOutputWarning(QuasineuronWarning):
+    """A network gave inf/NaN outputs for some rows; those rows were scored as wrong."""
+
+
 class DeviceContractError(TypeError):
     """A device's probe call returned the wrong shape, dtype or torch device."""
 

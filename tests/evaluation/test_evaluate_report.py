@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from quasineuron.data import ArrayDataset, regression_1d
+from quasineuron.errors import NonFiniteOutputWarning
 from quasineuron.evaluation import evaluate, mode_name
 from quasineuron.network.modes import Direct, PhysicsAware, Surrogate, TrueDevice
 from quasineuron.network.variability import Variability
@@ -112,3 +113,39 @@ def test_plain_module_with_mode_none():
         net.bias.zero_()
     report = evaluate(net, DATA, modes=(None,))
     assert report.accuracy == {"default": 1.0} and report.gap is None
+
+
+class Overflowing(StandIn):
+    """The true device gives inf in the right class's logit of rows 1 and 4, NaN in row 6."""
+
+    def forward(self, x: torch.Tensor, *, mode=Surrogate()) -> torch.Tensor:  # noqa: B008
+        out = x @ self.w
+        if isinstance(mode, TrueDevice):
+            out = out.clone()
+            out[1, LABELS[1]] = out[4, LABELS[4]] = torch.inf  # argmax would say "right"
+            out[6, 0] = torch.nan
+        return out
+
+
+def test_non_finite_rows_are_counted_scored_wrong_and_warned_once_per_mode():
+    with pytest.warns(NonFiniteOutputWarning, match="'device': 3 of 8 rows of 'toy'") as rec:
+        report = evaluate(Overflowing(), DATA)
+    assert len(rec) == 1
+    assert report.nonfinite_rows == {"surrogate": 0, "device": 3}
+    assert report.accuracy == {"surrogate": 1.0, "device": 5 / 8}
+    # the confusion matrix holds the rows that have a prediction
+    assert report.confusion["device"] == [[2, 0, 0], [0, 1, 0], [0, 0, 2]]
+    assert json.loads(json.dumps(report.to_dict()))["nonfinite_rows"]["device"] == 3
+
+
+def test_non_finite_rows_under_variability_are_counted_per_draw():
+    class Chip(Overflowing):
+        def with_variability(self, v: Variability) -> Chip:
+            return Chip()
+
+    with pytest.warns(NonFiniteOutputWarning) as rec:
+        report = evaluate(Chip(), DATA, variability=Variability(gain_std=0.1), n_draws=2)
+    assert [str(w.message).split(":")[0] for w in rec] == ["mode 'device'"] * 2
+    assert "6 of 16 rows of 'toy' over the variability draws" in str(rec[1].message)
+    device = report.variability["modes"]["device"]
+    assert device["nonfinite_rows"] == [3, 3] and device["accuracy"] == [5 / 8, 5 / 8]

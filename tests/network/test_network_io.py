@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -75,3 +76,21 @@ def test_loading_with_another_device_is_refused(tmp_path):
 def test_loading_a_missing_folder_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_network"):
         load_network(tmp_path / "nothing", device=tanh_device())
+
+
+def test_crash_while_saving_keeps_the_previous_network(tmp_path, monkeypatch, gen):
+    old = DeviceNetwork(tanh_device(), (4, 3, 2), seed=0)
+    folder = save_network(old, tmp_path / "net")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def crash(src, dst):
+        raise OSError("simulated crash during rename")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            save_network(DeviceNetwork(tanh_device(), (4, 3, 2), seed=1), folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    x = torch.rand(3, 4, generator=gen)
+    loaded = load_network(folder, device=tanh_device())
+    assert torch.equal(loaded(x, mode=TrueDevice()), old(x, mode=TrueDevice()))

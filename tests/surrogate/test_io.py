@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -45,3 +46,21 @@ def test_report_dict_round_trip(tanh_table):
     assert FitReport.from_dict(d) == report
     with pytest.raises(ValueError, match="unknown FitReport fields"):
         FitReport.from_dict({**d, "rmsee": 1.0})
+
+
+def test_crash_while_saving_keeps_the_previous_twin(tanh_table, tmp_path, monkeypatch):
+    old = fit_surrogate(tanh_table, kind="spline")
+    path = save_surrogate(old, tmp_path / "twin.safetensors")
+    before = path.read_bytes()
+    new = fit_surrogate(tanh_table, kind="mlp", hidden=(4,), max_steps=2, lbfgs_steps=0)
+
+    def crash(src, dst):
+        raise OSError("simulated crash during rename")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            save_surrogate(new, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["twin.safetensors"]  # no temporary left
+    assert load_surrogate(path).kind == "spline"

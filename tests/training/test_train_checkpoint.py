@@ -113,6 +113,21 @@ def test_checkpoint_is_safetensors_with_json_metadata(tmp_path):
     assert b"pickle" not in path.read_bytes()[:64]
 
 
+def test_history_json_is_strict_json_when_a_loss_is_not_finite(tmp_path):
+    class NaNWhenEvaluating(TinyNet):
+        def forward(self, x, *, mode=None):
+            out = super().forward(x, mode=mode)
+            return out if self.training else out * torch.nan
+
+    _run(tmp_path, epochs=1, seed_init=0, net=NaNWhenEvaluating(seed=0))
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
+    assert history[0]["val_loss"] is None  # NaN is written as null
+
+
 def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     _run(tmp_path, epochs=1, seed_init=0, schedule=None)
     path = tmp_path / CHECKPOINT_NAME

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from quasineuron.data.dataset import ArrayDataset
+from quasineuron.errors import NonFiniteOutputWarning
 
 __all__ = ["EvaluationReport", "evaluate", "mode_name"]
 
@@ -50,12 +52,17 @@ class EvaluationReport:
         n_classes: Number of classes (size of the confusion matrices).
         accuracy: Fraction right per mode, keyed by :func:`mode_name`.
         confusion: Confusion matrix per mode, ``confusion[mode][true][predicted]`` counts.
+            Rows with non-finite outputs have no predicted class and are left out, so each
+            matrix sums to ``n_samples - nonfinite_rows[mode]``.
         samples_per_second: Throughput per mode (forward passes only).
         gap: ``accuracy["surrogate"] - accuracy["device"]`` (a fraction), or None unless both
             modes were scored. Positive means the true device does worse than its twin.
         variability: None, or the spread of accuracy over draws of device-to-device
             variability: ``{"settings": [...], "modes": {mode: {"accuracy": [...], "mean",
-            "std", "min", "max"}}}`` for each mode that runs the true device.
+            "std", "min", "max", "nonfinite_rows": [...]}}}`` for each mode that runs the
+            true device.
+        nonfinite_rows: Per mode, how many samples gave an output row holding inf or NaN.
+            They count as wrong predictions in ``accuracy``, whatever the finite logits say.
     """
 
     dataset: str
@@ -66,6 +73,7 @@ class EvaluationReport:
     samples_per_second: dict[str, float]
     gap: float | None
     variability: dict[str, Any] | None = field(default=None)
+    nonfinite_rows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (plain dicts, lists, numbers and strings)."""
@@ -95,6 +103,11 @@ def evaluate(
             for every setting, giving the spread of accuracy across device instances.
         n_draws: With a single ``variability``, how many instances to draw (seeds
             ``seed, seed + 1, ...``).
+
+    A sample whose output row holds inf or NaN (a device that overflowed or diverged) is
+    scored as a wrong prediction, counted in ``nonfinite_rows``, and a
+    :class:`~quasineuron.errors.NonFiniteOutputWarning` with the count is issued once per mode
+    (and once per mode over the variability draws).
 
     Returns:
         The report; ``gap`` is surrogate minus device accuracy.
@@ -137,11 +150,16 @@ def evaluate(
     confusion: dict[str, list[list[int]]] = {}
     speed: dict[str, float] = {}
     n_classes = data.n_classes or 0
+    nonfinite: dict[str, int] = {}
     for name, mode in zip(names, modes, strict=True):
-        pred, seconds = _predict(net, x, mode, batch_size)
-        n_classes = max(n_classes, int(pred.max()) + 1)
-        accuracy[name] = (pred == y).double().mean().item()
-        confusion[name] = _confusion(y, pred, n_classes)
+        pred, finite, seconds = _predict(net, x, mode, batch_size)
+        nonfinite[name] = int((~finite).sum())
+        if nonfinite[name]:
+            _warn_nonfinite(nonfinite[name], len(x), name, data.name, draws=False)
+        if bool(finite.any()):
+            n_classes = max(n_classes, int(pred[finite].max()) + 1)
+        accuracy[name] = _accuracy(pred, finite, y)
+        confusion[name] = _confusion(y[finite], pred[finite], n_classes)
         speed[name] = len(x) / seconds if seconds > 0 else math.inf
     # matrices made before a wider prediction appeared are padded to the final size
     confusion = {k: _pad(v, n_classes) for k, v in confusion.items()}
@@ -152,10 +170,13 @@ def evaluate(
         for name, mode in zip(names, modes, strict=True):
             if not getattr(mode, "uses_true_device", name != "surrogate"):
                 continue
-            accs = []
+            accs, bad = [], []
             for setting in settings:
-                pred, _ = _predict(net.with_variability(setting), x, mode, batch_size)
-                accs.append((pred == y).double().mean().item())
+                pred, finite, _ = _predict(net.with_variability(setting), x, mode, batch_size)
+                accs.append(_accuracy(pred, finite, y))
+                bad.append(int((~finite).sum()))
+            if sum(bad):
+                _warn_nonfinite(sum(bad), len(x) * len(settings), name, data.name, draws=True)
             t = torch.tensor(accs, dtype=torch.float64)
             per_mode[name] = {
                 "accuracy": accs,
@@ -163,6 +184,7 @@ def evaluate(
                 "std": t.std(correction=0).item(),
                 "min": t.min().item(),
                 "max": t.max().item(),
+                "nonfinite_rows": bad,
             }
         spread = {"settings": [dataclasses.asdict(s) for s in settings], "modes": per_mode}
 
@@ -178,6 +200,7 @@ def evaluate(
         samples_per_second=speed,
         gap=gap,
         variability=spread,
+        nonfinite_rows=nonfinite,
     )
 
 
@@ -215,12 +238,16 @@ def _variability_settings(net: torch.nn.Module, variability: Any, n_draws: int) 
 @torch.no_grad()
 def _predict(
     net: torch.nn.Module, x: torch.Tensor, mode: Any, batch_size: int
-) -> tuple[torch.Tensor, float]:
-    """Predicted classes (n,) and the seconds the forward passes took."""
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predicted classes (n,), whether each output row was finite (n,) bool, and seconds.
+
+    The class of a row that is not finite is meaningless (argmax picks an inf, or whatever
+    NaN compares to); callers must score it by the mask.
+    """
     was_training = net.training
     net.eval()
     try:
-        preds = []
+        preds, finite = [], []
         _sync(x.device)
         t0 = time.perf_counter()
         for start in range(0, len(x), batch_size):
@@ -232,11 +259,29 @@ def _predict(
                     f"{tuple(out.shape)}"
                 )
             preds.append(out.argmax(dim=1))
+            finite.append(out.isfinite().all(dim=1))
         _sync(x.device)
         seconds = time.perf_counter() - t0
     finally:
         net.train(was_training)
-    return torch.cat(preds), seconds
+    return torch.cat(preds), torch.cat(finite), seconds
+
+
+def _accuracy(pred: torch.Tensor, finite: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of all rows that are finite and right: a non-finite row is always wrong."""
+    return ((pred == y) & finite).double().mean().item()
+
+
+def _warn_nonfinite(n_bad: int, n_total: int, mode: str, dataset: str, *, draws: bool) -> None:
+    over = " over the variability draws" if draws else ""
+    warnings.warn(
+        f"mode {mode!r}: {n_bad} of {n_total} rows of {dataset!r}{over} gave non-finite (inf or "
+        f"NaN) outputs; they are scored as wrong predictions (see nonfinite_rows in the report). "
+        f"The device overflowed or diverged for those inputs: check its numerics and the drive "
+        f"range the network feeds it",
+        NonFiniteOutputWarning,
+        stacklevel=3,  # the caller of evaluate()
+    )
 
 
 def _sync(device: torch.device) -> None:

@@ -4,6 +4,12 @@ A saved network is a folder holding ``network.json`` (sizes, connection and wiri
 parameters, each layer's ``device.describe()``) and ``weights.safetensors`` (connection weights,
 masks, readout). Nothing is pickled. The devices themselves are code, so they are passed again
 to :func:`load_network`, which checks them against the saved descriptions.
+
+Integrity: the weights file's header holds a SHA-256 digest of its tensors and of the exact
+bytes of ``network.json``, both verified on load. Each file is replaced atomically, the
+weights first; so a save interrupted between the two files leaves new weights beside an old
+``network.json``, whose digest then does not match, and loading refuses the folder instead of
+combining the two. Folders written before digests existed load unchecked.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from quasineuron._atomic import atomic_write_bytes, sha256_hex
+from quasineuron._checked import read_document_checked, write_document_checked
 from quasineuron.devices.base import AbstractDevice
+from quasineuron.errors import IntegrityError
 from quasineuron.network.connections import connection_from_dict
 from quasineuron.network.network import DeviceNetwork, _per_layer
 from quasineuron.network.wiring import wiring_from_dict
@@ -27,12 +35,17 @@ FORMAT = "quasineuron.network"
 VERSION = 1
 ARCH_FILE = "network.json"
 WEIGHTS_FILE = "weights.safetensors"
+_WEIGHTS_FORMAT = "quasineuron.network.weights"
+_ARCH_DIGEST = "network_json_sha256"
+_FIX = "save the network again with save_network (or restore the folder from a backup)"
 
 
 def save_network(net: DeviceNetwork, path: str | Path) -> Path:
     """Write ``net`` to the folder ``path`` (created if missing).
 
     Variability views are saved as their nominal network; the devices' own state is not saved.
+    Both files are written atomically, the weights (which carry the digest of the new
+    ``network.json``) first, so an interrupted save never leaves a folder that loads.
 
     Args:
         net: The network to save.
@@ -47,10 +60,11 @@ def save_network(net: DeviceNetwork, path: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     arch = {"format": FORMAT, "version": VERSION, **net.describe()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.connection_state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE))
     # default=str keeps odd entries of a device's describe() readable instead of failing.
-    text = json.dumps(arch, indent=2, sort_keys=True, default=str)
-    (folder / ARCH_FILE).write_text(text + "\n", encoding="utf-8")
+    text = (json.dumps(arch, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+    document = {"format": _WEIGHTS_FORMAT, "version": VERSION, _ARCH_DIGEST: sha256_hex(text)}
+    write_document_checked(folder / WEIGHTS_FILE, tensors, document)
+    atomic_write_bytes(folder / ARCH_FILE, text)
     return folder
 
 
@@ -85,6 +99,8 @@ def load_network(
     Raises:
         FileNotFoundError: If the folder lacks either file.
         ValueError: If the file is not a saved network or the devices do not match it.
+        IntegrityError: If either file is damaged or the two come from different saves; the
+            message names the file.
     """
     folder = Path(path)
     for name in (ARCH_FILE, WEIGHTS_FILE):
@@ -92,7 +108,28 @@ def load_network(
             raise FileNotFoundError(
                 f"{folder / name} not found; expected a folder written by save_network"
             )
-    arch = json.loads((folder / ARCH_FILE).read_text(encoding="utf-8"))
+    tensors, document = read_document_checked(
+        folder / WEIGHTS_FILE, what="network weights", fix=_FIX
+    )
+    text = (folder / ARCH_FILE).read_bytes()
+    if document is not None:
+        digest = document.get(_ARCH_DIGEST)
+        if not isinstance(digest, str) or sha256_hex(text) != digest:
+            raise IntegrityError(
+                f"network file {str(folder / ARCH_FILE)!r} does not match the checksum stored "
+                f"for it in {WEIGHTS_FILE}: it was damaged or edited, or the folder mixes files "
+                f"of two saves (e.g. a save interrupted between its two files); {_FIX}"
+            )
+    try:
+        arch = json.loads(text.decode("utf-8"))
+    except ValueError as exc:  # a digest-less (older) folder whose JSON was damaged
+        raise IntegrityError(
+            f"network file {str(folder / ARCH_FILE)!r} is damaged (not valid JSON: {exc}); {_FIX}"
+        ) from None
+    if not isinstance(arch, dict):
+        raise IntegrityError(
+            f"network file {str(folder / ARCH_FILE)!r} is damaged (not a JSON object); {_FIX}"
+        )
     if arch.get("format") != FORMAT or arch.get("version") != VERSION:
         raise ValueError(
             f"{folder / ARCH_FILE} is not a {FORMAT} v{VERSION} file (format="
@@ -103,7 +140,6 @@ def load_network(
     devices = _per_layer(device, n, "device", AbstractDevice)
     for i, (dev, spec) in enumerate(zip(devices, layers, strict=True)):
         _check_matches(dev, spec["device"], "device", i)
-    tensors = load_file(str(folder / WEIGHTS_FILE))
     dtype = getattr(torch, arch["dtype"], None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {arch['dtype']!r} in {folder / ARCH_FILE}")

@@ -2,20 +2,21 @@
 
 The JSON (stored in the safetensors metadata under ``"quasineuron"``) holds the format version,
 the twin kind, its settings (sizes, activation, grid), the common fields (characterised domain,
-domain policy, source device description, name) and the fit report. Loading reads tensors with
-``safetensors`` only, so it never unpickles or runs stored code.
+domain policy, source device description, name) and the fit report. The header also holds a
+SHA-256 digest of the tensors and the JSON, verified on every load, and the file is replaced
+atomically. Loading reads tensors with ``safetensors`` only, so it never unpickles or runs
+stored code.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
-from typing import Any
 
-from safetensors import safe_open
-from safetensors.torch import save_file
+import torch
 
+from quasineuron._checked import read_document_checked, write_document_checked
 from quasineuron.surrogate.base import AbstractSurrogate
 from quasineuron.surrogate.fit import FitResult
 from quasineuron.surrogate.mlp import MLPSurrogate
@@ -25,22 +26,41 @@ from quasineuron.surrogate.spline import SplineSurrogate
 __all__ = ["load_surrogate", "save_surrogate"]
 
 _FORMAT = 1
-_KEY = "quasineuron"
 _KINDS: dict[str, type[AbstractSurrogate]] = {"mlp": MLPSurrogate, "spline": SplineSurrogate}
+_FIX = (
+    "fit the twin again (fit_surrogate, or rerun the characterise step that wrote it) and save "
+    "it again"
+)
+# The fidelity figures of a FitReport that must be finite for a twin to be worth saving.
+_FIGURES = ("rmse", "nrmse", "max_abs", "r2", "output_range")
 
 
-def save_surrogate(model: AbstractSurrogate | FitResult, path: str | os.PathLike[str]) -> Path:
-    """Write a twin (and its fit report, if any) to one safetensors file.
+def save_surrogate(
+    model: AbstractSurrogate | FitResult,
+    path: str | os.PathLike[str],
+    *,
+    allow_nonfinite: bool = False,
+) -> Path:
+    """Write a twin (and its fit report, if any) to one safetensors file, atomically.
+
+    A twin whose fit report has a non-finite fidelity figure (NRMSE, RMSE, max error, R² or
+    output range is inf or NaN) or whose tensors are not finite is refused: such a twin was
+    fitted on device outputs that are inf/NaN at points the sweep marked successful, or its
+    training blew up, and its predictions cannot be trusted.
 
     Args:
         model: The twin, or a :class:`FitResult` holding it.
         path: Target file, conventionally ``*.safetensors``; parent folders are created.
+        allow_nonfinite: Save such a twin anyway (to inspect it); its report keeps the
+            non-finite figures, so whoever loads it can see them.
 
     Returns:
         The path written.
 
     Raises:
         TypeError: If ``model`` is not a twin made by this package.
+        ValueError: If the twin's fidelity figures or tensors are not finite and
+            ``allow_nonfinite`` is False.
     """
     if isinstance(model, FitResult):
         model = model.model
@@ -50,6 +70,9 @@ def save_surrogate(model: AbstractSurrogate | FitResult, path: str | os.PathLike
             f"{type(model).__name__}"
         )
     report = model.fit_report
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors().items()}
+    if not allow_nonfinite:
+        _check_finite(report if isinstance(report, FitReport) else None, tensors, path)
     meta = {
         "format": _FORMAT,
         "kind": model.kind,
@@ -57,11 +80,33 @@ def save_surrogate(model: AbstractSurrogate | FitResult, path: str | os.PathLike
         "common": model.common(),
         "report": report.to_dict() if isinstance(report, FitReport) else None,
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={_KEY: json.dumps(meta)})
+    write_document_checked(path, tensors, meta)
     return path
+
+
+def _check_finite(
+    report: FitReport | None, tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]
+) -> None:
+    bad_tensors = sorted(
+        k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())
+    )
+    bad_figures = []
+    if report is not None:
+        for name in _FIGURES:
+            value = getattr(report, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(math.isfinite(float(v)) for v in values):
+                bad_figures.append(f"{name}={value!r}")
+    if not bad_tensors and not bad_figures:
+        return
+    found = ", ".join(bad_figures + [f"tensor {k!r}" for k in bad_tensors])
+    raise ValueError(
+        f"refusing to save the twin to {str(path)!r}: it is not finite ({found}). Either the "
+        f"sweep it was fitted on has inf/NaN device outputs at points marked successful (check "
+        f"the device's numerics and the sweep's outputs), or its fit blew up (refit with a "
+        f"smaller lr). Fit it again, or pass allow_nonfinite=True to save it anyway"
+    )
 
 
 def load_surrogate(path: str | os.PathLike[str]) -> AbstractSurrogate:
@@ -76,19 +121,18 @@ def load_surrogate(path: str | os.PathLike[str]) -> AbstractSurrogate:
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is not a quasineuron twin or has an unknown format or kind.
+        IntegrityError: If the file is damaged (unreadable, truncated or not matching the
+            checksum written with it); the message names the file and says to refit.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved twin at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    if _KEY not in header:
+    tensors, meta = read_document_checked(path, what="twin", fix=_FIX)
+    if meta is None:
         raise ValueError(
             f"{path} is a safetensors file without quasineuron metadata; save twins with "
             "save_surrogate"
         )
-    meta: dict[str, Any] = json.loads(header[_KEY])
     if meta.get("format") != _FORMAT:
         raise ValueError(
             f"{path} has twin format {meta.get('format')!r}; this version reads {_FORMAT}"

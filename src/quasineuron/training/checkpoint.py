@@ -4,7 +4,10 @@ One checkpoint is one file, ``checkpoint.safetensors``: the tensors (model, opti
 random-generator state, best weights) are its entries and the rest (epoch, history, optimiser
 scalars and parameter groups, run configuration) is a JSON document stored in its header
 metadata. A single file replaced atomically (temp file, fsync, ``os.replace``) can never be
-seen half-written, and it cannot get out of step with a separate JSON file.
+seen half-written, and it cannot get out of step with a separate JSON file. The header also
+holds a SHA-256 digest of the tensors and the JSON, verified on every load: a damaged file
+raises :class:`~quasineuron.errors.IntegrityError` instead of resuming from wrong numbers.
+Checkpoints written before digests existed load unchecked.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from quasineuron._atomic import atomic_write_bytes
+from quasineuron._checked import read_document_checked, write_document_checked
 from quasineuron.errors import StoreCorruptError
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _FORMAT = "quasineuron-checkpoint"
 _VERSION = 1
-_META_KEY = "quasineuron"
+_FIX = "delete it to restart training from scratch"
 
 
 @dataclass(frozen=True)
@@ -95,34 +96,28 @@ def save_checkpoint(
         "optimizer": {"param_groups": param_groups, "scalars": opt_scalars},
         "has_best_model": best_model_state is not None,
     }
-    blob = st_save(tensors, metadata={_META_KEY: json.dumps(document)})
-    atomic_write_bytes(Path(path), blob)
+    write_document_checked(Path(path), tensors, document)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint` and verify its checksum.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        StoreCorruptError: If the file is not a readable quasineuron checkpoint.
+        IntegrityError: If the file is damaged (unreadable, truncated or not matching its
+            checksum); the message names the file and says to delete it.
+        StoreCorruptError: If the file is readable but not a quasineuron checkpoint.
     """
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        document = json.loads(header[_META_KEY])
-        tensors = st_load(path.read_bytes())
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types
+    tensors, document = read_document_checked(path, what="checkpoint", fix=_FIX)
+    if document is None:
         raise StoreCorruptError(
-            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); delete it "
-            f"to start training afresh"
-        ) from exc
+            f"{str(path)!r} is a safetensors file without quasineuron checkpoint metadata; {_FIX}"
+        )
     if document.get("format") != _FORMAT or document.get("version") != _VERSION:
         raise StoreCorruptError(
             f"{str(path)!r} is not a version-{_VERSION} quasineuron checkpoint "
-            f"(format={document.get('format')!r}, version={document.get('version')!r})"
+            f"(format={document.get('format')!r}, version={document.get('version')!r}); {_FIX}"
         )
     model_state: dict[str, torch.Tensor] = {}
     best_state: dict[str, torch.Tensor] = {}
@@ -142,7 +137,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     for idx, scalars in document["optimizer"]["scalars"].items():
         opt_state.setdefault(int(idx), {}).update(scalars)
     if generator_state is None:
-        raise StoreCorruptError(f"checkpoint {str(path)!r} lacks the generator state")
+        raise StoreCorruptError(f"checkpoint {str(path)!r} lacks the generator state; {_FIX}")
     return Checkpoint(
         model_state=model_state,
         optimizer_state={"state": opt_state, "param_groups": document["optimizer"]["param_groups"]},

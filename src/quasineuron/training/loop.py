@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -13,10 +12,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from quasineuron._atomic import atomic_write_json
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.training.checkpoint import (
     CHECKPOINT_NAME,
-    atomic_write_bytes,
     load_checkpoint,
     restore_optimizer_state,
     save_checkpoint,
@@ -385,7 +384,8 @@ def _save(
         meta=meta,
         best_model_state=best_state,
     )
-    atomic_write_bytes(path.parent / "history.json", json.dumps(hist, indent=1).encode())
+    # A readable copy of the history; the checkpoint above is what resuming reads.
+    atomic_write_json(path.parent / "history.json", hist, indent=1)
 
 
 def _check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
