@@ -613,6 +613,8 @@ def _run_stages(
             "mode": config.training.mode,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            # epochs restored from the checkpoint of an interrupted run (0: trained in one go)
+            "resumed_from_epoch": result.resumed_from_epoch,
             "history": [vars(e) for e in result.history],
         },
         "evaluation": report.to_dict(),
