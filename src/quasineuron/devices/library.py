@@ -237,7 +237,7 @@ def make_device(spec: str, *, allow_import: Sequence[str] = (), **options: Any) 
         raise ValueError(
             f"unknown device {spec!r}; use one of {available_devices()}, register your device "
             f"under the entry-point group {ENTRY_POINT_GROUP!r}, or give 'module:function' "
-            "for your own device"
+            "for your own device, with --allow-import PKG for its package"
         )
     module_name, _, attr = spec.partition(":")
     package = _top_package(module_name)
