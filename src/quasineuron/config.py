@@ -22,10 +22,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # strict: no silent coercion ("2" is not an int, 1 is not a bool); the dict is validated
-    # as JSON (see parse_config), where strict mode still accepts an int for a float field
-    # and an array for a tuple, as a TOML file writes them.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 #: A layer width: a positive number of neurons.
@@ -164,8 +161,10 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
     except (TypeError, ValueError) as exc:  # e.g. a TOML date, which no field accepts
         raise ConfigError(f"invalid configuration in {source}: {exc}") from None
     try:
-        # JSON mode on purpose: strict types as TOML writes them (see _Strict)
-        return RunConfig.model_validate_json(text)
+        # Strict: no silent coercion ("2" is not an int, true is not an int). Validated as
+        # JSON on purpose: there strict mode still accepts an int for a float field and an
+        # array for a tuple, as a TOML file writes them.
+        return RunConfig.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
 
