@@ -451,6 +451,18 @@ def run_pipeline(
         )
     )
 
+    # Built once before any work (and thrown away), so that a connection that does not fit
+    # the device or a wiring that does not fit the sizes stops the run here, not after the
+    # sweep and the twin fit.
+    DeviceNetwork(
+        device,
+        sizes,
+        connection=_connection(config, device),
+        wiring=_wiring(config),
+        readout_affine=config.network.readout_affine,
+        seed=config.network.seed,
+    )
+
     if state == "fresh":
         if overwrite:
             _remove_run_outputs(out)

@@ -170,6 +170,14 @@ CASES: dict[str, tuple[Callable[..., list[str]], str]] = {
         lambda t, d: _run(t, 'name = "digits"', 'name = "mnist"', "--data-dir", str(t)),
         "lacks",
     ),
+    "connection does not fit the device": (
+        lambda t, d: _run(t, "hidden = [4]", 'hidden = [4]\nconnection = "two-drive"'),
+        "n_in=1",
+    ),
+    "fan-in above the inputs": (
+        lambda t, d: _run(t, "hidden = [4]", 'hidden = [4]\nwiring = "fan-in"\nfan_in = 100'),
+        "FanIn",
+    ),
     "--out is a file": (lambda t, d: _file_out(t), "is a file"),
     "--out under a file": (lambda t, d: _under_file_out(t), "output folder"),
     "--out read-only": (lambda t, d: _read_only_out(t), "cannot write"),
@@ -194,6 +202,16 @@ CASES: dict[str, tuple[Callable[..., list[str]], str]] = {
     "demo into a user's folder": (lambda t, d: _demo_into_user_files(t), "--overwrite"),
 }
 
+# caught before any work: nothing was swept
+BEFORE_WORK = {
+    "negative hidden",
+    "missing MNIST",
+    "huge sizes",
+    "connection does not fit the device",
+    "fan-in above the inputs",
+    "another run's folder",
+}
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_failure_is_one_line_and_exit_code_2(
@@ -213,6 +231,8 @@ def test_a_failure_is_one_line_and_exit_code_2(
     assert lines[0].startswith("quasineuron") and ": error: " in lines[0]
     assert "Traceback" not in err and out == ""
     assert phrase in lines[0]
+    if case in BEFORE_WORK:
+        assert not (tmp_path / "out" / "sweep.zarr").exists()
 
 
 def test_an_unforeseen_error_names_itself_and_the_traceback_flag(
