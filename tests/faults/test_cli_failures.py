@@ -92,7 +92,7 @@ def _run(tmp_path: Path, old: str = "", new: str = "", *extra: str) -> list[str]
 
 def _char(tmp_path: Path, device: str, *extra: str) -> list[str]:
     return ["characterize", device, "--out", str(tmp_path / "out"), "--points", "21",
-            "--no-progress", *extra]  # fmt: skip
+            "--twin", "spline", "--no-progress", *extra]  # fmt: skip
 
 
 def _file_out(tmp_path: Path) -> list[str]:
