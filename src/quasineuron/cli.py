@@ -245,6 +245,8 @@ def _message(exc: BaseException) -> str:
     text = _error_line(exc)
     if isinstance(exc, MemoryError) and text == "MemoryError":
         text = "out of memory; use smaller sizes, batches or sweep points"
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in text:  # torch's allocator
+        return f"out of memory ({text}); use smaller sizes, batches or sweep points"
     if not isinstance(exc, _expected()):
         # not a foreseen failure: say what it was and how to get the details
         text = f"{type(exc).__name__}: {text} (rerun with --traceback for details)"

@@ -421,7 +421,7 @@ def run_pipeline(
         raise RunFolderError("overwrite and resume exclude each other; choose one")
     digest = config_hash(config)
     prepare_output_folder(out)
-    state = _run_folder_state(out, digest, overwrite=overwrite, resume=resume)
+    state = _run_folder_state(out, digest, overwrite=overwrite)
     if state == "complete":
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
@@ -698,7 +698,7 @@ def prepare_output_folder(out: str | Path) -> Path:
     return out
 
 
-def _run_folder_state(out: Path, digest: str, *, overwrite: bool, resume: bool) -> str:
+def _run_folder_state(out: Path, digest: str, *, overwrite: bool) -> str:
     """Whether ``out`` starts a ``fresh`` run, ``continue``s this one, or holds it ``complete``."""
     entries = [p.name for p in out.iterdir()]
     if not entries or overwrite:
@@ -721,14 +721,10 @@ def _run_folder_state(out: Path, digest: str, *, overwrite: bool, resume: bool) 
         what = f"files that are not a quasineuron run ({', '.join(sorted(entries)[:3])}, ...)"
     else:
         what = f"another run ({record.get('config', {}).get('name', '?')!r}, another config)"
-    hint = (
-        "--resume continues only the run of the same config"
-        if resume
-        else "--resume continues only a run of the same config"
-    )
     raise RunFolderError(
         f"output folder {str(out)!r} holds {what}; choose a new --out, or pass --overwrite to "
-        f"replace its run files and start afresh ({hint})"
+        "replace its run files and start afresh (--resume continues only a run of the same "
+        "config)"
     )
 
 

@@ -274,3 +274,21 @@ def test_a_device_failing_at_the_probe_points_is_swept_and_its_failures_recorded
     # drives > 0 fail: 10 of the 21 grid points on [-2, 2]
     assert report["sweep"]["n_points"] == 21 and report["sweep"]["n_failed"] == 10
     assert capsys.readouterr().out.startswith(f"{kind}: 21 points, 10 failed")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to ...")],
+)
+def test_running_out_of_memory_is_one_line(
+    exc: BaseException, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import quasineuron.cli as cli
+
+    def oom(args: object) -> int:
+        raise exc
+
+    monkeypatch.setattr(cli, "_devices", oom)
+    assert main(["devices"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "out of memory" in err and "Traceback" not in err
