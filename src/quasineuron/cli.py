@@ -143,8 +143,13 @@ def _build_parser() -> argparse.ArgumentParser:
     _traceback_flag(ch, default=argparse.SUPPRESS)
 
     run = sub.add_parser("run", help="run the whole pipeline from a TOML config")
-    run.add_argument("config", type=Path)
-    run.add_argument("--out", required=True, type=Path)
+    run.add_argument("config", type=Path, help="the TOML run configuration")
+    run.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder; refused if it holds another run (see --overwrite, --resume)",
+    )
     run.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST files")
     _allow_import_flag(run)
     _run_folder_flags(run)
@@ -152,7 +157,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _traceback_flag(run, default=argparse.SUPPRESS)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the embedded digits data set")
-    demo.add_argument("--out", required=True, type=Path)
+    demo.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder; refused if it holds another run (see --overwrite, --resume)",
+    )
     _run_folder_flags(demo)
     demo.add_argument("--no-progress", action="store_true")
     _traceback_flag(demo, default=argparse.SUPPRESS)
