@@ -476,7 +476,7 @@ def run_pipeline(
             },
         )
     else:
-        # an interrupted run may have died between writing metrics.json and status.json
+        # continuing: the folder is not complete until the run ends (metrics.json is the mark)
         (out / "metrics.json").unlink(missing_ok=True)
 
     def status(stage: str) -> None:
@@ -488,11 +488,11 @@ def run_pipeline(
             config, out, device, sampler, status, train_set, val_set, test, sizes,
             timings=timings, t_start=t_start, progress=progress,
         )  # fmt: skip
+        atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
+        _write_status(out, "complete", config_hash=digest)
     except BaseException as exc:
         _write_status(out, "failed", error=_error_line(exc), config_hash=digest)
         raise
-    atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
-    _write_status(out, "complete", config_hash=digest)
     # last: metrics.json exists only in a complete run folder
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
