@@ -4,7 +4,10 @@ Sub-commands:
     characterize DEVICE --out DIR   sweep + twin + fidelity report for one device
     run CONFIG.toml --out DIR       the whole pipeline from a validated TOML config
     demo --out DIR                  the whole pipeline on the embedded default data set
-    devices                         list the built-in devices
+    devices                         list the built-in and registered devices
+
+Every failure ends in one line on stderr, ``quasineuron COMMAND: error: ...``, and exit status
+2 (130 when interrupted); the global ``--traceback`` flag re-raises instead.
 """
 
 from __future__ import annotations
@@ -14,9 +17,21 @@ import ast
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
+
+#: Exit status of every failure, as argparse uses for bad arguments.
+EXIT_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -27,16 +42,65 @@ def _parse_option(text: str) -> tuple[str, Any]:
         )
     try:
         parsed: Any = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         parsed = value  # a bare word is a string, e.g. activation=sigmoid
     return key.strip(), parsed
 
 
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _run_folder_flags(p: argparse.ArgumentParser) -> None:
+    folder = p.add_mutually_exclusive_group()
+    folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run files in a non-empty --out and start afresh",
+    )
+    folder.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (same config): sweep, twin, training",
+    )
+
+
+def _allow_import_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="let a 'module:attribute' device spec import and call code from the top-level "
+        "package PKG (repeatable); without it only built-in and registered devices run",
+    )
+
+
+def _traceback_flag(p: argparse.ArgumentParser, *, default: Any) -> None:
+    p.add_argument(
+        "--traceback",
+        action="store_true",
+        default=default,
+        help="re-raise errors with their Python traceback (for bug reports)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quasineuron",
         description="Train networks of devices that only approximately behave like neurons.",
     )
+    _traceback_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ch = sub.add_parser(
@@ -45,7 +109,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Sweep DEVICE over its domain (resumable), fit a surrogate twin, and write "
         "report.json, response.png, error.png, the sweep store and the twin into --out.",
     )
-    ch.add_argument("device", help="built-in name (see 'quasineuron devices') or module:function")
+    ch.add_argument(
+        "device",
+        help="built-in or registered name (see 'quasineuron devices'), or module:attribute "
+        "with --allow-import",
+    )
     ch.add_argument("--out", required=True, type=Path, help="output folder")
     ch.add_argument(
         "-o",
@@ -56,10 +124,15 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="device option, repeatable (e.g. -o eps=0.05)",
     )
+    _allow_import_flag(ch)
     ch.add_argument("--sampler", choices=["auto", "grid", "sobol", "random", "lhs"], default="auto")
-    ch.add_argument("--points", type=int, default=0, help="number of points (0: default)")
-    ch.add_argument("--batch-size", type=int, default=4096)
-    ch.add_argument("--workers", type=int, default=0, help="local worker processes")
+    ch.add_argument(
+        "--points", type=_int_at_least(0), default=0, help="number of points (0: default)"
+    )
+    ch.add_argument("--batch-size", type=_int_at_least(1), default=4096)
+    ch.add_argument(
+        "--workers", type=_int_at_least(0), default=0, help="local worker processes (0: none)"
+    )
     ch.add_argument("--twin", choices=["auto", "mlp", "spline"], default="auto")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--strict", action="store_true", help="stop at the first failing point")
@@ -67,27 +140,45 @@ def _build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a store made for another sweep"
     )
     ch.add_argument("--no-progress", action="store_true")
+    _traceback_flag(ch, default=argparse.SUPPRESS)
 
     run = sub.add_parser("run", help="run the whole pipeline from a TOML config")
-    run.add_argument("config", type=Path)
-    run.add_argument("--out", required=True, type=Path)
+    run.add_argument("config", type=Path, help="the TOML run configuration")
+    run.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder; refused if it holds another run (see --overwrite, --resume)",
+    )
     run.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST files")
+    _allow_import_flag(run)
+    _run_folder_flags(run)
     run.add_argument("--no-progress", action="store_true")
+    _traceback_flag(run, default=argparse.SUPPRESS)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the embedded digits data set")
-    demo.add_argument("--out", required=True, type=Path)
+    demo.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run folder; refused if it holds another run (see --overwrite, --resume)",
+    )
+    _run_folder_flags(demo)
     demo.add_argument("--no-progress", action="store_true")
+    _traceback_flag(demo, default=argparse.SUPPRESS)
 
-    sub.add_parser("devices", help="list the built-in devices")
+    devices = sub.add_parser("devices", help="list the built-in and registered devices")
+    _traceback_flag(devices, default=argparse.SUPPRESS)
     return parser
 
 
 def _characterize(args: argparse.Namespace) -> int:
     from quasineuron.devices.library import make_device
-    from quasineuron.pipeline import characterize, make_sampler
+    from quasineuron.pipeline import characterize, make_sampler, prepare_output_folder
 
+    prepare_output_folder(args.out)
     options = dict(args.option)
-    device = make_device(args.device, **options)
+    device = make_device(args.device, allow_import=tuple(args.allow_import), **options)
     sampler = make_sampler(args.sampler, device.n_in, points=args.points, seed=args.seed)
     result = characterize(
         device,
@@ -116,7 +207,15 @@ def _run(args: argparse.Namespace) -> int:
     from quasineuron.pipeline import run_pipeline
 
     config = load_config(args.config)
-    metrics = run_pipeline(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    metrics = run_pipeline(
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        allow_import=tuple(args.allow_import),
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
     _print_metrics(metrics, args.out)
     return 0
 
@@ -124,7 +223,13 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from quasineuron.pipeline import demo_config, run_pipeline
 
-    metrics = run_pipeline(demo_config(), args.out, progress=not args.no_progress)
+    metrics = run_pipeline(
+        demo_config(),
+        args.out,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
     _print_metrics(metrics, args.out)
     return 0
 
@@ -132,30 +237,73 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
     acc = metrics["accuracy"]
     parts = [f"{k}={100 * v:.2f}%" for k, v in acc.items() if v is not None]
-    print(f"test accuracy: {', '.join(parts)}; gap={100 * metrics['gap']:+.2f} pp")
+    gap = "" if metrics["gap"] is None else f"; gap={100 * metrics['gap']:+.2f} pp"
+    print(f"test accuracy: {', '.join(parts)}{gap}")
     print(f"run folder: {out} (metrics.json, summary.md, plots)")
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from quasineuron.devices.library import available_devices
+
+    print("\n".join(available_devices()))
+    return 0
+
+
+def _message(exc: BaseException) -> str:
+    from quasineuron.pipeline import _error_line
+
+    text = _error_line(exc)
+    if isinstance(exc, MemoryError) and text == "MemoryError":
+        text = "out of memory; use smaller sizes, batches or sweep points"
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in text:  # torch's allocator
+        return f"out of memory ({text}); use smaller sizes, batches or sweep points"
+    if not isinstance(exc, _expected()):
+        # not a foreseen failure: say what it was and how to get the details
+        text = f"{type(exc).__name__}: {text} (rerun with --traceback for details)"
+    return text
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    from quasineuron import errors
+
+    return (
+        ValueError,  # bad input: unknown device, bad option, config errors, store mismatch
+        errors.DeviceContractError,
+        errors.NotDifferentiableError,
+        OSError,  # unwritable or file --out, missing data, no network
+        MemoryError,
+        FloatingPointError,  # NaN training loss
+        errors.SimulationError,
+        errors.StoreCorruptError,  # includes IntegrityError
+        errors.QuasineuronWarning,  # a warning turned into an error (-W error)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quasineuron`` console script.
 
+    Args:
+        argv: The arguments (without the program name); default ``sys.argv[1:]``.
+
     Returns:
-        The process exit status: 0 on success, 2 on bad input.
+        The process exit status: 0 on success, 2 on any failure (reported as one line on
+        stderr), 130 when interrupted. With ``--traceback`` failures re-raise instead.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command == "devices":
-        from quasineuron.devices.library import available_devices
-
-        print("\n".join(available_devices()))
-        return 0
-    handlers = {"characterize": _characterize, "run": _run, "demo": _demo}
+    handlers = {"characterize": _characterize, "run": _run, "demo": _demo, "devices": _devices}
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, ConnectionError) as exc:
-        # Bad input gets its message, not a traceback; bugs still raise.
-        print(f"quasineuron {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"quasineuron {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.traceback:
+            raise
+        print(f"quasineuron {args.command}: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

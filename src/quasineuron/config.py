@@ -6,13 +6,15 @@ the library receives typed objects built from this model, never the raw dict.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "RunConfig", "load_config"]
+__all__ = ["ConfigError", "RunConfig", "config_hash", "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -21,6 +23,10 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: A layer width: a positive number of neurons.
+Width = Annotated[int, Field(gt=0)]
 
 
 class DeviceConfig(_Strict):
@@ -47,7 +53,7 @@ class TwinConfig(_Strict):
     """How to fit the surrogate."""
 
     kind: Literal["auto", "mlp", "spline"] = "auto"
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[Width, ...] = (64, 64)
     seed: int = 0
     policy: Literal["warn", "clamp", "raise"] = Field(
         "warn", description="what the twin does with drives outside its characterised domain"
@@ -67,7 +73,7 @@ class DataConfig(_Strict):
 class NetworkConfig(_Strict):
     """The network of device instances (input and output sizes come from the data)."""
 
-    hidden: tuple[int, ...] = (100,)
+    hidden: tuple[Width, ...] = (100,)
     connection: Literal["auto", "linear", "two-drive", "quadratic", "raw"] = "auto"
     wiring: Literal["dense", "sparse", "fan-in"] = "dense"
     link_ratio: float = Field(1.0, gt=0.0, le=1.0)
@@ -148,10 +154,29 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
     Raises:
         ConfigError: Naming every unknown key and every bad value.
     """
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: expected a table, got {data!r}")
     try:
-        return RunConfig.model_validate(data)
+        text = json.dumps(data, allow_nan=True)
+    except (TypeError, ValueError) as exc:  # e.g. a TOML date, which no field accepts
+        raise ConfigError(f"invalid configuration in {source}: {exc}") from None
+    try:
+        # Strict: no silent coercion ("2" is not an int, true is not an int). Validated as
+        # JSON on purpose: there strict mode still accepts an int for a float field and an
+        # array for a tuple, as a TOML file writes them.
+        return RunConfig.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+
+
+def config_hash(config: RunConfig) -> str:
+    """SHA-256 of the resolved configuration (every default filled in), as hex.
+
+    Two configs that run the same pipeline have the same hash, however their files were
+    written (key order, defaults spelled out or left out).
+    """
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -165,6 +190,12 @@ def load_config(path: str | Path) -> RunConfig:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (UTF-8 TOML) file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return parse_config(data, source=str(path))

@@ -35,6 +35,18 @@ class SimulationError(RuntimeError):
     """A device simulation failed: divergence, a solver failure or non-finite output."""
 
 
+class UntrustedCodeError(ValueError):
+    """A device spec names code that was not allowed to run.
+
+    A ``module:attribute`` spec runs only when its top-level package was allowed explicitly
+    (``--allow-import PKG`` on the command line, ``allow_import=("PKG",)`` in Python).
+    """
+
+
+class RunFolderError(ValueError):
+    """An output folder holds another run (or other files) and would be overwritten."""
+
+
 class StoreMismatchError(ValueError):
     """An on-disk sweep store was made for another device, domain or sampler."""
 

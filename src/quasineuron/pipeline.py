@@ -6,22 +6,27 @@ writes the run folder.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from quasineuron._atomic import atomic_write_bytes, atomic_write_json
 from quasineuron._version import __version__
-from quasineuron.config import RunConfig, parse_config
+from quasineuron.config import RunConfig, config_hash, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
 from quasineuron.devices.base import AbstractDevice, check_device
 from quasineuron.devices.library import make_device
 from quasineuron.devices.wrappers import InputClip
+from quasineuron.errors import DeviceContractError, RunFolderError
 from quasineuron.evaluation import evaluate
 from quasineuron.network import (
     Dense,
@@ -41,7 +46,6 @@ from quasineuron.network import (
 )
 from quasineuron.network.connections import AbstractConnection
 from quasineuron.network.wiring import AbstractWiring
-from quasineuron.report.io import write_json
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
 from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
 from quasineuron.sweep import (
@@ -58,13 +62,40 @@ from quasineuron.sweep import (
 from quasineuron.training import Cosine, TrainResult, train
 
 __all__ = [
+    "RUN_FILE",
+    "STATUS_FILE",
     "CharacterizeResult",
     "characterize",
     "default_sampler",
     "demo_config",
+    "estimate_memory_bytes",
     "make_sampler",
+    "memory_limit_bytes",
+    "prepare_output_folder",
     "run_pipeline",
 ]
+
+#: The run record: the resolved config and its hash, written when a run starts.
+RUN_FILE = "run.json"
+#: The run's state: ``running`` (with its stage), ``failed`` (with the error) or ``complete``.
+STATUS_FILE = "status.json"
+#: Everything a run writes into its folder; ``overwrite=True`` removes exactly these.
+_RUN_OUTPUTS = (
+    "metrics.json",
+    "summary.md",
+    "report.json",
+    "response.png",
+    "error.png",
+    "training.png",
+    "accuracy.png",
+    "confusion.png",
+    "twin.safetensors",
+    "sweep.zarr",
+    "checkpoints",
+    "network",
+    RUN_FILE,
+    STATUS_FILE,
+)
 
 
 def default_sampler(n_in: int, *, points: int = 0, seed: int = 0) -> AbstractSampler:
@@ -159,11 +190,27 @@ def characterize(
 
     Returns:
         The table, the fit and the report.
+
+    Raises:
+        DeviceContractError: If the device breaks the contract (attributes, output shape or
+            dtype). A device that raises or gives non-finite values at some points does not
+            stop the sweep: those points are recorded as failed (unless ``strict``).
+        MemoryError: If the sweep's table would not fit in half of this machine's memory.
+        OSError: If ``out`` cannot be created or written.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_device(device)
+    try:
+        check_device(device)
+    except DeviceContractError:
+        raise
+    except Exception:  # noqa: BLE001 (any failure of the device itself)
+        # The probe's few points are points like any other: a device that fails (or gives
+        # non-finite values) there may work elsewhere, and the sweep records failing points
+        # with their error instead of aborting. A broken contract still stops here.
+        pass
     sampler = sampler or default_sampler(device.n_in, seed=seed)
+    _check_memory(estimate_memory_bytes(n_points=sampler.n_points(device.n_in), device=device))
+    prepare_output_folder(out)
     if executor is None and workers > 0:
         executor = ProcessExecutor(workers)
     t0 = time.perf_counter()
@@ -216,7 +263,7 @@ def characterize(
         },
         "plots": [p.name for p in plots],
     }
-    write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", report)
     return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
 
 
@@ -322,37 +369,151 @@ def run_pipeline(
     *,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    allow_import: Sequence[str] = (),
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline and write the run folder.
 
     Hyperparameters come from ``config`` (chosen on a validation split); the test set is scored
     once, at the end.
 
+    Everything that can be checked is checked before any work: the device spec, the data
+    (MNIST files present and verified), the memory the network needs, and the output folder.
+    The folder is a record: ``run.json`` holds the resolved config and its hash, and
+    ``status.json`` says ``running`` (with the stage), ``failed`` (with the error) or
+    ``complete``. A folder holding another run, or other files, is refused unless
+    ``overwrite`` (start afresh) is given. The same config into its own folder continues it
+    (``resume`` only makes that explicit): the sweep store resumes, the twin is refitted
+    deterministically from it and training continues from its last checkpoint, so the run
+    ends bit-identical to an uninterrupted one. A complete run is not repeated.
+
     Writes ``metrics.json`` (``accuracy.surrogate``, ``accuracy.device``, ``gap`` = surrogate −
     device as a fraction, the twin's held-out error, timings, the config), ``summary.md``, the
     characterisation (``report.json``, ``response.png``, ``error.png``, ``sweep.zarr``,
-    ``twin.safetensors``), ``training.png``, ``accuracy.png``, ``confusion.png`` and ``network/``.
+    ``twin.safetensors``), ``training.png``, ``accuracy.png``, ``confusion.png``,
+    ``checkpoints/`` and ``network/``; ``metrics.json`` is written last, so it exists only in a
+    complete run folder.
 
     Args:
         config: The validated run configuration.
         out: Run folder, created if missing.
         data_dir: Folder with the MNIST files (else the download cache).
         progress: Show progress bars.
+        allow_import: Top-level packages whose ``module:attribute`` device specs may run
+            (see :func:`quasineuron.make_device`).
+        overwrite: Remove a previous run's files from ``out`` and start afresh.
+        resume: Continue the run in ``out``; refused if ``out`` holds another run.
 
     Returns:
         The content of ``metrics.json``.
+
+    Raises:
+        RunFolderError: If ``out`` holds another run or files that are not a run, or both
+            ``overwrite`` and ``resume`` are given.
+        MemoryError: If the network and one batch would need more than half this machine's
+            memory.
+        OSError: If ``out`` cannot be created or written.
+        FileNotFoundError: If the MNIST files are missing.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    if overwrite and resume:
+        raise RunFolderError("overwrite and resume exclude each other; choose one")
+    digest = config_hash(config)
+    prepare_output_folder(out)
+    state = _run_folder_state(out, digest, overwrite=overwrite)
+    if state == "complete":
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
-    device = make_device(config.device.name, **config.device.options)
+    device = make_device(config.device.name, allow_import=allow_import, **config.device.options)
     if config.device.input_clip:
         device = InputClip(device)
     sampler = make_sampler(
         config.sweep.sampler, device.n_in, points=config.sweep.points, seed=config.sweep.seed
     )
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    # The data is loaded before any work, so that missing or corrupt files stop the run before
+    # the sweep and the twin fit rather than after them.
+    train_full, test = _load_data(config, data_dir)
+    if config.data.limit_train is not None and config.data.limit_train < len(train_full.y):
+        train_full = train_full.sample(config.data.limit_train, seed=config.data.seed)
+    train_set, val_set = train_full.split(config.data.val_fraction, seed=config.data.seed)
+    timings["data_s"] = time.perf_counter() - t_start
+    n_classes = int(train_full.n_classes or 0)
+    sizes = (train_full.n_features, *config.network.hidden, n_classes)
+    _check_memory(
+        estimate_memory_bytes(
+            sizes=sizes,
+            device=device,
+            batch_size=max(config.training.batch_size, config.evaluation.batch_size),
+            n_points=sampler.n_points(device.n_in),
+        )
+    )
+
+    # Built once before any work (and thrown away), so that a connection that does not fit
+    # the device or a wiring that does not fit the sizes stops the run here, not after the
+    # sweep and the twin fit.
+    DeviceNetwork(
+        device,
+        sizes,
+        connection=_connection(config, device),
+        wiring=_wiring(config),
+        readout_affine=config.network.readout_affine,
+        seed=config.network.seed,
+    )
+
+    if state == "fresh":
+        if overwrite:
+            _remove_run_outputs(out)
+        atomic_write_json(
+            out / RUN_FILE,
+            {
+                "config_hash": digest,
+                "config": config.model_dump(mode="json"),
+                "quasineuron": __version__,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+    else:
+        # continuing: the folder is not complete until the run ends (metrics.json is the mark)
+        (out / "metrics.json").unlink(missing_ok=True)
+
+    def status(stage: str) -> None:
+        _write_status(out, "running", stage=stage, config_hash=digest)
+
+    try:
+        status("characterize")
+        metrics = _run_stages(
+            config, out, device, sampler, status, train_set, val_set, test, sizes,
+            timings=timings, t_start=t_start, progress=progress,
+        )  # fmt: skip
+        atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
+        _write_status(out, "complete", config_hash=digest)
+    except BaseException as exc:
+        _write_status(out, "failed", error=_error_line(exc), config_hash=digest)
+        raise
+    # last: metrics.json exists only in a complete run folder
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _run_stages(
+    config: RunConfig,
+    out: Path,
+    device: AbstractDevice,
+    sampler: AbstractSampler,
+    status: Callable[[str], None],
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    test: ArrayDataset,
+    sizes: tuple[int, ...],
+    *,
+    timings: dict[str, float],
+    t_start: float,
+    progress: bool,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
     char = characterize(
         device,
         out,
@@ -363,21 +524,11 @@ def run_pipeline(
         hidden=config.twin.hidden,
         seed=config.twin.seed,
         progress=progress,
-        overwrite=True,
         policy=config.twin.policy,
     )
     twin = char.fit.model.to(torch.float32)
     twin.compiled = config.twin.compile
-    timings["characterize_s"] = time.perf_counter() - t_start
-
-    t0 = time.perf_counter()
-    train_full, test = _load_data(config, data_dir)
-    if config.data.limit_train is not None and config.data.limit_train < len(train_full.y):
-        train_full = train_full.sample(config.data.limit_train, seed=config.data.seed)
-    train_set, val_set = train_full.split(config.data.val_fraction, seed=config.data.seed)
-    timings["data_s"] = time.perf_counter() - t0
-    n_classes = int(train_full.n_classes or 0)
-    sizes = (train_full.n_features, *config.network.hidden, n_classes)
+    timings["characterize_s"] = time.perf_counter() - t0
 
     net = DeviceNetwork(
         device,
@@ -388,6 +539,7 @@ def run_pipeline(
         readout_affine=config.network.readout_affine,
         seed=config.network.seed,
     )
+    status("train")
     t0 = time.perf_counter()
     result = train(
         net,
@@ -395,6 +547,9 @@ def run_pipeline(
         mode=_MODES[config.training.mode](),
         val_data=val_set,
         checkpoint_dir=out / "checkpoints",
+        # Resuming from the checkpoint of an interrupted run of this config; a fresh folder
+        # has none, and overwrite=True removed any, so this is a fresh start there.
+        resume=True,
         progress=progress,
         **_train_kwargs(config),
     )
@@ -402,6 +557,7 @@ def run_pipeline(
 
     baseline: TrainResult | None = None
     if config.evaluation.baseline_mlp:
+        status("baseline")
         t0 = time.perf_counter()
         baseline = train(
             _PlainMLP(sizes, seed=config.network.seed),
@@ -412,6 +568,7 @@ def run_pipeline(
         )
         timings["baseline_train_s"] = time.perf_counter() - t0
 
+    status("evaluate")
     # The test set is scored once, here, after every choice was made on the validation split.
     ood_training = twin.n_out_of_domain
     twin.reset_domain_count()
@@ -432,6 +589,7 @@ def run_pipeline(
     if baseline is not None:
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
+    status("report")
     save_network(result.network, out / "network")
     plot_training_curves(
         [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in result.history],
@@ -467,6 +625,8 @@ def run_pipeline(
             "mode": config.training.mode,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            # epochs restored from the checkpoint of an interrupted run (0: trained in one go)
+            "resumed_from_epoch": result.resumed_from_epoch,
             "history": [vars(e) for e in result.history],
         },
         "evaluation": report.to_dict(),
@@ -482,9 +642,146 @@ def run_pipeline(
         },
         "config": config.model_dump(mode="json"),
     }
-    write_json(out / "metrics.json", metrics)
-    (out / "summary.md").write_text(_summary(metrics))
     return metrics
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for ``exc``: its type for a bare one, a multi-line message joined."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.strerror}: {exc.filename}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    joined = lines[0]
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
+
+
+def _write_status(out: Path, status: str, **fields: Any) -> None:
+    atomic_write_json(
+        out / STATUS_FILE,
+        {
+            "status": status,
+            **fields,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def prepare_output_folder(out: str | Path) -> Path:
+    """Create ``out`` if needed and check that files can be written into it.
+
+    Raises:
+        OSError: If ``out`` is a file, cannot be created, or is not writable; the message
+            names the folder and what to do.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"output folder {str(out)!r} is a file; give a folder path (it is created if missing)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # os.access is not enough (root, ACLs, read-only mounts): write and remove a file
+        probe = out / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write into output folder {str(out)!r}: {exc.strerror or exc}; choose a "
+            "folder you can write"
+        ) from exc
+    return out
+
+
+def _run_folder_state(out: Path, digest: str, *, overwrite: bool) -> str:
+    """Whether ``out`` starts a ``fresh`` run, ``continue``s this one, or holds it ``complete``."""
+    entries = [p.name for p in out.iterdir()]
+    if not entries or overwrite:
+        return "fresh"
+    record: dict[str, Any] | None = None
+    try:
+        loaded = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        record = loaded if isinstance(loaded, dict) else None
+    except (OSError, ValueError):
+        record = None
+    if record is not None and record.get("config_hash") == digest:
+        try:
+            status = json.loads((out / STATUS_FILE).read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status == "complete" and (out / "metrics.json").is_file():
+            return "complete"
+        return "continue"
+    if record is None:
+        what = f"files that are not a quasineuron run ({', '.join(sorted(entries)[:3])}, ...)"
+    else:
+        what = f"another run ({record.get('config', {}).get('name', '?')!r}, another config)"
+    raise RunFolderError(
+        f"output folder {str(out)!r} holds {what}; choose a new --out, or pass --overwrite to "
+        "replace its run files and start afresh (--resume continues only a run of the same "
+        "config)"
+    )
+
+
+def _remove_run_outputs(out: Path) -> None:
+    for name in _RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def memory_limit_bytes() -> int | None:
+    """Half of this machine's physical memory, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def estimate_memory_bytes(
+    *,
+    device: AbstractDevice,
+    sizes: Sequence[int] = (),
+    batch_size: int = 0,
+    n_points: int = 0,
+) -> int:
+    """A rough upper estimate of the memory a run needs, in bytes.
+
+    Counts the connection weights (each neuron gets ``device.n_in`` drives from every input,
+    an upper bound for the built-in connections) four times in float32 (weights, gradients
+    and two Adam moments), one batch of drives and activations eight times (autograd keeps
+    several tensors per layer), and the sweep table in float64 (drives and outputs, twice
+    for the sampler's copy). Data sets are not counted.
+
+    Args:
+        device: The device (its ``n_in``, ``n_out``).
+        sizes: Layer widths ``(n_features, *hidden, n_classes)``.
+        batch_size: The largest batch of the run.
+        n_points: Points in the sweep.
+    """
+    n_in, n_out = int(device.n_in), int(device.n_out)
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)) * max(n_in, 1)
+    activations = batch_size * sum(sizes) * (n_in + n_out + 1)
+    table = n_points * (n_in + n_out) * 2
+    return 4 * 4 * weights + 8 * 4 * activations + 8 * table
+
+
+def _check_memory(estimate: int) -> None:
+    limit = memory_limit_bytes()
+    if limit is not None and estimate > limit:
+        gib = 1024**3
+        raise MemoryError(
+            f"this run needs about {estimate / gib:.3g} GiB (network weights, one batch and the "
+            f"sweep table), more than the limit of {limit / gib:.3g} GiB (half this machine's "
+            "memory); use smaller hidden sizes, batch sizes or sweep points"
+        )
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -71,8 +71,10 @@ def test_make_device_names() -> None:
     with pytest.raises(ValueError, match="does not accept options"):
         make_device("almost-neuron", bogus=1)
     with pytest.raises(ValueError, match="cannot import module"):
-        make_device("no_such_module_xyz:dev")
-    dev = make_device("quasineuron.devices.library:almost_neuron", eps=0.3)
+        make_device("no_such_module_xyz:dev", allow_import=("no_such_module_xyz",))
+    dev = make_device(
+        "quasineuron.devices.library:almost_neuron", allow_import=("quasineuron",), eps=0.3
+    )
     assert dev.params["eps"] == 0.3
 
 

@@ -7,7 +7,8 @@ built-in goes through the same adapter code as a user's device.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import importlib.metadata
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -15,9 +16,11 @@ import torch
 
 from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.formula import FormulaDevice
+from quasineuron.errors import UntrustedCodeError
 
 __all__ = [
     "ACTIVATIONS",
+    "ENTRY_POINT_GROUP",
     "almost_neuron",
     "available_devices",
     "ideal_neuron",
@@ -164,52 +167,116 @@ _BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
 }
 
 
+#: Entry-point group through which an installed package registers its devices.
+ENTRY_POINT_GROUP = "quasineuron.devices"
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    # Read on every call (not cached at import) so that a package installed while Python
+    # runs, or a folder added to sys.path, is seen; built-in names always win.
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: ep for ep in found if ep.name not in _BUILTINS}
+
+
 def available_devices() -> list[str]:
-    """Names of the built-in devices."""
-    return sorted(_BUILTINS)
+    """Names of the built-in devices and of those registered by installed packages.
+
+    A package registers a device under the entry-point group ``quasineuron.devices``
+    (``[project.entry-points."quasineuron.devices"]`` in its ``pyproject.toml``).
+    """
+    return sorted({*_BUILTINS, *_entry_points()})
 
 
-def make_device(spec: str, **options: Any) -> AbstractDevice:
-    """Turn a built-in name or a user's ``module:attribute`` into a device.
+def _top_package(module_name: str) -> str:
+    return module_name.strip().split(".", 1)[0]
+
+
+def make_device(spec: str, *, allow_import: Sequence[str] = (), **options: Any) -> AbstractDevice:
+    """Turn a device name into a device, running only code the user trusts.
+
+    Three kinds of spec are accepted, in this order:
+
+    1. a built-in name (see :func:`available_devices`);
+    2. a name registered by an installed package under the entry-point group
+       ``quasineuron.devices`` (installing a package is already trusting its code);
+    3. ``"package.module:attribute"``, only when ``package`` (the top-level package) is listed
+       in ``allow_import``. A config file alone can therefore never make quasineuron import a
+       module and call one of its functions (``"os:system"`` would run a shell command).
 
     Args:
-        spec: A built-in name (see :func:`available_devices`) or ``"package.module:name"``, where
-            ``name`` is an :class:`AbstractDevice` instance or a factory returning one.
+        spec: The device's name.
+        allow_import: Top-level packages whose ``module:attribute`` specs may be imported and
+            called (the CLI's ``--allow-import PKG``).
         **options: Keyword options passed to the factory (e.g. ``eps=0.05``).
 
+    Returns:
+        The device. The attribute (or entry point) must be an :class:`AbstractDevice` instance
+        (then no options are accepted) or a factory returning one.
+
     Raises:
+        UntrustedCodeError: If ``spec`` is ``module:attribute`` and its package is not allowed.
         ValueError: If the name is unknown or the options are not accepted.
-        TypeError: If ``module:name`` does not give a device.
+        TypeError: If the spec does not give a device.
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a device spec must be a non-empty string, got {spec!r}")
+    allowed = {_top_package(p) for p in allow_import}
     if spec in _BUILTINS:
-        factory = _BUILTINS[spec]
-    elif ":" in spec:
-        module_name, _, attr = spec.partition(":")
+        return _call_factory(spec, _BUILTINS[spec], options)
+    registered = _entry_points()
+    if spec in registered:
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
+            obj = registered[spec].load()
+        except Exception as exc:  # a broken plug-in: name it instead of a traceback
             raise ValueError(
-                f"cannot import module {module_name!r} for device {spec!r}: {exc}. Is it on "
-                "PYTHONPATH (or installed)?"
+                f"device {spec!r} is registered by an installed package as "
+                f"{registered[spec].value!r}, but loading it failed: {exc}"
             ) from exc
-        try:
-            obj = getattr(module, attr)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
-        if isinstance(obj, AbstractDevice):
-            if options:
-                raise ValueError(
-                    f"{spec!r} is a device instance; it takes no options, got {sorted(options)}"
-                )
-            return obj
-        if not callable(obj):
-            raise TypeError(f"{spec!r} is neither a device nor a factory returning one")
-        factory = obj
-    else:
+        return _device_from(spec, obj, options)
+    if ":" not in spec:
         raise ValueError(
-            f"unknown device {spec!r}; use one of {available_devices()} or 'module:function' "
-            "for your own device"
+            f"unknown device {spec!r}; use one of {available_devices()}, register your device "
+            f"under the entry-point group {ENTRY_POINT_GROUP!r}, or give 'module:function' "
+            "for your own device, with --allow-import PKG for its package"
         )
+    module_name, _, attr = spec.partition(":")
+    package = _top_package(module_name)
+    if package not in allowed:
+        raise UntrustedCodeError(
+            f"device {spec!r} would import module {module_name!r} and call its attribute "
+            f"{attr!r}; quasineuron runs such code only when you allow its package: add "
+            f"'--allow-import {package}' on the command line (allow_import=({package!r},) in "
+            "Python), or register the device as an entry point of an installed package"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"cannot import module {module_name!r} for device {spec!r}: {exc}. Is it on "
+            "PYTHONPATH (or installed)?"
+        ) from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return _device_from(spec, obj, options)
+
+
+def _device_from(spec: str, obj: Any, options: dict[str, Any]) -> AbstractDevice:
+    if isinstance(obj, AbstractDevice):
+        if options:
+            raise ValueError(
+                f"{spec!r} is a device instance; it takes no options, got {sorted(options)}"
+            )
+        return obj
+    if not callable(obj):
+        raise TypeError(f"{spec!r} is neither a device nor a factory returning one")
+    return _call_factory(spec, obj, options)
+
+
+def _call_factory(
+    spec: str, factory: Callable[..., Any], options: dict[str, Any]
+) -> AbstractDevice:
     try:
         dev = factory(**options)
     except TypeError as exc:
