@@ -16,10 +16,12 @@ from quasineuron.training.config import (
 from quasineuron.training.derivative_free import (
     CMAES,
     AbstractDerivativeFree,
+    AntColony,
     DifferentialEvolution,
     NelderMead,
     OptimizeResult,
     OptimizeStep,
+    ParticleSwarm,
     optimize_weights,
     population_forward,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "AbstractOptimizer",
     "AbstractRate",
     "Adam",
+    "AntColony",
     "Constant",
     "Cosine",
     "CrossEntropy",
@@ -58,6 +61,7 @@ __all__ = [
     "NelderMead",
     "OptimizeResult",
     "OptimizeStep",
+    "ParticleSwarm",
     "Perceptron",
     "TrainResult",
     "optimize_weights",
