@@ -33,6 +33,7 @@ from quasineuron.training.local_rules import (
     ErrorPolynomial,
     LocalEpoch,
     LocalResult,
+    LocalStep,
     Perceptron,
     train_local,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ErrorPolynomial",
     "LocalEpoch",
     "LocalResult",
+    "LocalStep",
     "NelderMead",
     "OptimizeResult",
     "OptimizeStep",
