@@ -245,3 +245,38 @@ def test_particle_swarm_without_nevergrad_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "nevergrad", None)  # makes `import nevergrad` fail
     with pytest.raises(ImportError, match=r"quasineuron\[swarm\]"):
         ParticleSwarm().run(lambda w: np.zeros(len(w)), np.zeros(2), budget=4, seed=0)
+
+
+def test_committed_digits_comparison_is_consistent():
+    """The committed comparison: same budget for all, means and stds of its own seeds."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs/results/derivative-free-digits/metrics.json"
+    m = json.loads(path.read_text())
+    assert set(m["optimizers"]) == {
+        "cmaes",
+        "nelder_mead",
+        "differential_evolution",
+        "particle_swarm",
+        "ant_colony",
+    }
+    budget, n_train = m["budget"]["candidate_evaluations"], m["data"]["train"]
+    for name, r in m["optimizers"].items():
+        assert [run["seed"] for run in r["runs"]] == m["seeds"] and len(m["seeds"]) >= 3, name
+        for run in r["runs"]:
+            # scipy's differential evolution runs whole generations, so it may stop up to one
+            # population short of the budget; the others spend it exactly.
+            short = m["budget"]["population"] if name == "differential_evolution" else 0
+            assert budget - short <= run["candidate_evaluations"] <= budget, name
+            # Every candidate scored on the full training split through 10 device neurons.
+            assert run["device_evaluations"] == run["candidate_evaluations"] * n_train * 10, name
+        for key in ("val_accuracy", "test_accuracy"):
+            values = [run[key] for run in r["runs"]]
+            assert r[key]["mean"] == pytest.approx(statistics.fmean(values)), name
+            assert r[key]["std"] == pytest.approx(statistics.stdev(values)), name
+        # The chosen setting is the best of those tried on the validation split.
+        tried = m["selection"]["per_optimizer"][name]["tried"]
+        chosen = max(tried, key=lambda t: t["val_accuracy"])["optimizer"]
+        assert r["optimizer"] == chosen == r["runs"][0]["optimizer"], name
