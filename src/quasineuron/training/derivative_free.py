@@ -453,8 +453,11 @@ class AntColony(AbstractDerivativeFree):
             archive, losses = archive[order][:k], losses[order][:k]
             guides = rng.choice(k, size=m, p=prob)
             mean = archive[guides]  # (m, n_params)
-            # Mean distance of the archive to each guide, per weight: (m, n_params).
-            spread = np.abs(archive[None, :, :] - mean[:, None, :]).sum(axis=1) / (k - 1)
+            # Mean distance of the archive to each guide, per weight: (m, n_params). One
+            # guide at a time keeps the memory at (k, n_params) rather than (m, k, n_params).
+            spread = np.empty_like(mean)
+            for g in np.unique(guides):
+                spread[guides == g] = np.abs(archive - archive[g]).sum(axis=0) / (k - 1)
             ants = mean + self.xi * spread * rng.standard_normal(mean.shape)
             ant_losses = np.asarray(objective(ants), dtype=np.float64)
             archive = np.concatenate([archive, ants])
