@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import quasineuron as qn
-from quasineuron._atomic import atomic_write_json
+from quasineuron.report import write_json
 from quasineuron.training.derivative_free import (
     CMAES,
     AbstractDerivativeFree,
@@ -269,7 +269,7 @@ def compare(args: argparse.Namespace, command: str) -> None:
     dev.close()
     folder = Path(args.out) / "derivative-free-digits"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
+    write_json(
         folder / "metrics.json",
         {
             "command": command,
