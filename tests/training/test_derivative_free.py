@@ -280,3 +280,29 @@ def test_committed_digits_comparison_is_consistent():
         tried = m["selection"]["per_optimizer"][name]["tried"]
         chosen = max(tried, key=lambda t: t["val_accuracy"])["optimizer"]
         assert r["optimizer"] == chosen == r["runs"][0]["optimizer"], name
+
+
+@pytest.mark.slow  # about 6 s of CPU: 15 tiny optimiser runs on the digits
+def test_compare_command_writes_the_committed_layout(tmp_path):
+    """`blackbox_digits.py --compare` (tiny budget) writes what the committed file holds."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bbd", root / "examples/blackbox_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n_threads = torch.get_num_threads()
+    try:
+        module.main(["--compare", "--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n_threads)
+    new = json.loads((tmp_path / "derivative-free-digits/metrics.json").read_text())
+    committed = json.loads((root / "docs/results/derivative-free-digits/metrics.json").read_text())
+    assert new.keys() == committed.keys()
+    assert new["optimizers"].keys() == committed["optimizers"].keys()
+    for name, r in new["optimizers"].items():
+        assert r.keys() == committed["optimizers"][name].keys()
+        assert r["runs"][0].keys() == committed["optimizers"][name]["runs"][0].keys()
+        assert r["runs"][0]["candidate_evaluations"] <= 128  # --quick's budget
