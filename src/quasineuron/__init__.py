@@ -96,9 +96,12 @@ from quasineuron.training import (
     train,
     train_local,
 )
+from quasineuron.training.derivative_free import AntColony, ParticleSwarm
 from quasineuron.training.distributed import train_distributed
 
 __all__ = [
+    "AntColony",
+    "ParticleSwarm",
     "DaskExecutor",
     "train_distributed",
     "RK4",

@@ -1,8 +1,12 @@
-"""Derivative-free training of black-box networks: CMA-ES, Nelder–Mead, differential evolution."""
+"""Derivative-free training of black-box networks.
+
+CMA-ES, Nelder–Mead, differential evolution, particle swarm and ant colony (ACO_R).
+"""
 
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +15,10 @@ import torch
 import quasineuron as qn
 from quasineuron.training import (
     CMAES,
+    AntColony,
     DifferentialEvolution,
     NelderMead,
+    ParticleSwarm,
     optimize_weights,
     population_forward,
 )
@@ -41,12 +47,17 @@ CASES = [
     (CMAES(sigma0=1.0, popsize=16), 1000),
     (NelderMead(step=2.0), 1000),
     (DifferentialEvolution(popsize=16, init_std=0.5), 1000),
+    (ParticleSwarm(popsize=16, init_std=0.5), 1000),
+    (AntColony(n_ants=16, archive_size=20, init_std=0.5), 1000),
 ]
+IDS = ["cmaes", "nelder_mead", "de", "pso", "aco"]
 
 
-@pytest.mark.parametrize(("optimizer", "budget"), CASES, ids=["cmaes", "nelder_mead", "de"])
+@pytest.mark.parametrize(("optimizer", "budget"), CASES, ids=IDS)
 def test_each_optimiser_trains_a_black_box_net_above_chance(optimizer, budget):
     net = qn.DeviceNetwork(black_box(), (2, 4, 2), seed=0, dtype=torch.float64)
+    # The starting weights score below the threshold: an optimiser that returned x0 fails.
+    assert device_accuracy(net, XOR) < 0.75
     res = optimize_weights(
         net, XOR, optimizer=optimizer, budget=budget, seed=0, target_loss=0.05, progress=False
     )
@@ -126,6 +137,15 @@ def test_surrogate_mode_never_calls_the_device():
         (lambda: NelderMead(budget=0), "budget"),
         (lambda: DifferentialEvolution(popsize=2), "popsize"),
         (lambda: DifferentialEvolution(recombination=2.0), "recombination"),
+        (lambda: ParticleSwarm(popsize=1), "popsize"),
+        (lambda: ParticleSwarm(init_std=-1.0), "init_std"),
+        (lambda: ParticleSwarm(omega=float("nan")), "omega"),
+        (lambda: ParticleSwarm(budget=0), "budget"),
+        (lambda: AntColony(n_ants=0), "n_ants"),
+        (lambda: AntColony(archive_size=1), "archive_size"),
+        (lambda: AntColony(q=0.0), "q"),
+        (lambda: AntColony(xi=-0.5), "xi"),
+        (lambda: AntColony(init_std=0.0), "init_std"),
     ],
 )
 def test_bad_specs_say_what_was_wrong(make, match):
@@ -153,3 +173,136 @@ def test_black_box_worker_pool_gives_the_serial_result():
 def test_black_box_workers_need_a_picklable_function():
     with pytest.raises(TypeError, match="module level"):
         qn.BlackBoxDevice(lambda u: u, n_in=1, n_out=1, domain=qn.Box((-1.0,), (1.0,)), workers=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Particle swarm and ant colony on a convex quadratic: linear regression through a counting
+# black box. The MSE of a linear neuron is a convex quadratic in (w, b), zero at the truth.
+
+W_TRUE, B_TRUE = (1.5, -2.0, 0.5), 0.7
+
+
+def identity_box() -> qn.BlackBoxDevice:
+    return qn.BlackBoxDevice(
+        lambda u: u, n_in=1, n_out=1, domain=qn.Box((-50.0,), (50.0,)), vectorized=True
+    )
+
+
+def regression_data() -> qn.ArrayDataset:
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = x @ torch.tensor(W_TRUE, dtype=torch.float64)[:, None] + B_TRUE
+    return qn.ArrayDataset(x, y)
+
+
+def quadratic_run(optimizer, *, budget: int, seed: int = 0):
+    dev = identity_box()
+    net = qn.DeviceNetwork(dev, (3, 1), readout_affine=False, seed=0, dtype=torch.float64)
+    data = regression_data()
+    with torch.no_grad():
+        start = torch.nn.functional.mse_loss(net(data.x, mode=qn.TrueDevice()), data.y).item()
+    dev.n_evaluations = 0
+    res = optimize_weights(
+        net, data, optimizer=optimizer, loss="mse", budget=budget, seed=seed, progress=False
+    )
+    return res, start, dev.n_evaluations
+
+
+SWARMS = [
+    ParticleSwarm(popsize=16, init_std=0.5),
+    AntColony(n_ants=16, archive_size=20, q=0.1, init_std=0.5),
+]
+
+
+@pytest.mark.parametrize("optimizer", SWARMS, ids=["pso", "aco"])
+def test_swarm_optimisers_solve_a_convex_quadratic_within_the_budget(optimizer):
+    # 1001 is a multiple of neither the swarm nor the archive: the last round is cut.
+    res, start, rows = quadratic_run(optimizer, budget=1001)
+    assert start > 1.0
+    assert res.loss < 1e-6
+    w = torch.cat([p.detach().reshape(-1) for p in res.network.parameters()])
+    torch.testing.assert_close(
+        w, torch.tensor([*W_TRUE, B_TRUE], dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    # The budget is spent exactly, counted by the device itself: 12 samples x 1 neuron each.
+    assert res.n_evaluations == 1001
+    assert rows == 1001 * 12 == res.device_evaluations
+
+
+@pytest.mark.parametrize("optimizer", SWARMS, ids=["pso", "aco"])
+def test_swarm_optimisers_are_reproducible_for_a_seed(optimizer):
+    np.random.seed(7)
+    state = np.random.get_state()[1].copy()
+    a, _, _ = quadratic_run(optimizer, budget=96, seed=3)
+    b, _, _ = quadratic_run(optimizer, budget=96, seed=3)
+    c, _, _ = quadratic_run(optimizer, budget=96, seed=4)
+    torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=0)
+    assert [h.loss for h in a.history] == [h.loss for h in b.history]
+    assert not torch.equal(a.weights, c.weights)  # the seed is used
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
+
+
+def test_particle_swarm_without_nevergrad_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nevergrad", None)  # makes `import nevergrad` fail
+    with pytest.raises(ImportError, match=r"quasineuron\[swarm\]"):
+        ParticleSwarm().run(lambda w: np.zeros(len(w)), np.zeros(2), budget=4, seed=0)
+
+
+def test_committed_digits_comparison_is_consistent():
+    """The committed comparison: same budget for all, means and stds of its own seeds."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs/results/derivative-free-digits/metrics.json"
+    m = json.loads(path.read_text())
+    assert set(m["optimizers"]) == {
+        "cmaes",
+        "nelder_mead",
+        "differential_evolution",
+        "particle_swarm",
+        "ant_colony",
+    }
+    budget, n_train = m["budget"]["candidate_evaluations"], m["data"]["train"]
+    for name, r in m["optimizers"].items():
+        assert [run["seed"] for run in r["runs"]] == m["seeds"] and len(m["seeds"]) >= 3, name
+        for run in r["runs"]:
+            # scipy's differential evolution runs whole generations, so it may stop up to one
+            # population short of the budget; the others spend it exactly.
+            short = m["budget"]["population"] if name == "differential_evolution" else 0
+            assert budget - short <= run["candidate_evaluations"] <= budget, name
+            # Every candidate scored on the full training split through 10 device neurons.
+            assert run["device_evaluations"] == run["candidate_evaluations"] * n_train * 10, name
+        for key in ("val_accuracy", "test_accuracy"):
+            values = [run[key] for run in r["runs"]]
+            assert r[key]["mean"] == pytest.approx(statistics.fmean(values)), name
+            assert r[key]["std"] == pytest.approx(statistics.stdev(values)), name
+        # The chosen setting is the best of those tried on the validation split.
+        tried = m["selection"]["per_optimizer"][name]["tried"]
+        chosen = max(tried, key=lambda t: t["val_accuracy"])["optimizer"]
+        assert r["optimizer"] == chosen == r["runs"][0]["optimizer"], name
+
+
+@pytest.mark.slow  # about 6 s of CPU: 15 tiny optimiser runs on the digits
+def test_compare_command_writes_the_committed_layout(tmp_path):
+    """`blackbox_digits.py --compare` (tiny budget) writes what the committed file holds."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bbd", root / "examples/blackbox_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n_threads = torch.get_num_threads()
+    try:
+        module.main(["--compare", "--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n_threads)
+    new = json.loads((tmp_path / "derivative-free-digits/metrics.json").read_text())
+    committed = json.loads((root / "docs/results/derivative-free-digits/metrics.json").read_text())
+    assert new.keys() == committed.keys()
+    assert new["optimizers"].keys() == committed["optimizers"].keys()
+    for name, r in new["optimizers"].items():
+        assert r.keys() == committed["optimizers"][name].keys()
+        assert r["runs"][0].keys() == committed["optimizers"][name]["runs"][0].keys()
+        assert r["runs"][0]["candidate_evaluations"] <= 128  # --quick's budget

@@ -90,3 +90,29 @@ def test_only_single_linear_layers_are_accepted():
     dev = step_neurons().layers[0].device
     with pytest.raises(ValueError, match="readout_affine=False"):
         train_local(qn.DeviceNetwork(dev, (2, 1)), qn.xor(), rule=Delta())
+
+
+def test_callbacks_see_every_update_in_order_and_can_stop():
+    net = step_neurons()
+    data = qn.ArrayDataset(CORNERS, torch.tensor([0, 0, 0, 1]))
+    seen = []
+    res = train_local(
+        net,
+        data,
+        rule=Perceptron(alpha=0.1),
+        epochs=3,
+        shuffle=False,
+        callbacks=[lambda s: seen.append((s.epoch, s.step, s.samples)) or s.step == 6],
+    )
+    # Unshuffled, one sample per update: the data set's order, epoch after epoch, until
+    # the callback says stop after the sixth update.
+    assert seen == [
+        (1, 1, (0,)),
+        (1, 2, (1,)),
+        (1, 3, (2,)),
+        (1, 4, (3,)),
+        (2, 5, (0,)),
+        (2, 6, (1,)),
+    ]
+    assert res.stopped_early and not res.converged
+    assert len(res.history) == 2

@@ -9,6 +9,8 @@ trained. The optimisers come from libraries, behind one typed interface:
 | :class:`CMAES` | ``cma`` (Hansen's CMA-ES) | ``popsize``, evaluated as one batch |
 | :class:`DifferentialEvolution` | ``scipy.optimize.differential_evolution`` | population |
 | :class:`NelderMead` | ``scipy.optimize.minimize(method="Nelder-Mead")`` | one |
+| :class:`ParticleSwarm` | ``nevergrad`` (optional extra ``[swarm]``) | ``popsize``, one batch |
+| :class:`AntColony` | hand-written ACO_R (numpy), see its docstring | ``n_ants``, one batch |
 
 A population is evaluated as **one batch through the network**: the candidate weight vectors
 are stacked, each layer's connection runs for all candidates at once (``torch.func.vmap`` over
@@ -38,10 +40,12 @@ from quasineuron.training.config import AbstractLoss, as_loss
 __all__ = [
     "CMAES",
     "AbstractDerivativeFree",
+    "AntColony",
     "DifferentialEvolution",
     "NelderMead",
     "OptimizeResult",
     "OptimizeStep",
+    "ParticleSwarm",
     "optimize_weights",
     "population_forward",
 ]
@@ -282,6 +286,184 @@ class DifferentialEvolution(AbstractDerivativeFree):
         )
 
 
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+#: Stand-in for an infinite or absurd loss (a failed device point, a candidate past the
+#: budget): nevergrad warns on losses that are not below 5e20, so they are capped here.
+_HUGE_LOSS = 1e20
+
+
+@dataclass(frozen=True)
+class ParticleSwarm(AbstractDerivativeFree):
+    """Particle swarm optimisation, via ``nevergrad`` (``pip install quasineuron[swarm]``).
+
+    Kennedy & Eberhart, "Particle swarm optimization", Proc. ICNN'95, 1942-1948 (1995). Every
+    particle keeps a position ``x`` and a velocity ``v`` and moves by
+
+        ``v <- omega v + phip r_p (p - x) + phig r_g (g - x)``,  ``x <- x + v``
+
+    with ``p`` its own best position, ``g`` the swarm's best and ``r_p, r_g ~ U(0, 1)`` drawn
+    per coordinate. The defaults ``omega = 1 / (2 ln 2)``, ``phip = phig = 1/2 + ln 2`` are
+    the constriction values of the 2011 standard PSO (Clerc; Zambrano-Bigiarini, Clerc & Rojas,
+    IEEE CEC 2013), which are also nevergrad's. Particles start at ``x0 + init_std N(0, 1)``
+    with velocities ``init_std N(0, 1)``, unbounded.
+
+    nevergrad's ``ConfPSO`` is used through its ask/tell interface: a whole swarm is asked,
+    evaluated as one batch and told, and its randomness comes from a ``RandomState`` seeded
+    from ``seed`` on the parametrization (numpy's global RNG is not touched).
+
+    Args:
+        popsize: Particles; one generation = ``popsize`` candidate evaluations.
+        init_std: Spread of the initial positions and velocities around the starting
+            weights, in weight units.
+        omega: Inertia weight.
+        phip: Pull towards the particle's own best position.
+        phig: Pull towards the swarm's best position.
+        budget: Default number of candidate evaluations.
+    """
+
+    popsize: int = 32
+    init_std: float = 0.1
+    omega: float = 0.5 / math.log(2.0)
+    phip: float = 0.5 + math.log(2.0)
+    phig: float = 0.5 + math.log(2.0)
+    budget: int | None = 2000
+
+    def __post_init__(self) -> None:
+        _check_int(self.popsize, "ParticleSwarm.popsize", 2)
+        _check_positive(self.init_std, "ParticleSwarm.init_std")
+        _check_positive(self.omega, "ParticleSwarm.omega")
+        _check_positive(self.phip, "ParticleSwarm.phip")
+        _check_positive(self.phig, "ParticleSwarm.phig")
+        _check_budget(self.budget, "ParticleSwarm")
+
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """See :meth:`AbstractDerivativeFree.run`."""
+        try:
+            import nevergrad as ng
+            from nevergrad.optimization.optimizerlib import ConfPSO
+        except ImportError as exc:  # an optional extra
+            raise ImportError(
+                "ParticleSwarm needs nevergrad; install it with `pip install quasineuron[swarm]` "
+                "(or `pip install nevergrad`)"
+            ) from exc
+
+        param = ng.p.Array(init=np.asarray(x0, dtype=np.float64)).set_mutation(
+            sigma=float(self.init_std)
+        )
+        # Seeds nevergrad's own generator; left unset it would draw a seed from numpy's
+        # global RNG.
+        param.random_state = np.random.RandomState(seed % 2**32)
+        config = ConfPSO(
+            transform="identity",  # no box: weights are unbounded
+            popsize=self.popsize,
+            omega=float(self.omega),
+            phip=float(self.phip),
+            phig=float(self.phig),
+        )
+        # num_workers = popsize lets a whole swarm be asked before any of it is told; the
+        # budget is enforced by the objective, so nevergrad gets none.
+        opt = config(parametrization=param, budget=None, num_workers=self.popsize)
+        while True:
+            particles = [opt.ask() for _ in range(self.popsize)]
+            losses = objective(np.stack([p.value for p in particles]))
+            for particle, loss in zip(particles, losses, strict=True):
+                opt.tell(particle, min(float(loss), _HUGE_LOSS))  # nan/inf arrive as inf
+
+
+@dataclass(frozen=True)
+class AntColony(AbstractDerivativeFree):
+    """Ant colony optimisation for continuous weights (ACO_R), a small numpy implementation.
+
+    Socha & Dorigo, "Ant colony optimization for continuous domains", European Journal of
+    Operational Research 185(3), 1155-1173 (2008). The pheromone is an archive of the
+    ``archive_size`` (k) best weight vectors found, sorted by loss. Solution ``l`` (rank 1 is
+    the best) guides an ant with probability proportional to
+
+        ``omega_l = exp(-(l - 1)**2 / (2 q**2 k**2)) / (q k sqrt(2 pi))``,
+
+    and the ant samples every weight ``i`` from ``N(s_l[i], sigma_l[i])`` with
+    ``sigma_l[i] = xi * sum_e |s_e[i] - s_l[i]| / (k - 1)``. The ``n_ants`` new solutions
+    join the archive and the worst ``n_ants`` are dropped. Small ``q`` follows the best
+    solutions closely; larger ``xi`` searches more widely and converges more slowly. The
+    archive starts as ``x0`` and ``k - 1`` points ``x0 + init_std N(0, 1)``.
+
+    Written here because no library fits: ``nevergrad`` has no ant colony, and ``mealpy``'s
+    ``OriginalACOR`` calls the objective once per candidate (no batch through the network)
+    and its release 3.0.3 requires ``numpy<=1.26.0``, which conflicts with numpy 2. One
+    guide is drawn per ant and used for all its weights; the paper's rotation of the archive
+    to its principal axes (for correlated variables) is left out, as it costs
+    O(n_params**3) per round.
+
+    Args:
+        n_ants: New solutions per round, evaluated as one batch (the paper's ``m``).
+        archive_size: Solutions kept (``k``), at least 2.
+        q: Locality of the search, > 0.
+        xi: Width of the sampling Gaussians relative to the archive's spread, > 0 (plays
+            the part of pheromone evaporation).
+        init_std: Spread of the initial archive around the starting weights.
+        budget: Default number of candidate evaluations (the initial archive included).
+    """
+
+    n_ants: int = 32
+    archive_size: int = 50
+    q: float = 0.1
+    xi: float = 0.85
+    init_std: float = 0.1
+    budget: int | None = 2000
+
+    def __post_init__(self) -> None:
+        _check_int(self.n_ants, "AntColony.n_ants", 1)
+        _check_int(self.archive_size, "AntColony.archive_size", 2)
+        _check_positive(self.q, "AntColony.q")
+        _check_positive(self.xi, "AntColony.xi")
+        _check_positive(self.init_std, "AntColony.init_std")
+        _check_budget(self.budget, "AntColony")
+
+    def run(
+        self,
+        objective: Callable[[np.ndarray], np.ndarray],
+        x0: np.ndarray,
+        *,
+        budget: int,
+        seed: int,
+    ) -> None:
+        """See :meth:`AbstractDerivativeFree.run`."""
+        rng = np.random.Generator(np.random.PCG64(seed))
+        k, m = self.archive_size, self.n_ants
+        archive = x0 + self.init_std * rng.standard_normal((k, len(x0)))
+        archive[0] = x0
+        losses = np.asarray(objective(archive), dtype=np.float64)
+        ranks = np.arange(k, dtype=np.float64)  # l - 1
+        width = self.q * k
+        weights = np.exp(-(ranks**2) / (2.0 * width**2)) / (width * math.sqrt(2.0 * math.pi))
+        prob = weights / weights.sum()
+        while True:
+            order = np.argsort(losses, kind="stable")  # stable: ties keep the older solution
+            archive, losses = archive[order][:k], losses[order][:k]
+            guides = rng.choice(k, size=m, p=prob)
+            mean = archive[guides]  # (m, n_params)
+            # Mean distance of the archive to each guide, per weight: (m, n_params). One
+            # guide at a time keeps the memory at (k, n_params) rather than (m, k, n_params).
+            spread = np.empty_like(mean)
+            for g in np.unique(guides):
+                spread[guides == g] = np.abs(archive - archive[g]).sum(axis=0) / (k - 1)
+            ants = mean + self.xi * spread * rng.standard_normal(mean.shape)
+            ant_losses = np.asarray(objective(ants), dtype=np.float64)
+            archive = np.concatenate([archive, ants])
+            losses = np.concatenate([losses, ant_losses])
+
+
 @contextlib.contextmanager
 def _numpy_global_state(seed: int) -> Iterator[None]:
     """Seed numpy's global RNG for a library that reads it, then restore the caller's state."""
@@ -480,7 +662,8 @@ def optimize_weights(
         net: The network (e.g. a ``DeviceNetwork``); its trainable parameters are optimised,
             flattened in ``named_parameters`` order, starting from their current values.
         data: Training data.
-        optimizer: ``CMAES(...)``, ``NelderMead(...)`` or ``DifferentialEvolution(...)``.
+        optimizer: ``CMAES(...)``, ``NelderMead(...)``, ``DifferentialEvolution(...)``,
+            ``ParticleSwarm(...)`` or ``AntColony(...)``.
         mode: Execution mode used to score candidates.
         loss: ``"cross_entropy"``, ``"mse"`` or a typed loss.
         seed: Seed of the optimiser and of the batch draws.
@@ -505,8 +688,8 @@ def optimize_weights(
     """
     if not isinstance(optimizer, AbstractDerivativeFree):
         raise TypeError(
-            f"optimizer must be CMAES(...), NelderMead(...) or DifferentialEvolution(...), got "
-            f"{optimizer!r}"
+            "optimizer must be CMAES(...), NelderMead(...), DifferentialEvolution(...), "
+            f"ParticleSwarm(...) or AntColony(...), got {optimizer!r}"
         )
     if not isinstance(net, torch.nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "ErrorPolynomial",
     "LocalEpoch",
     "LocalResult",
+    "LocalStep",
     "Perceptron",
     "train_local",
 ]
@@ -193,13 +194,33 @@ class Delta(AbstractLocalRule):
 
 
 @dataclass(frozen=True)
+class LocalStep:
+    """One update: the samples it used and their error before it.
+
+    Callbacks get it right after the update, so the layer already holds the new weights.
+
+    Args:
+        epoch: Epoch number, from 1.
+        step: Update number over the whole run, from 1.
+        samples: Indices into the data set of the samples of this update, in visiting order.
+        mse: Mean squared error ``mean(e**2)`` of those samples before the update.
+    """
+
+    epoch: int
+    step: int
+    samples: tuple[int, ...]
+    mse: float
+
+
+@dataclass(frozen=True)
 class LocalEpoch:
     """One pass over the data.
 
     Args:
         epoch: Epoch number, from 1.
         n_updates: Samples whose error was non-zero (weights moved).
-        mse: Mean squared error ``mean(e**2)`` over the epoch, measured before each update.
+        mse: Mean squared error ``mean(e**2)`` over the epoch's samples, measured before each
+            update (over the samples seen, if a callback stopped the epoch).
         accuracy: Fraction of samples whose hard-limited outputs all matched, for
             classification targets, else None.
     """
@@ -222,11 +243,13 @@ class LocalResult:
         network: The module that was passed in.
         history: One entry per epoch.
         converged: True if an epoch made no update (every sample right, perceptron rule).
+        stopped_early: True if a callback stopped the run.
     """
 
     network: torch.nn.Module
     history: tuple[LocalEpoch, ...]
     converged: bool
+    stopped_early: bool = False
 
 
 def _single_layer(net: torch.nn.Module) -> DeviceLayer:
@@ -268,12 +291,14 @@ def train_local(
     target_scale: float = 1.0,
     shuffle: bool = True,
     seed: int = 0,
+    callbacks: Sequence[Callable[[LocalStep], bool | None]] = (),
 ) -> LocalResult:
     """Train a layer of device neurons with a local rule, in place.
 
-    Samples are visited in a seeded random order (``shuffle``). With ``batch_size=1`` this is
-    the online rule of the lecture notes, one sample ``p`` at a time; a larger batch sums the
-    per-sample updates of the batch (all computed with the weights at the batch's start).
+    Samples are visited in a seeded random order (``shuffle``), or in the data set's own
+    order with ``shuffle=False``. With ``batch_size=1`` this is the online rule of the lecture
+    notes, one sample ``p`` at a time; a larger batch sums the per-sample updates of the
+    batch (all computed with the weights at the batch's start).
 
     Args:
         net: A ``DeviceLayer``, or a one-layer ``DeviceNetwork`` built with
@@ -287,8 +312,11 @@ def train_local(
             ``Surrogate()``.
         target_scale: Value of the "hot" entry of one-hot/label targets (e.g. a device's
             output swing for the delta rule).
-        shuffle: Visit the samples in a random order each epoch.
+        shuffle: Visit the samples in a random order each epoch; False keeps the data
+            set's order (to replay a given sequence of samples, put it in the data set).
         seed: Seed of the order.
+        callbacks: Called with a :class:`LocalStep` after every update (the layer then holds
+            the updated weights); a truthy return stops training.
 
     Returns:
         The layer and its per-epoch history.
@@ -335,12 +363,17 @@ def train_local(
     gen = torch.Generator().manual_seed(int(seed))
     n = len(x)
     history: list[LocalEpoch] = []
-    converged = False
+    converged = stopped = False
+    step = 0
     with torch.no_grad():
         for epoch in range(epochs):
+            if stopped:
+                break
             order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-            n_updates, sq, right = 0, 0.0, 0
+            n_updates, sq, right, seen = 0, 0.0, 0, 0
             for start in range(0, n, batch_size):  # online learning is sequential by nature
+                if stopped:
+                    break
                 idx = order[start : start + batch_size]
                 xb, db = x[idx], d[idx]
                 y = layer(xb, mode=mode)  # (b, n_neurons)
@@ -350,21 +383,34 @@ def train_local(
                 w += (xb.T @ ae) * mask
                 if bias is not None:
                     bias += ae.sum(0).unsqueeze(1)
+                seen += len(idx)
                 moved = (e != 0).any(dim=1)
                 n_updates += int(moved.sum())
                 sq += float((e * e).sum())
                 if classify:
                     level = getattr(rule, "level", 0.5 * float(target_scale))
                     right += int(((y > level) == (db > 0.5 * float(target_scale))).all(1).sum())
+                step += 1
+                if callbacks:
+                    info = LocalStep(
+                        epoch=epoch + 1,
+                        step=step,
+                        samples=tuple(int(i) for i in idx),
+                        mse=float((e * e).mean()),
+                    )
+                    for callback in callbacks:
+                        stopped = bool(callback(info)) or stopped
             history.append(
                 LocalEpoch(
                     epoch=epoch + 1,
                     n_updates=n_updates,
-                    mse=sq / (n * n_neurons),
-                    accuracy=right / n if classify else None,
+                    mse=sq / (seen * n_neurons),  # seen < n if a callback stopped the epoch
+                    accuracy=right / seen if classify else None,
                 )
             )
-            if n_updates == 0:
+            if n_updates == 0 and not stopped:
                 converged = True
                 break
-    return LocalResult(network=net, history=tuple(history), converged=converged)
+    return LocalResult(
+        network=net, history=tuple(history), converged=converged, stopped_early=stopped
+    )
