@@ -60,6 +60,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--points", type=int, default=0, help="number of points (0: default)")
     ch.add_argument("--batch-size", type=int, default=4096)
     ch.add_argument("--workers", type=int, default=0, help="local worker processes")
+    ch.add_argument(
+        "--timeout", type=float, default=None, help="seconds a point may take (default: no limit)"
+    )
     ch.add_argument("--twin", choices=["auto", "mlp", "spline"], default="auto")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--strict", action="store_true", help="stop at the first failing point")
@@ -95,6 +98,7 @@ def _characterize(args: argparse.Namespace) -> int:
         sampler=sampler,
         batch_size=args.batch_size,
         workers=args.workers,
+        timeout=args.timeout,
         twin_kind=args.twin,
         seed=args.seed,
         progress=not args.no_progress,

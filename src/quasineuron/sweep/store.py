@@ -698,7 +698,7 @@ class SweepStore:
                 f"sweep store {self.path}: committed chunk {chunk} is damaged: {why}{more}. "
                 f"Its results cannot be trusted. To recompute only the damaged chunks, delete "
                 f"their commit records (here {self._commit_path(chunk)}) or pass repair=True "
-                "to sweep() (or --repair on the command line), then run the sweep again."
+                "to sweep(), then run the sweep again."
             )
         return records
 
