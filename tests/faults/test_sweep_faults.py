@@ -122,6 +122,25 @@ def test_flipped_byte_in_the_manifest_is_an_error(tmp_path):
         committed_sweep(store)
 
 
+def test_store_without_digests_is_read_and_still_checked_for_missing_chunks(tmp_path):
+    store = tmp_path / "s"
+    ref = committed_sweep(store)
+    # Turn it into a store of format version 1: no manifest digest, no chunk digests.
+    manifest = json.loads((store / "manifest.json").read_text())
+    del manifest["manifest_sha256"]
+    manifest["format_version"] = 1
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    for rec_path in (store / "commits").glob("*.json"):
+        rec = json.loads(rec_path.read_text())
+        del rec["sha256"]
+        rec_path.write_text(json.dumps(rec))
+    assert_tables_equal(SweepTable.open(store), ref)
+    victim = store / "table.zarr" / "y" / "c" / "1" / "0"
+    victim.unlink()
+    with pytest.raises(IntegrityError, match=f"chunk 1 .*{victim}.* missing"):
+        SweepTable.open(store)
+
+
 def test_store_killed_during_creation_is_recreated(tmp_path):
     store = tmp_path / "s"
     (store / "table.zarr" / "u").mkdir(parents=True)  # a table, no manifest, no commits
