@@ -63,7 +63,7 @@ import torch
 import zarr
 from zarr.storage import LocalStore
 
-from quasineuron._atomic import atomic_write_json, sha256_hex
+from quasineuron._atomic import atomic_write_json, jsonable, sha256_hex
 from quasineuron.devices.base import Box
 from quasineuron.errors import (
     IntegrityError,
@@ -360,6 +360,7 @@ class SweepStore:
         self.manifest = manifest
         self._group = group
         self._lock: _Lock | None = None
+        self._encoders: dict[str, Any] | None = None
         self.n_points: int = manifest["n_points"]
         self.batch_size: int = manifest["batch_size"]
         self.n_chunks = -(-self.n_points // self.batch_size)
@@ -384,7 +385,8 @@ class SweepStore:
         if staging.exists():  # left over by a creation that was killed; it holds no results
             shutil.rmtree(staging)
         staging.mkdir()
-        manifest = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST_KEY}
+        # As written (non-finite floats become null), so that the digest matches on reading.
+        manifest = jsonable({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST_KEY})
         manifest["format_version"] = FORMAT_VERSION
         manifest[MANIFEST_DIGEST_KEY] = manifest_digest(manifest)
         n, bs = manifest["n_points"], manifest["batch_size"]
@@ -593,9 +595,13 @@ class SweepStore:
 
     def _chunk_file(self, name: str, chunk: int) -> Path:
         """The file holding ``chunk`` of array ``name`` (``u``, ``y`` or ``status``)."""
-        arr = self._group[name]
-        key = (chunk,) + (0,) * (arr.ndim - 1)
-        return self.path / _TABLE / name / arr.metadata.encode_chunk_key(key)
+        # Looking an array up in the group reads its metadata document: do it once per store,
+        # not once per chunk (it dominated the check of a 1e6-point store).
+        if self._encoders is None:
+            self._encoders = {n: self._group[n].metadata for n in _ARRAYS}
+        meta = self._encoders[name]
+        key = (chunk,) + (0,) * (len(meta.shape) - 1)
+        return self.path / _TABLE / name / meta.encode_chunk_key(key)
 
     def _check_chunk(self, chunk: int, rec: Mapping[str, Any]) -> str | None:
         """Why the data of a committed chunk is not what its record committed, or None."""
