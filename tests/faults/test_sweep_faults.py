@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,19 +43,26 @@ class Smooth(AbstractDevice):
 
 
 class HangsAbove(AbstractDevice):
-    """y = 2 u, but a call holding a drive above ``threshold`` never returns."""
+    """y = 2 u, but a call holding a drive above ``threshold`` never returns.
+
+    A call holding a drive below ``crash_below`` ends its process at once, as a segfault in a
+    native solver would.
+    """
 
     n_in = 1
     n_out = 1
     differentiable = False
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, crash_below: float = -math.inf) -> None:
         super().__init__()
         self.domain = Box(low=(-1.0,), high=(1.0,))
         self.name = "hangs-above"
         self.threshold = threshold
+        self.crash_below = crash_below
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if (u < self.crash_below).any():
+            os._exit(3)
         if (u > self.threshold).any():
             time.sleep(3600)
         return 2 * u
@@ -155,17 +163,18 @@ def test_store_killed_during_creation_is_recreated(tmp_path):
 def test_hung_points_time_out_and_the_sweep_completes(tmp_path):
     # Without working timeouts this test would hang: abort it with a traceback instead.
     faulthandler.dump_traceback_later(120, exit=True)
-    grid = Grid(n=10)  # -1, -7/9, ..., 7/9, 1: only u = 1 (point 9) hangs
+    grid = Grid(n=10)  # -1, -7/9, ..., 7/9, 1: u = 1 (point 9) hangs, u = -1 (point 0) crashes
+    dev = HangsAbove(0.9, crash_below=-0.9)
     t0 = time.monotonic()
-    table = sweep(
-        HangsAbove(0.9), grid, store=tmp_path / "s", batch_size=4, progress=False, timeout=0.5
-    )
+    table = sweep(dev, grid, store=tmp_path / "s", batch_size=4, progress=False, timeout=0.5)
     elapsed = time.monotonic() - t0
     assert np.flatnonzero(table.status == PointStatus.TIMEOUT).tolist() == [9]
-    assert table.errors == {9: "TimeoutError: timed out after 0.5 s"}
-    assert (table.status[:9] == PointStatus.OK).all() and table.n_failed == 1
-    # point 8 shares the hung batch and still has its value: only the hung point is lost
-    np.testing.assert_array_equal(table.y[:9, 0], 2 * table.u[:9, 0])
+    assert table.errors[9] == "TimeoutError: timed out after 0.5 s"
+    assert np.flatnonzero(table.status == PointStatus.ERROR).tolist() == [0]
+    assert table.errors[0].startswith("WorkerDied: worker process ended with exit code 3")
+    assert (table.status[1:9] == PointStatus.OK).all() and table.n_failed == 2
+    # points 1-3 and 8 share a batch with a bad point and still have their values
+    np.testing.assert_array_equal(table.y[1:9, 0], 2 * table.u[1:9, 0])
     assert elapsed < 60, elapsed
     assert_tables_equal(SweepTable.open(tmp_path / "s"), table)
     faulthandler.cancel_dump_traceback_later()

@@ -300,15 +300,19 @@ class _Lock:
         self.path = store.parent / f".{store.name}.lock"
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            warnings.warn(
-                f"sweep store {store} is being written by another process; waiting for it "
-                "to finish (its results are then resumed, not recomputed)",
-                QuasineuronWarning,
-                stacklevel=4,
-            )
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                warnings.warn(
+                    f"sweep store {store} is being written by another process; waiting for it "
+                    "to finish (its results are then resumed, not recomputed)",
+                    QuasineuronWarning,
+                    stacklevel=4,
+                )
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:  # e.g. Ctrl-C while waiting, or the warning raised as an error
+            self.release()
+            raise
 
     def release(self) -> None:
         if self._fd is not None:
