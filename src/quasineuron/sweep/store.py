@@ -5,12 +5,15 @@ Format
 A sweep store is a folder::
 
     <store>/
-      manifest.json        what was swept: device, domain, sampler, dtype, sizes, version, time
+      manifest.json        what was swept: device, domain, sampler, dtype, sizes, version, time,
+                           and the SHA-256 of all that (``manifest_sha256``)
       table.zarr/          a Zarr v3 group (its attributes repeat the manifest)
         u/                 float64 (n_points, n_in), the drives actually fed to the device
         y/                 float64 (n_points, n_out), outputs (NaN where a point raised)
         status/            int8 (n_points,), a PointStatus code per point
-      commits/<chunk>.json one commit record per finished chunk, holding its error texts
+      commits/<chunk>.json one commit record per finished chunk: its error texts and the
+                           SHA-256 of the chunk's file in each of u, y and status
+    <parent>/.<store>.lock the writers' lock (``fcntl.flock``), beside the store
 
 Every array is chunked along points with the sweep's ``batch_size``, so one batch is exactly
 one chunk of each array.
@@ -39,7 +42,24 @@ Crash safety (SIGKILL at any instant)
 
 Consequently a sweep killed and restarted with the same arguments ends with exactly the table
 of an uninterrupted run: committed chunks are never recomputed and uncommitted chunks are
-computed once more from the start. Only one process may write a store at a time.
+computed once more from the start.
+
+Integrity
+---------
+Reading a store (open, resume, table) checks the manifest against its digest and reads every
+committed chunk's files once, checking them against the digests of its commit record. A missing
+file or a mismatch is an :class:`~quasineuron.errors.IntegrityError` naming the chunk, the file
+and the fix (delete that commit record, or ``repair=True``, and the chunk is recomputed); a
+committed chunk never reads back as NaN or silently changed values. Version-1 stores (before
+digests) are read with their committed chunk files checked for presence only.
+
+One writer
+----------
+:meth:`SweepStore.open_or_create` takes an exclusive ``flock`` on ``.<store>.lock`` next to the
+store and the runner holds it until the sweep returns, so concurrent sweeps into one store run
+one after the other (the second resumes the first's results). The kernel drops the lock of a
+killed process. A store killed during creation by an older version (a table without manifest
+or commits) holds no results and is created afresh.
 """
 
 from __future__ import annotations
