@@ -115,6 +115,18 @@ def test_flipped_byte_in_a_chunk_is_an_error_naming_the_file(tmp_path):
     assert_tables_equal(SweepTable.open(store), ref)
 
 
+def test_unreadable_commit_record_is_an_error_and_repair_recomputes_its_chunk(tmp_path):
+    store = tmp_path / "s"
+    ref = committed_sweep(store)
+    record = store / "commits" / "000000001.json"
+    record.write_text(record.read_text()[:-20])  # torn by hand: a crash never leaves this
+    with pytest.raises(IntegrityError, match=f"commit record {record} is unreadable"):
+        SweepTable.open(store)
+    with pytest.warns(QuasineuronWarning, match="000000001.json was unreadable"):
+        repaired = sweep(Smooth(), GRID, store=store, batch_size=4, progress=False, repair=True)
+    assert_tables_equal(repaired, ref)
+
+
 def test_flipped_byte_in_the_manifest_is_an_error(tmp_path):
     store = tmp_path / "s"
     committed_sweep(store)

@@ -663,12 +663,22 @@ class SweepStore:
     def repair(self) -> list[int]:
         """Delete the commit records of damaged chunks, so that a resume recomputes them.
 
-        Every result a damaged chunk held is lost and recomputed; all others are kept.
+        Unreadable commit records are deleted too. Every result a damaged chunk held is lost
+        and recomputed; all others are kept. A warning names each deleted record.
 
         Returns:
-            The chunks whose commit record was deleted, sorted.
+            The chunks whose (readable) commit record was deleted, sorted.
         """
-        problems = self.verify()
+        bad: dict[Path, str] = {}
+        problems = self._problems(self._read_records(bad))
+        for p, why in bad.items():
+            p.unlink(missing_ok=True)
+            warnings.warn(
+                f"sweep store {self.path}: commit record {p} was unreadable ({why}) and was "
+                "deleted, so that its chunk is recomputed",
+                QuasineuronWarning,
+                stacklevel=3,
+            )
         for chunk, why in problems.items():
             self._commit_path(chunk).unlink(missing_ok=True)
             warnings.warn(
@@ -680,7 +690,8 @@ class SweepStore:
         _fsync_path(self.path / _COMMITS)
         return sorted(problems)
 
-    def _read_records(self) -> dict[int, dict[str, Any]]:
+    def _read_records(self, bad: dict[Path, str] | None = None) -> dict[int, dict[str, Any]]:
+        """Parse every commit record; unreadable ones raise, or are collected in ``bad``."""
         out: dict[int, dict[str, Any]] = {}
         folder = self.path / _COMMITS
         if not folder.is_dir():
@@ -701,9 +712,13 @@ class SweepStore:
                 ):
                     raise ValueError("its sha256 entry is not a digest per array")
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                if bad is not None:
+                    bad[p] = f"{type(exc).__name__}: {exc}"
+                    continue
                 raise IntegrityError(
                     f"commit record {p} is unreadable ({type(exc).__name__}: {exc}). Delete "
-                    "this one file to recompute its chunk on the next run."
+                    "this one file, or pass repair=True to sweep(), to recompute its chunk on "
+                    "the next run."
                 ) from exc
             out[chunk] = rec
         return out
