@@ -249,8 +249,9 @@ ORPHANS = """
 import sys
 from sweep_helpers import Elementwise
 from quasineuron.sweep import Grid, ProcessExecutor, sweep
+timeout = None if sys.argv[3] == "none" else float(sys.argv[3])
 sweep(Elementwise(delay=60, log=sys.argv[1]), Grid(n=(4, 4)), batch_size=4, progress=False,
-      executor=ProcessExecutor(n_workers=2), store=sys.argv[2])
+      executor=ProcessExecutor(n_workers=2), store=sys.argv[2], timeout=timeout)
 """
 
 
@@ -270,10 +271,11 @@ def _marked_pids(marker: str) -> list[int]:
 
 @pytest.mark.slow  # a fresh interpreter plus two workers importing torch
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-def test_killing_the_main_process_takes_its_workers_with_it(tmp_path):
+@pytest.mark.parametrize("timeout", ["none", "600"])  # the process pool, the killable pool
+def test_killing_the_main_process_takes_its_workers_with_it(tmp_path, timeout):
     marker, log = uuid.uuid4().hex, tmp_path / "eval.log"
     proc = subprocess.Popen(
-        [sys.executable, "-c", ORPHANS, str(log), str(tmp_path / "s")],
+        [sys.executable, "-c", ORPHANS, str(log), str(tmp_path / "s"), timeout],
         env=_env(marker),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
