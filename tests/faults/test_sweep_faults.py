@@ -19,7 +19,7 @@ import torch
 
 from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.errors import IntegrityError, QuasineuronWarning, StoreCorruptError
-from quasineuron.sweep import Grid, PointStatus, SweepTable, sweep
+from quasineuron.sweep import DaskExecutor, Grid, PointStatus, SweepTable, sweep
 
 HERE = Path(__file__).resolve().parent
 SWEEP_TESTS = HERE.parent / "sweep"
@@ -193,8 +193,11 @@ def test_hung_points_time_out_and_the_sweep_completes(tmp_path):
 
 
 def test_timeout_is_checked_where_it_enters():
-    with pytest.raises(ValueError, match="timeout must be a positive number"):
-        sweep(Smooth(), GRID, progress=False, timeout=0)
+    for bad in (0, -1.0, float("inf"), "10", True):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            sweep(Smooth(), GRID, progress=False, timeout=bad)
+    with pytest.raises(ValueError, match="timeout works with SerialExecutor or ProcessExecutor"):
+        sweep(Smooth(), GRID, progress=False, timeout=1, executor=DaskExecutor(local_workers=1))
 
 
 # -- processes ---------------------------------------------------------------------------------
