@@ -13,6 +13,7 @@ Every failure ends in one line on stderr, ``quasineuron COMMAND: error: ...``, a
 from __future__ import annotations
 
 import argparse
+import math
 import ast
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,16 @@ def _int_at_least(low: int) -> Any:
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _run_folder_flags(p: argparse.ArgumentParser) -> None:
@@ -133,6 +144,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--workers", type=_int_at_least(0), default=0, help="local worker processes (0: none)"
     )
+    ch.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds a point may take; hung points are recorded as TIMEOUT (default: no limit)",
+    )
     ch.add_argument("--twin", choices=["auto", "mlp", "spline"], default="auto")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--strict", action="store_true", help="stop at the first failing point")
@@ -186,6 +203,7 @@ def _characterize(args: argparse.Namespace) -> int:
         sampler=sampler,
         batch_size=args.batch_size,
         workers=args.workers,
+        timeout=args.timeout,
         twin_kind=args.twin,
         seed=args.seed,
         progress=not args.no_progress,

@@ -46,6 +46,7 @@ class SweepConfig(_Strict):
     points: int = Field(0, ge=0, description="0 picks a default for the device's n_in")
     batch_size: int = Field(4096, ge=1)
     workers: int = Field(0, ge=0, description="worker processes; 0 evaluates in-process")
+    timeout: float | None = Field(None, gt=0, description="seconds per point; None: no limit")
     seed: int = 0
 
 

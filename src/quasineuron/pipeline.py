@@ -160,6 +160,7 @@ def characterize(
     batch_size: int = 4096,
     executor: AbstractExecutor | None = None,
     workers: int = 0,
+    timeout: float | None = None,
     twin_kind: str = "auto",
     hidden: tuple[int, ...] = (64, 64),
     seed: int = 0,
@@ -180,6 +181,7 @@ def characterize(
         batch_size: Points per device call (and per stored chunk).
         executor: Where batches run; overrides ``workers``.
         workers: Local worker processes (0: in this process).
+        timeout: Seconds a point may take before it is marked TIMEOUT (see ``sweep``).
         twin_kind: ``"auto"``, ``"mlp"`` or ``"spline"``.
         hidden: MLP twin hidden sizes.
         seed: Seed of the sampler (where random), the fit and the check points.
@@ -223,6 +225,7 @@ def characterize(
         progress=progress,
         overwrite=overwrite,
         strict=strict,
+        timeout=timeout,
     )
     t_sweep = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -520,6 +523,7 @@ def _run_stages(
         sampler=sampler,
         batch_size=config.sweep.batch_size,
         workers=config.sweep.workers,
+        timeout=config.sweep.timeout,
         twin_kind=config.twin.kind,
         hidden=config.twin.hidden,
         seed=config.twin.seed,

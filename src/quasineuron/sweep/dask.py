@@ -6,7 +6,10 @@ resuming, per-point status and the final table are the same as with any other ex
 The device is sent to every worker once (``client.scatter(fn, broadcast=True)``), each batch is
 one task, and results are yielded as they complete (``distributed.as_completed``). When a worker
 dies mid-sweep, the scheduler re-runs its unfinished tasks on the remaining workers; each batch
-index is still yielded exactly once.
+index is still yielded exactly once. When the last worker holding the device dies, the
+scheduler forgets the device and cancels every task that needs it; the executor then waits for
+a worker, scatters the device again and resubmits those batches (at most ``MAX_RESCATTERS``
+times per sweep), so the sweep goes on instead of aborting.
 
 Needs the optional dependency ``dask[distributed]`` (``pip install "quasineuron[dask]"``).
 """
@@ -15,11 +18,18 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
 from quasineuron.sweep.executors import AbstractExecutor
 
 __all__ = ["DaskExecutor"]
+
+#: Times one sweep re-sends its device after every worker holding it died; past that the
+#: cluster is taken to be failing and the sweep raises (committed chunks stay in the store).
+MAX_RESCATTERS = 3
+# Seconds to wait for a worker to (re)join after all of them died, e.g. restarted by a nanny.
+_WORKER_WAIT_S = 120
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -145,9 +155,12 @@ class DaskExecutor(AbstractExecutor):
     ) -> Iterator[tuple[int, R]]:
         # Once per sweep, not per batch: a device (with its weights, tables) can be large.
         fn_future = client.scatter(fn, broadcast=True, hash=False)
+        generation = 0  # bumped each time the device is scattered again
+        rescatters = 0
         n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         limit = self.max_in_flight or max(4, 4 * n_workers)
-        pending: dict[Any, tuple[int, T, int]] = {}  # future -> (index, arg, tries left)
+        # future -> (index, arg, tries left, generation of the device it was submitted with)
+        pending: dict[Any, tuple[int, T, int, int]] = {}
         seen: set[int] = set()
         it = iter(items)
         ac = distributed.as_completed(loop=client.loop)
@@ -156,7 +169,7 @@ class DaskExecutor(AbstractExecutor):
         def submit(index: int, arg: T, tries: int) -> None:
             # pure=False: two identical batches are still two tasks with their own results.
             fut = client.submit(_apply, fn_future, arg, pure=False)
-            pending[fut] = (index, arg, tries)
+            pending[fut] = (index, arg, tries, generation)
             ac.add(fut)
 
         try:
@@ -170,11 +183,31 @@ class DaskExecutor(AbstractExecutor):
                 if not pending:
                     return
                 fut = next(ac)
-                index, arg, tries = pending.pop(fut)
+                index, arg, tries, gen = pending.pop(fut)
                 if fut.status == "error" and tries > 0:
                     submit(index, arg, tries - 1)
                     continue
-                result = fut.result()  # raises the task's exception, as other executors do
+                try:
+                    if fut.status == "cancelled":
+                        raise CancelledError(fut.key)
+                    result = fut.result()  # raises the task's exception, as other executors do
+                except CancelledError:  # distributed raises FutureCancelledError, a subclass
+                    # The device was lost with the last worker holding it (the scheduler
+                    # cancels what depends on it): send it again once per loss, then resubmit.
+                    if gen == generation:
+                        if rescatters >= MAX_RESCATTERS:
+                            raise RuntimeError(
+                                f"the Dask workers holding the device died {rescatters + 1} "
+                                "times in one sweep; check the cluster (memory, crashes). "
+                                "Committed chunks are kept: run the sweep again to resume."
+                            ) from None
+                        rescatters += 1
+                        client.wait_for_workers(1, timeout=_WORKER_WAIT_S)
+                        fn_future.release()
+                        fn_future = client.scatter(fn, broadcast=True, hash=False)
+                        generation += 1
+                    submit(index, arg, tries)
+                    continue
                 fut.release()
                 if index in seen:  # pragma: no cover - the scheduler reports a task once
                     continue

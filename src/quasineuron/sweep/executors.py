@@ -11,22 +11,37 @@ order of completion never matters, for the result or for resuming.
   the pool initializer, not once per batch: the device must be picklable, so its code must live
   in an importable module (not in ``__main__`` of an interactive session, nor in a lambda).
 
-A Dask executor fits the same interface as one more class: scatter ``fn`` to the workers once
-(``client.scatter(fn, broadcast=True)``), ``client.submit`` each item and iterate
-``distributed.as_completed``. It is not implemented here.
+A Dask executor fits the same interface as one more class (:mod:`quasineuron.sweep.dask`).
+
+Worker processes started here die with the process that started them: on Linux each worker
+asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``), and on every
+OS a watchdog thread in the worker exits once its parent process is gone. So killing a sweep
+(even with SIGKILL) leaves no worker running on.
+
+:class:`KillablePool` is what ``sweep(..., timeout=...)`` runs on: one pipe per worker, so a
+worker stuck in a device call past its budget can be killed and replaced alone.
 """
 
 from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import contextlib
+import ctypes
+import math
 import multiprocessing
+import multiprocessing.connection as mpc
 import operator
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["AbstractExecutor", "ProcessExecutor", "SerialExecutor"]
+__all__ = ["AbstractExecutor", "KillablePool", "ProcessExecutor", "SerialExecutor"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,8 +89,38 @@ class SerialExecutor(AbstractExecutor):
 _WORKER_FN: Callable[[Any], Any] | None = None
 
 
-def _init_worker(fn: Callable[[Any], Any], threads: int | None) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How often the fallback watchdog looks for its parent: a worker outlives a killed sweep by
+# at most this long where PR_SET_PDEATHSIG is unavailable (macOS, or prctl refused).
+_WATCHDOG_PERIOD_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when the process ``parent_pid`` that started it dies.
+
+    On Linux the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); a daemon
+    thread also exits the process once ``os.getppid()`` no longer is ``parent_pid`` (the worker
+    was re-parented to init or a subreaper), which covers other systems and the race of a
+    parent dying before the ``prctl`` call.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_PERIOD_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="quasineuron-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(fn: Callable[[Any], Any], threads: int | None, parent_pid: int) -> None:
     global _WORKER_FN
+    die_with_parent(parent_pid)
     _WORKER_FN = fn
     if threads is not None:
         import torch
@@ -134,7 +179,7 @@ class ProcessExecutor(AbstractExecutor):
             max_workers=self.n_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(fn, self.threads_per_worker),
+            initargs=(fn, self.threads_per_worker, os.getpid()),
         )
         pending: dict[cf.Future[Any], int] = {}
         it = iter(items)
@@ -165,3 +210,160 @@ class ProcessExecutor(AbstractExecutor):
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
         }
+
+
+# -- a pool whose workers can be killed one at a time -------------------------------------------
+
+
+def _killable_worker(
+    conn: mpc.Connection, fn: Callable[[Any], Any], threads: int | None, parent_pid: int
+) -> None:
+    """Worker loop: announce readiness, then answer ``(key, arg)`` with ``(key, ok, value)``."""
+    die_with_parent(parent_pid)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    conn.send(("ready", True, None))
+    while True:
+        try:
+            key, arg = conn.recv()
+        except EOFError:  # the parent closed the pipe: the pool is shutting down
+            return
+        try:
+            out: tuple[Any, bool, Any] = (key, True, fn(arg))
+        except Exception as exc:
+            out = (key, False, exc)
+        try:
+            conn.send(out)
+        except Exception as exc:  # an unpicklable result or exception: send its text
+            conn.send((key, False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class TimedOut:
+    """Outcome of a job that ran past its budget; its worker was killed."""
+
+    def __repr__(self) -> str:
+        return "TimedOut()"
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while running a job (a crash, or killed from outside)."""
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Any, threads: int | None) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_killable_worker, args=(child, fn, threads, os.getpid()), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.job: tuple[Any, float] | None = None  # (key, deadline)
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+
+class KillablePool:
+    """``n_workers`` spawned processes, each running ``fn`` on one job at a time, with budgets.
+
+    Unlike a ``ProcessPoolExecutor``, a worker that runs past its job's budget is killed and
+    replaced on its own, and the others go on. A budget starts when the job is handed to a
+    ready worker, so a worker's start (an interpreter and ``import torch``) never counts.
+
+    Args:
+        fn: Picklable function applied to each job's argument; pickled once per worker.
+        n_workers: Number of worker processes.
+        threads_per_worker: ``torch.set_num_threads`` in each worker; None leaves the default.
+    """
+
+    def __init__(
+        self, fn: Callable[[Any], Any], n_workers: int, threads_per_worker: int | None = 1
+    ) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._fn, self._threads = fn, threads_per_worker
+        self._workers = [_Worker(self._ctx, fn, threads_per_worker) for _ in range(n_workers)]
+        self._queue: list[tuple[Any, Any, float]] = []  # (key, arg, budget) not yet handed out
+
+    def submit(self, key: Any, arg: Any, budget: float | None) -> None:
+        """Queue ``fn(arg)``, to be killed after ``budget`` seconds (None: no limit)."""
+        self._queue.append((key, arg, math.inf if budget is None else budget))
+
+    @property
+    def n_busy(self) -> int:
+        """Jobs queued or running."""
+        return len(self._queue) + sum(w.job is not None for w in self._workers)
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if self._queue and w.ready and w.job is None:
+                key, arg, budget = self._queue.pop(0)
+                w.conn.send((key, arg))
+                w.job = (key, time.monotonic() + budget)
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self._workers[self._workers.index(w)] = _Worker(self._ctx, self._fn, self._threads)
+
+    def wait(self) -> list[tuple[Any, Any]]:
+        """Block until at least one job finishes; return ``(key, outcome)`` pairs.
+
+        The outcome is the function's value, the exception it raised (an instance of
+        ``Exception``), :class:`TimedOut`, or :class:`WorkerDied`.
+        """
+        out: list[tuple[Any, Any]] = []
+        while not out:
+            self._dispatch()
+            if not self._queue and all(w.job is None for w in self._workers):
+                return out
+            now = time.monotonic()
+            deadlines = [w.job[1] for w in self._workers if w.job is not None]
+            wait_s = max(0.0, min(deadlines) - now) if deadlines else None
+            if wait_s is not None and not math.isfinite(wait_s):
+                wait_s = None
+            objs: list[Any] = [w.conn for w in self._workers]
+            objs += [w.proc.sentinel for w in self._workers]
+            ready = set(mpc.wait(objs, timeout=wait_s))
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.conn in ready:
+                    try:
+                        key, ok, value = w.conn.recv()
+                    except (EOFError, OSError):
+                        pass  # it died; handled through its sentinel below
+                    else:
+                        if key == "ready":
+                            w.ready = True
+                        else:
+                            w.job = None
+                            out.append((key, value))
+                            continue
+                if w.proc.sentinel in ready and not w.proc.is_alive():
+                    if w.job is not None:
+                        out.append((w.job[0], WorkerDied(
+                            f"worker process ended with exit code {w.proc.exitcode} while "
+                            "evaluating; the device crashed it or it was killed"
+                        )))  # fmt: skip
+                    elif not w.ready:
+                        self.close()
+                        raise WorkerDied(
+                            f"a worker process ended with exit code {w.proc.exitcode} before it "
+                            "was ready; the device could not be unpickled in a fresh process "
+                            "(define it in an importable module, not in __main__ or a lambda)"
+                        )
+                    self._replace(w)
+                elif w.job is not None and now >= w.job[1]:
+                    out.append((w.job[0], TimedOut()))
+                    self._replace(w)
+        return out
+
+    def close(self) -> None:
+        """Kill every worker (results in hand are kept by the caller)."""
+        for w in self._workers:
+            w.kill()
+        self._workers = []

@@ -5,11 +5,20 @@ batch is evaluated point by point so that only the failing points are marked ERR
 exception text), and points with NaN or inf outputs are marked NONFINITE. The sweep goes on,
 unless ``strict=True``, which raises :class:`~quasineuron.errors.SimulationError` at the first
 failing point instead.
+
+With ``timeout=SECONDS`` the device runs in worker processes (see :class:`KillablePool`), also
+for the default serial executor, because a call that hangs can only be interrupted from another
+process. A batch of ``b`` points gets ``b * timeout`` seconds; if it runs past that, its worker
+is killed and replaced and the batch is evaluated again point by point, each point with
+``timeout`` seconds, so that only the points that hang are lost. They get status TIMEOUT and the
+error text ``"TimeoutError: timed out after <timeout> s"``; the sweep goes on.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import operator
 import os
 from collections.abc import Iterator
@@ -22,7 +31,14 @@ from tqdm.std import tqdm
 
 from quasineuron.devices.base import Box
 from quasineuron.errors import DeviceContractError, SimulationError
-from quasineuron.sweep.executors import AbstractExecutor, SerialExecutor
+from quasineuron.sweep.executors import (
+    AbstractExecutor,
+    KillablePool,
+    ProcessExecutor,
+    SerialExecutor,
+    TimedOut,
+    WorkerDied,
+)
 from quasineuron.sweep.sampling import AbstractSampler
 from quasineuron.sweep.store import PointStatus, SweepStore, SweepTable, make_manifest
 
@@ -114,7 +130,7 @@ class _Sink(Protocol):
 
     def done(self) -> dict[int, int]: ...
 
-    def write(self, chunk: int, result: _BatchResult) -> None: ...
+    def write(self, chunk: int, result: _BatchResult, u: np.ndarray) -> None: ...
 
     def table(self) -> SweepTable: ...
 
@@ -138,8 +154,8 @@ class _StoreSink:
             for c, rec in self.store.read_commits().items()
         }
 
-    def write(self, chunk: int, result: _BatchResult) -> None:
-        self.store.write_chunk(chunk, result.y, result.status, result.errors)
+    def write(self, chunk: int, result: _BatchResult, u: np.ndarray) -> None:
+        self.store.write_chunk(chunk, result.y, result.status, result.errors, u=u)
 
     def table(self) -> SweepTable:
         return self.store.read_table()
@@ -163,7 +179,7 @@ class _MemorySink:
     def done(self) -> dict[int, int]:
         return {}
 
-    def write(self, chunk: int, result: _BatchResult) -> None:
+    def write(self, chunk: int, result: _BatchResult, u: np.ndarray) -> None:
         sl = self.chunk_slice(chunk)
         self.y[sl], self.status[sl] = result.y, result.status
         self.errors.update(result.errors)
@@ -187,6 +203,27 @@ def _check_device(device: Any) -> None:
         raise DeviceContractError(
             f"{name} must be callable and have describe(); subclass quasineuron.AbstractDevice"
         )
+
+
+def _check_timeout(timeout: Any, executor: AbstractExecutor) -> float | None:
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, numbers.Real)
+        or not (0 < float(timeout) < math.inf)
+    ):
+        raise ValueError(
+            f"timeout must be a positive number of seconds per point, or None for no limit, "
+            f"got {timeout!r}"
+        )
+    if not isinstance(executor, (SerialExecutor, ProcessExecutor)):
+        raise ValueError(
+            f"timeout works with SerialExecutor or ProcessExecutor (whose worker processes can "
+            f"be killed), not {type(executor).__name__}; pass timeout=None or use "
+            "ProcessExecutor(n_workers=...)"
+        )
+    return float(timeout)
 
 
 def _check_options(batch_size: Any, dtype: Any, executor: Any) -> AbstractExecutor:
@@ -215,6 +252,103 @@ def _as_evaluated(u: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return torch.as_tensor(u, dtype=torch.float64).to(dtype).to(torch.float64).numpy()
 
 
+def _failed_point(
+    device: Any, index: int, u: np.ndarray, outcome: Any, timeout: float, strict: bool
+) -> tuple[int, str]:
+    """Status and error text of a point whose worker timed out or died."""
+    if isinstance(outcome, TimedOut):
+        status, text = PointStatus.TIMEOUT, f"TimeoutError: timed out after {timeout:g} s"
+    else:
+        status, text = PointStatus.ERROR, f"{type(outcome).__name__}: {outcome}"
+    if strict:
+        raise _point_error(device, index, u, text.removeprefix("TimeoutError: "))
+    return status, text
+
+
+def _map_with_timeout(
+    device: Any,
+    fn: Any,
+    jobs: Iterator[tuple[int, tuple[int, np.ndarray]]],
+    *,
+    timeout: float,
+    executor: AbstractExecutor,
+    strict: bool,
+) -> Iterator[tuple[int, _BatchResult]]:
+    """Like ``executor.map_unordered(fn, jobs)``, killing calls that run past their budget.
+
+    A batch that times out (or whose worker dies) is evaluated again point by point, each
+    point with ``timeout`` seconds, so only the points that hang (or crash) fail.
+    """
+    if isinstance(executor, ProcessExecutor):
+        n_workers, threads = executor.n_workers, executor.threads_per_worker
+        limit = executor.max_in_flight or 2 * n_workers
+    else:  # serial: one worker, with torch's default threads as in this process
+        n_workers, threads, limit = 1, None, 2
+    pool = KillablePool(fn, n_workers, threads)
+    args: dict[int, tuple[int, np.ndarray]] = {}  # chunk -> (start, u) while in flight
+    parts: dict[int, tuple[_BatchResult, list[int]]] = {}  # chunk -> (partial, points left)
+    it = iter(jobs)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and pool.n_busy < limit:
+                nxt = next(it, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                chunk, (start, u_c) = nxt
+                args[chunk] = (start, u_c)
+                pool.submit((chunk, -1), (start, u_c), timeout * len(u_c))
+            finished = pool.wait()
+            if not finished:
+                return
+            for (chunk, i), outcome in finished:
+                start, u_c = args[chunk]
+                if isinstance(outcome, Exception) and not isinstance(outcome, WorkerDied):
+                    raise outcome  # the device broke the contract, or strict mode
+                if i < 0 and isinstance(outcome, _BatchResult):
+                    del args[chunk]
+                    yield chunk, outcome
+                elif i < 0 and len(u_c) > 1:  # isolate the points that hang
+                    b = len(u_c)
+                    partial = _BatchResult(
+                        y=np.full((b, device.n_out), np.nan),
+                        status=np.full(b, PointStatus.OK, dtype=np.int8),
+                        errors={},
+                    )
+                    parts[chunk] = (partial, [b])
+                    for j in range(b):
+                        pool.submit((chunk, j), (start + j, u_c[j : j + 1]), timeout)
+                else:
+                    j = max(i, 0)
+                    if i < 0:  # a one-point batch: nothing to isolate
+                        parts[chunk] = (
+                            _BatchResult(
+                                y=np.full((1, device.n_out), np.nan),
+                                status=np.full(1, PointStatus.OK, dtype=np.int8),
+                                errors={},
+                            ),
+                            [1],
+                        )
+                    partial, left = parts[chunk]
+                    if isinstance(outcome, _BatchResult):
+                        partial.y[j] = outcome.y[0]
+                        partial.status[j] = outcome.status[0]
+                        partial.errors.update(outcome.errors)
+                    else:
+                        code, text = _failed_point(
+                            device, start + j, u_c[j], outcome, timeout, strict
+                        )
+                        partial.status[j] = code
+                        partial.errors[start + j] = text
+                    left[0] -= 1
+                    if left[0] == 0:
+                        del parts[chunk], args[chunk]
+                        yield chunk, partial
+    finally:
+        pool.close()
+
+
 def _run(
     device: Any,
     u: np.ndarray,
@@ -224,6 +358,7 @@ def _run(
     strict: bool,
     progress: bool,
     dtype: torch.dtype,
+    timeout: float | None = None,
 ) -> SweepTable:
     done = sink.done()
     todo = [c for c in range(sink.n_chunks) if c not in done]
@@ -236,6 +371,12 @@ def _run(
             sl = sink.chunk_slice(c)
             yield c, (sl.start, u[sl])
 
+    if timeout is None:
+        results = executor.map_unordered(fn, jobs())
+    else:
+        results = _map_with_timeout(
+            device, fn, jobs(), timeout=timeout, executor=executor, strict=strict
+        )
     with tqdm(
         total=sink.n_points,
         initial=n_done,
@@ -245,8 +386,8 @@ def _run(
         dynamic_ncols=True,
     ) as bar:
         bar.set_postfix(failed=failed)
-        for chunk, result in executor.map_unordered(fn, jobs()):
-            sink.write(chunk, result)
+        for chunk, result in results:
+            sink.write(chunk, result, u[sink.chunk_slice(chunk)])
             failed += int((result.status != PointStatus.OK).sum())
             bar.update(len(result.status))
             bar.set_postfix(failed=failed)
@@ -264,6 +405,8 @@ def sweep(
     progress: bool = True,
     dtype: torch.dtype = torch.float64,
     overwrite: bool = False,
+    timeout: float | None = None,
+    repair: bool = False,
 ) -> SweepTable:
     """Evaluate ``device`` at every point ``sampler`` draws from ``device.domain``.
 
@@ -283,6 +426,13 @@ def sweep(
         dtype: Floating dtype of the drives fed to the device; results are stored as float64.
         overwrite: Replace a store at ``store`` that was made for another sweep (or is
             corrupt) instead of refusing it.
+        timeout: Seconds one point may take (a batch of ``b`` points gets ``b * timeout``);
+            None (the default) for no limit. Points past it get status TIMEOUT and the sweep
+            goes on. With a timeout the device always runs in worker processes (one for the
+            serial executor), since only another process can interrupt a hung call.
+        repair: Before resuming, drop the commit records of committed chunks whose files are
+            missing or damaged, so that they are recomputed (a warning names each), instead
+            of raising IntegrityError.
 
     Returns:
         The table: drives (n_points, n_in), outputs (n_points, n_out), per-point status.
@@ -294,10 +444,15 @@ def sweep(
             non-finite outputs; committed chunks stay in the store.
         StoreMismatchError: If ``store`` holds a sweep of another device, domain, sampler,
             dtype or batch size and ``overwrite`` is false.
+        IntegrityError: If a committed chunk of ``store`` (or its manifest) is missing or
+            damaged and ``repair`` is false; the message names the file.
         StoreCorruptError: If ``store`` cannot be read consistently.
+        ValueError: If ``timeout`` is not positive, or is given with an executor other
+            than SerialExecutor or ProcessExecutor.
     """
     _check_device(device)
     executor = _check_options(batch_size, dtype, executor)
+    timeout = _check_timeout(timeout, executor)
     if not isinstance(sampler, AbstractSampler):
         raise TypeError(
             f"sampler must be an AbstractSampler such as Grid(n=11) or Sobol(n=256, seed=0), "
@@ -320,8 +475,18 @@ def sweep(
             n_out=device.n_out,
             batch_size=batch_size,
         )
-        sink = _StoreSink(SweepStore.open_or_create(store, manifest, u, overwrite=overwrite))
-    return _run(device, u, sink, executor=executor, strict=strict, progress=progress, dtype=dtype)
+        opened = SweepStore.open_or_create(store, manifest, u, overwrite=overwrite, repair=repair)
+        try:
+            return _run(
+                device, u, _StoreSink(opened), executor=executor, strict=strict,
+                progress=progress, dtype=dtype, timeout=timeout,
+            )  # fmt: skip
+        finally:
+            opened.close()
+    return _run(
+        device, u, sink, executor=executor, strict=strict, progress=progress, dtype=dtype,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def evaluate_points(
@@ -333,6 +498,7 @@ def evaluate_points(
     strict: bool = False,
     progress: bool = False,
     dtype: torch.dtype = torch.float64,
+    timeout: float | None = None,
 ) -> SweepTable:
     """Evaluate ``device`` at given drives, in memory (e.g. to refine a surrogate).
 
@@ -344,6 +510,7 @@ def evaluate_points(
         strict: Raise at the first failing point instead of recording it.
         progress: Show a tqdm progress bar.
         dtype: Floating dtype of the drives fed to the device.
+        timeout: Seconds one point may take, as for :func:`sweep`; None for no limit.
 
     Returns:
         The table of ``u`` (rounded to ``dtype``), outputs and per-point status.
@@ -353,6 +520,7 @@ def evaluate_points(
     """
     _check_device(device)
     executor = _check_options(batch_size, dtype, executor)
+    timeout = _check_timeout(timeout, executor)
     arr = np.asarray(u.detach().cpu() if isinstance(u, torch.Tensor) else u, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != device.n_in:
         raise ValueError(
@@ -368,4 +536,7 @@ def evaluate_points(
         "sampler": {"kind": "points", "n": len(arr)},
     }
     sink = _MemorySink(arr, device.n_out, batch_size, meta)
-    return _run(device, arr, sink, executor=executor, strict=strict, progress=progress, dtype=dtype)
+    return _run(
+        device, arr, sink, executor=executor, strict=strict, progress=progress, dtype=dtype,
+        timeout=timeout,
+    )  # fmt: skip
