@@ -13,8 +13,8 @@ Every failure ends in one line on stderr, ``quasineuron COMMAND: error: ...``, a
 from __future__ import annotations
 
 import argparse
-import math
 import ast
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
