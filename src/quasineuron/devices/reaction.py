@@ -183,8 +183,9 @@ def reaction_relu(
     """
     eps = _check_eps(eps)
     # module-level functions bound by functools.partial, not closures, so the device pickles
-    rhs = partial(_rhs_xu, eps=eps)
-    x_init = partial(_x_init, sqrt_eps=math.sqrt(eps))
+    # (it is sent to worker processes by characterize --workers N)
+    rhs = partial(_reaction_f, eps)
+    x_init = partial(_x_init, math.sqrt(eps))
 
     return FixedPointDevice(
         rhs,
@@ -201,11 +202,12 @@ def reaction_relu(
     )
 
 
-def _rhs_xu(x: torch.Tensor, u: torch.Tensor, *, eps: float) -> torch.Tensor:
-    return reaction_rhs(x, u, eps)
+def _reaction_f(eps: float, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    # (B1) written out rather than calling reaction_rhs: this runs once per solver iteration
+    return eps + u * x - x * x
 
 
-def _x_init(u: torch.Tensor, *, sqrt_eps: float) -> torch.Tensor:
+def _x_init(sqrt_eps: float, u: torch.Tensor) -> torch.Tensor:
     # |z| + √ε lies above x* = σ_ε(z), so Newton descends monotonically (see reaction_relu)
     return u.abs() + sqrt_eps
 

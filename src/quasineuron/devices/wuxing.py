@@ -149,13 +149,27 @@ class _WuxingBatchRHS:
         inputs: tuple[int, ...],
     ) -> None:
         self.k1, self.k2, self.k3, self.idx = k1, k2, k3, list(inputs)
+        # the rate and index tensors per (dtype, torch device): built on first use instead of
+        # on every call (this runs once per solver step)
+        self._coef: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the tensor cache; a copy rebuilds it on first use."""
+        return {**self.__dict__, "_coef": {}}
 
     def __call__(self, t: Any, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        a = x.new_tensor(self.k1)
-        b = x.new_tensor(self.k2)
-        c = x.new_tensor(self.k3)
+        coef = self._coef.get((x.dtype, x.device))
+        if coef is None:
+            coef = (
+                x.new_tensor(self.k1),
+                x.new_tensor(self.k2),
+                x.new_tensor(self.k3),
+                torch.tensor(self.idx, device=x.device),
+            )
+            self._coef[(x.dtype, x.device)] = coef
+        a, b, c, idx = coef
         d = a * torch.roll(x, 1, dims=1) - b * x - c * x * torch.roll(x, 2, dims=1)
-        return d.index_add(1, torch.tensor(self.idx, device=x.device), u)
+        return d.index_add(1, idx, u)
 
 
 class _SteadyF:
