@@ -86,7 +86,8 @@ class DeviceCheckReport:
         verdict = "passes" if self.ok else f"FAILS {', '.join(self.failed)}"
         lines = [
             f"device {self.name!r} ({self.kind}) {verdict}: checked "
-            f"{', '.join(self.passed + self.failed) or 'nothing'} in {self.seconds:.2f} s"
+            f"{', '.join(c for c in CHECKS if c in self.passed + self.failed) or 'nothing'} in "
+            f"{self.seconds:.2f} s"
         ]
         if self.nonfinite_fraction is not None:
             n_bad = round(self.nonfinite_fraction * self.n_points)
@@ -404,10 +405,14 @@ def _domain(
     where = u[bad]
     return fraction, (
         f"{100 * fraction:.1f} % of {n_points} domain points give non-finite outputs (drives "
-        f"from {where.amin(0).tolist()} to {where.amax(0).tolist()}); a sweep records them as "
+        f"from {_fmt(where.amin(0))} to {_fmt(where.amax(0))}); a sweep records them as "
         "failed points. Narrow the domain, or wrap the device in InputClip to keep drives in "
         "its safe range"
     )
+
+
+def _fmt(v: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in v.tolist()) + "]"
 
 
 def check_contract(
