@@ -31,7 +31,7 @@ import torch
 from quasineuron.devices.base import Box
 from quasineuron.errors import DeviceContractError
 
-__all__ = ["CHECKS", "DeviceCheckReport", "check_device"]
+__all__ = ["CHECKS", "DeviceCheckReport", "check_contract", "check_device"]
 
 CHECKS: tuple[str, ...] = ("contract", "rows", "gradients", "pickle", "domain")
 
