@@ -10,6 +10,7 @@ import pytest
 from quasineuron.cli import main
 
 
+@pytest.mark.slow
 def test_characterize_writes_report_with_required_fields(tmp_path: Path) -> None:
     out = tmp_path / "an"
     rc = main(["characterize", "almost-neuron", "--out", str(out), "--points", "441",
@@ -28,6 +29,7 @@ def test_characterize_writes_report_with_required_fields(tmp_path: Path) -> None
                  "-o", "eps=0.1", "--no-progress"]) == 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_characterize_refuses_a_store_made_for_another_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -97,6 +97,7 @@ def test_simulated_chemistry_reaches_the_closed_form_network_from_random_starts(
     np.testing.assert_allclose(ref, res.x[0].numpy(), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_settling_time_tracks_the_convergence_rate_of_one_neuron():
     # one neuron, z = b: (x - x*) decays at rate sqrt(b^2 + 4 eps)
     eps, b = 0.01, -1.0

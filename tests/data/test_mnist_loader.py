@@ -142,6 +142,7 @@ def real_mnist():
     return load_mnist(_need_real_mnist())
 
 
+@pytest.mark.slow
 def test_real_mnist_counts_and_mean(real_mnist):
     train, test = real_mnist
     assert train.x.shape == (60000, 784) and test.x.shape == (10000, 784)

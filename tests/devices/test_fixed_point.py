@@ -254,7 +254,8 @@ def test_dtype_kept_and_rows_independent(dtype: torch.dtype) -> None:
     tol = 1e-12 if dtype == F64 else 1e-6
     torch.testing.assert_close(whole, rows, rtol=0, atol=tol)
     assert dev.solve(u).x.dtype == dtype
-    check_device(dev, dtype=dtype)
+    # f and readout are lambdas here, so the device is not picklable: that check is skipped
+    assert check_device(dev, dtype=dtype, skip=("pickle",)).ok
 
 
 def test_callable_x_init_and_describe_is_json() -> None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import matplotlib
+import pytest
 
 from quasineuron.surrogate import fit_surrogate, plot_fit
 
 
+@pytest.mark.slow
 def test_plots_1d_and_2d(tanh_table, almost_table, almost_neuron, tmp_path):
     backend = matplotlib.get_backend()
     twin1 = fit_surrogate(tanh_table, kind="spline").model

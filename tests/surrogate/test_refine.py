@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quasineuron.surrogate import fit_surrogate, refine_surrogate, spline_grid
 from quasineuron.sweep import Grid, Sobol, sweep
@@ -20,6 +21,7 @@ def test_refining_a_spline_grid_reduces_the_error(almost_neuron):
     assert fit.model.fit_report is fit.report
 
 
+@pytest.mark.slow
 def test_refining_an_mlp_adds_points_and_reduces_the_error(tanh_dev):
     dev = tanh_dev
     table = sweep(dev, Sobol(n=6, seed=0), progress=False)

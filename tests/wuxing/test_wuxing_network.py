@@ -122,6 +122,7 @@ def test_batch_rows_are_independent_and_float32_works():
     torch.testing.assert_close(s32, full.float(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_heun_converges_at_second_order():
     x = torch.full((1, 3), 0.2, dtype=F64)
     ref = toy(T=4.0, solver=RK4(dt=0.01)).simulate(x).score
@@ -200,6 +201,7 @@ def test_method2_step_is_the_soft_clipped_rule_and_reduces_loss():
     assert rep.n_diverged == 0 and rep.update_norm > 0
 
 
+@pytest.mark.slow
 def test_method2_and_bptt_lower_the_loss_on_a_tiny_task():
     """One output, onehot coding: push the score of a fixed input towards 0.5."""
     coding = TargetCoding(kind="onehot", amplitude=0.5)
@@ -268,6 +270,7 @@ def test_bptt_gradient_in_K_matches_finite_differences_through_the_rest_state():
     loss_at(K0)
 
 
+@pytest.mark.slow
 def test_training_K_by_backprop_lowers_the_loss_and_keeps_every_rest_state_valid():
     coding = TargetCoding(kind="onehot", amplitude=0.5)
     x = torch.tensor([[0.3, 0.2, 0.4], [0.1, 0.5, 0.0]], dtype=F64)
@@ -339,6 +342,7 @@ def _bptt_grad(net: WuxingNetwork, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("readout", ["final", "mean"])
+@pytest.mark.slow
 def test_adjoint_gradient_converges_to_the_taped_one(readout):
     """Same forward values; the adjoint gradient is the continuous one, O(dt^2) from the tape."""
     x = torch.tensor([[0.2, 0.1, 0.3], [0.5, 0.0, 0.4]], dtype=F64)
@@ -354,6 +358,7 @@ def test_adjoint_gradient_converges_to_the_taped_one(readout):
     assert errs[1] < errs[0] / 4, errs  # at least second order
 
 
+@pytest.mark.slow
 def test_adjoint_freezes_and_reports_a_diverging_sample():
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
     net = toy(T=20.0, solver=Heun(dt=0.05), bound=50.0, adjoint=True)

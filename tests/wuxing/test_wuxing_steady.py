@@ -41,6 +41,7 @@ def toy(seed: int = 1, c_low: float = 0.5, c_high: float = 1.5, **cfg) -> Wuxing
 
 
 @pytest.mark.parametrize("clip", [None, (0.0, 50.0)])
+@pytest.mark.slow
 def test_steady_state_is_the_long_time_limit_forward_and_reversed(clip):
     net = toy(c_low=-1.5, clip=clip)
     x = torch.rand(6, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
@@ -55,6 +56,7 @@ def test_steady_state_is_the_long_time_limit_forward_and_reversed(clip):
         torch.testing.assert_close(rev.signal, rsim.final - rest_rev, atol=1e-8, rtol=0)
 
 
+@pytest.mark.slow
 def test_steady_state_with_a_clipped_neuron_matches_the_guarded_time_simulation():
     """Strong negative drives have no fixed point; the clip holds the neuron at E = 0."""
     net = toy(c_low=-3.0, c_high=-2.0, T=200.0, solver=Heun(dt=0.05))
@@ -72,6 +74,7 @@ def test_steady_state_gradient_is_the_implicit_one():
     assert torch.autograd.gradcheck(lambda cc: net.steady_state(x, coeffs=cc).score, (c,))
 
 
+@pytest.mark.slow
 def test_steady_method2_signal_is_the_window_one_for_a_long_window():
     """``F/T → D*`` and ``R/T → D̂*``: the two estimates of G1 agree for T ≫ settling."""
     net = toy(T=400.0, solver=Heun(dt=0.05), readout="mean")
@@ -107,6 +110,7 @@ def _fd_K(net: WuxingNetwork, x: torch.Tensor, e: torch.Tensor, k: int) -> torch
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
+@pytest.mark.slow
 def test_method1_signal_correlates_with_the_finite_difference_gradient(k):
     """models.md §A.7: g_k (per neuron and element) against e · K ∂s/∂K (small signals)."""
     net = toy()
@@ -172,6 +176,7 @@ def test_steady_rules_lower_the_loss(method):
     assert losses[-1] < 0.8 * losses[0]
 
 
+@pytest.mark.slow
 def test_train_keeps_the_best_validation_epoch():
     net = toy(T=20.0, solver=Heun(dt=0.2))
     g = torch.Generator().manual_seed(0)
@@ -206,6 +211,7 @@ def test_bad_settings_are_rejected():
         net.update_rest_states()
 
 
+@pytest.mark.slow
 def test_neuron_twin_is_exact_to_first_order_and_its_reverse_is_the_transpose():
     from quasineuron.wuxing.twin import fit_neuron_twin
 
@@ -230,6 +236,7 @@ def test_neuron_twin_is_exact_to_first_order_and_its_reverse_is_the_transpose():
         torch.testing.assert_close(twin.reversed(u), exact_rev, atol=1e-5, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_training_through_the_neuron_twin_lowers_the_loss():
     from quasineuron.wuxing.twin import fit_neuron_twin
 
@@ -330,6 +337,7 @@ def _xor_data() -> tuple[WuxingNetwork, torch.Tensor, torch.Tensor]:
     return net, x, (x[:, 0] > x[:, 1]).long()
 
 
+@pytest.mark.slow
 def test_cosine_schedule_decays_the_step_after_the_first_epoch():
     net, x, y = _xor_data()
     # kt → 0: G2 = G1; a tiny η keeps c (and so G1 of the one full batch) nearly fixed, so
@@ -345,6 +353,7 @@ def test_cosine_schedule_decays_the_step_after_the_first_epoch():
         train(net, x, y, method=m, schedule="cosine")
 
 
+@pytest.mark.slow
 def test_cosine_schedule_plans_the_epochs_that_fit_the_budget():
     net, x, y = _xor_data()
     m = Method2(eta=5.0, estimate="steady")
@@ -356,6 +365,7 @@ def test_cosine_schedule_plans_the_epochs_that_fit_the_budget():
     assert res.epochs_planned == 3 and len(res.steps) == 6
 
 
+@pytest.mark.slow
 def test_sample_budget_stops_training_and_the_cosine_spans_it():
     net, x, y = _xor_data()
     m = Method2(eta=1e-4, estimate="steady", kt=1e-3)  # step sizes as in the test above

@@ -1,6 +1,6 @@
 """Describe: the device contract and one adapter module per device kind."""
 
-from quasineuron.devices.base import AbstractDevice, Box, check_device
+from quasineuron.devices.base import AbstractDevice, Box, DeviceCheckReport, check_device
 from quasineuron.devices.blackbox import BlackBoxDevice
 from quasineuron.devices.fixed_point import (
     Anderson,
@@ -49,6 +49,7 @@ __all__ = [
     "Anderson",
     "BlackBoxDevice",
     "Box",
+    "DeviceCheckReport",
     "FixedPointDevice",
     "FixedPointResult",
     "FormulaDevice",

@@ -7,7 +7,7 @@ from typing import Any, final
 
 import torch
 
-from quasineuron.devices.base import AbstractDevice, Box, check_device
+from quasineuron.devices.base import AbstractDevice, Box, check_contract
 
 __all__ = ["FormulaDevice"]
 
@@ -58,8 +58,8 @@ class FormulaDevice(AbstractDevice):
         self.name = name
         self.params = dict(params or {})
         if probe:
-            check_device(self)
-            check_device(self, dtype=torch.float64)
+            check_contract(self)
+            check_contract(self, dtype=torch.float64)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Evaluate ``fn``; u (batch, n_in) → (batch, n_out)."""

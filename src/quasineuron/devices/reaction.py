@@ -22,6 +22,7 @@ J. R. Soc. Interface 18 (2021) 20210031).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torchdiffeq import odeint
@@ -181,13 +182,10 @@ def reaction_relu(
         A differentiable device with ``n_in = n_out = 1`` and one state (the concentration).
     """
     eps = _check_eps(eps)
-    sqrt_eps = math.sqrt(eps)
-
-    def rhs(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return reaction_rhs(x, u, eps)
-
-    def x_init(u: torch.Tensor) -> torch.Tensor:
-        return u.abs() + sqrt_eps
+    # module-level functions bound by functools.partial, not closures, so the device pickles
+    # (it is sent to worker processes by characterize --workers N)
+    rhs = partial(_reaction_f, eps)
+    x_init = partial(_x_init, math.sqrt(eps))
 
     return FixedPointDevice(
         rhs,
@@ -202,6 +200,16 @@ def reaction_relu(
         name=name,
         params={"eps": eps},
     )
+
+
+def _reaction_f(eps: float, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    # (B1) written out rather than calling reaction_rhs: this runs once per solver iteration
+    return eps + u * x - x * x
+
+
+def _x_init(sqrt_eps: float, u: torch.Tensor) -> torch.Tensor:
+    # |z| + √ε lies above x* = σ_ε(z), so Newton descends monotonically (see reaction_relu)
+    return u.abs() + sqrt_eps
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

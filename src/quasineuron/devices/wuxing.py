@@ -112,29 +112,84 @@ def wuxing_rhs(
     inputs = _elements(input_elements, "input_elements")
     if layout == "rows":
         k1, k2, k3 = (_five_rows(v, n) for v, n in ((K1, "K1"), (K2, "K2"), (K3, "K3")))
-
-        def rhs_rows(t: Any, x: Sequence[torch.Tensor], u: Sequence[torch.Tensor]) -> list:
-            d = [
-                k1[i] * x[i - 1] - k2[i] * x[i] - k3[i] * x[i] * x[i - 2] for i in range(N_ELEMENTS)
-            ]
-            for j, e in enumerate(inputs):
-                d[e] = d[e] + u[j]
-            return d
-
-        return rhs_rows
+        return _WuxingRowsRHS(k1, k2, k3, inputs)
     if layout != "batch":
         raise ValueError(f"layout must be 'rows' or 'batch', got {layout!r}")
-    k1, k2, k3 = _five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3")
-    idx = list(inputs)
+    return _WuxingBatchRHS(_five(K1, "K1"), _five(K2, "K2"), _five(K3, "K3"), inputs)
 
-    def rhs_batch(t: Any, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        a = x.new_tensor(k1)
-        b = x.new_tensor(k2)
-        c = x.new_tensor(k3)
+
+# The right-hand sides are small callable classes rather than closures built inside
+# ``wuxing_rhs``: a closure cannot be pickled, and a device is pickled whenever it is sent to a
+# worker process (``characterize --workers 2``, ``copy.deepcopy``). ``__call__`` does exactly
+# the arithmetic the closures did, so the hot path is unchanged.
+
+
+class _WuxingRowsRHS:
+    """(A1) in the rows layout: ``x`` 5 tensors (batch,), ``u`` n_in tensors → 5 tensors."""
+
+    def __init__(self, k1: Any, k2: Any, k3: Any, inputs: tuple[int, ...]) -> None:
+        self.k1, self.k2, self.k3, self.inputs = k1, k2, k3, inputs
+
+    def __call__(self, t: Any, x: Sequence[torch.Tensor], u: Sequence[torch.Tensor]) -> list:
+        k1, k2, k3 = self.k1, self.k2, self.k3
+        d = [k1[i] * x[i - 1] - k2[i] * x[i] - k3[i] * x[i] * x[i - 2] for i in range(N_ELEMENTS)]
+        for j, e in enumerate(self.inputs):
+            d[e] = d[e] + u[j]
+        return d
+
+
+class _WuxingBatchRHS:
+    """(A1) in the batch layout: ``x`` (batch, 5), ``u`` (batch, n_in) → (batch, 5)."""
+
+    def __init__(
+        self,
+        k1: tuple[float, ...],
+        k2: tuple[float, ...],
+        k3: tuple[float, ...],
+        inputs: tuple[int, ...],
+    ) -> None:
+        self.k1, self.k2, self.k3, self.idx = k1, k2, k3, list(inputs)
+        # the rate and index tensors per (dtype, torch device): built on first use instead of
+        # on every call (this runs once per solver step)
+        self._coef: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the tensor cache; a copy rebuilds it on first use."""
+        return {**self.__dict__, "_coef": {}}
+
+    def __call__(self, t: Any, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        coef = self._coef.get((x.dtype, x.device))
+        if coef is None:
+            coef = (
+                x.new_tensor(self.k1),
+                x.new_tensor(self.k2),
+                x.new_tensor(self.k3),
+                torch.tensor(self.idx, device=x.device),
+            )
+            self._coef[(x.dtype, x.device)] = coef
+        a, b, c, idx = coef
         d = a * torch.roll(x, 1, dims=1) - b * x - c * x * torch.roll(x, 2, dims=1)
-        return d.index_add(1, torch.tensor(idx, device=x.device), u)
+        return d.index_add(1, idx, u)
 
-    return rhs_batch
+
+class _SteadyF:
+    """``f(x, u)`` of a fixed-point device from a right-hand side ``rhs(t, x, u)``."""
+
+    def __init__(self, rhs: Callable[..., torch.Tensor]) -> None:
+        self.rhs = rhs
+
+    def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.rhs(None, x, u)
+
+
+class _Deviation:
+    """Readout ``x[:, out_idx] - rest``: the signals ``D`` of the output elements."""
+
+    def __init__(self, out_idx: list[int], rest: torch.Tensor) -> None:
+        self.out_idx, self.rest = out_idx, rest
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.out_idx] - self.rest.to(dtype=x.dtype, device=x.device)
 
 
 def wuxing_rest_state(
@@ -307,13 +362,8 @@ def wuxing_neuron(
         )
     rhs = wuxing_rhs(k1, k2, k3, input_elements=inputs, layout="batch")
     rest_out = torch.tensor([rest[k] for k in outputs], dtype=torch.float64)
-    out_idx = list(outputs)
-
-    def f(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return rhs(None, x, u)
-
-    def read(x: torch.Tensor) -> torch.Tensor:
-        return x[:, out_idx] - rest_out.to(dtype=x.dtype, device=x.device)
+    f = _SteadyF(rhs)
+    read = _Deviation(list(outputs), rest_out)
 
     return FixedPointDevice(
         f,
