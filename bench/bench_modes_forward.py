@@ -59,10 +59,9 @@ def main() -> None:
             nograd = _time(lambda m=mode: net(x, mode=m), args.repeats)
         for setting, ts in (("grad", grad), ("no_grad", nograd)):
             q = statistics.quantiles(ts, n=4)
-            results[f"{key}/{setting}"] = {"median_us": 1e6 * q[1], "iqr_us": 1e6 * (q[2] - q[0])}
-            print(
-                f"{key:>13} {setting:>8}: median {1e6 * q[1]:8.1f} us  IQR {1e6 * (q[2] - q[0]):6.1f} us"
-            )
+            med, iqr = 1e6 * q[1], 1e6 * (q[2] - q[0])
+            results[f"{key}/{setting}"] = {"median_us": med, "iqr_us": iqr}
+            print(f"{key:>13} {setting:>8}: median {med:8.1f} us  IQR {iqr:6.1f} us")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": args.threads, **results}, f, indent=1)
