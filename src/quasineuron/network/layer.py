@@ -13,6 +13,7 @@ from quasineuron.network.modes import MODES, AbstractMode, Surrogate, physics_aw
 from quasineuron.network.variability import Deviation
 from quasineuron.network.wiring import AbstractWiring, Dense
 
+# physics_aware lives with the modes; it is re-exported here, where it used to be defined.
 __all__ = ["DeviceLayer", "physics_aware"]
 
 # Weights and masks use separate streams so that changing the wiring's kind keeps the same
@@ -215,11 +216,7 @@ class DeviceLayer(torch.nn.Module):
         batch = u.shape[0]
         if mode.uses_true_device and deviation is not None:
             u = u * deviation.input_gain.to(u)
-        # Checked on every call with training=False: what needs no gradient (a twin, a
-        # differentiable device for Direct) fails here; a backward pass that a mode cannot
-        # give fails when it reaches the device (see TrueDevice).
-        mode.check(self, training=False)
-        y = mode.evaluate(self, u.reshape(batch * self.n_neurons, self.n_drives))
+        y = self.device_outputs(u.reshape(batch * self.n_neurons, self.n_drives), mode=mode)
         y = y.view(batch, self.n_neurons, -1)
         if mode.uses_true_device and deviation is not None:
             y = y * deviation.gain.to(y) + deviation.offset.to(y)
@@ -255,6 +252,10 @@ class DeviceLayer(torch.nn.Module):
                 :meth:`AbstractMode.check`).
         """
         _check_mode_type(mode)
+        # Checked on every call with training=False: what a mode needs even without gradients
+        # (a twin; a differentiable device for Direct) fails here, before the device runs; a
+        # gradient that a mode cannot give fails when the backward pass reaches the device
+        # (TrueDevice). DeviceNetwork.check_mode checks training up front.
         mode.check(self, training=False)
         return mode.evaluate(self, u)
 

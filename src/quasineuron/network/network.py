@@ -182,6 +182,13 @@ class DeviceNetwork(torch.nn.Module):
 
         Returns:
             Logits, shape (batch, sizes[-1]).
+
+        Raises:
+            TypeError: If ``mode`` is not an execution mode.
+            ValueError, NotDifferentiableError: If ``mode`` cannot run on a layer (a missing
+                twin; ``Direct()`` on a device that is not differentiable). A backward pass
+                through a device that cannot give gradients in ``mode`` raises
+                ``NotDifferentiableError``; :meth:`check_mode` finds both up front.
         """
         return self.run(x, mode=mode)[0]
 
