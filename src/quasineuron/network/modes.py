@@ -13,8 +13,8 @@ methods and never asks which mode it has, so a new mode is one class in its own 
 | :class:`PhysicsAware` | ``physics_aware`` | true device | twin's VJP at the applied drives |
 | :class:`Direct` | ``direct`` | true device | autograd; needs ``differentiable`` |
 
-``name`` is the one spelling of a mode in configs, reports and saved files;
-:func:`mode_from_name` turns it back into a mode.
+``name`` is the one spelling of a mode in reports, saved files and configs;
+:func:`mode_from_name` turns it back into a mode (and reads the older ``"physics-aware"``).
 
 Physics-aware training: Wright et al., "Deep physical neural networks trained with
 backpropagation", Nature 601, 549-555 (2022).
