@@ -141,10 +141,28 @@ def test_an_output_gain_error_only_rescales_each_layers_physics_aware_gradient()
         assert _cosine(p.flatten(), t.flatten()) > 1 - 1e-12
 
 
-def test_direct_on_a_non_differentiable_device_raises():
-    net = DeviceNetwork(tanh_device(differentiable=False), (3, 2))
-    with pytest.raises(NotDifferentiableError, match="PhysicsAware"):
-        net(torch.rand(2, 3), mode=Direct())
+# --- refusals: each names the device and every alternative ------------------------------
+
+
+def _black_box_net(twin=None, sizes=(3, 4, 2)):
+    return DeviceNetwork(tanh_device(differentiable=False, name="chip-7"), sizes, twin=twin)
+
+
+def _assert_lists_alternatives(message, *, without=()):
+    assert "'chip-7'" in message  # the device, by name
+    for way in ("PhysicsAware()", "Surrogate()", "CMAES", "TrueDevice()"):
+        if way not in without:
+            assert way in message, f"{way} missing from: {message}"
+
+
+def test_direct_on_a_non_differentiable_device_refuses_with_every_alternative():
+    net = _black_box_net()
+    for context in (torch.enable_grad, torch.no_grad):  # Direct refuses even to evaluate
+        with context(), pytest.raises(NotDifferentiableError) as info:
+            net(torch.rand(2, 3), mode=Direct())
+        _assert_lists_alternatives(str(info.value))
+        assert "fit_surrogate" in str(info.value)  # there is no twin yet: say how to get one
+        assert "Direct():" not in str(info.value)  # not offered as its own alternative
 
 
 def test_direct_adjoint_needs_a_device_built_for_it():
@@ -153,18 +171,101 @@ def test_direct_adjoint_needs_a_device_built_for_it():
         net(torch.rand(2, 3), mode=Direct(adjoint=True))
 
 
-def test_true_device_runs_a_non_differentiable_device_without_a_graph(gen):
-    net = DeviceNetwork(tanh_device(differentiable=False), (3, 2))
-    y = net(torch.rand(2, 3, generator=gen), mode=TrueDevice())
-    assert y.shape == (2, 2)
-    assert not net.layers[0](torch.rand(2, 3, generator=gen), mode=TrueDevice()).requires_grad
+@pytest.mark.parametrize("differentiable", [True, False])
+def test_true_device_evaluates_a_non_differentiable_device_with_or_without_no_grad(
+    differentiable, gen
+):
+    net = DeviceNetwork(tanh_device(differentiable=differentiable), (3, 2), dtype=F64)
+    x = torch.rand(5, 3, generator=gen, dtype=F64)
+    expected = torch.tanh(x @ net.layers[0].map.weight + net.layers[0].map.bias[:, 0])
+    expected = expected * net.readout_scale + net.readout_offset
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, mode=TrueDevice()), expected.detach())
+    torch.testing.assert_close(net(x, mode=TrueDevice()).detach(), expected.detach())
+
+
+def test_evaluate_scores_a_non_differentiable_device_in_true_device_mode(gen):
+    from quasineuron.data import ArrayDataset
+    from quasineuron.evaluation import evaluate
+
+    net = _black_box_net()
+    x = torch.rand(12, 3, generator=gen)
+    labels = torch.tensor([0, 1] * 6)
+    with torch.no_grad():
+        right = (net(x, mode=TrueDevice()).argmax(1) == labels).double().mean().item()
+    report = evaluate(net, ArrayDataset(x, labels), modes=(TrueDevice(),))
+    assert report.accuracy == {"device": right}
+
+
+def test_backward_through_a_non_differentiable_device_in_true_device_mode_raises():
+    # Before, this "trained" silently: only the readout after the device got a gradient.
+    net = _black_box_net(twin=wrong_twin())
+    out = net(torch.rand(2, 3), mode=TrueDevice())
+    with pytest.raises(NotDifferentiableError) as info:
+        out.square().sum().backward()
+    _assert_lists_alternatives(str(info.value), without=("TrueDevice()",))
+    assert "fit_surrogate" not in str(info.value)  # this network has its twin already
 
 
 @pytest.mark.parametrize("mode", [Surrogate(), PhysicsAware()])
-def test_modes_that_need_a_twin_say_how_to_get_one(mode):
-    net = DeviceNetwork(tanh_device(), (3, 2))
-    with pytest.raises(ValueError, match="fit_surrogate"):
+def test_modes_that_need_a_twin_refuse_with_every_alternative(mode):
+    net = _black_box_net()
+    with torch.no_grad(), pytest.raises(ValueError) as info:
         net(torch.rand(2, 3), mode=mode)
+    assert "fit_surrogate" in str(info.value)
+    _assert_lists_alternatives(str(info.value), without=(f"{type(mode).__name__}()",))
+    with pytest.raises(ValueError, match="(?s)layer 0 of 2: .*fit_surrogate"):
+        net.check_mode(mode, training=False)
+
+
+def test_check_mode_refuses_training_through_a_non_differentiable_device_up_front():
+    net = _black_box_net(twin=wrong_twin())
+    net.check_mode(TrueDevice(), training=False)  # evaluating is fine
+    net.check_mode(PhysicsAware(), training=True)
+    with pytest.raises(NotDifferentiableError, match="layer 0 of 2") as info:
+        net.check_mode(TrueDevice(), training=True)
+    _assert_lists_alternatives(str(info.value), without=("TrueDevice()",))
+    DeviceNetwork(tanh_device(), (3, 2)).check_mode(TrueDevice(), training=True)
+    with pytest.raises(TypeError, match="mode_from_name"):
+        net.check_mode("device", training=True)
+
+
+def test_check_mode_lets_a_frozen_front_layer_run_a_non_differentiable_device(gen):
+    # Gradients never pass through layer 0's device if nothing before it trains.
+    net = DeviceNetwork([tanh_device(differentiable=False), tanh_device()], (3, 4, 2), dtype=F64)
+    net.layers[0].requires_grad_(False)
+    net.check_mode(TrueDevice(), training=True)
+    net(torch.rand(5, 3, generator=gen, dtype=F64), mode=TrueDevice()).sum().backward()
+    assert net.layers[1].map.weight.grad.abs().sum() > 0
+    net.layers[0].requires_grad_(True)
+    with pytest.raises(NotDifferentiableError, match="layer 0 of 2"):
+        net.check_mode(TrueDevice(), training=True)
+
+
+def test_train_refuses_before_the_first_forward_pass():
+    from quasineuron.data import ArrayDataset
+    from quasineuron.training import train
+
+    calls = []
+
+    def counted_tanh(u):
+        calls.append(len(u))
+        return torch.tanh(u)
+
+    dev = FormulaDevice(counted_tanh, n_in=1, n_out=1, domain=BOX1, differentiable=False)
+    net = DeviceNetwork(dev, (3, 2))
+    data = ArrayDataset(torch.rand(8, 3), torch.tensor([0, 1] * 4))
+    calls.clear()  # the device may be probed once when it is built
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(NotDifferentiableError, match="CMAES"):
+        train(net, data, mode=TrueDevice(), epochs=1, batch_size=4, progress=False)
+    assert calls == []  # refused before any device evaluation, let alone a step
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_a_mode_must_be_a_mode_object():
+    with pytest.raises(TypeError, match="mode_from_name"):
+        DeviceNetwork(tanh_device(), (3, 2))(torch.rand(2, 3), mode="device")
 
 
 def test_only_connection_weights_train():

@@ -46,7 +46,8 @@ def test_one_online_step_is_the_lecture_formula():
     layer = net.layers[0]
     w0, b0 = layer.map.weight.detach().clone(), layer.map.bias.detach().clone()
     x = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
-    y = net(x, mode=qn.TrueDevice())
+    with torch.no_grad():  # evaluating: a graph through the step device would refuse backward
+        y = net(x, mode=qn.TrueDevice())
     d = 1.0 - y  # the opposite label, so the neuron errs: e = d - Y = +-1
     rule = Perceptron(alpha=ErrorPolynomial((0.1, 0.3)))
     train_local(net, qn.ArrayDataset(x, d.long()[:, 0]), rule=rule, epochs=1)

@@ -9,12 +9,21 @@ from quasineuron.network.connections import (
 )
 from quasineuron.network.io import load_network, save_network
 from quasineuron.network.layer import DeviceLayer, physics_aware
-from quasineuron.network.modes import AbstractMode, Direct, PhysicsAware, Surrogate, TrueDevice
+from quasineuron.network.modes import (
+    MODES,
+    AbstractMode,
+    Direct,
+    PhysicsAware,
+    Surrogate,
+    TrueDevice,
+    mode_from_name,
+)
 from quasineuron.network.network import DeviceNetwork
 from quasineuron.network.variability import Variability
 from quasineuron.network.wiring import AbstractWiring, Dense, FanIn, Ports, Sparse
 
 __all__ = [
+    "MODES",
     "AbstractConnection",
     "AbstractMode",
     "AbstractWiring",
@@ -34,6 +43,7 @@ __all__ = [
     "TwoDrive",
     "Variability",
     "load_network",
+    "mode_from_name",
     "physics_aware",
     "save_network",
 ]

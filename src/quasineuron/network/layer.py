@@ -8,12 +8,12 @@ from typing import Any
 import torch
 
 from quasineuron.devices.base import AbstractDevice, Box
-from quasineuron.errors import NotDifferentiableError
 from quasineuron.network.connections import AbstractConnection, Linear
-from quasineuron.network.modes import AbstractMode, Direct, PhysicsAware, Surrogate, TrueDevice
+from quasineuron.network.modes import MODES, AbstractMode, Surrogate, physics_aware
 from quasineuron.network.variability import Deviation
 from quasineuron.network.wiring import AbstractWiring, Dense
 
+# physics_aware lives with the modes; it is re-exported here, where it used to be defined.
 __all__ = ["DeviceLayer", "physics_aware"]
 
 # Weights and masks use separate streams so that changing the wiring's kind keeps the same
@@ -21,37 +21,13 @@ __all__ = ["DeviceLayer", "physics_aware"]
 _WEIGHT_SEED_OFFSET = 1_000_003
 
 
-class _PhysicsAwareFunction(torch.autograd.Function):
-    """y = device(u) forward; dL/du = J_twin(u)^T dL/dy backward, at the applied u."""
-
-    @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, device: torch.nn.Module, twin: torch.nn.Module):
-        ctx.save_for_backward(u)
-        ctx.twin = twin
-        return device(u)  # grad mode is off inside Function.forward
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor):
-        (u,) = ctx.saved_tensors
-        with torch.enable_grad():
-            u_ = u.detach().requires_grad_(True)
-            (grad_u,) = torch.autograd.grad(ctx.twin(u_), u_, grad_y)
-        return grad_u, None, None
-
-
-def physics_aware(u: torch.Tensor, device: torch.nn.Module, twin: torch.nn.Module) -> torch.Tensor:
-    """Evaluate ``device(u)`` with the twin's vector-Jacobian product as its backward.
-
-    Args:
-        u: Drives, shape (batch, n_in).
-        device: The true device; it is called without building a graph.
-        twin: A differentiable model of the device, evaluated at ``u`` in the backward pass.
-
-    Returns:
-        ``device(u)``, shape (batch, n_out), whose gradient w.r.t. ``u`` is
-        ``J_twin(u)^T grad_output``.
-    """
-    return _PhysicsAwareFunction.apply(u, device, twin)
+def _check_mode_type(mode: Any) -> None:
+    if not isinstance(mode, AbstractMode):
+        names = ", ".join(f"{cls.__name__}()" for cls in MODES.values())
+        raise TypeError(
+            f"mode must be an execution mode such as {names}, got {mode!r}; "
+            "for a name from a config use mode_from_name(...)"
+        )
 
 
 def _check_device_like(obj: Any, name: str) -> None:
@@ -235,11 +211,12 @@ class DeviceLayer(torch.nn.Module):
         Returns:
             Features (batch, n_features) and applied drives (batch, n_neurons, n_drives).
         """
+        _check_mode_type(mode)
         u = self.drives(x)
         batch = u.shape[0]
         if mode.uses_true_device and deviation is not None:
             u = u * deviation.input_gain.to(u)
-        y = self._evaluate(u.reshape(batch * self.n_neurons, self.n_drives), mode)
+        y = self.device_outputs(u.reshape(batch * self.n_neurons, self.n_drives), mode=mode)
         y = y.view(batch, self.n_neurons, -1)
         if mode.uses_true_device and deviation is not None:
             y = y * deviation.gain.to(y) + deviation.offset.to(y)
@@ -252,42 +229,39 @@ class DeviceLayer(torch.nn.Module):
             y = y[..., list(self.outputs)]
         return y.reshape(batch, self.n_features), u
 
+    def device_outputs(
+        self,
+        u: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+    ) -> torch.Tensor:
+        """Run the device model chosen by ``mode`` on drives the caller built.
+
+        No variability and no output selection: the plain device (or twin) outputs.
+
+        Args:
+            u: Drives of all neurons, shape (batch * n_neurons, n_drives).
+            mode: Which model of the device runs and how gradients flow.
+
+        Returns:
+            Device outputs, shape (batch * n_neurons, device.n_out).
+
+        Raises:
+            TypeError: If ``mode`` is not an execution mode.
+            ValueError, NotDifferentiableError: If the mode cannot run on this layer (see
+                :meth:`AbstractMode.check`).
+        """
+        _check_mode_type(mode)
+        # Checked on every call with training=False: what a mode needs even without gradients
+        # (a twin; a differentiable device for Direct) fails here, before the device runs; a
+        # gradient that a mode cannot give fails when the backward pass reaches the device
+        # (TrueDevice). DeviceNetwork.check_mode checks training up front.
+        mode.check(self, training=False)
+        return mode.evaluate(self, u)
+
+    # Kept for callers that used the private name; use device_outputs.
     def _evaluate(self, u: torch.Tensor, mode: AbstractMode) -> torch.Tensor:
-        """Run the device model chosen by ``mode`` on u (batch·n_neurons, n_drives)."""
-        if not isinstance(mode, AbstractMode):
-            raise TypeError(
-                f"mode must be Surrogate(), TrueDevice(), PhysicsAware() or Direct(), got {mode!r}"
-            )
-        if mode.needs_twin and self.twin is None:
-            raise ValueError(
-                f"{type(mode).__name__}() needs a twin of device {self.device.name!r} but none "
-                "was given: sweep the device, fit a surrogate on the sweep (fit_surrogate) and "
-                "pass it as twin=...; or use TrueDevice()/Direct() to run the device itself"
-            )
-        if isinstance(mode, Surrogate):
-            return self.twin(u)  # type: ignore[misc]
-        if isinstance(mode, PhysicsAware):
-            return physics_aware(u, self.device, self.twin)  # type: ignore[arg-type]
-        if isinstance(mode, Direct):
-            if not self.device.differentiable:
-                raise NotDifferentiableError(
-                    f"Direct() backpropagates through device {self.device.name!r}, which is not "
-                    "differentiable; use PhysicsAware() (true forward, twin backward) or a "
-                    "derivative-free optimiser such as CMAES"
-                )
-            if mode.adjoint and not getattr(self.device, "adjoint", False):
-                raise ValueError(
-                    f"Direct(adjoint=True) needs a device built for adjoint gradients (its "
-                    f"`adjoint` attribute True), but {self.device.name!r} is not; build the "
-                    "device with its adjoint option, or use Direct()"
-                )
-            return self.device(u)
-        if isinstance(mode, TrueDevice):
-            if self.device.differentiable:
-                return self.device(u)
-            with torch.no_grad():
-                return self.device(u)
-        raise TypeError(f"unsupported mode {mode!r}")
+        return self.device_outputs(u, mode=mode)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready architecture of the layer (no tensors)."""

@@ -177,10 +177,18 @@ class DeviceNetwork(torch.nn.Module):
 
         Args:
             x: Inputs, shape (batch, sizes[0]), in the network's dtype.
-            mode: ``Surrogate()``, ``TrueDevice()``, ``PhysicsAware()`` or ``Direct()``.
+            mode: An execution mode, e.g. ``Surrogate()``, ``TrueDevice()``,
+                ``PhysicsAware()`` or ``Direct()``.
 
         Returns:
             Logits, shape (batch, sizes[-1]).
+
+        Raises:
+            TypeError: If ``mode`` is not an execution mode.
+            ValueError, NotDifferentiableError: If ``mode`` cannot run on a layer (a missing
+                twin; ``Direct()`` on a device that is not differentiable). A backward pass
+                through a device that cannot give gradients in ``mode`` raises
+                ``NotDifferentiableError``; :meth:`check_mode` finds both up front.
         """
         return self.run(x, mode=mode)[0]
 
@@ -217,6 +225,40 @@ class DeviceNetwork(torch.nn.Module):
         if self.readout_affine:
             h = h * self.readout_scale + self.readout_offset
         return h, applied
+
+    def check_mode(self, mode: AbstractMode, *, training: bool) -> None:
+        """Check up front that ``mode`` can run on every layer, e.g. before training.
+
+        With ``training=True``, gradients must flow back through a layer's device when any
+        trainable parameter sits in that layer or an earlier one; those layers are checked as
+        training, the others (a frozen front) as evaluation only. The readout comes after all
+        devices and needs no gradient through them.
+
+        Args:
+            mode: The execution mode to check.
+            training: Whether the mode will be used to train the network's weights.
+
+        Raises:
+            TypeError: If ``mode`` is not an execution mode.
+            NotDifferentiableError: If training needs gradients that a layer's device cannot
+                give in this mode; the message names the layer, the device and the
+                alternatives.
+            ValueError: If the mode needs a twin that a layer lacks (or another combination
+                that cannot work); the message names the alternatives.
+        """
+        if not isinstance(mode, AbstractMode):
+            raise TypeError(
+                f"mode must be an execution mode such as Surrogate() or TrueDevice(), got "
+                f"{mode!r}; for a name from a config use mode_from_name(...)"
+            )
+        upstream = False  # a trainable weight at or before this layer
+        for i, layer in enumerate(self.layers):
+            upstream = upstream or any(p.requires_grad for p in layer.parameters())
+            try:
+                mode.check(layer, training=training and upstream)
+            except (TypeError, ValueError) as exc:
+                # same class (NotDifferentiableError included), with the layer named first
+                raise type(exc)(f"layer {i} of {len(self.layers)}: {exc}") from exc
 
     def connection_state_dict(self) -> dict[str, torch.Tensor]:
         """The network's own tensors (weights, masks, readout), without device or twin state."""

@@ -162,6 +162,8 @@ def train(
             by a different configuration or network.
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
+    if mode is not None and callable(getattr(net, "check_mode", None)):
+        net.check_mode(mode, training=True)  # refuse an impossible mode before the first step
     opt_cfg = as_optimizer(optimizer, lr)
     loss_fn = as_loss(loss)
     _check_options(net, train_data, val_data, epochs, batch_size, patience, min_delta, schedule)
