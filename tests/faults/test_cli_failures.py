@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from quasineuron.cli import main
+from quasineuron.sweep import PointStatus, SweepTable
 
 RUN = """
 name = "tiny"
@@ -34,6 +35,8 @@ baseline_mlp = false
 """
 
 DEVICES = """
+import time
+
 import torch
 
 from quasineuron import Box, FormulaDevice
@@ -54,6 +57,17 @@ def _nan(u):
 
 def _wrong(u):
     return torch.zeros(u.shape[0], dtype=u.dtype)
+
+
+def _hang(u):
+    # hangs for drives above 1.5 (3 of the 21 grid points on [-2, 2]), like a stuck solver
+    if bool((u > 1.5).any()):
+        time.sleep(3600)
+    return torch.tanh(u)
+
+
+def hang():
+    return FormulaDevice(_hang, n_in=1, n_out=1, domain=BOX, name="hang", probe=False)
 
 
 def half():
@@ -274,6 +288,21 @@ def test_a_device_failing_at_the_probe_points_is_swept_and_its_failures_recorded
     # drives > 0 fail: 10 of the 21 grid points on [-2, 2]
     assert report["sweep"]["n_points"] == 21 and report["sweep"]["n_failed"] == 10
     assert capsys.readouterr().out.startswith(f"{kind}: 21 points, 10 failed")
+
+
+@pytest.mark.slow
+def test_a_device_that_hangs_on_some_points_completes_with_those_points_timed_out(
+    tmp_path: Path, devices: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _char(tmp_path, "qn_fault_devs:hang", *devices)
+    assert main([*args, "--batch-size", "4", "--timeout", "2"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["sweep"]["n_points"] == 21 and report["sweep"]["n_failed"] == 3
+    assert capsys.readouterr().out.startswith("hang: 21 points, 3 failed")
+    table = SweepTable.open(tmp_path / "out" / "sweep.zarr")
+    hung = table.u[:, 0] > 1.5
+    assert (table.status[hung] == PointStatus.TIMEOUT).all() and int(hung.sum()) == 3
+    assert (table.status[~hung] == PointStatus.OK).all()
 
 
 @pytest.mark.parametrize(

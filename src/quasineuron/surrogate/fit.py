@@ -135,6 +135,7 @@ def fit_surrogate(
     policy: DomainPolicy = "warn",
     dtype: torch.dtype = torch.float64,
     good_enough: float = 1e-4,
+    timeout: float | None = None,
 ) -> FitResult:
     """Fit a differentiable twin of the device behind ``table``.
 
@@ -163,6 +164,8 @@ def fit_surrogate(
         good_enough: With ``kind="auto"``, a spline twin whose held-out pooled NRMSE is at or
             below this is kept without also training an MLP (the spline is both more accurate
             and far cheaper per call whenever it applies; the MLP costs seconds to minutes).
+        timeout: Seconds a ``true_device`` check point may take (see ``sweep``); a hung
+            point is left out like a failed one.
 
     Returns:
         The twin and its :class:`FitReport` (plus the reports of the kinds not kept).
@@ -212,7 +215,11 @@ def fit_surrogate(
         "output_range": output_range,
         "n_failed": len(status) - n_ok,
     }
-    check = _device_check_points(true_device, table.domain, n_check, seed) if true_device else None
+    check = (
+        _device_check_points(true_device, table.domain, n_check, seed, timeout)
+        if true_device
+        else None
+    )
 
     grid, reason = _detect_grid(u_all)
     kinds: list[str]
@@ -253,13 +260,13 @@ def fit_surrogate(
 
 
 def _device_check_points(
-    device: AbstractDevice, domain: Box, n: int, seed: int
+    device: AbstractDevice, domain: Box, n: int, seed: int, timeout: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scrambled Sobol points of ``domain`` and the device's successful outputs there."""
     from quasineuron.sweep import evaluate_points
 
     u = _sobol(domain, n, seed)
-    tab = evaluate_points(device, u)
+    tab = evaluate_points(device, u, timeout=timeout)
     ok = np.asarray(tab.status) == 0
     if not ok.any():
         raise ValueError(f"true_device failed at all {n} check points; see evaluate_points")

@@ -34,6 +34,7 @@ def plot_fit(
     true_device: AbstractDevice | None = None,
     resolution: int = 101,
     output: int = 0,
+    timeout: float | None = None,
 ) -> list[Path]:
     """Write ``response.png`` and ``error.png`` for one output of a twin.
 
@@ -46,6 +47,7 @@ def plot_fit(
         folder: Output folder, created if missing.
         true_device: If given, the truth is evaluated on a dense mesh of the domain.
         resolution: Mesh points per drive for 2-drive plots with ``true_device``.
+        timeout: Seconds a mesh point of ``true_device`` may take (see ``sweep``).
         output: Which output to plot, in ``[0, n_out)``.
 
     Returns:
@@ -58,7 +60,7 @@ def plot_fit(
         raise ValueError(f"output must be in [0, {model.n_out}), got {output}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    u, y, on_mesh = _truth(model, table, true_device, resolution)
+    u, y, on_mesh = _truth(model, table, true_device, resolution, timeout)
     with torch.no_grad():
         y_hat = model(torch.as_tensor(u, dtype=torch.float64)).numpy()
     y, y_hat = y[:, output], y_hat[:, output]
@@ -111,7 +113,11 @@ def _figure() -> Figure:
 
 
 def _truth(
-    model: AbstractSurrogate, table: Any, device: AbstractDevice | None, resolution: int
+    model: AbstractSurrogate,
+    table: Any,
+    device: AbstractDevice | None,
+    resolution: int,
+    timeout: float | None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Drives (n, n_in) and true outputs (n, n_out), and whether they lie on a dense mesh."""
     if device is not None and model.n_in <= 2:
@@ -121,7 +127,7 @@ def _truth(
         n = 1001 if model.n_in == 1 else resolution
         axes = [np.linspace(lo, hi, n) for lo, hi in zip(low, high, strict=True)]
         mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, model.n_in)
-        tab = evaluate_points(device, mesh, batch_size=4096)
+        tab = evaluate_points(device, mesh, batch_size=4096, timeout=timeout)
         ok = np.asarray(tab.status) == 0
         if ok.all():
             return np.asarray(tab.u), np.asarray(tab.y), True
