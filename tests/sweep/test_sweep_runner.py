@@ -146,7 +146,7 @@ def test_mismatched_store_is_refused_with_the_difference(tmp_path):
         with pytest.raises(StoreMismatchError, match=match) as info:
             sweep(kwargs.pop("device"), kwargs.pop("sampler"), store=path, progress=False,
                   **kwargs)  # fmt: skip
-        assert "overwrite=True" in str(info.value) and "another folder" in str(info.value)
+        assert "--overwrite" in str(info.value) and "another folder" in str(info.value)
     # the stored sweep is untouched, and overwrite=True replaces it explicitly
     assert SweepTable.open(path).device["name"] == "elementwise"
     t = sweep(Elementwise(name="other"), GRID, store=path, batch_size=6, progress=False,

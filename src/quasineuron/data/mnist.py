@@ -118,7 +118,8 @@ def load_mnist(
         if missing:
             raise FileNotFoundError(
                 f"data_dir {str(folder)!r} lacks {', '.join(missing)} (as raw or .gz IDX files); "
-                f"put the four MNIST files there, or leave data_dir=None to download them"
+                "put the four MNIST files there, or leave data_dir=None (no --data-dir) to "
+                "download them"
             )
     else:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_data_root()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,15 +11,32 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_accuracy_per_mode", "plot_confusion", "plot_training_curves"]
+from quasineuron._atomic import atomic_write_bytes
+
+__all__ = ["plot_accuracy_per_mode", "plot_confusion", "plot_training_curves", "save_figure"]
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kw: Any) -> Path:
+    """Render ``fig`` as PNG and write it atomically (a crash never leaves a torn image).
+
+    Args:
+        fig: The figure.
+        path: The ``.png`` file to write.
+        **savefig_kw: Passed to ``Figure.savefig`` (e.g. ``dpi``).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kw)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_training_curves(

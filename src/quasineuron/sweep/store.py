@@ -463,7 +463,7 @@ class SweepStore:
             if (path / _TABLE).exists():
                 raise StoreCorruptError(
                     f"sweep store {path} has a table but no {_MANIFEST}; it cannot be resumed. "
-                    "Delete the folder or pass overwrite=True to start afresh."
+                    "Delete the folder, or rerun with overwrite=True (--overwrite)."
                 )
             raise FileNotFoundError(f"no sweep store at {path} (no {_MANIFEST})")
         try:
@@ -476,13 +476,13 @@ class SweepStore:
         except (OSError, ValueError, AttributeError) as exc:
             raise IntegrityError(
                 f"the manifest {mpath} is unreadable ({type(exc).__name__}: {exc}); the store "
-                "cannot be trusted. Delete the folder or pass overwrite=True to start afresh."
+                "cannot be trusted. Delete the folder, or rerun with overwrite=True (--overwrite)."
             ) from exc
         version = manifest.get("format_version", 0)
         if not isinstance(version, int):
             raise IntegrityError(
                 f"the manifest {mpath} has format_version {version!r}, not an int; the store "
-                "cannot be trusted. Delete the folder or pass overwrite=True to start afresh."
+                "cannot be trusted. Delete the folder, or rerun with overwrite=True (--overwrite)."
             )
         if version > FORMAT_VERSION:
             raise StoreCorruptError(
@@ -494,7 +494,7 @@ class SweepStore:
             raise IntegrityError(
                 f"the manifest {mpath} does not match its digest ({MANIFEST_DIGEST_KEY}): it was "
                 "changed or damaged after it was written, so the store cannot be trusted. "
-                "Delete the folder or pass overwrite=True to start afresh."
+                "Delete the folder, or rerun with overwrite=True (--overwrite)."
             )
         try:
             group = zarr.open_group(LocalStore(path / _TABLE, read_only=mode == "r"), mode=mode)
@@ -502,7 +502,7 @@ class SweepStore:
         except Exception as exc:
             raise StoreCorruptError(
                 f"the zarr table of sweep store {path} is unreadable ({type(exc).__name__}: "
-                f"{exc}). Delete the folder or pass overwrite=True to start afresh."
+                f"{exc}). Delete the folder, or rerun with overwrite=True (--overwrite)."
             ) from exc
         n, bs = manifest["n_points"], manifest["batch_size"]
         expected = {
@@ -517,7 +517,8 @@ class SweepStore:
                 raise StoreCorruptError(
                     f"array {name!r} of sweep store {path} has shape {got[0]}, chunks {got[1]}, "
                     f"dtype {got[2]}, but its manifest requires {shape}, {chunks}, "
-                    f"{np.dtype(dtype)}. Delete the folder or pass overwrite=True to start afresh."
+                    f"{np.dtype(dtype)}. Delete the folder, or rerun with overwrite=True "
+                    "(--overwrite)."
                 )
         return cls(path, group, manifest)
 
@@ -596,7 +597,7 @@ class SweepStore:
                     raise StoreMismatchError(
                         f"sweep store {path} was made for a different sweep:\n  "
                         + "\n  ".join(problems)
-                        + "\nUse another folder, or pass overwrite=True to replace the stored "
+                        + "\nUse another folder, or pass --overwrite to replace the stored "
                         "sweep (its results are deleted)."
                     )
                 return store
@@ -804,7 +805,7 @@ class SweepStore:
         except Exception as exc:
             raise StoreCorruptError(
                 f"sweep store {self.path} has an unreadable chunk ({type(exc).__name__}: "
-                f"{exc}). Delete the folder or pass overwrite=True to start afresh."
+                f"{exc}). Delete the folder, or rerun with overwrite=True (--overwrite)."
             ) from exc
         committed = np.zeros(self.n_points, dtype=bool)
         errors: dict[int, str] = {}
@@ -814,7 +815,7 @@ class SweepStore:
         if (status[committed] == PointStatus.PENDING).any():
             raise StoreCorruptError(
                 f"sweep store {self.path} has committed chunks without status data; delete "
-                "the folder or pass overwrite=True to start afresh"
+                "the folder, or rerun with overwrite=True (--overwrite)"
             )
         status[~committed] = PointStatus.PENDING
         y[~committed] = np.nan
