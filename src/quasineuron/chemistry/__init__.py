@@ -3,7 +3,7 @@
 Data (:class:`Species`, :class:`Reaction`, :class:`ReactionNetwork`) → batched kinetics
 (:class:`MassAction`) → simulation (:func:`steady_state`, :func:`settling_time`, scipy and
 libroadrunner references) and SBML exchange (:func:`to_sbml`, :func:`from_sbml`).
-Construction: models.md §B (after Anderson, Joshi, Deshpande, J. R. Soc. Interface 18 (2021)
+Construction: docs/models.md §B (after Anderson, Joshi, Deshpande, J. R. Soc. Interface 18 (2021)
 20210031).
 """
 
