@@ -11,7 +11,7 @@
 5. stochastic (Gillespie, libroadrunner) simulation of a small digits network vs molecule count.
 
 Example:
-    python examples/reaction_mnist.py --data-dir ../shared/data/mnist \
+    python examples/reaction_mnist.py --data-dir PATH/TO/MNIST \
         --out docs/results/reaction-mnist
 """
 
