@@ -124,3 +124,26 @@ def test_every_link_resolves(page: Path) -> None:
         f"{page.relative_to(ROOT)} links to what does not exist: {bad}; fix the link or "
         "restore the file or heading it points to"
     )
+
+
+_TEST_REF = re.compile(r"`(tests/[\w/]+\.py)?::(\w+)`")
+
+
+def _missing_tests(page: Path) -> list[str]:
+    """Missing ``tests/x.py::test_name`` references; ``::name`` reuses the file before it."""
+    bad, current = [], None
+    for path, name in _TEST_REF.findall(page.read_text(encoding="utf-8")):
+        current = path or current
+        if current is None or not (ROOT / current).is_file():
+            bad.append(f"{current}::{name} (no such file)")
+        elif not re.search(rf"^def {name}\(", (ROOT / current).read_text(encoding="utf-8"), re.M):
+            bad.append(f"{current}::{name} (no such test)")
+    return bad
+
+
+def test_tests_named_in_the_guide_exist(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("`tests/examples/test_doc_links.py::test_slug_follows_github`, `::nope`\n")
+    assert _missing_tests(page) == ["tests/examples/test_doc_links.py::nope (no such test)"]
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in PAGES for m in _missing_tests(p)]
+    assert not bad, f"the guide names tests that do not exist: {bad}; update the names"
