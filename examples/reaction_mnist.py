@@ -4,14 +4,14 @@
    concentrations (no affine read-out: the class scores are the species' concentrations);
    hyperparameters are picked on a validation split of the training set, the test set is
    scored once;
-2. compile to one mass-action reaction network (models.md §B.2);
+2. compile to one mass-action reaction network (docs/models.md §B.2);
 3. simulate the whole network to steady state from random positive concentrations for all
    10,000 test images and compare with the closed form;
 4. settling time vs depth and ε (random networks, time-accurate stepping);
 5. stochastic (Gillespie, libroadrunner) simulation of a small digits network vs molecule count.
 
 Example:
-    python examples/reaction_mnist.py --data-dir ../shared/data/mnist \
+    python examples/reaction_mnist.py --data-dir PATH/TO/MNIST \
         --out docs/results/reaction-mnist
 """
 

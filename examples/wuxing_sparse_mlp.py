@@ -44,7 +44,7 @@ from quasineuron.training import EpochMetrics, train
 SIZES = (784, 839, 283, 96, 32, 10)
 RATIOS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
 QUICK_RATIOS = (1.0, 0.05)
-#: MODEL1 of the paper: 4711 links out of 925 773 possible (models.md, A.8).
+#: MODEL1 of the paper: 4711 links out of 925 773 possible (docs/models.md §A.8).
 MODEL1_LINKS = 4711
 MODEL1_POSSIBLE = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True))
 MODEL1_POOLED_LR = MODEL1_LINKS / MODEL1_POSSIBLE

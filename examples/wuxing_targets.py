@@ -1,13 +1,13 @@
-"""The MNIST targets of the Wuxing experiments (docs/wuxing.md), read from the scored runs.
+"""The three MNIST accuracy aims of the Wuxing experiments (docs/wuxing.md), read from the runs.
 
     python examples/wuxing_targets.py docs/results
 
-Writes ``docs/results/wuxing-targets/metrics.json``: for each target, the run(s) it is measured
-on, their test accuracy on the device (the time simulation, scored once per run), the
-validation result that chose them, their training cost (every stage of a continued run), and
-whether the target is met. Nothing is trained or scored here: the numbers are those of the
-runs' own ``metrics.json``. Which run stands for a target is fixed below, not picked by test
-score: each is the end of a chain of stages kept on validation (docs/wuxing.md).
+Writes ``docs/results/wuxing-targets/metrics.json``: for each aim (a ``"target"`` entry), the
+run(s) it is measured on, their test accuracy on the device (the time simulation, scored once
+per run), the validation result that chose them, their training cost (every stage of a
+continued run), and whether the aim is met. Nothing is trained or scored here: the numbers are
+those of the runs' own ``metrics.json``. Which run stands for an aim is fixed below, not picked
+by test score: each is the end of a chain of stages kept on validation (docs/wuxing.md).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _run(results: Path, name: str) -> dict[str, Any]:
 
 
 def targets(results: Path) -> list[dict[str, Any]]:
-    """The issue's three MNIST targets, each with its runs and whether it is met."""
+    """The three MNIST accuracy aims, each with its runs and whether it is met."""
     best = _run(results, BEST_MODEL1)
     m2, bptt = _run(results, "wuxing-model1-method2"), _run(results, "wuxing-model1-bptt")
     adders = _run(results, "wuxing-model1-adders")

@@ -3,8 +3,8 @@
 Data (:class:`Species`, :class:`Reaction`, :class:`ReactionNetwork`) → batched kinetics
 (:class:`MassAction`) → simulation (:func:`steady_state`, :func:`settling_time`, scipy and
 libroadrunner references) and SBML exchange (:func:`to_sbml`, :func:`from_sbml`).
-Construction: models.md §B (after Anderson, Joshi, Deshpande, J. R. Soc. Interface 18 (2021)
-20210031).
+Construction: docs/models.md §B, after Anderson, Joshi, Deshpande, "On reaction network
+implementations of neural networks", J. R. Soc. Interface 18 (2021) 20210031.
 """
 
 from quasineuron.chemistry.compile import (

@@ -1,6 +1,6 @@
 r"""Compile a feed-forward smoothed-ReLU network into one mass-action reaction network.
 
-One species per neuron; for neuron X of layer ℓ with inputs Y_j of layer ℓ−1 (models.md §B.2):
+One species per neuron; for neuron X of layer ℓ with inputs Y_j of layer ℓ−1 (docs/models.md §B.2):
 
 | term | reaction | rate constant |
 |---|---|---|

@@ -14,7 +14,7 @@ and unreachable from positive concentrations. The device finds ``x*`` as a true 
 point (Newton on B1), not from the closed form; :func:`smoothed_relu` is the closed form for
 training and tests.
 
-Reference: models.md §B.2–B.4 (mass-action construction of the smoothed ReLU after
+Reference: docs/models.md §B.2–B.4 (mass-action construction of the smoothed ReLU after
 Anderson, Joshi, Deshpande, "On reaction network implementations of neural networks",
 J. R. Soc. Interface 18 (2021) 20210031).
 """

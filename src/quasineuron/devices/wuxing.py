@@ -1,4 +1,7 @@
-"""The Wuxing five-element neuron (Jiang, arXiv 2502.10414; models.md §A.1–A.3).
+"""The Wuxing five-element neuron (equations: docs/models.md §A.1–A.3).
+
+After Jiang K., "A Neural Network Training Method Based on Neuron Connection Coefficient
+Adjustments", arXiv:2502.10414 (2025).
 
 One neuron has five elements ``E_0..E_4`` on a ring (indices mod 5):
 
@@ -13,7 +16,7 @@ element, and the signal is ``D = E − B0``. Two readouts are offered:
 - ``"steady"``: ``D`` at the steady state reached under a constant drive (a
   :class:`~quasineuron.devices.fixed_point.FixedPointDevice`).
 
-Limits (models.md §A.3): a constant drive on one element diverges somewhere between −0.7 and
+Limits (docs/models.md §A.3): a constant drive on one element diverges somewhere between −0.7 and
 −0.8 with the default parameters, and a uniform drive on all five below
 ``−(K1−K2)²/(4 K3) = −0.125`` has no fixed point. Such rows give NaN, never an exception.
 """
@@ -220,7 +223,7 @@ def wuxing_rest_state(
     if not (np.all(np.isfinite(b)) and np.all(b > 0) and np.linalg.eigvals(jac).real.max() < 0):
         raise ValueError(
             f"no positive stable rest state for K1={K1!r}, K2={K2!r}, K3={K3!r} (got {b}); the "
-            "rest state needs K1 > K2 (models.md §A.3)"
+            "rest state needs K1 > K2 (docs/models.md §A.3)"
         )
     return tuple(float(v) for v in b)
 
@@ -280,14 +283,14 @@ def wuxing_neuron(
     bound: float = 1e3,
     domain: Box | None = None,
 ) -> AbstractDevice:
-    """A Wuxing five-element neuron as a device (models.md §A.1–A.4).
+    """A Wuxing five-element neuron as a device (docs/models.md §A.1–A.4).
 
     Drive ``u_j`` (constant) enters ``dE/dt`` of element ``input_elements[j]``; the outputs are
     the signals ``D_k = E_k − B0_k`` of ``output_elements``.
 
     Default domain: each drive in ``[-0.5, 2.0]`` with one input element and in
     ``[-0.1, 2.0]`` with several. Below, a single drive approaches the divergence between −0.7
-    and −0.8 and a uniform drive on all five has no fixed point below −0.125 (models.md §A.3),
+    and −0.8 and a uniform drive on all five has no fixed point below −0.125 (docs/models.md §A.3),
     so these margins keep characterisation sweeps inside the well-behaved region; the upper
     limit 2.0 keeps ``D`` at a few units (large drives are fine but grow super-linearly on some
     elements). Outside the domain the device still runs; divergence gives NaN rows.

@@ -1,4 +1,7 @@
-"""Layered Wuxing five-element networks: wiring, time simulation and training (models.md §A)."""
+"""Layered Wuxing five-element networks: wiring, time simulation and training.
+
+The model equations are in docs/models.md §A.
+"""
 
 from quasineuron.wuxing.network import SimConfig, SimulationResult, SteadyState, WuxingNetwork
 from quasineuron.wuxing.training import (

@@ -1,4 +1,4 @@
-"""Whole-network time simulation of a layered Wuxing network (models.md §A.1, §A.4, §A.5).
+"""Whole-network time simulation of a layered Wuxing network (docs/models.md §A.1, §A.4, §A.5).
 
 All neurons of all layers form one ODE system over the state ``E`` of shape
 (batch, n_slots), ``n_slots = 5 · n_neurons`` (slot ``5·neuron + element``). Each neuron follows
@@ -100,17 +100,19 @@ def neuron_residual(E: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Settings of the time simulation ([ours] defaults; the paper gives none, §A.8).
+    """Settings of the time simulation ([ours] defaults; the paper gives none).
+
+    Why these defaults: docs/models.md §A.8.
 
     Args:
         T: Length of the window ``[0, T]``; the slowest neuron mode is ≈ 3.5 time units and
             signals cross every layer, so T = 30 by default.
         solver: ``Heun(dt=...)`` (default, dt = 0.05), ``RK4(dt=...)`` or ``Euler(dt=...)``.
-        readout: ``"mean"``: score ``(1/T) ∫_0^T D dt`` of each read-out slot (§A.4);
-            ``"final"``: ``D(T)``.
+        readout: ``"mean"``: score ``(1/T) ∫_0^T D dt`` of each read-out slot
+            (docs/models.md §A.4); ``"final"``: ``D(T)``.
         input_scale: Pixel drive ``u = input_scale · x`` (constant over the window).
         clip: ``(0, E_max)`` clamp of every state after each step (the divergence guard of
-            §A.3), or ``None`` for detection only.
+            docs/models.md §A.3), or ``None`` for detection only.
         bound: A sample whose ``max |E|`` reaches ``bound`` or turns non-finite is reported
             diverged.
         checkpoint_every: For backprop through time: keep only every n-th state and recompute
@@ -225,7 +227,7 @@ class SteadyState:
 
 
 class WuxingNetwork(torch.nn.Module):
-    """A layered Wuxing network simulated in time as one ODE system (models.md §A).
+    """A layered Wuxing network simulated in time as one ODE system (docs/models.md §A).
 
     Example:
         >>> from quasineuron.wuxing import one_to_one_wiring
@@ -239,7 +241,7 @@ class WuxingNetwork(torch.nn.Module):
         K1: Generation rate of every neuron, a float or 5 floats (one per element).
         K2: Self-decay rate, likewise.
         K3: Predation rate, likewise.
-        c0: Initial connection coefficient of every link ([ours] 1, models.md §A.9).
+        c0: Initial connection coefficient of every link ([ours] 1, docs/models.md §A.9).
         dtype: Dtype of the coefficients (the state follows the input's dtype).
 
     Attributes:
@@ -378,8 +380,8 @@ class WuxingNetwork(torch.nn.Module):
         """Steady states of independent neurons (rows), without a graph.
 
         Newton from the rest state; rows it cannot solve get Newton from ``E = 0`` (a neuron
-        the state clip holds at zero: drives with no fixed point, §A.3), then the solver's
-        fallback (integration of the guarded dynamics).
+        the state clip holds at zero: drives with no fixed point, docs/models.md §A.3), then
+        the solver's fallback (integration of the guarded dynamics).
         """
         newton = dataclasses.replace(self.steady_solver, jacobian=jac, fallback=None)
         with torch.no_grad():
@@ -419,7 +421,7 @@ class WuxingNetwork(torch.nn.Module):
         if bool(bad.any()):
             raise ValueError(
                 f"{int(bad.sum())} neurons have no positive stable rest state (first: neuron "
-                f"{int(bad.nonzero()[0])}); keep K1 > K2 > 0 and K3 > 0 (models.md §A.3)"
+                f"{int(bad.nonzero()[0])}); keep K1 > K2 > 0 and K3 > 0 (docs/models.md §A.3)"
             )
         # internal rows element·N + neuron  <-  (neuron, element)
         self.rest = fwd[0].T.reshape(-1, 1).contiguous()
@@ -485,7 +487,7 @@ class WuxingNetwork(torch.nn.Module):
         """``n`` solver steps of the whole (forward or reversed) network, each then clipped.
 
         Returns the new state and ``∫D dt``, and per sample ``max |E|`` and whether the clip
-        was hit, both taken before clipping (the divergence guard of models.md §A.3).
+        was hit, both taken before clipping (the divergence guard of docs/models.md §A.3).
         """
         cfg = self.config
         f = self._f_rev if reverse else self._f
@@ -659,8 +661,8 @@ class WuxingNetwork(torch.nn.Module):
     ) -> SimulationResult:
         """Run the reversed network (A2) from its rest state with the error at the read-outs.
 
-        Each output neuron's read-out slot is driven by the constant ``error`` (models.md
-        §A.5); input-layer neurons get no drive.
+        Each output neuron's read-out slot is driven by the constant ``error``
+        (docs/models.md §A.5); input-layer neurons get no drive.
 
         Args:
             error: Error per output, shape (batch, n_out).

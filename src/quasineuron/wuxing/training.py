@@ -1,6 +1,6 @@
 """Training a Wuxing network: methods 1 and 2 (backward signal propagation), mixed, backprop.
 
-- :class:`Method2` (models.md §A.6; Jiang, arXiv 2502.10414, eqs. 3.3–3.5): one forward run
+- :class:`Method2` (docs/models.md §A.6; Jiang, arXiv 2502.10414, eqs. 3.3–3.5): one forward run
   gives ``F = ∫_0^T D dt`` of every slot, one reversed run with the error injected at the
   read-outs gives ``R = ∫_0^T D̂ dt``; each link (a,p)→(b,q) then gets
 
@@ -11,7 +11,7 @@
 - :class:`Backprop`: the same network object, gradients by autograd through the time loop
   (with checkpointing, see :class:`~quasineuron.wuxing.network.SimConfig`), for comparison.
 
-- :class:`Method1` (experimental, models.md §A.7): multiplicative updates of each neuron's own
+- :class:`Method1` (experimental, docs/models.md §A.7): multiplicative updates of each neuron's own
   K parameters with a proportional and a leaky integral term; :class:`Mixed` applies method 1
   and method 2 in the same step (the paper's mixed method).
 - Every rule can take its signals from the time simulation (``estimate="window"``, the
@@ -59,7 +59,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TargetCoding:
-    """How labels become the output error ``e = y* − s`` ([ours], models.md §A.5).
+    """How labels become the output error ``e = y* − s`` ([ours], docs/models.md §A.5).
 
     Args:
         kind: ``"softmax"``: ``e = onehot − softmax(beta · s)`` (the negative gradient of the
@@ -130,7 +130,7 @@ def _check_range(c_range: tuple[float, float], label: str) -> None:
 
 @dataclass(frozen=True)
 class Method2:
-    """Training method 2: additive connection-coefficient updates (models.md §A.6).
+    """Training method 2: additive connection-coefficient updates (docs/models.md §A.6).
 
     The paper gives none of the numbers below; all defaults are [ours].
 
@@ -185,10 +185,12 @@ class Method2:
 
 @dataclass(frozen=True)
 class Method1:
-    """Training method 1: multiplicative K-parameter updates with a distributed PID (§A.7).
+    """Training method 1: multiplicative K-parameter updates with a distributed PID.
+
+    See docs/models.md §A.7.
 
     **Experimental** [reconstruction]: the paper's text of method 1 is not available; this is
-    the rule of models.md §A.7, derived like method 2. Each neuron changes only its own
+    the rule of docs/models.md §A.7, derived like method 2. Each neuron changes only its own
     parameters, from the forward signals ``F`` and reversed signals ``R`` passing through it:
 
         g1_i = F_{i−1} · R_i,   g2_i = −F_i · R_i,   g3_i = −(B_{i−2} F_i + B_i F_{i−2}) · R_i
@@ -199,8 +201,8 @@ class Method1:
     term is ``η_P · G`` and the integral term ``η_I · I`` with the leaky memory
     ``I ← λ I + G``; then
     ``K ← K · (1 + η_P G + η_I I)`` (multiplicative), clipped to ``K_range`` with
-    ``K1 ≥ K2 + margin`` (stability, §A.3), and every neuron's rest state is recomputed. The
-    derivative term of the PID is method 2 (see :class:`Mixed`).
+    ``K1 ≥ K2 + margin`` (stability, docs/models.md §A.3), and every neuron's rest state is
+    recomputed. The derivative term of the PID is method 2 (see :class:`Mixed`).
 
     Args:
         kt: Soft-clip constant.
@@ -212,7 +214,7 @@ class Method1:
         target: Target coding and error injection.
         estimate: ``"window"`` or ``"steady"``, as for :class:`Method2`.
         rest_shift: Include the rest-state shift in the signal (see :func:`method1_signal`);
-            ``False`` is models.md §A.7's rule verbatim.
+            ``False`` is docs/models.md §A.7's rule verbatim.
     """
 
     kt: float = 1.0
@@ -374,7 +376,7 @@ def signals(
     neuron: NeuronTwin | None = None,
     reversal: Literal["rest", "operating"] = "rest",
 ) -> Signals:
-    """One forward run, the error, one reversed run (models.md §A.5–A.6), without a graph.
+    """One forward run, the error, one reversed run (docs/models.md §A.5–A.6), without a graph.
 
     Args:
         net: The network.
@@ -454,10 +456,10 @@ def _apply_method2(
 def method1_signal(
     net: WuxingNetwork, F: torch.Tensor, R: torch.Tensor, *, rest_shift: bool = True
 ) -> torch.Tensor:
-    """Per-neuron K signal ``g`` of method 1 (models.md §A.7), shape (batch, 3, n_neurons, 5).
+    """Per-neuron K signal ``g`` of method 1 (docs/models.md §A.7), shape (batch, 3, n_neurons, 5).
 
     ``g[:, k, n, i]`` estimates ``e · ∂s/∂K_{k+1,i}`` of neuron ``n`` from the signals passing
-    through that neuron only. The base terms (models.md §A.7) hold the rest state fixed:
+    through that neuron only. The base terms (docs/models.md §A.7) hold the rest state fixed:
 
         g1_i = F_{i−1} R_i,   g2_i = −F_i R_i,   g3_i = −(B_{i−2} F_i + B_i F_{i−2}) R_i.
 

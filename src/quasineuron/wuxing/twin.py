@@ -2,7 +2,7 @@
 
 Every neuron of a network with uniform parameters has the same steady-state map
 ``u ∈ R⁵ ↦ D* ∈ R⁵`` (drive on each element → signal of each element at the steady state of
-the guarded dynamics, models.md §A.2–A.3). :func:`fit_neuron_twin` samples that map with the
+the guarded dynamics, docs/models.md §A.2–A.3). :func:`fit_neuron_twin` samples that map with the
 network's own steady-state solver and fits a small MLP to it (the library's MLP twin,
 :func:`quasineuron.surrogate.mlp.train_mlp`). A network whose neurons are the twin costs a few
 small matrix products per layer, tens of times less than Newton solves, so it can be trained
@@ -47,7 +47,7 @@ class NeuronTwinReport:
 class NeuronTwin(torch.nn.Module):
     """``D*(u) = G u + ‖u‖² m(u)``: the exact small-signal gain plus a fitted correction.
 
-    ``G = −J⁻¹`` is the neuron's gain matrix at rest (models.md §A.3), so the twin is exact to
+    ``G = −J⁻¹`` is the neuron's gain matrix at rest (docs/models.md §A.3), so the twin is exact to
     first order in the drive, where a network's small signals live; the MLP ``m`` carries the
     nonlinearity (saturation, the clip at E = 0) scaled by ``‖u‖²``.
 
@@ -77,7 +77,7 @@ class NeuronTwin(torch.nn.Module):
         """The reversed neuron (A2) for small drives: ``D̂* = Gᵀ v``, (R, 5) → (R, 5).
 
         The reversed neuron's Jacobian at rest is the transpose of the forward one
-        (models.md §A.5), so its small-signal gain is ``Gᵀ``; with a small injected error
+        (docs/models.md §A.5), so its small-signal gain is ``Gᵀ``; with a small injected error
         (``TargetCoding.error_scale``) the reversed network stays in this regime.
         """
         return v @ self.gain.to(v.dtype)

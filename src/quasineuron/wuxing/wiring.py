@@ -1,4 +1,4 @@
-"""Interface wiring of a layered Wuxing network (models.md §A.4, §A.8).
+"""Interface wiring of a layered Wuxing network (docs/models.md §A.4, §A.8).
 
 Every neuron has five interfaces, one per element (interface k = element k). A *slot* is one
 (neuron, element) pair, numbered ``5 * neuron + element`` with neurons numbered layer after
@@ -16,7 +16,7 @@ layer. A link carries ``c · D`` from a sending slot of layer ℓ to a receiving
 
 Which elements play which role is random (per neuron), which matters: the gain from an input
 element to an output element of one neuron depends on their distance on the ring and can be
-negative (models.md §A.3).
+negative (docs/models.md §A.3).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ N_ELEMENTS = 5
 MODEL1_SIZES: tuple[int, ...] = (784, 839, 283, 96, 32, 10)
 #: Layer sizes of MODEL2 (paper §3).
 MODEL2_SIZES: tuple[int, ...] = (784, 1048, 353, 119, 40, 10)
-#: Links per layer pair shared by MODEL1 and MODEL2 (4711 in all; models.md §A.8).
+#: Links per layer pair shared by MODEL1 and MODEL2 (4711 in all; docs/models.md §A.8).
 MODEL_LINKS: tuple[int, ...] = (3136, 1055, 360, 120, 40)
 
 
@@ -100,7 +100,7 @@ class WuxingWiring:
 
     @property
     def pooled_link_ratio(self) -> float:
-        """Total links / total possible links: the paper's "average LR" (models.md §A.8)."""
+        """Total links / total possible links: the paper's "average LR" (docs/models.md §A.8)."""
         possible = sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True))
         return self.n_links / possible
 
@@ -191,7 +191,7 @@ def one_to_one_wiring(
     links: Sequence[int] | None = None,
     seed: int | torch.Generator = 0,
 ) -> WuxingWiring:
-    """Random one-to-one interface wiring (models.md §A.8, reconstruction).
+    """Random one-to-one interface wiring (docs/models.md §A.8, reconstruction).
 
     Input neurons: one pixel interface and up to 4 sending ones. Output neurons: one read-out
     interface and up to 4 receiving ones. Hidden neurons split their 5 interfaces into
@@ -247,7 +247,7 @@ def one_to_one_wiring(
 def model_wiring(
     model: Literal["MODEL1", "MODEL2"] = "MODEL1", *, seed: int | torch.Generator = 0
 ) -> WuxingWiring:
-    """MODEL1 or MODEL2 of the paper with 4711 random one-to-one links (models.md §A.8).
+    """MODEL1 or MODEL2 of the paper with 4711 random one-to-one links (docs/models.md §A.8).
 
     Args:
         model: ``"MODEL1"`` (sizes 784, 839, 283, 96, 32, 10) or ``"MODEL2"`` (784, 1048,
