@@ -156,6 +156,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--overwrite", action="store_true", help="replace a store made for another sweep"
     )
+    ch.add_argument(
+        "--repair",
+        action="store_true",
+        help="recompute the damaged chunks of a store that fails its checksums",
+    )
     ch.add_argument("--no-progress", action="store_true")
     _traceback_flag(ch, default=argparse.SUPPRESS)
 
@@ -209,6 +214,7 @@ def _characterize(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         strict=args.strict,
+        repair=args.repair,
     )
     rep = result.report
     print(

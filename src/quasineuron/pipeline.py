@@ -171,6 +171,7 @@ def characterize(
     overwrite: bool = False,
     strict: bool = False,
     policy: str = "warn",
+    repair: bool = False,
 ) -> CharacterizeResult:
     """Sweep ``device`` over its domain, fit a twin, and write the report folder.
 
@@ -192,6 +193,7 @@ def characterize(
         overwrite: Replace a store made for another sweep instead of refusing it.
         strict: Raise at the first failing point.
         policy: The twin's out-of-domain policy (saved with it): warn, clamp or raise.
+        repair: Recompute the chunks of a damaged store instead of refusing it (see ``sweep``).
 
     Returns:
         The table, the fit and the report.
@@ -225,6 +227,7 @@ def characterize(
         overwrite=overwrite,
         strict=strict,
         timeout=timeout,
+        repair=repair,
     )
     t_sweep = time.perf_counter() - t0
     # A device that hung in the sweep is not called again for the twin's check points and the

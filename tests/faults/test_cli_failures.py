@@ -195,12 +195,12 @@ CASES: dict[str, tuple[Callable[..., list[str]], str]] = {
     "--out is a file": (lambda t, d: _file_out(t), "is a file"),
     "--out under a file": (lambda t, d: _under_file_out(t), "output folder"),
     "--out read-only": (lambda t, d: _read_only_out(t), "cannot write"),
-    "corrupt sweep store": (lambda t, d: _corrupt_store(t), "unreadable chunk"),
+    "corrupt sweep store": (lambda t, d: _corrupt_store(t), "is damaged"),
     "--strict with a failing device": (
         lambda t, d: _char(t, "qn_fault_devs:half", *d, "--strict"),
         "solver diverged",
     ),
-    "wrong output shape": (lambda t, d: _char(t, "qn_fault_devs:wrong", *d), "returned shape"),
+    "wrong output shape": (lambda t, d: _char(t, "qn_fault_devs:wrong", *d), "returned (21,)"),
     "NaN training loss": (
         lambda t, d: _run(
             t, "batch_size = 50", 'batch_size = 50\nlr = 1e30\noptimizer = "sgd"\nloss = "mse"'
@@ -288,6 +288,19 @@ def test_a_device_failing_at_the_probe_points_is_swept_and_its_failures_recorded
     # drives > 0 fail: 10 of the 21 grid points on [-2, 2]
     assert report["sweep"]["n_points"] == 21 and report["sweep"]["n_failed"] == 10
     assert capsys.readouterr().out.startswith(f"{kind}: 21 points, 10 failed")
+
+
+def test_repair_recomputes_a_damaged_store_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _corrupt_store(tmp_path)
+    before = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert main(argv) == 2  # refused while damaged
+    with pytest.warns(UserWarning, match="so that it is recomputed"):
+        assert main([*argv, "--repair"]) == 0
+    table = SweepTable.open(tmp_path / "out" / "sweep.zarr")
+    assert int((table.status == PointStatus.OK).sum()) == before["sweep"]["n_points"]
+    capsys.readouterr()
 
 
 @pytest.mark.slow

@@ -718,8 +718,8 @@ class SweepStore:
                     continue
                 raise IntegrityError(
                     f"commit record {p} is unreadable ({type(exc).__name__}: {exc}). Delete "
-                    "this one file, or pass repair=True to sweep(), to recompute its chunk on "
-                    "the next run."
+                    "this one file, or pass repair=True to sweep() (--repair), to recompute its "
+                    "chunk on the next run."
                 ) from exc
             out[chunk] = rec
         return out
@@ -744,7 +744,7 @@ class SweepStore:
                 f"sweep store {self.path}: committed chunk {chunk} is damaged: {why}{more}. "
                 f"Its results cannot be trusted. To recompute only the damaged chunks, delete "
                 f"their commit records (here {self._commit_path(chunk)}) or pass repair=True "
-                "to sweep(), then run the sweep again."
+                "to sweep() (--repair on the command line)."
             )
         return records
 
