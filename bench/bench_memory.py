@@ -1,6 +1,6 @@
 """Peak memory of a sweep, a 1e6-point characterisation and one MNIST epoch through a twin.
 
-    python bench/bench_memory.py [--data-dir ../shared/data/mnist] [--points 1000000]
+    python bench/bench_memory.py [--data-dir PATH/TO/MNIST] [--points 1000000]
 
 Each measurement runs in a fresh process (``python bench_memory.py --case NAME``), started by a
 fresh wrapper process (``--measure NAME``) whose only child it is, so the wrapper's

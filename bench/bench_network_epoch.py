@@ -1,6 +1,6 @@
 """One MNIST epoch in surrogate mode against a plain MLP of the same shape, measured in one run.
 
-    python bench/bench_network_epoch.py --data-dir ../shared/data/mnist [--json out.json]
+    python bench/bench_network_epoch.py --data-dir PATH/TO/MNIST [--json out.json]
 
 Prints seconds per epoch for a plain torch MLP (784-256-10, tanh) and for device networks of the
 same shape whose neurons are twins: one-drive (ideal tanh device, spline twin) and two-drive (the

@@ -1,6 +1,6 @@
 """Throughput of ODE device solves: neuron-solves per second for the Wuxing neuron.
 
-Workload: the five-element Wuxing neuron (models.md §A.1), one drive on element 0, drawn
+Workload: the five-element Wuxing neuron (docs/models.md §A.1), one drive on element 0, drawn
 uniformly from the default domain [-0.5, 2.0], from rest over T = 10, readout the time average
 of all five signals, float32, at the accuracy of RK4 with dt = 0.1.
 

@@ -310,7 +310,7 @@ python examples/wuxing_mnist.py score "$out/wuxing-model2-bptt-cpu" --data-dir "
 python examples/wuxing_mnist.py score "$out/wuxing-model2-method1" "$out/wuxing-model2-mixed" \
     --data-dir "$data" --T 60 --dt 0.1 --readout final --batch-size 1000 --compile
 
-# the issue's result names: of each experiment's scored networks (those that are there; the GPU
+# the result names: of each experiment's scored networks (those that are there; the GPU
 # runs come from reproduce_wuxing_gpu.sh), the one that validates best on all 6,000 validation
 # images (time simulation, dt = 0.1, at the T it is scored with) is copied to the name, its test
 # score with it; then the targets are read from them (wuxing-targets/metrics.json)

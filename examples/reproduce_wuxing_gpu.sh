@@ -28,7 +28,7 @@
 # adders BPTT stages at the end of this script from two calls on one H200:
 #   RUNS=adders-bptt3 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
 #   RUNS=adders-bptt4 bash examples/reproduce_wuxing_gpu.sh MNIST_DIR
-# The result names wuxing-model1-method2, wuxing-model1-bptt and wuxing-model1-adders are
+# The result names wuxing-model1-method2, wuxing-model1-bptt and wuxing-model1-adders are
 # not trained here: examples/reproduce_wuxing.sh ends by copying to each the run of that
 # experiment that validates best (these runs among the candidates).
 set -uo pipefail

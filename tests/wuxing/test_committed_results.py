@@ -1,4 +1,4 @@
-"""The committed Wuxing MNIST results under the issue's names (docs/results/NAME).
+"""The committed Wuxing MNIST results under their result names (docs/results/NAME).
 
 They are what the docs and the targets file quote, so they are checked as data: each is a
 scored network of the named structure, and a name that holds a ``keep`` copy holds exactly

@@ -28,7 +28,7 @@ F64 = torch.float64
 
 
 def toy(seed: int = 1, **cfg) -> WuxingNetwork:
-    """The 3 -> 4 -> 1 network with 11 links of models.md §A.6/§C."""
+    """The 3 -> 4 -> 1 network with 11 links of docs/models.md §A.6."""
     wiring = one_to_one_wiring((3, 4, 1), links=(7, 4), seed=seed)
     config = SimConfig(**({"T": 40.0, "solver": Heun(dt=0.02), "clip": None} | cfg))
     net = WuxingNetwork(wiring, config=config, dtype=F64)
@@ -165,7 +165,7 @@ def test_reversed_jacobian_at_rest_is_the_transpose():
 
 @pytest.mark.slow
 def test_method2_g1_correlates_with_finite_difference_gradient():
-    """models.md §A.6: G1/T² against e·∂s/∂c (paper-derived check: 0.99987)."""
+    """docs/models.md §A.6: G1/T² against e·∂s/∂c (paper-derived check: 0.99987)."""
     net = toy()
     w, T = net.wiring, net.config.T
     x = torch.tensor([[0.05, 0.1, 0.08]], dtype=F64)

@@ -31,7 +31,7 @@ F64 = torch.float64
 
 
 def toy(seed: int = 1, c_low: float = 0.5, c_high: float = 1.5, **cfg) -> WuxingNetwork:
-    """The 3 -> 4 -> 1 network with 11 links of models.md §A.6, coefficients U(c_low, c_high)."""
+    """The 3 -> 4 -> 1 network with 11 links of docs/models.md §A.6, coefficients U(c_low, c_high)."""
     wiring = one_to_one_wiring((3, 4, 1), links=(7, 4), seed=seed)
     config = SimConfig(**({"T": 300.0, "solver": RK4(dt=0.05), "readout": "final"} | cfg))
     net = WuxingNetwork(wiring, config=config, dtype=F64)
@@ -112,7 +112,7 @@ def _fd_K(net: WuxingNetwork, x: torch.Tensor, e: torch.Tensor, k: int) -> torch
 @pytest.mark.parametrize("k", [0, 1, 2])
 @pytest.mark.slow
 def test_method1_signal_correlates_with_the_finite_difference_gradient(k):
-    """models.md §A.7: g_k (per neuron and element) against e · K ∂s/∂K (small signals)."""
+    """docs/models.md §A.7: g_k (per neuron and element) against e · K ∂s/∂K (small signals)."""
     net = toy()
     x = torch.tensor([[0.05, 0.1, 0.08]], dtype=F64)
     with torch.no_grad():
