@@ -31,7 +31,7 @@ F64 = torch.float64
 
 
 def toy(seed: int = 1, c_low: float = 0.5, c_high: float = 1.5, **cfg) -> WuxingNetwork:
-    """The 3 -> 4 -> 1 network with 11 links of docs/models.md §A.6, coefficients U(c_low, c_high)."""
+    """The 3 -> 4 -> 1 network (11 links) of docs/models.md §A.6, coefficients U(c_low, c_high)."""
     wiring = one_to_one_wiring((3, 4, 1), links=(7, 4), seed=seed)
     config = SimConfig(**({"T": 300.0, "solver": RK4(dt=0.05), "readout": "final"} | cfg))
     net = WuxingNetwork(wiring, config=config, dtype=F64)
