@@ -6,11 +6,13 @@ import json
 import warnings
 from pathlib import Path
 
-import pytest
+import torch
 
-from quasineuron.config import parse_config
+from quasineuron.config import DeviceConfig, parse_config
+from quasineuron.devices.base import Box
+from quasineuron.devices.formula import FormulaDevice
 from quasineuron.errors import OutOfDomainWarning
-from quasineuron.pipeline import run_pipeline
+from quasineuron.pipeline import STOCHASTIC_PASSES, _domain_sentences, run_pipeline
 
 
 def _tiny(limit: float, policy: str = "clamp"):
@@ -60,9 +62,51 @@ def test_a_run_inside_the_domain_says_nothing(tmp_path: Path) -> None:
     assert "outside the characterised domain" not in (tmp_path / "run" / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("policy", ["warn"])
-def test_the_summary_names_the_policy(tmp_path: Path, policy: str) -> None:
+def _metrics(fractions: list[float], policy: str) -> dict:
+    box = {"low": [-1.0, 0.0], "high": [1.0, 2.0]}
+    ext = {"min": [-3.0, 0.5], "max": [0.5, 1.0]}
+    return {
+        "domain": {
+            "policy": policy,
+            "boxes": [box] * len(fractions),
+            "outside_fraction": {"test": {"device": {"layers": fractions}}},
+            "extremes": {"test": {"device": [ext] * len(fractions)}},
+        }
+    }
+
+
+def test_the_sentences_name_the_layer_box_extremes_and_policy():
+    text = _domain_sentences(_metrics([0.123, 0.01, 0.5], "warn"))
+    assert len(text) == 2  # exactly 1 % is not above the note level
+    assert text[0].startswith("12.3 % of hidden-layer-1 drives (mode `device`) fell outside")
+    assert "domain [-1, 1] × [0, 2] (drives seen: [-3, 0.5] × [0.5, 1])" in text[0]
+    assert "the twin extrapolated there" in text[0]
+    assert text[1].startswith("50.0 % of output-layer drives")
+    assert "the twin clamped them" in _domain_sentences(_metrics([0.5, 0.0], "clamp"))[0]
+    assert "hidden-layer drives" in _domain_sentences(_metrics([0.5, 0.0], "clamp"))[0]
+
+
+_NOISE = torch.Generator().manual_seed(0)
+
+
+def _noisy_tanh(u: torch.Tensor) -> torch.Tensor:
+    noise = torch.randn(u.shape, generator=_NOISE, dtype=torch.float64).to(u)
+    return torch.tanh(u) + 0.5 * noise
+
+
+def noisy_tanh() -> FormulaDevice:
+    """A tanh with output noise, declared stochastic (a device spec for the run below)."""
+    dev = FormulaDevice(_noisy_tanh, n_in=1, n_out=1, domain=Box((-6.0,), (6.0,)), name="noisy")
+    dev.stochastic = True
+    return dev
+
+
+def test_a_stochastic_device_is_scored_over_passes_with_its_std(tmp_path: Path) -> None:
+    cfg = _tiny(6.0).model_copy(update={"device": DeviceConfig(name=f"{__name__}:noisy_tanh")})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfDomainWarning)
-        run_pipeline(_tiny(0.2, policy), tmp_path / "run", progress=False)
-    assert "the twin extrapolated there" in (tmp_path / "run" / "summary.md").read_text()
+        m = run_pipeline(cfg, tmp_path / "run", progress=False, allow_import=(__name__,))
+    assert m["passes"] == STOCHASTIC_PASSES
+    assert m["accuracy"]["device_std"] > 0 and "surrogate_std" not in m["accuracy"]
+    assert len(m["evaluation"]["accuracy_passes"]["device"]) == STOCHASTIC_PASSES
+    assert "std over 5 passes" in (tmp_path / "run" / "summary.md").read_text()
