@@ -37,7 +37,9 @@ def test_metrics_and_summary_report_drives_outside_the_domain(tmp_path: Path) ->
         m = run_pipeline(_tiny(0.2), tmp_path / "run", progress=False)
     ours = [w for w in caught if issubclass(w.category, OutOfDomainWarning)]
     assert len(ours) == 1  # the run warns once, with the count
-    assert "the twin clamped" in str(ours[0].message)
+    rows = m["twin"]["out_of_domain_rows"]
+    assert rows["test"] > 0
+    assert f"the twin clamped {rows['training'] + rows['test']} drive rows" in str(ours[0].message)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     frac = saved["domain"]["outside_fraction"]["test"]
     assert set(frac) == {"surrogate", "device"}
