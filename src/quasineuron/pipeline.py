@@ -421,8 +421,16 @@ def run_pipeline(
     deterministically from it and training continues from its last checkpoint, so the run
     ends bit-identical to an uninterrupted one. A complete run is not repeated.
 
+    A stochastic network (:func:`~quasineuron.evaluation.is_stochastic`) is scored with
+    :data:`STOCHASTIC_PASSES` passes per true-device mode, and ``accuracy.device_std`` records
+    the spread. When more than 1 % of a layer's test drives fell outside the characterised
+    domain, ``summary.md`` says so in words, and so does one
+    :class:`~quasineuron.errors.OutOfDomainWarning` at the end of the run, which under
+    ``policy="clamp"`` also gives the count of drive rows the twin clamped.
+
     Writes ``metrics.json`` (``accuracy.surrogate``, ``accuracy.device``, ``gap`` = surrogate −
-    device as a fraction, the twin's held-out error, timings, the config), ``summary.md``, the
+    device as a fraction, the twin's held-out error, ``domain.outside_fraction`` per split, mode
+    and layer, timings, the config), ``summary.md``, the
     characterisation (``report.json``, ``response.png``, ``error.png``, ``sweep.zarr``,
     ``twin.safetensors``), ``training.png``, ``accuracy.png``, ``confusion.png``,
     ``checkpoints/`` and ``network/``; ``metrics.json`` is written last, so it exists only in a
