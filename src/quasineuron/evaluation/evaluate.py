@@ -301,8 +301,9 @@ def _domain_boxes(net: torch.nn.Module) -> list[Box] | None:
 class _DomainTally:
     """Running count of drive rows outside each layer's box, and the extremes per drive.
 
-    Everything stays on the drives' torch device until :meth:`result`, so a batch costs no
-    host synchronisation.
+    The counts stay on the drives' torch device until :meth:`result`; a batch costs one host
+    synchronisation on one flag per layer (whether anything was outside), after which the
+    row-wise count runs only for the layers that need it.
     """
 
     def __init__(self, boxes: list[Box]) -> None:
@@ -328,17 +329,36 @@ class _DomainTally:
             self.n_outside = [zero.clone() for _ in self.boxes]
             self.lo = [inf.expand(b.dim).clone() for b in self.boxes]
             self.hi = [(-inf).expand(b.dim).clone() for b in self.boxes]
-        for i, (u, (low, high)) in enumerate(zip(drives, self.bounds, strict=True)):
+        # One pass per layer for the per-drive extremes (NaN propagates into them), then one
+        # host sync for the whole batch on a few flags: the row-wise count runs only for the
+        # layers where something was outside.
+        batch = []
+        for u, (low, high) in zip(drives, self.bounds, strict=True):
             rows = u.detach().reshape(-1, low.shape[0])
             low, high = low.to(rows.dtype), high.to(rows.dtype)
-            # NaN compares False, so a NaN drive is not inside: it counts as outside
-            inside = ((rows >= low) & (rows <= high)).all(dim=1)
-            self.n_outside[i] += (~inside).sum()
+            if rows.shape[0]:
+                lo, hi = torch.aminmax(rows, dim=0)
+                out = ((lo < low) | (hi > high) | lo.isnan() | hi.isnan()).any()
+            else:
+                lo, hi, out = (
+                    low.new_full(low.shape, math.inf),
+                    high.new_full(low.shape, -math.inf),
+                    low.new_zeros((), dtype=torch.bool),
+                )
+            batch.append((rows, low, high, lo, hi, out))
+        flags = torch.stack([b[-1] for b in batch]).tolist()
+        for i, ((rows, low, high, lo, hi, _), flag) in enumerate(zip(batch, flags, strict=True)):
             self.n_rows[i] += rows.shape[0]
-            nan = rows.isnan()
-            big = torch.tensor(math.inf, dtype=rows.dtype, device=rows.device)
-            self.lo[i] = torch.minimum(self.lo[i], torch.where(nan, big, rows).amin(dim=0))
-            self.hi[i] = torch.maximum(self.hi[i], torch.where(nan, -big, rows).amax(dim=0))
+            if flag:
+                # NaN compares False, so a NaN drive is not inside: it counts as outside
+                inside = ((rows >= low) & (rows <= high)).all(dim=1)
+                self.n_outside[i] += (~inside).sum()
+                nan = rows.isnan()
+                big = torch.tensor(math.inf, dtype=rows.dtype, device=rows.device)
+                lo = torch.where(nan, big, rows).amin(dim=0)
+                hi = torch.where(nan, -big, rows).amax(dim=0)
+            self.lo[i] = torch.minimum(self.lo[i], lo)
+            self.hi[i] = torch.maximum(self.hi[i], hi)
 
     def result(self) -> dict[str, Any]:
         """The mode's entry of ``EvaluationReport.domain`` (see there)."""
