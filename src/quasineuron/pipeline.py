@@ -13,6 +13,7 @@ import platform
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
 from quasineuron.devices.base import AbstractDevice
 from quasineuron.devices.library import make_device
 from quasineuron.devices.wrappers import InputClip
-from quasineuron.errors import DeviceContractError, RunFolderError
-from quasineuron.evaluation import evaluate
+from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
+from quasineuron.evaluation import evaluate, is_stochastic
 from quasineuron.network import (
     Dense,
     DeviceNetwork,
@@ -46,7 +47,7 @@ from quasineuron.network import (
     Variability,
     save_network,
 )
-from quasineuron.network.connections import AbstractConnection
+from quasineuron.network.connections import AbstractConnection, default_connection
 from quasineuron.network.wiring import AbstractWiring
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
 from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
@@ -334,8 +335,18 @@ def _load_data(cfg: RunConfig, data_dir: str | Path | None) -> tuple[ArrayDatase
 def _connection(cfg: RunConfig, device: AbstractDevice) -> AbstractConnection:
     kind = cfg.network.connection
     if kind == "auto":
-        kind = "two-drive" if device.n_in == 2 else "linear"
+        # The device's declared connection (the almost-neuron's TwoDrive), else Linear: one
+        # weighted sum per drive, which assumes nothing about what a device's drives mean.
+        return default_connection(device)
     return {"linear": Linear, "two-drive": TwoDrive, "quadratic": Quadratic, "raw": Raw}[kind]()
+
+
+#: Passes over the test set for each true-device mode when the device is stochastic: enough
+#: for a first estimate of the spread that noise causes, at five times the scoring cost.
+STOCHASTIC_PASSES = 5
+#: Above this fraction of drive rows outside the characterised domain, the summary and the
+#: console say so in words: the twin's result there is a clamp or an extrapolation.
+DOMAIN_NOTE_FRACTION = 0.01
 
 
 def _wiring(cfg: RunConfig) -> AbstractWiring:
@@ -413,8 +424,16 @@ def run_pipeline(
     deterministically from it and training continues from its last checkpoint, so the run
     ends bit-identical to an uninterrupted one. A complete run is not repeated.
 
+    A stochastic network (:func:`~quasineuron.evaluation.is_stochastic`) is scored with
+    :data:`STOCHASTIC_PASSES` passes per true-device mode, and ``accuracy.device_std`` records
+    the spread. When more than 1 % of a layer's test drives fell outside the characterised
+    domain, ``summary.md`` says so in words, and so does one
+    :class:`~quasineuron.errors.OutOfDomainWarning` at the end of the run, which under
+    ``policy="clamp"`` also gives the count of drive rows the twin clamped.
+
     Writes ``metrics.json`` (``accuracy.surrogate``, ``accuracy.device``, ``gap`` = surrogate −
-    device as a fraction, the twin's held-out error, timings, the config), ``summary.md``, the
+    device as a fraction, the twin's held-out error, ``domain.outside_fraction`` per split, mode
+    and layer, timings, the config), ``summary.md``, the
     characterisation (``report.json``, ``response.png``, ``error.png``, ``sweep.zarr``,
     ``twin.safetensors``), ``training.png``, ``accuracy.png``, ``confusion.png``,
     ``checkpoints/`` and ``network/``; ``metrics.json`` is written last, so it exists only in a
@@ -520,6 +539,7 @@ def run_pipeline(
         raise
     # last: metrics.json exists only in a complete run folder
     atomic_write_json(out / "metrics.json", metrics)
+    _warn_domain(metrics)
     return metrics
 
 
@@ -603,15 +623,20 @@ def _run_stages(
     if config.evaluation.variability is not None:
         variability = Variability(**config.evaluation.variability.model_dump())
     modes = [_MODES[m]() for m in config.evaluation.modes]
+    passes = STOCHASTIC_PASSES if is_stochastic(result.network) else 1
     report = evaluate(
         result.network,
         test,
         modes=modes,
         batch_size=config.evaluation.batch_size,
         variability=variability,
+        passes=passes,
     )
     timings["evaluate_s"] = time.perf_counter() - t0
     accuracy: dict[str, float | None] = dict(report.accuracy)
+    for name, accs in report.accuracy_passes.items():
+        if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
+            accuracy[f"{name}_std"] = report.accuracy_std[name]
     if baseline is not None:
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
@@ -624,7 +649,8 @@ def _run_stages(
         baseline=[vars(e) for e in baseline.history] if baseline else None,
     )
     plot_accuracy_per_mode(
-        {k: v for k, v in accuracy.items() if v is not None}, out / "accuracy.png"
+        {k: v for k, v in accuracy.items() if v is not None and not k.endswith("_std")},
+        out / "accuracy.png",
     )
     cm_mode = "device" if "device" in report.confusion else next(iter(report.confusion))
     plot_confusion(report.confusion[cm_mode], out / "confusion.png", title=f"confusion ({cm_mode})")
@@ -646,6 +672,8 @@ def _run_stages(
             # drive rows (one per neuron and sample) outside the characterised domain
             "out_of_domain_rows": {"training": ood_training, "test": twin.n_out_of_domain},
         },
+        "domain": _domain_metrics(report.domain, config.twin.policy),
+        "passes": passes,
         "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
         "training": {
             "mode": config.training.mode,
@@ -822,7 +850,13 @@ def _summary(m: dict[str, Any]) -> str:
         "| scored on | test accuracy |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {100 * v:.2f} % |" for k, v in acc.items() if v is not None]
+    for k, v in acc.items():
+        if v is None or k.endswith("_std"):
+            continue
+        std = acc.get(f"{k}_std")
+        passes = m.get("passes", 1)
+        spread = f" ± {100 * std:.2f} pp (std over {passes} passes)" if std is not None else ""
+        lines.append(f"| {k} | {100 * v:.2f} %{spread} |")
     gap = m["gap"]
     lines += [
         "",
@@ -830,6 +864,7 @@ def _summary(m: dict[str, Any]) -> str:
         f"Twin: {m['twin']['kind']}, held-out NRMSE {m['twin']['nrmse']:.2e}, "
         f"max |error| {m['twin']['max_abs']:.2e} ({m['twin']['validation']}).",
         f"Sweep: {m['sweep']['n_points']} points, {m['sweep']['n_failed']} failed.",
+        *_domain_sentences(m),
         f"Total time {m['timings']['total_s']:.1f} s.",
         "",
         "Files: metrics.json, report.json, response.png, error.png, training.png, "
@@ -837,3 +872,98 @@ def _summary(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:
+    """``metrics["domain"]``: the fraction of drive rows outside the characterised domain.
+
+    ``outside_fraction[split][mode]`` holds ``all`` (every layer) and ``layers`` (one fraction
+    per layer); ``boxes`` are the layers' domains and ``extremes[split][mode]`` the drives'
+    extremes per layer. The full record is in ``evaluation.domain``.
+    """
+    first = next(iter(domain.values()), None)
+    return {
+        "policy": policy,
+        "boxes": [] if first is None else [
+            {"low": e["low"], "high": e["high"]} for e in first["layers"]
+        ],
+        "outside_fraction": {
+            "test": {
+                mode: {
+                    "all": d["outside_fraction"],
+                    "layers": [e["outside_fraction"] for e in d["layers"]],
+                }
+                for mode, d in domain.items()
+            }
+        },
+        "extremes": {
+            "test": {
+                mode: [{"min": e["min"], "max": e["max"]} for e in d["layers"]]
+                for mode, d in domain.items()
+            }
+        },
+    }  # fmt: skip
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def _domain_sentences(m: dict[str, Any]) -> list[str]:
+    """One sentence per layer whose drives fell outside the domain above the note level.
+
+    For each layer, the mode with the largest outside fraction of the test evaluation speaks.
+    """
+    dom = m.get("domain") or {}
+    test = (dom.get("outside_fraction") or {}).get("test") or {}
+    boxes = dom.get("boxes") or []
+    if not test or not boxes:
+        return []
+    policy = dom.get("policy", "warn")
+    effect = {
+        "clamp": "the twin clamped them into the domain",
+        "warn": "the twin extrapolated there",
+        "raise": "the twin refuses such drives",
+    }.get(policy, "the twin was not characterised there")
+    n_layers = len(boxes)
+    sentences = []
+    for i, box in enumerate(boxes):
+        mode, frac = max(((k, v["layers"][i]) for k, v in test.items()), key=lambda kv: kv[1])
+        if frac <= DOMAIN_NOTE_FRACTION:
+            continue
+        if i == n_layers - 1:
+            where = "output-layer"
+        elif n_layers > 2:
+            where = f"hidden-layer-{i + 1}"
+        else:
+            where = "hidden-layer"
+        ext = dom["extremes"]["test"][mode][i]
+        seen = " × ".join(_interval(a, b) for a, b in zip(ext["min"], ext["max"], strict=True))
+        box_text = " × ".join(_interval(a, b) for a, b in zip(box["low"], box["high"], strict=True))
+        sentences.append(
+            f"{100 * frac:.1f} % of {where} drives (mode `{mode}`) fell outside the "
+            f"characterised domain {box_text} (drives seen: {seen}); {effect}: the device "
+            "result may differ from the twin's — see `domain` in metrics.json, and rescale the "
+            "connections or sweep a wider domain."
+        )
+    return sentences
+
+
+def _warn_domain(m: dict[str, Any]) -> None:
+    """Say once, on the console, what the summary says about the domain, with the counts."""
+    sentences = _domain_sentences(m)
+    rows = m["twin"]["out_of_domain_rows"]
+    clamped = m["domain"]["policy"] == "clamp" and (rows["training"] or rows["test"])
+    if not sentences and not clamped:
+        return
+    head = (
+        f"the twin clamped {rows['training'] + rows['test']} drive rows into its domain "
+        f"({rows['training']} in training, {rows['test']} in the test evaluation). "
+        if clamped
+        else ""
+    )
+    warnings.warn(
+        head + " ".join(sentences) if sentences else head + "See `domain` in metrics.json.",
+        OutOfDomainWarning,
+        stacklevel=3,  # the caller of run_pipeline
+    )

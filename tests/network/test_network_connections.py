@@ -4,6 +4,12 @@ import pytest
 import torch
 from network_devices import almost_neuron, ports_device, raw_device, tanh_device
 
+from quasineuron.config import parse_config
+from quasineuron.devices.base import Box
+from quasineuron.devices.formula import FormulaDevice
+from quasineuron.devices.library import almost_neuron as library_almost_neuron
+from quasineuron.devices.library import raw_almost_neuron
+from quasineuron.devices.wrappers import InputClip
 from quasineuron.network import (
     Dense,
     DeviceLayer,
@@ -15,7 +21,9 @@ from quasineuron.network import (
     Sparse,
     TrueDevice,
     TwoDrive,
+    default_connection,
 )
+from quasineuron.pipeline import _connection
 
 F64 = torch.float64
 
@@ -155,3 +163,52 @@ def test_network_takes_per_layer_devices_connections_and_wirings(gen):
     drives = net.drives(torch.rand(4, 6, generator=gen, dtype=F64), mode=TrueDevice())
     assert [tuple(d.shape) for d in drives] == [(4, 5, 2), (4, 3, 1)]
     assert torch.equal(net.layers[1].mask.sum(0), torch.full((3,), 2))
+
+
+# --------------------------------------------------------------------------------------------
+# "auto": the connection a device declares, else one weighted sum per drive
+
+
+def _generic_two_drive_device() -> FormulaDevice:
+    """A two-input device that is not an almost-neuron: tanh(u0) * sigmoid(u1)."""
+    return FormulaDevice(
+        lambda u: torch.tanh(u[:, :1]) * torch.sigmoid(u[:, 1:2]),
+        n_in=2,
+        n_out=1,
+        domain=Box((-3.0, -3.0), (3.0, 3.0)),
+        name="gated",
+    )
+
+
+def test_auto_picks_two_drive_for_the_almost_neuron_and_linear_for_a_generic_device():
+    assert default_connection(library_almost_neuron(0.1)) == TwoDrive()
+    assert default_connection(raw_almost_neuron(fan_in=2)) == Raw()
+    assert default_connection(_generic_two_drive_device()) == Linear()
+    assert default_connection(tanh_device()) == Linear()
+    # the wrapper keeps what the wrapped device declares
+    assert default_connection(InputClip(library_almost_neuron(0.1))) == TwoDrive()
+
+
+def test_the_pipeline_auto_connection_follows_the_device():
+    cfg = parse_config({"network": {"connection": "auto"}})
+    assert _connection(cfg, library_almost_neuron(0.1)) == TwoDrive()
+    assert _connection(cfg, _generic_two_drive_device()) == Linear()
+    explicit = parse_config({"network": {"connection": "two-drive"}})
+    assert _connection(explicit, _generic_two_drive_device()) == TwoDrive()
+
+
+def test_linear_gives_each_drive_of_a_two_drive_device_its_own_weights(gen):
+    layer = DeviceLayer(5, 3, device=_generic_two_drive_device(), connection=Linear(), dtype=F64)
+    x = torch.randn(4, 5, generator=gen, dtype=F64)
+    w, b = layer.map.weight, layer.map.bias
+    assert w.shape == (5, 3 * 2) and b.shape == (3, 2)
+    expected = (x @ w).view(4, 3, 2) + b  # column = neuron * n_drives + drive
+    torch.testing.assert_close(layer.drives(x), expected)
+    assert not torch.equal(w[:, 0::2], w[:, 1::2])  # independent weights per drive
+
+
+def test_an_unknown_natural_connection_is_refused_with_the_kinds():
+    dev = _generic_two_drive_device()
+    dev.natural_connection = "two-drive"  # the config spelling, not a kind
+    with pytest.raises(ValueError, match=r"not a connection kind.*two_drive"):
+        default_connection(dev)

@@ -106,6 +106,13 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
         differentiable: Whether autograd through :meth:`forward` gives correct gradients.
         domain: The box of drives the device is meant to be characterised on.
         name: Short human-readable name used in reports.
+        stochastic: Whether two calls on the same drives may give different outputs (shot
+            noise, a stochastic simulation). ``evaluate`` scores such a device several times
+            and reports the spread; set it on the instance (``dev.stochastic = True``) or the
+            class. Default False.
+        natural_connection: The connection this device was designed for, by its kind
+            (``"two_drive"``, ``"raw"``, ``"linear"``, ``"quadratic"``), or None. A connection
+            of ``"auto"`` uses it; None means ``Linear()``, one weighted sum per drive.
     """
 
     n_in: int
@@ -113,6 +120,8 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
     differentiable: bool
     domain: Box
     name: str = "device"
+    stochastic: bool = False
+    natural_connection: str | None = None
 
     def __init__(self) -> None:
         super().__init__()

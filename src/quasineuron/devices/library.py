@@ -86,7 +86,7 @@ def almost_neuron(
     """
     _activation(activation)
     eps = float(eps)
-    return FormulaDevice(
+    dev = FormulaDevice(
         partial(_almost, eps=eps, activation=activation),
         n_in=2,
         n_out=1,
@@ -94,6 +94,10 @@ def almost_neuron(
         name="almost-neuron",
         params={"eps": eps, "activation": activation},
     )
+    # Its drives are (x·A, A·x²) from one weight matrix, which is what TwoDrive computes; two
+    # independent weighted sums (Linear) would not make the device an almost-neuron.
+    dev.natural_connection = "two_drive"
+    return dev
 
 
 def _raw_almost(u: torch.Tensor, *, fan_in: int, eps: float, activation: str) -> torch.Tensor:
@@ -125,7 +129,7 @@ def raw_almost_neuron(
     _activation(activation)
     if not isinstance(fan_in, int) or fan_in < 1:
         raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
-    return FormulaDevice(
+    dev = FormulaDevice(
         partial(_raw_almost, fan_in=fan_in, eps=float(eps), activation=activation),
         n_in=2 * fan_in,
         n_out=1,
@@ -135,6 +139,9 @@ def raw_almost_neuron(
         name="raw-almost-neuron",
         params={"fan_in": fan_in, "eps": float(eps), "activation": activation},
     )
+    # Its drives are the inputs and the weights themselves, which is what Raw hands over.
+    dev.natural_connection = "raw"
+    return dev
 
 
 def _wuxing(**kw: Any) -> AbstractDevice:

@@ -36,6 +36,9 @@ class InputClip(AbstractDevice):
         self.device = device
         self.n_in, self.n_out = device.n_in, device.n_out
         self.differentiable = device.differentiable
+        # clipping changes neither how the device is wired nor whether it is noisy
+        self.stochastic = device.stochastic
+        self.natural_connection = device.natural_connection
         self.domain = box
         self.name = f"clipped({device.name})"
         low, high = box.tensors(dtype=torch.float64)

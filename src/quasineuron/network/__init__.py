@@ -6,6 +6,7 @@ from quasineuron.network.connections import (
     Quadratic,
     Raw,
     TwoDrive,
+    default_connection,
 )
 from quasineuron.network.io import load_network, save_network
 from quasineuron.network.layer import DeviceLayer, physics_aware
@@ -42,6 +43,7 @@ __all__ = [
     "TrueDevice",
     "TwoDrive",
     "Variability",
+    "default_connection",
     "load_network",
     "mode_from_name",
     "physics_aware",

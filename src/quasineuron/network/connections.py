@@ -30,6 +30,7 @@ __all__ = [
     "Raw",
     "TwoDrive",
     "connection_from_dict",
+    "default_connection",
 ]
 
 
@@ -436,3 +437,33 @@ def connection_from_dict(d: dict[str, Any]) -> AbstractConnection:
     if kind not in CONNECTIONS:
         raise ValueError(f"unknown connection kind {kind!r}; expected one of {sorted(CONNECTIONS)}")
     return CONNECTIONS[kind](**d)
+
+
+def default_connection(device: Any) -> AbstractConnection:
+    """The connection ``"auto"`` picks for ``device``: the one it declares, else ``Linear()``.
+
+    A device declares the connection it was designed for in ``device.natural_connection`` (a
+    kind: ``"two_drive"`` for the almost-neuron, whose drives are ``(x·A, A·x²)``; ``"raw"`` for
+    a device that takes inputs and weights as drives). Any other device gets ``Linear()``: one
+    weighted sum of the inputs per drive, each drive with its own weights, which makes no
+    assumption about what the drives mean.
+
+    Args:
+        device: An ``AbstractDevice``.
+
+    Returns:
+        A connection spec with default options.
+
+    Raises:
+        ValueError: If ``device.natural_connection`` names no connection kind.
+    """
+    kind = getattr(device, "natural_connection", None)
+    if kind is None:
+        return Linear()
+    if kind not in CONNECTIONS:
+        raise ValueError(
+            f"device {getattr(device, 'name', device)!r} declares natural_connection={kind!r}, "
+            f"which is not a connection kind; expected one of {sorted(CONNECTIONS)} or None "
+            "(None means Linear(): one weighted sum per drive)"
+        )
+    return CONNECTIONS[kind]()
