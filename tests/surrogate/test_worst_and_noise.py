@@ -101,3 +101,27 @@ def test_a_failed_repeat_leaves_the_other_repeat() -> None:
     assert fit.report.sweep_failures == {"device failed": 1}
     assert fit.report.failed_fraction == pytest.approx(1 / 18)
     assert np.isfinite(fit.report.noise_floor).all()
+
+
+def test_characterize_report_shows_noise_floor_and_worst_point(tmp_path) -> None:
+    from quasineuron.pipeline import characterize
+
+    res = characterize(
+        NoisyTanh(0.02), tmp_path / "run", sampler=Grid(n=101), repeats=2, progress=False
+    )
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["sweep"]["repeats"] == 2 and report["sweep"]["n_points"] == 202
+    assert report["twin"]["noise_floor"][0] == pytest.approx(0.02, rel=0.25)
+    assert len(report["twin"]["error_to_noise"]) == 1
+    assert len(report["twin"]["worst_u"]) == 1
+    assert report["twin"]["details"]["repeats"] == 2
+    assert res.fit.report.noise_floor == tuple(report["twin"]["noise_floor"])
+
+
+def test_characterize_report_has_no_noise_floor_without_repeats(tmp_path) -> None:
+    from quasineuron.pipeline import characterize
+
+    characterize(steep_device(), tmp_path / "run", sampler=Grid(n=41), progress=False)
+    twin = json.loads((tmp_path / "run" / "report.json").read_text())["twin"]
+    assert "noise_floor" not in twin
+    assert "refine_surrogate(" in twin["suggestion"]
