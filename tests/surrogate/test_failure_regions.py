@@ -101,3 +101,25 @@ def test_fidelity_counts_nonfinite_targets_instead_of_returning_nan() -> None:
                    n_train=4)  # fmt: skip
     assert rep.excluded == {"non-finite": 2} and rep.n_val == 2
     assert rep.rmse == pytest.approx(math.sqrt(0.5))
+
+
+def test_plot_of_a_twin_with_a_failed_region(tmp_path) -> None:
+    from quasineuron.surrogate import plot_fit
+
+    dev = holed_device()
+    table = sweep(dev, Grid(n=41), progress=False)
+    fit = fit_surrogate(table, kind="spline")
+    paths = plot_fit(fit.model, table, tmp_path, true_device=dev)
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+    class Axes:  # records the shaded spans
+        spans: list[tuple[float, float]] = []
+
+        def axvspan(self, a: float, b: float, **kw: object) -> None:
+            self.spans.append((a, b))
+
+    from quasineuron.surrogate.plot import _shade_invalid
+
+    ax = Axes()
+    _shade_invalid(ax, fit.model)
+    assert len(ax.spans) == 1 and ax.spans[0] == pytest.approx((0.5, 2.0), abs=3e-3)

@@ -154,8 +154,12 @@ def fit_surrogate(
 ) -> FitResult:
     """Fit a differentiable twin of the device behind ``table``.
 
-    Points with a non-zero status are excluded (and counted in the report). The returned
-    twin's ``domain`` is ``table.domain``.
+    Points with a non-zero status, or with a non-finite output even where the status is OK,
+    are excluded and counted in the report (``failed_fraction``, ``sweep_failures``). The
+    returned twin's ``domain`` is ``table.domain`` and its validity mask (``twin.valid(u)``)
+    marks the region fitted on successful points (see the module docstring). Rows with
+    identical drives (``sweep(..., repeats=k)``) are one point: the twin fits the mean of its
+    successful repeats and the report gives the noise floor.
 
     Args:
         table: A sweep table (``u`` (n, n_in), ``y`` (n, n_out), ``status`` (n,), ``domain``,
@@ -317,7 +321,7 @@ def _pool_repeats(u: np.ndarray, y: np.ndarray, status: np.ndarray) -> _Points:
     ss = np.stack([np.bincount(inv, weights=dev[:, o] ** 2, minlength=n) for o in range(n_out)])
     dof = float(np.maximum(n_good - 1, 0).sum())
     noise = np.sqrt(ss.sum(axis=1) / dof) if dof > 0 else None
-    return _Points(uniq, mean, ok, noise, int(round(len(u) / n)) if counts.min() > 1 else 1)
+    return _Points(uniq, mean, ok, noise, int(counts.max()))
 
 
 def _failure_counts(status: np.ndarray, y: np.ndarray) -> dict[str, int]:

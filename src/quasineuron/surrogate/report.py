@@ -92,7 +92,7 @@ class FitReport:
             ``high`` (its box), ``rms_error``, ``n_points`` and ``bins_per_drive``.
         suggestion: What to do when the worst error exceeds :data:`SUGGEST_REFINE_ABOVE`
             of the output range (a ``refine_surrogate`` call), else ``""``.
-        repeats: Evaluations per sweep point (1 without repeats).
+        repeats: Evaluations per sweep point, the most any point got (1 without repeats).
         noise_floor: Pooled within-point standard deviation of repeated outputs, per output
             (empty without repeats).
         error_to_noise: ``rmse_per_output / noise_floor`` (empty without repeats). Targets
