@@ -107,7 +107,12 @@ def test_characterize_report_shows_noise_floor_and_worst_point(tmp_path) -> None
     from quasineuron.pipeline import characterize
 
     res = characterize(
-        NoisyTanh(0.02), tmp_path / "run", sampler=Grid(n=101), repeats=2, progress=False
+        NoisyTanh(0.02),
+        tmp_path / "run",
+        sampler=Grid(n=101),
+        repeats=2,
+        progress=False,
+        twin_kind="spline",
     )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["sweep"]["repeats"] == 2 and report["sweep"]["n_points"] == 202
@@ -121,7 +126,9 @@ def test_characterize_report_shows_noise_floor_and_worst_point(tmp_path) -> None
 def test_characterize_report_has_no_noise_floor_without_repeats(tmp_path) -> None:
     from quasineuron.pipeline import characterize
 
-    characterize(steep_device(), tmp_path / "run", sampler=Grid(n=41), progress=False)
+    characterize(
+        steep_device(), tmp_path / "run", sampler=Grid(n=41), progress=False, twin_kind="spline"
+    )
     twin = json.loads((tmp_path / "run" / "report.json").read_text())["twin"]
     assert "noise_floor" not in twin
     assert "refine_surrogate(" in twin["suggestion"]
