@@ -123,3 +123,17 @@ def test_plot_of_a_twin_with_a_failed_region(tmp_path) -> None:
     ax = Axes()
     _shade_invalid(ax, fit.model)
     assert len(ax.spans) == 1 and ax.spans[0] == pytest.approx((0.5, 2.0), abs=3e-3)
+
+
+def test_no_mask_above_sixteen_drives_rather_than_one_huge_bin() -> None:
+    from quasineuron.sweep import SweepTable
+
+    rng = np.random.default_rng(0)
+    u = rng.uniform(-1, 1, (64, 17))
+    status = np.zeros(64, dtype=np.int8)
+    status[0] = 2  # one failure must not invalidate the whole domain
+    table = SweepTable(u=u, y=u[:, :1] ** 2, status=status, errors={0: "RuntimeError: x"},
+                       domain=Box((-1.0,) * 17, (1.0,) * 17), device={"name": "bowl"})  # fmt: skip
+    fit = fit_surrogate(table, seed=0, **{**FAST_MLP, "max_steps": 5})
+    assert fit.model.validity is None
+    assert bool(fit.model.valid(torch.zeros(2, 17, dtype=torch.float64)).all())

@@ -21,8 +21,10 @@ The twin carries a validity mask of the region it was fitted on (``twin.valid(u)
   corner points succeeded (a spline's values inside a cell come from its corners, and near a
   failed node from the filled-in value).
 - scattered points: the domain is cut into ``m`` equal bins per drive, ``m`` about half the
-  points per drive (at most 64, and at most 65536 cells in all); a bin is invalid when a failed
-  point lies in it. Bins without any point stay valid: nothing says the device fails there.
+  points per drive (at least 2, at most 64, and at most 65536 cells in all); a bin is invalid
+  when a failed point lies in it. Bins without any point stay valid: nothing says the device
+  fails there. Above 16 drives (2**17 cells) no mask is kept and the twin is valid on its
+  whole domain.
 
 Repeated sweeps (``sweep(..., repeats=k)``): rows with identical drives are one point; the twin
 is fitted on the mean of its successful repeats, a point fails only when all its repeats
@@ -284,7 +286,9 @@ def fit_surrogate(
     results.sort(key=lambda r: r.report.nrmse)
     best = results[0]
     best.model.fit_report = best.report
-    best.model.set_validity(*_validity_mask(u_all, ok, grid, table.domain))
+    mask = _validity_mask(u_all, ok, grid, table.domain)
+    if mask is not None:
+        best.model.set_validity(*mask)
     return FitResult(best.model, best.report, alternatives=tuple(r.report for r in results[1:]))
 
 
@@ -341,7 +345,7 @@ _MAX_MASK_CELLS = 2**16
 
 def _validity_mask(
     u: np.ndarray, ok: np.ndarray, grid: _Grid | None, domain: Box
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor] | None:
     """Edges per drive and cells of the region fitted on successful points."""
     d = u.shape[1]
     if grid is not None:
@@ -352,8 +356,10 @@ def _validity_mask(
         for corner in np.ndindex(*(2,) * d):  # a cell is valid when all its corners are
             cells &= known[tuple(slice(c, n - 1 + c) for c, n in zip(corner, shape, strict=True))]
         return [torch.as_tensor(x) for x in grid.nodes], torch.as_tensor(cells)
-    per_drive = max(1, min(64, int(len(u) ** (1 / d) / 2)))
-    while per_drive > 1 and per_drive**d > _MAX_MASK_CELLS:
+    if 2**d > _MAX_MASK_CELLS:
+        return None  # too many drives for even two bins each: no mask (valid everywhere)
+    per_drive = max(2, min(64, int(len(u) ** (1 / d) / 2)))
+    while per_drive > 2 and per_drive**d > _MAX_MASK_CELLS:
         per_drive -= 1
     low, high = np.asarray(domain.low, np.float64), np.asarray(domain.high, np.float64)
     edges = [np.linspace(lo, hi, per_drive + 1) for lo, hi in zip(low, high, strict=True)]
