@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from quasineuron.devices.base import Box
+
 __all__ = ["SUGGEST_REFINE_ABOVE", "VALIDATIONS", "FitReport", "fidelity"]
 
 #: A worst-point error above this fraction of the output range adds a ``refine_surrogate``
@@ -199,7 +201,7 @@ def fidelity(
     fit_time_s: float = 0.0,
     settings: dict[str, Any] | None = None,
     u: np.ndarray | None = None,
-    domain: Any = None,
+    domain: Box | None = None,
     excluded: dict[str, int] | None = None,
     sweep_failures: dict[str, int] | None = None,
     n_sweep: int = 0,
@@ -221,8 +223,8 @@ def fidelity(
         settings: Fit settings to record.
         u: Drives of the held-out points, shape (n_val, n_in); gives the worst point, the
             worst region and the suggestion.
-        domain: The characterised :class:`~quasineuron.devices.base.Box`, binned for the
-            worst region (default: the bounding box of ``u``).
+        domain: The characterised box, binned for the worst region (default: the bounding
+            box of ``u``).
         excluded: Check points already left out, by reason; rows of ``y_true`` that are not
             finite are left out here too and added under ``"non-finite"``.
         sweep_failures: Failed sweep rows by reason.
@@ -304,7 +306,7 @@ def fidelity(
 
 
 def _worst(
-    u: np.ndarray, err: np.ndarray, rng: np.ndarray, domain: Any, kind: str
+    u: np.ndarray, err: np.ndarray, rng: np.ndarray, domain: Box | None, kind: str
 ) -> dict[str, Any]:
     """Worst point, error percentiles, worst bin and the refine suggestion."""
     e = np.sqrt(np.mean((err / rng) ** 2, axis=1))  # (n_val,) range-normalised RMS per point
