@@ -157,6 +157,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a store made for another sweep"
     )
     ch.add_argument(
+        "--repeats",
+        type=_int_at_least(1),
+        default=1,
+        help="evaluations per point; above 1 the report gives the noise floor",
+    )
+    ch.add_argument(
         "--repair",
         action="store_true",
         help="recompute the damaged chunks of a store that fails its checksums",
@@ -215,6 +221,7 @@ def _characterize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         strict=args.strict,
         repair=args.repair,
+        repeats=args.repeats,
     )
     rep = result.report
     print(

@@ -48,6 +48,9 @@ class SweepConfig(_Strict):
     workers: int = Field(0, ge=0, description="worker processes; 0 evaluates in-process")
     timeout: float | None = Field(None, gt=0, description="seconds per point; None: no limit")
     seed: int = 0
+    repeats: int = Field(
+        1, ge=1, description="evaluations per point; > 1 measures the device's noise floor"
+    )
 
 
 class TwinConfig(_Strict):

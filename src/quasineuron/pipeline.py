@@ -173,6 +173,7 @@ def characterize(
     strict: bool = False,
     policy: str = "warn",
     repair: bool = False,
+    repeats: int = 1,
 ) -> CharacterizeResult:
     """Sweep ``device`` over its domain, fit a twin, and write the report folder.
 
@@ -195,6 +196,7 @@ def characterize(
         strict: Raise at the first failing point.
         policy: The twin's out-of-domain policy (saved with it): warn, clamp or raise.
         repair: Recompute the chunks of a damaged store instead of refusing it (see ``sweep``).
+        repeats: Evaluations per sweep point; above 1 the report gives ``twin.noise_floor``.
 
     Returns:
         The table, the fit and the report.
@@ -213,7 +215,9 @@ def characterize(
     if workers > 0 or timeout is not None or executor is not None:
         _check_picklable(device)
     sampler = sampler or default_sampler(device.n_in, seed=seed)
-    _check_memory(estimate_memory_bytes(n_points=sampler.n_points(device.n_in), device=device))
+    _check_memory(
+        estimate_memory_bytes(n_points=repeats * sampler.n_points(device.n_in), device=device)
+    )
     prepare_output_folder(out)
     if executor is None and workers > 0:
         executor = ProcessExecutor(workers)
@@ -229,6 +233,7 @@ def characterize(
         strict=strict,
         timeout=timeout,
         repair=repair,
+        repeats=repeats,
     )
     t_sweep = time.perf_counter() - t0
     # A device that hung in the sweep is not called again for the twin's check points and the
@@ -276,6 +281,15 @@ def characterize(
         },
         "plots": [p.name for p in plots],
     }
+    # Where the twin is worst and what the device's noise is, next to the pooled figures.
+    report["sweep"].update(repeats=repeats, failed_fraction=rep.failed_fraction)
+    report["twin"].update(
+        worst_u=rep.worst_u, worst_error=rep.worst_error, worst_region=rep.worst_region
+    )
+    if rep.suggestion:
+        report["twin"]["suggestion"] = rep.suggestion
+    if rep.noise_floor:
+        report["twin"].update(noise_floor=rep.noise_floor, error_to_noise=rep.error_to_noise)
     atomic_write_json(out / "report.json", report)
     return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
 
@@ -571,6 +585,7 @@ def _run_stages(
         seed=config.twin.seed,
         progress=progress,
         policy=config.twin.policy,
+        repeats=config.sweep.repeats,
     )
     twin = char.fit.model.to(torch.float32)
     twin.compiled = config.twin.compile

@@ -12,6 +12,14 @@ counted at every call and handled by ``policy``:
 
 The check costs one host synchronisation per call (a single ``.any()``); the count and the
 message are only computed when some drive is outside.
+
+Inside the domain a device may still fail (raise, return NaN or hang) in some region. The twin
+is fitted on the successful points only and carries a *validity mask* of the region it was
+fitted on: a boolean per cell of a grid over the domain (cell edges per drive, saved with the
+twin). :meth:`AbstractSurrogate.valid` looks drives up in it; what marks a cell valid is decided
+by :func:`~quasineuron.surrogate.fit.fit_surrogate` (a cell of a grid sweep is valid when all
+its corner points succeeded; for scattered points a cell is invalid when a failed point lies in
+it). A twin without a mask (built by hand) is valid on its whole domain.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import abc
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -82,6 +91,8 @@ class AbstractSurrogate(AbstractDevice):
         n_out_of_domain: Running count of drive rows seen outside ``domain`` (all policies).
         fit_report: The :class:`~quasineuron.surrogate.report.FitReport` of the fit that made
             this twin, or ``None``; saved and loaded with the twin.
+        validity: ``(edges, cells)`` of the validity mask (see :meth:`set_validity`), or
+            ``None`` when the twin is valid on its whole domain; saved and loaded with it.
     """
 
     differentiable = True
@@ -108,6 +119,7 @@ class AbstractSurrogate(AbstractDevice):
         self.name = name or f"twin({self.source.get('name', 'device')})"
         self.n_out_of_domain = 0
         self.fit_report: Any = None
+        self.validity: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
         low, high = domain.tensors(dtype=torch.float64)
         self.register_buffer("_low", low, persistent=False)
         self.register_buffer("_high", high, persistent=False)
@@ -129,6 +141,63 @@ class AbstractSurrogate(AbstractDevice):
     @compiled.setter
     def compiled(self, value: bool) -> None:
         self._compiled_evaluate = torch.compile(self._evaluate, dynamic=True) if value else None
+
+    def set_validity(self, edges: Sequence[torch.Tensor], cells: torch.Tensor) -> None:
+        """Record the region the twin was fitted on as a mask over grid cells.
+
+        Args:
+            edges: Per drive, strictly increasing cell edges, ``n_in`` tensors of shape
+                (m_k + 1,), spanning the domain.
+            cells: Boolean tensor of shape (m_1, ..., m_d): True where the twin was fitted
+                on successful device points.
+
+        Raises:
+            ValueError: If the shapes disagree or the edges are not increasing.
+        """
+        edges = tuple(torch.as_tensor(e, dtype=torch.float64).reshape(-1) for e in edges)
+        cells = torch.as_tensor(cells).to(torch.bool)
+        shape = tuple(len(e) - 1 for e in edges)
+        if len(edges) != self.n_in or tuple(cells.shape) != shape or min(shape, default=0) < 1:
+            raise ValueError(
+                f"a validity mask needs {self.n_in} edge arrays of length >= 2 and cells of "
+                f"their shape minus one, got edges of lengths {[len(e) for e in edges]} and "
+                f"cells of shape {tuple(cells.shape)}"
+            )
+        if not all(bool((e[1:] > e[:-1]).all()) for e in edges):
+            raise ValueError("validity mask edges must be strictly increasing per drive")
+        self.validity = (edges, cells.clone())
+
+    def valid(self, u: torch.Tensor) -> torch.Tensor:
+        """Whether drives lie in the region the twin was fitted on.
+
+        A row is valid when it lies in the domain and its cell of the validity mask holds no
+        failed device point (see the module docstring for the rule).
+
+        Args:
+            u: Drives, shape (batch, n_in).
+
+        Returns:
+            Boolean tensor of shape (batch,) on the torch device of ``u``.
+
+        Raises:
+            ValueError: If ``u`` is not of shape (batch, n_in).
+        """
+        if u.ndim != 2 or u.shape[1] != self.n_in:
+            raise ValueError(
+                f"{self.name}.valid expects drives of shape (batch, {self.n_in}), got "
+                f"{tuple(u.shape)}"
+            )
+        x = u.detach().to(device="cpu", dtype=torch.float64)
+        ok = ((x >= self._low.cpu()) & (x <= self._high.cpu())).all(dim=1) & ~x.isnan().any(1)
+        if self.validity is not None:
+            edges, cells = self.validity
+            flat = torch.zeros(len(x), dtype=torch.long)
+            for k, e in enumerate(edges):
+                # Cell i holds [e[i], e[i+1]); the last cell also holds its upper edge.
+                i = torch.searchsorted(e, x[:, k].contiguous(), right=True) - 1
+                flat = flat * (len(e) - 1) + i.clamp(0, len(e) - 2)
+            ok &= cells.reshape(-1)[flat]
+        return ok.to(u.device)
 
     def reset_domain_count(self) -> None:
         """Set :attr:`n_out_of_domain` back to zero."""

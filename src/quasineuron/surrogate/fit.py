@@ -13,6 +13,22 @@ Held-out error, by twin kind (recorded in ``FitReport.validation``):
 
 ``kind="auto"`` fits every applicable kind and keeps the one with the smallest pooled NRMSE
 (skipping the MLP when a spline twin already meets ``good_enough``).
+
+Failed points (status not OK, or outputs NaN/inf even where the table says OK) are never fitted.
+The twin carries a validity mask of the region it was fitted on (``twin.valid(u)``):
+
+- grid sweep: the mask's cells are the grid's cells; a cell is valid when all its ``2**n_in``
+  corner points succeeded (a spline's values inside a cell come from its corners, and near a
+  failed node from the filled-in value).
+- scattered points: the domain is cut into ``m`` equal bins per drive, ``m`` about half the
+  points per drive (at least 2, at most 64, and at most 65536 cells in all); a bin is invalid
+  when a failed point lies in it. Bins without any point stay valid: nothing says the device
+  fails there. Above 16 drives (2**17 cells) no mask is kept and the twin is valid on its
+  whole domain.
+
+Repeated sweeps (``sweep(..., repeats=k)``): rows with identical drives are one point; the twin
+is fitted on the mean of its successful repeats, a point fails only when all its repeats
+failed, and the report gives the noise floor (pooled within-point standard deviation).
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from quasineuron.surrogate.base import AbstractSurrogate, DomainPolicy, check_po
 from quasineuron.surrogate.mlp import check_activation, train_mlp
 from quasineuron.surrogate.report import FitReport, fidelity
 from quasineuron.surrogate.spline import MAX_SPLINE_DRIVES, SplineSurrogate
+from quasineuron.sweep.store import PointStatus
 
 __all__ = ["FitResult", "SweepTableLike", "fit_surrogate", "refine_surrogate", "spline_grid"]
 
@@ -139,8 +156,12 @@ def fit_surrogate(
 ) -> FitResult:
     """Fit a differentiable twin of the device behind ``table``.
 
-    Points with a non-zero status are excluded (and counted in the report). The returned
-    twin's ``domain`` is ``table.domain``.
+    Points with a non-zero status, or with a non-finite output even where the status is OK,
+    are excluded and counted in the report (``failed_fraction``, ``sweep_failures``). The
+    returned twin's ``domain`` is ``table.domain`` and its validity mask (``twin.valid(u)``)
+    marks the region fitted on successful points (see the module docstring). Rows with
+    identical drives (``sweep(..., repeats=k)``) are one point: the twin fits the mean of its
+    successful repeats and the report gives the noise floor.
 
     Args:
         table: A sweep table (``u`` (n, n_in), ``y`` (n, n_out), ``status`` (n,), ``domain``,
@@ -192,28 +213,37 @@ def fit_surrogate(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    u_all = np.asarray(table.u, dtype=np.float64)
-    y_all = np.asarray(table.y, dtype=np.float64)
+    u_rows = np.asarray(table.u, dtype=np.float64)
+    y_rows = np.asarray(table.y, dtype=np.float64)
     status = np.asarray(table.status)
-    ok = status == 0
+    if true_device is not None and true_device.n_in != u_rows.shape[1]:
+        raise ValueError(
+            f"true_device has n_in={true_device.n_in} but the table has {u_rows.shape[1]} drives"
+        )
+    points = _pool_repeats(u_rows, y_rows, status)
+    u_all, y_all, ok = points.u, points.y, points.ok
     n_ok = int(ok.sum())
     if n_ok < 2:
         raise ValueError(
-            f"the table has {n_ok} successful points out of {len(status)}; a twin needs at "
-            "least 2 (check the sweep's errors)"
-        )
-    if true_device is not None and true_device.n_in != u_all.shape[1]:
-        raise ValueError(
-            f"true_device has n_in={true_device.n_in} but the table has {u_all.shape[1]} drives"
+            f"the table has {n_ok} successful points out of {len(ok)} (outputs finite and "
+            "status OK); a twin needs at least 2 (check the sweep's errors)"
         )
     y_ok = y_all[ok]
     output_range = y_ok.max(axis=0) - y_ok.min(axis=0)
+    failures = _failure_counts(status, y_rows)
     common = {
         "domain": table.domain,
         "policy": policy,
         "source": dict(table.device),
         "output_range": output_range,
-        "n_failed": len(status) - n_ok,
+        "n_failed": int(len(ok) - n_ok),
+        "context": {
+            "sweep_failures": failures,
+            "n_sweep": len(status),
+            "noise_floor": points.noise_floor,
+            "repeats": points.repeats,
+            "domain": table.domain,
+        },
     }
     check = (
         _device_check_points(true_device, table.domain, n_check, seed, timeout)
@@ -256,21 +286,129 @@ def fit_surrogate(
     results.sort(key=lambda r: r.report.nrmse)
     best = results[0]
     best.model.fit_report = best.report
+    mask = _validity_mask(u_all, ok, grid, table.domain)
+    if mask is not None:
+        best.model.set_validity(*mask)
     return FitResult(best.model, best.report, alternatives=tuple(r.report for r in results[1:]))
+
+
+@dataclass(frozen=True)
+class _Points:
+    u: np.ndarray  # (n, n_in) distinct drives
+    y: np.ndarray  # (n, n_out) mean of the successful repeats; NaN where none succeeded
+    ok: np.ndarray  # (n,) bool: some repeat succeeded with finite outputs
+    noise_floor: np.ndarray | None  # (n_out,) pooled within-point std, None without repeats
+    repeats: int
+
+
+def _good_rows(status: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rows usable for fitting: status OK *and* every output finite."""
+    return (status == PointStatus.OK) & np.isfinite(y).all(axis=1)
+
+
+def _pool_repeats(u: np.ndarray, y: np.ndarray, status: np.ndarray) -> _Points:
+    """Merge rows with identical drives into one point: the mean of its good repeats."""
+    good = _good_rows(status, y)
+    uniq, inv, counts = np.unique(u, axis=0, return_inverse=True, return_counts=True)
+    if len(uniq) == len(u):  # no repeats: keep the table's row order (seeded splits rely on it)
+        return _Points(u, np.where(good[:, None], y, np.nan), good, None, 1)
+    inv = inv.reshape(-1)
+    n, n_out = len(uniq), y.shape[1]
+    n_good = np.bincount(inv, weights=good, minlength=n)
+    y0 = np.where(good[:, None], y, 0.0)
+    total = np.stack([np.bincount(inv, weights=y0[:, o], minlength=n) for o in range(n_out)], 1)
+    ok = n_good > 0
+    mean = np.where(ok[:, None], total / np.maximum(n_good, 1)[:, None], np.nan)
+    # pooled within-point variance: squared deviations from each point's mean, over the
+    # degrees of freedom sum(n_g - 1) of the points with at least two good repeats
+    dev = np.where(good[:, None], y - np.nan_to_num(mean[inv]), 0.0)
+    ss = np.stack([np.bincount(inv, weights=dev[:, o] ** 2, minlength=n) for o in range(n_out)])
+    dof = float(np.maximum(n_good - 1, 0).sum())
+    noise = np.sqrt(ss.sum(axis=1) / dof) if dof > 0 else None
+    return _Points(uniq, mean, ok, noise, int(counts.max()))
+
+
+def _failure_counts(status: np.ndarray, y: np.ndarray) -> dict[str, int]:
+    """Failed rows by reason; OK rows with non-finite outputs count as non-finite."""
+    ok_nonfinite = (status == PointStatus.OK) & ~np.isfinite(y).all(axis=1)
+    return {
+        "device failed": int((status == PointStatus.ERROR).sum()),
+        "non-finite": int((status == PointStatus.NONFINITE).sum() + ok_nonfinite.sum()),
+        "timed out": int((status == PointStatus.TIMEOUT).sum()),
+        "pending": int((status == PointStatus.PENDING).sum()),
+    }
+
+
+# At most this many cells in a scattered-point validity mask (a uint8 each in the twin file).
+_MAX_MASK_CELLS = 2**16
+
+
+def _validity_mask(
+    u: np.ndarray, ok: np.ndarray, grid: _Grid | None, domain: Box
+) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    """Edges per drive and cells of the region fitted on successful points."""
+    d = u.shape[1]
+    if grid is not None:
+        shape = tuple(len(x) for x in grid.nodes)
+        known = np.zeros(shape, dtype=bool)
+        known[tuple(grid.index.T)] = ok
+        cells = np.ones(tuple(n - 1 for n in shape), dtype=bool)
+        for corner in np.ndindex(*(2,) * d):  # a cell is valid when all its corners are
+            cells &= known[tuple(slice(c, n - 1 + c) for c, n in zip(corner, shape, strict=True))]
+        return [torch.as_tensor(x) for x in grid.nodes], torch.as_tensor(cells)
+    if 2**d > _MAX_MASK_CELLS:
+        return None  # too many drives for even two bins each: no mask (valid everywhere)
+    per_drive = max(2, min(64, int(len(u) ** (1 / d) / 2)))
+    while per_drive > 2 and per_drive**d > _MAX_MASK_CELLS:
+        per_drive -= 1
+    low, high = np.asarray(domain.low, np.float64), np.asarray(domain.high, np.float64)
+    edges = [np.linspace(lo, hi, per_drive + 1) for lo, hi in zip(low, high, strict=True)]
+    cells = np.ones((per_drive,) * d, dtype=bool)
+    bad = u[~ok]
+    if len(bad):
+        idx = np.stack(
+            [
+                np.clip(np.searchsorted(e, bad[:, k], side="right") - 1, 0, per_drive - 1)
+                for k, e in enumerate(edges)
+            ],
+            axis=1,
+        )
+        cells[tuple(idx.T)] = False
+    return [torch.as_tensor(e) for e in edges], torch.as_tensor(cells)
+
+
+_REASONS = {
+    PointStatus.ERROR: "device failed",
+    PointStatus.NONFINITE: "non-finite",
+    PointStatus.TIMEOUT: "timed out",
+    PointStatus.PENDING: "pending",
+}
+
+
+def _check_table_points(tab: Any) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The good rows of an evaluated check table and the others counted by reason."""
+    status = np.asarray(tab.status)
+    y = np.asarray(tab.y)
+    good = _good_rows(status, y)
+    excluded = {reason: int((status == code).sum()) for code, reason in _REASONS.items()}
+    excluded["non-finite"] += int(((status == PointStatus.OK) & ~good).sum())
+    return np.asarray(tab.u)[good], y[good], {k: v for k, v in excluded.items() if v}
 
 
 def _device_check_points(
     device: AbstractDevice, domain: Box, n: int, seed: int, timeout: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scrambled Sobol points of ``domain`` and the device's successful outputs there."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Scrambled Sobol points of ``domain``, the device's good outputs, and the rest counted."""
     from quasineuron.sweep import evaluate_points
 
     u = _sobol(domain, n, seed)
     tab = evaluate_points(device, u, timeout=timeout)
-    ok = np.asarray(tab.status) == 0
-    if not ok.any():
-        raise ValueError(f"true_device failed at all {n} check points; see evaluate_points")
-    return np.asarray(tab.u)[ok], np.asarray(tab.y)[ok]
+    u_ok, y_ok, excluded = _check_table_points(tab)
+    if not len(u_ok):
+        raise ValueError(
+            f"true_device failed at all {n} check points ({excluded}); see evaluate_points"
+        )
+    return u_ok, y_ok, excluded
 
 
 def _sobol(domain: Box, n: int, seed: int) -> np.ndarray:
@@ -297,7 +435,8 @@ def _fit_spline(
     source: dict[str, Any],
     output_range: np.ndarray,
     n_failed: int,
-    check: tuple[np.ndarray, np.ndarray] | None,
+    check: tuple[np.ndarray, np.ndarray, dict[str, int]] | None,
+    context: dict[str, Any],
 ) -> FitResult:
     t0 = time.perf_counter()
     shape = tuple(len(x) for x in grid.nodes)
@@ -312,10 +451,11 @@ def _fit_spline(
         grid.nodes, values, domain=domain, policy=policy, source=source
     )
     if check is not None:
-        u_val, y_val = check
+        u_val, y_val, excluded = check
         y_hat = _predict(model, u_val)
         validation = "device-sobol"
     else:
+        excluded = context["sweep_failures"]
         # Refit on every other node (keeping the last) and test at the nodes left out.
         keep = [np.unique(np.r_[np.arange(0, len(x), 2), len(x) - 1]) for x in grid.nodes]
         coarse = SplineSurrogate.from_grid(
@@ -346,6 +486,9 @@ def _fit_spline(
         n_filled=n_filled,
         fit_time_s=time.perf_counter() - t0,
         settings={"grid": list(shape), "boundary": "not-a-knot"},
+        u=u_val,
+        excluded=excluded,
+        **context,
     )
     return FitResult(model, report)
 
@@ -377,8 +520,9 @@ def _fit_mlp(
     source: dict[str, Any],
     output_range: np.ndarray,
     n_failed: int,
-    check: tuple[np.ndarray, np.ndarray] | None,
+    check: tuple[np.ndarray, np.ndarray, dict[str, int]] | None,
     settings: dict[str, Any],
+    context: dict[str, Any],
 ) -> FitResult:
     t0 = time.perf_counter()
     dtype = torch.float64 if settings["dtype"] == "float64" else torch.float32
@@ -407,11 +551,12 @@ def _fit_mlp(
         source=source,
     )
     if check is not None:
-        u_val, y_val = check
+        u_val, y_val, excluded = check
         validation = "device-sobol"
     elif n_val > 0:
         u_val, y_val = u[val], y[val]
         validation = "random-split"
+        excluded = context["sweep_failures"]
     else:
         raise ValueError(
             "val_fraction=0 leaves no held-out points; give val_fraction > 0 or true_device"
@@ -426,6 +571,9 @@ def _fit_mlp(
         n_failed=n_failed,
         fit_time_s=time.perf_counter() - t0,
         settings=settings,
+        u=u_val,
+        excluded=excluded,
+        **context,
     )
     return FitResult(model, report)
 
@@ -489,8 +637,8 @@ def refine_surrogate(
         fit = fit_surrogate(table, seed=seed, **fit_options)
         u_check = _sobol(table.domain, n_check, seed + r + 1)
         check = evaluate_points(device, u_check, batch_size=batch_size)
-        ok = np.asarray(check.status) == 0
-        u_c, y_c = np.asarray(check.u)[ok], np.asarray(check.y)[ok]
+        ok = _good_rows(np.asarray(check.status), np.asarray(check.y))
+        u_c, y_c, excluded = _check_table_points(check)
         y_hat = _predict(fit.model, u_c)
         report = fidelity(
             y_c,
@@ -503,6 +651,13 @@ def refine_surrogate(
             n_filled=fit.report.n_filled,
             fit_time_s=time.perf_counter() - t0,
             settings={**fit.report.settings, "refine_round": r},
+            u=u_c,
+            domain=table.domain,
+            excluded=excluded,
+            sweep_failures=fit.report.sweep_failures,
+            n_sweep=int(np.asarray(table.status).size),
+            noise_floor=np.asarray(fit.report.noise_floor) if fit.report.noise_floor else None,
+            repeats=fit.report.repeats,
         )
         history.append(report.nrmse)
         fit.model.fit_report = report
@@ -525,7 +680,8 @@ def refine_surrogate(
 
 def _refined_grid_points(table: SweepTableLike, worst: np.ndarray) -> np.ndarray:
     """New nodes of the grid refined at the intervals that hold ``worst`` (m, n_in) points."""
-    grid, _ = _detect_grid(np.asarray(table.u, dtype=np.float64))
+    # repeated rows are one grid node
+    grid, _ = _detect_grid(np.unique(np.asarray(table.u, dtype=np.float64), axis=0))
     assert grid is not None
     new_axes, old_sets = [], []
     for k, x in enumerate(grid.nodes):

@@ -2,8 +2,10 @@
 
 The JSON (stored in the safetensors metadata under ``"quasineuron"``) holds the format version,
 the twin kind, its settings (sizes, activation, grid), the common fields (characterised domain,
-domain policy, source device description, name) and the fit report. The header also holds a
-SHA-256 digest of the tensors and the JSON, verified on every load, and the file is replaced
+domain policy, source device description, name) and the fit report. The twin's validity mask,
+if any, is stored as tensors ``validity.edges<k>`` (float64 cell edges of drive ``k``) and
+``validity.cells`` (uint8, 1 where the twin was fitted on successful points). The header also
+holds a SHA-256 digest of the tensors and the JSON, verified on every load, and the file is replaced
 atomically. Loading reads tensors with ``safetensors`` only, so it never unpickles or runs
 stored code.
 """
@@ -71,6 +73,7 @@ def save_surrogate(
         )
     report = model.fit_report
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors().items()}
+    tensors.update(_validity_tensors(model))
     if not allow_nonfinite:
         _check_finite(report if isinstance(report, FitReport) else None, tensors, path)
     meta = {
@@ -83,6 +86,19 @@ def save_surrogate(
     path = Path(path)
     write_document_checked(path, tensors, meta)
     return path
+
+
+_VALIDITY = "validity."
+
+
+def _validity_tensors(model: AbstractSurrogate) -> dict[str, torch.Tensor]:
+    if model.validity is None:
+        return {}
+    edges, cells = model.validity
+    # copies: a spline's mask edges are its nodes, and safetensors refuses shared memory
+    out = {f"{_VALIDITY}edges{k}": e.clone() for k, e in enumerate(edges)}
+    out[f"{_VALIDITY}cells"] = cells.to(torch.uint8).contiguous()
+    return out
 
 
 def _check_finite(
@@ -140,7 +156,13 @@ def load_surrogate(path: str | os.PathLike[str]) -> AbstractSurrogate:
     cls = _KINDS.get(meta.get("kind", ""))
     if cls is None:
         raise ValueError(f"{path} holds an unknown twin kind {meta.get('kind')!r}")
+    # Twins saved before validity masks existed have none and stay valid on their domain.
+    n_in = int(meta["common"]["n_in"])
+    edges = [tensors.pop(f"{_VALIDITY}edges{k}", None) for k in range(n_in)]
+    cells = tensors.pop(f"{_VALIDITY}cells", None)
     model = cls.from_saved(meta["config"], tensors, meta["common"])
+    if cells is not None and all(e is not None for e in edges):
+        model.set_validity(edges, cells.to(torch.bool))  # type: ignore[arg-type]
     if meta.get("report") is not None:
         model.fit_report = FitReport.from_dict(meta["report"])
     return model

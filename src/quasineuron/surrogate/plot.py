@@ -6,7 +6,8 @@ state, backend and style are never touched.
 With ``true_device`` the truth is evaluated on a dense mesh of the domain (1-D: 1001 points;
 2-D: ``resolution`` per drive), so the error plot shows the twin between sweep points too.
 Without it the truth is the sweep table's successful points, which include the training
-points (a spline is exact there).
+points (a spline is exact there). For one drive, the stretches outside the twin's validity mask
+(where the device failed in the sweep, so the twin's values there are invented) are shaded grey.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from quasineuron.devices.base import AbstractDevice
+from quasineuron.report.plots import save_figure
 from quasineuron.surrogate.base import AbstractSurrogate
 
 __all__ = ["plot_fit"]
@@ -74,10 +76,12 @@ def plot_fit(
         ax.plot(u[order, 0], y[order], "k-" if on_mesh else "k.", label="device", ms=3)
         ax.plot(u[order, 0], y_hat[order], "C1--", label=f"twin ({model.kind})")
         ax.set(xlabel=names[0], ylabel="y", title=title)
+        _shade_invalid(ax, model)
         ax.legend()
         ax = errf.add_subplot()
         ax.plot(u[order, 0], err[order], "C3-" if on_mesh else "C3.", ms=3)
         ax.set(xlabel=names[0], ylabel="twin − device", title=f"twin error, {title}")
+        _shade_invalid(ax, model)
     elif model.n_in == 2:
         resp.set_size_inches(11, 4.2)
         for i, (vals, label) in enumerate(((y, "device"), (y_hat, f"twin ({model.kind})"))):
@@ -102,8 +106,21 @@ def plot_fit(
     paths = [folder / "response.png", folder / "error.png"]
     for fig, path in zip((resp, errf), paths, strict=True):
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     return paths
+
+
+def _shade_invalid(ax: Any, model: AbstractSurrogate) -> None:
+    """Shade the drive intervals of a 1-drive twin that lie outside its validity mask."""
+    x = torch.linspace(model.domain.low[0], model.domain.high[0], 2001, dtype=torch.float64)
+    bad = (~model.valid(x.reshape(-1, 1))).numpy()
+    if not bad.any():
+        return
+    xs = x.numpy()
+    edges = np.flatnonzero(np.diff(np.r_[0, bad.astype(np.int8), 0]))  # run starts and ends
+    for k, (a, b) in enumerate(zip(edges[::2], edges[1::2], strict=True)):
+        label = "device failed: twin not fitted" if k == 0 else None
+        ax.axvspan(xs[a], xs[b - 1], color="0.85", zorder=0, label=label)
 
 
 def _figure() -> Figure:
@@ -128,12 +145,13 @@ def _truth(
         axes = [np.linspace(lo, hi, n) for lo, hi in zip(low, high, strict=True)]
         mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, model.n_in)
         tab = evaluate_points(device, mesh, batch_size=4096, timeout=timeout)
-        ok = np.asarray(tab.status) == 0
+        ok = (np.asarray(tab.status) == 0) & np.isfinite(np.asarray(tab.y)).all(axis=1)
         if ok.all():
             return np.asarray(tab.u), np.asarray(tab.y), True
         table = tab
-    ok = np.asarray(table.status) == 0
-    return np.asarray(table.u)[ok], np.asarray(table.y)[ok], False
+    y = np.asarray(table.y)
+    ok = (np.asarray(table.status) == 0) & np.isfinite(y).all(axis=1)
+    return np.asarray(table.u)[ok], y[ok], False
 
 
 def _map(ax: Any, u: np.ndarray, v: np.ndarray, on_mesh: bool, resolution: int, **kw: Any) -> Any:

@@ -3,7 +3,14 @@
 from quasineuron.sweep.dask import DaskExecutor as DaskExecutor
 from quasineuron.sweep.executors import AbstractExecutor, ProcessExecutor, SerialExecutor
 from quasineuron.sweep.runner import evaluate_points, sweep
-from quasineuron.sweep.sampling import AbstractSampler, Grid, LatinHypercube, Random, Sobol
+from quasineuron.sweep.sampling import (
+    AbstractSampler,
+    Grid,
+    LatinHypercube,
+    Random,
+    Repeated,
+    Sobol,
+)
 from quasineuron.sweep.store import PointStatus, SweepStore, SweepTable
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "PointStatus",
     "ProcessExecutor",
     "Random",
+    "Repeated",
     "SerialExecutor",
     "Sobol",
     "SweepStore",

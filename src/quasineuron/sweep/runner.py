@@ -39,7 +39,7 @@ from quasineuron.sweep.executors import (
     TimedOut,
     WorkerDied,
 )
-from quasineuron.sweep.sampling import AbstractSampler
+from quasineuron.sweep.sampling import AbstractSampler, Repeated
 from quasineuron.sweep.store import PointStatus, SweepStore, SweepTable, make_manifest
 
 __all__ = ["evaluate_points", "sweep"]
@@ -407,6 +407,7 @@ def sweep(
     overwrite: bool = False,
     timeout: float | None = None,
     repair: bool = False,
+    repeats: int = 1,
 ) -> SweepTable:
     """Evaluate ``device`` at every point ``sampler`` draws from ``device.domain``.
 
@@ -433,6 +434,12 @@ def sweep(
         repair: Before resuming, drop the commit records of committed chunks whose files are
             missing or damaged, so that they are recomputed (a warning names each), instead
             of raising IntegrityError.
+        repeats: Evaluations of every sampler point (>= 1). With ``k > 1`` the table holds
+            ``k`` copies of the sampler's points one after the other (row ``r * n + i`` is
+            repeat ``r`` of point ``i``; see :class:`Repeated`), its ``sampler`` description
+            records ``"repeats": k``, and a store made with another ``repeats`` is refused
+            on resume. ``fit_surrogate`` fits the mean of the repeats and reports the
+            device's noise floor from their spread.
 
     Returns:
         The table: drives (n_points, n_in), outputs (n_points, n_out), per-point status.
@@ -448,7 +455,7 @@ def sweep(
             damaged and ``repair`` is false; the message names the file.
         StoreCorruptError: If ``store`` cannot be read consistently.
         ValueError: If ``timeout`` is not positive, or is given with an executor other
-            than SerialExecutor or ProcessExecutor.
+            than SerialExecutor or ProcessExecutor, or ``repeats`` is not an int >= 1.
     """
     _check_device(device)
     executor = _check_options(batch_size, dtype, executor)
@@ -458,6 +465,17 @@ def sweep(
             f"sampler must be an AbstractSampler such as Grid(n=11) or Sobol(n=256, seed=0), "
             f"got {sampler!r}"
         )
+    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
+        raise ValueError(
+            f"repeats must be an int >= 1 (evaluations per point), got {repeats!r}; use "
+            "repeats=1 for one evaluation per point"
+        )
+    if repeats > 1:
+        if isinstance(sampler, Repeated):
+            raise ValueError(
+                f"the sampler is already Repeated({sampler.repeats}); pass repeats only once"
+            )
+        sampler = Repeated(sampler, int(repeats))
     u = _as_evaluated(sampler.points(device.domain), dtype)
     description = device.describe()
     sink: _Sink

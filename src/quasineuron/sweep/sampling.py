@@ -24,7 +24,7 @@ from scipy.stats import qmc
 
 from quasineuron.devices.base import Box
 
-__all__ = ["AbstractSampler", "Grid", "LatinHypercube", "Random", "Sobol"]
+__all__ = ["AbstractSampler", "Grid", "LatinHypercube", "Random", "Repeated", "Sobol"]
 
 
 class AbstractSampler(abc.ABC):
@@ -205,3 +205,57 @@ class LatinHypercube(_Seeded):
 
     def _unit(self, dim: int, rng: np.random.Generator) -> np.ndarray:
         return qmc.LatinHypercube(dim, rng=rng).random(self.n)
+
+
+@dataclass(frozen=True)
+class Repeated(AbstractSampler):
+    """Every point of ``base`` evaluated ``repeats`` times, to measure the device's noise.
+
+    The points are ``repeats`` copies of ``base.points(domain)`` one after the other: row
+    ``r * n + i`` is repeat ``r`` of base point ``i`` (``n = base.n_points(dim)``), so each copy
+    of a point lands in a different batch (noise that is correlated within a batch still shows
+    up between repeats). The description adds ``"repeats"`` to the base sampler's, so a sweep
+    store records it and a resume with another number of repeats is refused.
+
+    ``sweep(device, sampler, repeats=k)`` wraps the sampler in this for you.
+
+    Args:
+        base: The sampler that draws the distinct points.
+        repeats: Evaluations per point, >= 2 (1 would be ``base`` itself).
+    """
+
+    base: AbstractSampler
+    repeats: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, AbstractSampler) or isinstance(self.base, Repeated):
+            raise TypeError(
+                f"Repeated.base must be a sampler such as Grid(n=11) (not itself Repeated), "
+                f"got {self.base!r}"
+            )
+        object.__setattr__(self, "repeats", _check_count(self.repeats, "repeats", minimum=2))
+
+    def n_points(self, dim: int) -> int:  # noqa: D102
+        return self.repeats * self.base.n_points(dim)
+
+    def points(self, domain: Box) -> np.ndarray:  # noqa: D102
+        return np.tile(self.base.points(domain), (self.repeats, 1))
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**self.base.describe(), "repeats": self.repeats}
+
+
+def repeat_index(sampler: dict[str, Any], n_points: int) -> np.ndarray:
+    """Repeat number of every row of a table swept with ``sampler`` (its ``describe()``).
+
+    Args:
+        sampler: The table's sampler description; ``"repeats"`` absent means 1.
+        n_points: Rows of the table.
+
+    Returns:
+        Int array (n_points,): 0 for the first evaluation of a point, 1 for the second, ...
+    """
+    repeats = int(sampler.get("repeats", 1)) if isinstance(sampler, dict) else 1
+    if repeats <= 1 or n_points % repeats:
+        return np.zeros(n_points, dtype=np.int64)
+    return np.arange(n_points, dtype=np.int64) // (n_points // repeats)
