@@ -195,21 +195,48 @@ def test_hdf5_datasets_map_like_columns(tmp_path: Path) -> None:
         load_measurements(p, drives=["sweep/V"], outputs=["sweep/J"])
 
 
-def test_hdf5_without_h5py_names_the_package(tmp_path: Path, monkeypatch) -> None:
+def test_netcdf_variables_map_like_columns(tmp_path: Path) -> None:
+    xarray = pytest.importorskip("xarray", reason="xarray is not installed (pip install xarray)")
+    pytest.importorskip("netCDF4", reason="netCDF4 is not installed (pip install netCDF4)")
+    p = tmp_path / "d.nc"
+    xarray.Dataset(
+        {"I": ("n", [1.0, np.nan, 3.0])}, coords={"V": ("n", [0.0, 1.0, 2.0])}
+    ).to_netcdf(p)
+    t = load_measurements(p, drives=["V"], outputs=["I"])
+    np.testing.assert_array_equal(t.u[:, 0], [0.0, 1.0, 2.0])
+    assert t.status.tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("module", "suffix", "advice"),
+    [("h5py", ".h5", "pip install h5py"), ("xarray", ".nc", "pip install xarray netCDF4")],
+)
+def test_a_missing_reader_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, suffix: str, advice: str
+) -> None:
     import builtins
 
     real_import = builtins.__import__
 
-    def no_h5py(name: str, *args: object, **kwargs: object) -> object:
-        if name == "h5py":
-            raise ImportError("No module named 'h5py'")
+    def without(name: str, *args: object, **kwargs: object) -> object:
+        if name == module:
+            raise ImportError(f"No module named {module!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_h5py)
-    p = tmp_path / "d.h5"
+    monkeypatch.setattr(builtins, "__import__", without)
+    p = tmp_path / f"d{suffix}"
     p.write_bytes(b"\x89HDF\r\n\x1a\n")
-    with pytest.raises(ImportError, match="pip install h5py"):
+    with pytest.raises(ImportError, match=advice):
         load_measurements(p, drives=["V"], outputs=["I"])
+
+
+def test_a_ragged_row_names_its_line(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text("# comment\n\nu,y\n0,1\n1,2,3\n")
+    with pytest.raises(ValueError, match="line 5: 3 fields but the header has 2"):
+        load_measurements(p, drives=["u"], outputs=["y"])
+    with pytest.raises(ValueError, match="the status column 'u' is already used"):
+        load_measurements(p, drives=["u"], outputs=["y"], status="u")
 
 
 # -- acceptance: a twin from measurements trains like a twin from a live sweep ------------------
