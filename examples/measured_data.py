@@ -6,6 +6,7 @@ deviation 0.02, measured in three runs over 101 drive values, with one reading l
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import tempfile
@@ -30,8 +31,18 @@ def write_lab_csv(path: Path) -> None:
                 w.writerow([f"{v:.4f}", "" if (run, i) == (1, 7) else f"{y:.6f}", run])
 
 
-def main() -> None:
-    folder = Path(tempfile.mkdtemp())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, help="folder for the CSV (default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="accepted; the example is quick")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        run(folder)
+
+
+def run(folder: Path) -> None:
     write_lab_csv(folder / "transfer.csv")
 
     table = load_measurements(
