@@ -101,6 +101,10 @@ def test_status_column_flags_rows_and_cannot_hide_a_missing_output(tmp_path: Pat
         PointStatus.NONFINITE,
         PointStatus.TIMEOUT,
     ]
+    assert t.errors == {
+        1: "MeasurementError: flagged error in column 'flag' (data row 2)",
+        3: "MeasurementError: flagged timeout in column 'flag' (data row 4)",
+    }
     bad = _write_csv(tmp_path / "b.csv", ["u", "y", "flag"], [[0.0, 1.0, "ok"], [1.0, 2.0, "?"]])
     with pytest.raises(ValueError, match=r"status column 'flag', data row 2 holds '\?'"):
         load_measurements(bad, drives=["u"], outputs=["y"], status="flag")

@@ -170,6 +170,12 @@ def load_measurements(
     rep = _numbers(columns[repeat], repeat, path) if repeat is not None else None
     order, k = _repeat_layout(u, rep, repeat, path)
     u, y, st = u[order], y[order], st[order]
+    # rows the lab flagged as failed get an error text, as a sweep's failed points do
+    errors = {
+        i: f"MeasurementError: flagged {PointStatus(int(st[i])).name.lower()} in column "
+        f"{status!r} (data row {int(order[i]) + 1})"
+        for i in np.nonzero(np.isin(st, (PointStatus.ERROR, PointStatus.TIMEOUT)))[0].tolist()
+    }
 
     if domain is None:
         domain = _bounding_box(u, drives, path)
@@ -199,7 +205,9 @@ def load_measurements(
         "outputs": list(outputs),
         "units": {c: units[c] for c in (*drives, *outputs) if c in units},
     }
-    return SweepTable(u=u, y=y, status=st, errors={}, domain=domain, device=device, sampler=sampler)
+    return SweepTable(
+        u=u, y=y, status=st, errors=errors, domain=domain, device=device, sampler=sampler
+    )
 
 
 def _check_names(names: Sequence[str], what: str) -> list[str]:
@@ -307,6 +315,10 @@ def _same_length(columns: dict[str, list[Any]], path: Path) -> dict[str, list[An
 
 
 def _numbers(values: Sequence[Any], column: str, path: Path) -> np.ndarray:
+    try:  # fast path: plain numbers (and "nan"/"inf" spellings numpy parses itself)
+        return np.asarray(values, dtype=np.float64).reshape(len(values))
+    except (TypeError, ValueError):
+        pass  # missing-value spellings or bad text: parse value by value to name the row
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         if isinstance(v, str):
