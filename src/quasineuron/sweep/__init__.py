@@ -2,6 +2,7 @@
 
 from quasineuron.sweep.dask import DaskExecutor as DaskExecutor
 from quasineuron.sweep.executors import AbstractExecutor, ProcessExecutor, SerialExecutor
+from quasineuron.sweep.measured import load_measurements
 from quasineuron.sweep.runner import evaluate_points, sweep
 from quasineuron.sweep.sampling import (
     AbstractSampler,
@@ -28,4 +29,5 @@ __all__ = [
     "SweepTable",
     "evaluate_points",
     "sweep",
+    "load_measurements",
 ]
