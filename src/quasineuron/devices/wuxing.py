@@ -45,7 +45,7 @@ __all__ = [
 N_ELEMENTS = 5
 
 
-def _five(v: float | Sequence[float], label: str) -> tuple[float, ...]:
+def _five(v: float | Sequence[float] | torch.Tensor, label: str) -> tuple[float, ...]:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         vals = (float(v),) * N_ELEMENTS
     else:

@@ -160,6 +160,8 @@ class Linear(AbstractConnection):
 class LinearMap(torch.nn.Module):
     """Masked dense map; x (batch, n_in) → u (batch, n_neurons, n_drives)."""
 
+    mask: torch.Tensor  # a buffer, declared for the type checker
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -235,6 +237,8 @@ class TwoDrive(AbstractConnection):
 
 class TwoDriveMap(torch.nn.Module):
     """x (batch, n_in) → (x·A + b, (x**2)·A) of shape (batch, n_neurons, 2)."""
+
+    mask: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor):
         super().__init__()
@@ -327,6 +331,10 @@ class Quadratic(AbstractConnection):
 class QuadraticMap(torch.nn.Module):
     """x (batch, n_in) → one quadratic drive per neuron, shape (batch, n_neurons, 1)."""
 
+    mask: torch.Tensor  # buffers, declared for the type checker
+    index: torch.Tensor
+    quad_mask: torch.Tensor
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -412,6 +420,9 @@ class Raw(AbstractConnection):
 class RawMap(torch.nn.Module):
     """x (batch, n_in) → (inputs, weights) of each neuron, shape (batch, n_neurons, 2k)."""
 
+    mask: torch.Tensor  # buffers, declared for the type checker
+    index: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, index: torch.Tensor):
         super().__init__()
         self.weight = torch.nn.Parameter(weight)  # (n_neurons, k)
@@ -426,7 +437,7 @@ class RawMap(torch.nn.Module):
 
 CONNECTIONS: dict[str, type[AbstractConnection]] = {
     c.kind: c
-    for c in (Linear, TwoDrive, Quadratic, Raw)  # type: ignore[type-abstract]
+    for c in (Linear, TwoDrive, Quadratic, Raw)
 }
 
 

@@ -29,6 +29,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -52,7 +53,7 @@ _INTERNAL_FILES = (
 def _user_stacklevel() -> int:
     """Stack level of the first frame outside quasineuron and torch."""
     level = 2  # relative to the caller of this function, as warnings.warn counts
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_FILES):
         frame = frame.f_back
         level += 1
@@ -94,6 +95,10 @@ class AbstractSurrogate(AbstractDevice):
         validity: ``(edges, cells)`` of the validity mask (see :meth:`set_validity`), or
             ``None`` when the twin is valid on its whole domain; saved and loaded with it.
     """
+
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    _low: torch.Tensor
+    _high: torch.Tensor
 
     differentiable = True
     kind: ClassVar[str] = "abstract"

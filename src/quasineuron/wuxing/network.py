@@ -248,6 +248,19 @@ class WuxingNetwork(torch.nn.Module):
         c: Connection coefficients, shape (n_links,) (a trainable parameter).
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    K: torch.Tensor
+    to_internal: torch.Tensor
+    to_wiring: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    input_slots: torch.Tensor
+    output_slots: torch.Tensor
+    link_src: torch.Tensor
+    link_dst: torch.Tensor
+    rest: torch.Tensor
+    rest_rev: torch.Tensor
+
     def __init__(
         self,
         wiring: WuxingWiring,
@@ -557,8 +570,9 @@ class WuxingNetwork(torch.nn.Module):
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
-        use_ckpt = cfg.checkpoint_every is not None and torch.is_grad_enabled()
-        size = cfg.checkpoint_every if use_ckpt else n_steps
+        every = cfg.checkpoint_every
+        use_ckpt = every is not None and torch.is_grad_enabled()
+        size = every if every is not None and use_ckpt else n_steps
         k = 0
         while k < n_steps:
             n = min(size, n_steps - k)
@@ -737,7 +751,8 @@ class WuxingNetwork(torch.nn.Module):
             raise ValueError("steady_state takes one coefficient vector (n_links,)")
         bounds, batch = self.layer_bounds, x.shape[0]
         rest = self.rest_state().to(x.dtype).reshape(-1, 5)
-        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=x.device)
+        signals: list[torch.Tensor] = []
+        ok = torch.ones(batch, dtype=torch.bool, device=x.device)
         for ell in range(len(self.wiring.sizes)):
             a, b = bounds[ell], bounds[ell + 1]
             drive = x.new_zeros(batch, 5 * (b - a))
@@ -790,7 +805,8 @@ class WuxingNetwork(torch.nn.Module):
         bounds, batch = self.layer_bounds, error.shape[0]
         rest = self.rest_rev[self.to_internal, 0].to(error.dtype).reshape(-1, 5)
         n_layers = len(self.wiring.sizes)
-        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=error.device)
+        signals: list[torch.Tensor] = []
+        ok = torch.ones(batch, dtype=torch.bool, device=error.device)
         for ell in reversed(range(n_layers)):
             a, b = bounds[ell], bounds[ell + 1]
             drive = error.new_zeros(batch, 5 * (b - a))

@@ -56,6 +56,9 @@ class NeuronTwin(torch.nn.Module):
         correction: The fitted MLP ``m``, (R, 5) → (R, 5).
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    gain: torch.Tensor
+
     def __init__(self, gain: torch.Tensor, correction: MLPSurrogate) -> None:
         super().__init__()
         self.register_buffer("gain", gain.float())
