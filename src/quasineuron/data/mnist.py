@@ -37,7 +37,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 _ENV_VAR = "QUASINEURON_DATA"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def default_data_root() -> Path:

@@ -560,7 +560,8 @@ class ODEDevice(AbstractDevice):
             dq = tuple(xs[c] for c in comps) if rows else (xs[0][:, comps],)
             return dx + dq
 
-        step = self.solver._step
+        # only _solve_fixed calls this, after narrowing the solver to a fixed-step one
+        step = self.solver._step  # type: ignore[union-attr]
         for _ in range(n):
             parts = step(f, t, parts, h)
             t = t + h
@@ -584,7 +585,9 @@ class ODEDevice(AbstractDevice):
         # specialised to them)
         u_parts: Parts = u.T.contiguous().unbind(0) if rows else (u.contiguous(),)
         parts: Parts = x0.T.contiguous().unbind(0) if rows else (x0.contiguous(),)
-        lo = hi = None
+        # per-component bounds: floats for the rows layout, (n_state,) tensors for the batch one
+        lo: tuple[float, ...] | torch.Tensor | None = None
+        hi: tuple[float, ...] | torch.Tensor | None = None
         if self._clip is not None:
             if rows:
                 lo, hi = self._clip

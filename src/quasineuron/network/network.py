@@ -66,6 +66,9 @@ class DeviceNetwork(torch.nn.Module):
         ValueError: If a per-layer sequence has the wrong length or a layer does not fit.
     """
 
+    # a torch.nn.ModuleList at run time (see __init__); declared by what it holds
+    layers: Sequence[DeviceLayer]
+
     def __init__(
         self,
         device: AbstractDevice | Sequence[AbstractDevice],
@@ -94,7 +97,7 @@ class DeviceNetwork(torch.nn.Module):
         connections = _per_layer(connection, n, "connection", AbstractConnection)
         wirings = _per_layer(wiring, n, "wiring", AbstractWiring)
         outputs = _per_layer(output, n, "output", int)
-        layer_masks = _per_layer(masks, n, "masks", torch.Tensor)
+        layer_masks: list[torch.Tensor | None] = _per_layer(masks, n, "masks", torch.Tensor)
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         seeds = torch.randint(
@@ -106,7 +109,8 @@ class DeviceNetwork(torch.nn.Module):
         self.dtype = dtype
         self.init_gain = float(init_gain)
         self.readout_affine = bool(readout_affine)
-        self.layers = torch.nn.ModuleList(
+        # the ModuleList registers the layers as submodules; it holds only DeviceLayer
+        self.layers = torch.nn.ModuleList(  # type: ignore[assignment]
             DeviceLayer(
                 sizes[i],
                 sizes[i + 1],

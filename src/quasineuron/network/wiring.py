@@ -183,7 +183,7 @@ class Ports(AbstractWiring):
 
 WIRINGS: dict[str, type[AbstractWiring]] = {
     w.kind: w
-    for w in (Dense, Sparse, FanIn, Ports)  # type: ignore[type-abstract]
+    for w in (Dense, Sparse, FanIn, Ports)
 }
 
 
