@@ -32,6 +32,7 @@ from quasineuron.devices.wrappers import InputClip
 from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
 from quasineuron.evaluation import evaluate, is_stochastic
 from quasineuron.network import (
+    AbstractMode,
     Dense,
     DeviceNetwork,
     Direct,
@@ -131,7 +132,11 @@ def make_sampler(kind: str, n_in: int, *, points: int = 0, seed: int = 0) -> Abs
         )
         return Grid(max(per_axis, 2))
     n = points or 4096
-    samplers = {"sobol": Sobol, "random": Random, "lhs": LatinHypercube}
+    samplers: dict[str, Callable[..., AbstractSampler]] = {
+        "sobol": Sobol,
+        "random": Random,
+        "lhs": LatinHypercube,
+    }
     if kind not in samplers:
         raise ValueError(
             f"unknown sampler {kind!r}; choose one of ['auto', 'grid', 'sobol', 'random', 'lhs']"
@@ -255,7 +260,7 @@ def characterize(
     save_surrogate(fit, out / "twin.safetensors")
     plots = plot_fit(fit.model, table, out, true_device=truth, timeout=timeout)
     rep = fit.report
-    report = {
+    report: dict[str, Any] = {
         "device": device.describe(),
         "sweep": {
             "n_points": table.n_points,
@@ -328,7 +333,7 @@ def demo_config() -> RunConfig:
     )
 
 
-_MODES = {
+_MODES: dict[str, Callable[[], AbstractMode]] = {
     "surrogate": Surrogate,
     "device": TrueDevice,
     "physics-aware": PhysicsAware,
@@ -656,7 +661,7 @@ def _run_stages(
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
     status("report")
-    save_network(result.network, out / "network")
+    save_network(net, out / "network")  # train updated net in place (result.network is net)
     plot_training_curves(
         [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in result.history],
         out / "training.png",
@@ -699,7 +704,7 @@ def _run_stages(
             "history": [vars(e) for e in result.history],
         },
         "evaluation": report.to_dict(),
-        "network": {"sizes": list(sizes), "describe": result.network.describe()},
+        "network": {"sizes": list(sizes), "describe": net.describe()},
         "device": device.describe(),
         "timings": timings,
         "environment": {

@@ -181,10 +181,7 @@ class Ports(AbstractWiring):
         return mask
 
 
-WIRINGS: dict[str, type[AbstractWiring]] = {
-    w.kind: w
-    for w in (Dense, Sparse, FanIn, Ports)
-}
+WIRINGS: dict[str, type[AbstractWiring]] = {w.kind: w for w in (Dense, Sparse, FanIn, Ports)}
 
 
 def wiring_from_dict(d: dict[str, Any]) -> AbstractWiring:
