@@ -548,9 +548,19 @@ def run_pipeline(
     try:
         status("characterize")
         metrics = _run_stages(
-            config, out, device, sampler, status, train_set, val_set, test, sizes,
-            timings=timings, t_start=t_start, progress=progress,
-        )  # fmt: skip
+            config,
+            out,
+            device,
+            sampler,
+            status,
+            train_set,
+            val_set,
+            test,
+            sizes,
+            timings=timings,
+            t_start=t_start,
+            progress=progress,
+        )
         atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
         _write_status(out, "complete", config_hash=digest)
     except BaseException as exc:
@@ -904,9 +914,9 @@ def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:
     first = next(iter(domain.values()), None)
     return {
         "policy": policy,
-        "boxes": [] if first is None else [
-            {"low": e["low"], "high": e["high"]} for e in first["layers"]
-        ],
+        "boxes": (
+            [] if first is None else [{"low": e["low"], "high": e["high"]} for e in first["layers"]]
+        ),
         "outside_fraction": {
             "test": {
                 mode: {
@@ -922,7 +932,7 @@ def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:
                 for mode, d in domain.items()
             }
         },
-    }  # fmt: skip
+    }
 
 
 def _interval(lo: float, hi: float) -> str:

@@ -662,9 +662,12 @@ class ODEDevice(AbstractDevice):
             return func
 
         def integrate(
-            func: Callable[..., torch.Tensor], y0: torch.Tensor, ta: float, tb: float,
+            func: Callable[..., torch.Tensor],
+            y0: torch.Tensor,
+            ta: float,
+            tb: float,
             uu: torch.Tensor,
-        ) -> torch.Tensor:  # fmt: skip
+        ) -> torch.Tensor:
             tt = torch.tensor([ta, tb], dtype=u.dtype, device=u.device)
             kw: dict[str, Any] = {"rtol": solver.rtol, "atol": solver.atol, "method": solver.method}
             if solver.adjoint and torch.is_grad_enabled():

@@ -430,17 +430,32 @@ class SweepStore:
             LocalStore(staging / _TABLE), mode="w-", attributes={"quasineuron_sweep": manifest}
         )
         arr_u = group.create_array(
-            "u", shape=(n, manifest["n_in"]), chunks=(bs, manifest["n_in"]), dtype="float64",
-            fill_value=np.nan, config={"write_empty_chunks": True}, dimension_names=("point", "drive"),
-        )  # fmt: skip
+            "u",
+            shape=(n, manifest["n_in"]),
+            chunks=(bs, manifest["n_in"]),
+            dtype="float64",
+            fill_value=np.nan,
+            config={"write_empty_chunks": True},
+            dimension_names=("point", "drive"),
+        )
         group.create_array(
-            "y", shape=(n, manifest["n_out"]), chunks=(bs, manifest["n_out"]), dtype="float64",
-            fill_value=np.nan, config={"write_empty_chunks": True}, dimension_names=("point", "output"),
-        )  # fmt: skip
+            "y",
+            shape=(n, manifest["n_out"]),
+            chunks=(bs, manifest["n_out"]),
+            dtype="float64",
+            fill_value=np.nan,
+            config={"write_empty_chunks": True},
+            dimension_names=("point", "output"),
+        )
         group.create_array(
-            "status", shape=(n,), chunks=(bs,), dtype="int8",
-            fill_value=int(PointStatus.PENDING), config={"write_empty_chunks": True}, dimension_names=("point",),
-        )  # fmt: skip
+            "status",
+            shape=(n,),
+            chunks=(bs,),
+            dtype="int8",
+            fill_value=int(PointStatus.PENDING),
+            config={"write_empty_chunks": True},
+            dimension_names=("point",),
+        )
         arr_u[:] = u
         (staging / _COMMITS).mkdir()
         for chunk in range(-(-n // bs)):

@@ -161,11 +161,21 @@ def fit_neuron_twin(
     n_train = int(0.8 * u.shape[0])
     domain = Box(low=(lo,) * 5, high=(hi,) * 5)
     mlp = train_mlp(
-        u[:n_train], target[:n_train], u[n_train:], target[n_train:], domain=domain,
-        hidden=hidden, max_steps=max_steps, lr=3e-3, patience=40, eval_every=50,
-        lbfgs_steps=200, generator=g, policy="clamp",
+        u[:n_train],
+        target[:n_train],
+        u[n_train:],
+        target[n_train:],
+        domain=domain,
+        hidden=hidden,
+        max_steps=max_steps,
+        lr=3e-3,
+        patience=40,
+        eval_every=50,
+        lbfgs_steps=200,
+        generator=g,
+        policy="clamp",
         source={"name": "wuxing-steady-map-correction", "K": K[:, :, 0].tolist()},
-    )  # fmt: skip
+    )
     twin = NeuronTwin(gain, mlp)
     D = D.float()
     with torch.no_grad():
