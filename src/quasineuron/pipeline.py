@@ -308,7 +308,7 @@ def _check_picklable(device: AbstractDevice) -> None:
     """Refuse, before any work, a device that cannot go to worker processes."""
     try:
         pickle.dumps(device)
-    except Exception as exc:  # noqa: BLE001 (pickle raises many kinds)
+    except Exception as exc:  # pickle raises many kinds
         raise DeviceContractError(
             f"device {device.name!r} cannot be pickled ({type(exc).__name__}: {exc}), so it "
             "cannot go to worker processes (workers > 0 or a timeout); build it from "

@@ -124,7 +124,7 @@ class Euler(_FixedStep):
 
     order: int = field(default=1, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         return _axpy(x, f(t, x), h)
 
 
@@ -135,7 +135,7 @@ class Heun(_FixedStep):
 
     order: int = field(default=2, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         k1 = f(t, x)
         k2 = f(t + h, _axpy(x, k1, h))
         return tuple(a + (0.5 * h) * (b + c) for a, b, c in zip(x, k1, k2, strict=True))
@@ -148,7 +148,7 @@ class RK4(_FixedStep):
 
     order: int = field(default=4, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         k1 = f(t, x)
         k2 = f(t + 0.5 * h, _axpy(x, k1, 0.5 * h))
         k3 = f(t + 0.5 * h, _axpy(x, k2, 0.5 * h))
