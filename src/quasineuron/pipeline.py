@@ -52,6 +52,8 @@ from quasineuron.network.connections import AbstractConnection, default_connecti
 from quasineuron.network.wiring import AbstractWiring
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
 from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
+from quasineuron.surrogate.base import DomainPolicy
+from quasineuron.surrogate.fit import Kind
 from quasineuron.sweep import (
     AbstractExecutor,
     AbstractSampler,
@@ -170,13 +172,13 @@ def characterize(
     executor: AbstractExecutor | None = None,
     workers: int = 0,
     timeout: float | None = None,
-    twin_kind: str = "auto",
+    twin_kind: Kind = "auto",
     hidden: tuple[int, ...] = (64, 64),
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
     strict: bool = False,
-    policy: str = "warn",
+    policy: DomainPolicy = "warn",
     repair: bool = False,
     repeats: int = 1,
 ) -> CharacterizeResult:
@@ -249,11 +251,11 @@ def characterize(
     t0 = time.perf_counter()
     fit = fit_surrogate(
         table,
-        kind=twin_kind,  # type: ignore[arg-type]
+        kind=twin_kind,
         hidden=hidden,
         seed=seed,
         true_device=truth,
-        policy=policy,  # type: ignore[arg-type]
+        policy=policy,
         timeout=timeout,
     )
     t_fit = time.perf_counter() - t0

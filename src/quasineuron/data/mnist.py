@@ -135,6 +135,7 @@ def load_mnist(
                     f"pass download=True, or data_dir=<folder with the IDX files>"
                 )
             paths[name] = _download(name, folder, mirrors=mirrors, timeout=timeout)
+    # every path is set by now (a missing file raised or was downloaded above)
     arrays = {name: _read_verified(path) for name, path in paths.items()}  # type: ignore[arg-type]
     train = _to_dataset(arrays, "train", "mnist-train")
     test = _to_dataset(arrays, "t10k", "mnist-test")

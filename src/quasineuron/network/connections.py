@@ -114,6 +114,8 @@ class AbstractConnection(abc.ABC):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the kind and the dataclass fields."""
+        # every concrete subclass is a dataclass; this abstract base is not, so the checker
+        # cannot know __dataclass_fields__ exists
         return {"kind": self.kind, **{k: getattr(self, k) for k in self.__dataclass_fields__}}  # type: ignore[attr-defined]
 
 

@@ -23,6 +23,8 @@ T = TypeVar("T")
 def _per_layer(value: T | Sequence[T], n_layers: int, name: str, single: type | tuple) -> list[T]:
     """Repeat a single value per layer, or check a per-layer sequence's length."""
     if value is None or isinstance(value, single):
+        # value is one T here (an isinstance check against a runtime type the checker cannot
+        # relate to T)
         return [value] * n_layers  # type: ignore[list-item]
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != n_layers:

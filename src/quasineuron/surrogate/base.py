@@ -30,7 +30,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def check_policy(policy: str) -> DomainPolicy:
             f"policy must be one of {POLICIES}, got {policy!r}; 'warn' evaluates and warns, "
             "'clamp' clips drives into the domain, 'raise' refuses out-of-domain drives"
         )
-    return policy  # type: ignore[return-value]
+    return cast(DomainPolicy, policy)  # one of POLICIES, checked above
 
 
 class AbstractSurrogate(AbstractDevice):
