@@ -1,6 +1,6 @@
 """``.ci/run`` runs the README's test command, and a failing step fails the run.
 
-The commands it calls (python3, pip, python, ruff) are replaced by tiny fakes on ``PATH``, so
+The commands it calls (python3, pip, python, mypy, ruff) are replaced by tiny fakes on ``PATH``, so
 these tests check the script's control flow in milliseconds without installing anything.
 """
 
@@ -46,9 +46,13 @@ mkdir -p .venv/bin && : > .venv/bin/activate
 FAKE_OK = """#!/usr/bin/env bash
 echo "$(basename "$0") $*" >> "$LOG"
 """
+FAKE_MYPY = """#!/usr/bin/env bash
+echo "mypy $*" >> "$LOG"
+exit "$MYPY_RC"
+"""
 
 
-def _run_ci(tmp_path: Path, fast_rc: int, slow_rc: int) -> tuple[int, str]:
+def _run_ci(tmp_path: Path, fast_rc: int, slow_rc: int, mypy_rc: int = 0) -> tuple[int, str]:
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True)
     shutil.copy(CI_RUN, repo / ".ci" / "run")
@@ -58,6 +62,7 @@ def _run_ci(tmp_path: Path, fast_rc: int, slow_rc: int) -> tuple[int, str]:
         ("python", FAKE_PYTHON),
         ("python3", FAKE_PYTHON3),
         ("pip", FAKE_OK),
+        ("mypy", FAKE_MYPY),
         ("ruff", FAKE_OK),
     ):
         path = bin_dir / name
@@ -70,6 +75,7 @@ def _run_ci(tmp_path: Path, fast_rc: int, slow_rc: int) -> tuple[int, str]:
         "LOG": str(log),
         "FAST_RC": str(fast_rc),
         "SLOW_RC": str(slow_rc),
+        "MYPY_RC": str(mypy_rc),
     }
     proc = subprocess.run(
         ["bash", str(repo / ".ci" / "run")], env=env, capture_output=True, text=True
@@ -89,6 +95,26 @@ def test_ci_fails_when_either_step_fails(
     rc, log = _run_ci(tmp_path, fast_rc, slow_rc)
     assert rc == expected_rc
     ran_slow = "-m slow" in log
+    ran_mypy = "mypy src/" in log
     ran_lint = "ruff check ." in log
     assert ran_slow == (fast_rc == 0)
+    assert ran_mypy == (expected_rc == 0)
     assert ran_lint == (expected_rc == 0)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_ci_type_checks_after_the_tests_and_before_lint(tmp_path: Path) -> None:
+    rc, log = _run_ci(tmp_path, 0, 0)
+    assert rc == 0
+    lines = log.splitlines()
+    order = [
+        i for i, line in enumerate(lines) if line.startswith(("python -m pytest", "mypy", "ruff"))
+    ]
+    assert [lines[i].split()[0] for i in order] == ["python", "python", "mypy", "ruff", "ruff"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_ci_fails_when_the_type_check_fails(tmp_path: Path) -> None:
+    rc, log = _run_ci(tmp_path, 0, 0, mypy_rc=1)
+    assert rc == 1
+    assert "mypy src/" in log and "ruff" not in log

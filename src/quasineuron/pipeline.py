@@ -32,6 +32,7 @@ from quasineuron.devices.wrappers import InputClip
 from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
 from quasineuron.evaluation import evaluate, is_stochastic
 from quasineuron.network import (
+    AbstractMode,
     Dense,
     DeviceNetwork,
     Direct,
@@ -51,6 +52,8 @@ from quasineuron.network.connections import AbstractConnection, default_connecti
 from quasineuron.network.wiring import AbstractWiring
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
 from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
+from quasineuron.surrogate.base import DomainPolicy
+from quasineuron.surrogate.fit import Kind
 from quasineuron.sweep import (
     AbstractExecutor,
     AbstractSampler,
@@ -131,7 +134,11 @@ def make_sampler(kind: str, n_in: int, *, points: int = 0, seed: int = 0) -> Abs
         )
         return Grid(max(per_axis, 2))
     n = points or 4096
-    samplers = {"sobol": Sobol, "random": Random, "lhs": LatinHypercube}
+    samplers: dict[str, Callable[..., AbstractSampler]] = {
+        "sobol": Sobol,
+        "random": Random,
+        "lhs": LatinHypercube,
+    }
     if kind not in samplers:
         raise ValueError(
             f"unknown sampler {kind!r}; choose one of ['auto', 'grid', 'sobol', 'random', 'lhs']"
@@ -165,13 +172,13 @@ def characterize(
     executor: AbstractExecutor | None = None,
     workers: int = 0,
     timeout: float | None = None,
-    twin_kind: str = "auto",
+    twin_kind: Kind = "auto",
     hidden: tuple[int, ...] = (64, 64),
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
     strict: bool = False,
-    policy: str = "warn",
+    policy: DomainPolicy = "warn",
     repair: bool = False,
     repeats: int = 1,
 ) -> CharacterizeResult:
@@ -244,18 +251,18 @@ def characterize(
     t0 = time.perf_counter()
     fit = fit_surrogate(
         table,
-        kind=twin_kind,  # type: ignore[arg-type]
+        kind=twin_kind,
         hidden=hidden,
         seed=seed,
         true_device=truth,
-        policy=policy,  # type: ignore[arg-type]
+        policy=policy,
         timeout=timeout,
     )
     t_fit = time.perf_counter() - t0
     save_surrogate(fit, out / "twin.safetensors")
     plots = plot_fit(fit.model, table, out, true_device=truth, timeout=timeout)
     rep = fit.report
-    report = {
+    report: dict[str, Any] = {
         "device": device.describe(),
         "sweep": {
             "n_points": table.n_points,
@@ -303,7 +310,7 @@ def _check_picklable(device: AbstractDevice) -> None:
     """Refuse, before any work, a device that cannot go to worker processes."""
     try:
         pickle.dumps(device)
-    except Exception as exc:  # noqa: BLE001 (pickle raises many kinds)
+    except Exception as exc:  # pickle raises many kinds
         raise DeviceContractError(
             f"device {device.name!r} cannot be pickled ({type(exc).__name__}: {exc}), so it "
             "cannot go to worker processes (workers > 0 or a timeout); build it from "
@@ -328,7 +335,7 @@ def demo_config() -> RunConfig:
     )
 
 
-_MODES = {
+_MODES: dict[str, Callable[[], AbstractMode]] = {
     "surrogate": Surrogate,
     "device": TrueDevice,
     "physics-aware": PhysicsAware,
@@ -543,9 +550,19 @@ def run_pipeline(
     try:
         status("characterize")
         metrics = _run_stages(
-            config, out, device, sampler, status, train_set, val_set, test, sizes,
-            timings=timings, t_start=t_start, progress=progress,
-        )  # fmt: skip
+            config,
+            out,
+            device,
+            sampler,
+            status,
+            train_set,
+            val_set,
+            test,
+            sizes,
+            timings=timings,
+            t_start=t_start,
+            progress=progress,
+        )
         atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
         _write_status(out, "complete", config_hash=digest)
     except BaseException as exc:
@@ -656,7 +673,7 @@ def _run_stages(
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
     status("report")
-    save_network(result.network, out / "network")
+    save_network(net, out / "network")  # train updated net in place (result.network is net)
     plot_training_curves(
         [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in result.history],
         out / "training.png",
@@ -699,7 +716,7 @@ def _run_stages(
             "history": [vars(e) for e in result.history],
         },
         "evaluation": report.to_dict(),
-        "network": {"sizes": list(sizes), "describe": result.network.describe()},
+        "network": {"sizes": list(sizes), "describe": net.describe()},
         "device": device.describe(),
         "timings": timings,
         "environment": {
@@ -899,9 +916,9 @@ def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:
     first = next(iter(domain.values()), None)
     return {
         "policy": policy,
-        "boxes": [] if first is None else [
-            {"low": e["low"], "high": e["high"]} for e in first["layers"]
-        ],
+        "boxes": (
+            [] if first is None else [{"low": e["low"], "high": e["high"]} for e in first["layers"]]
+        ),
         "outside_fraction": {
             "test": {
                 mode: {
@@ -917,7 +934,7 @@ def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:
                 for mode, d in domain.items()
             }
         },
-    }  # fmt: skip
+    }
 
 
 def _interval(lo: float, hi: float) -> str:

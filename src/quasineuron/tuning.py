@@ -87,7 +87,7 @@ def tune(
     val_data: ArrayDataset,
     *,
     store: str | Path,
-    space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen dataclass
+    space: SearchSpace = SearchSpace(),
     n_trials: int = 20,
     epochs: int = 5,
     batch_size: int = 64,

@@ -26,6 +26,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,10 @@ from quasineuron.chemistry.network import Reaction, ReactionNetwork, Species
 from quasineuron.devices.base import Box
 from quasineuron.devices.formula import FormulaDevice
 from quasineuron.devices.reaction import smoothed_relu
+from quasineuron.network.connections import LinearMap
+
+if TYPE_CHECKING:
+    from quasineuron.network.network import DeviceNetwork
 
 __all__ = [
     "CompiledNetwork",
@@ -261,7 +266,7 @@ def read_weights(network: ReactionNetwork) -> tuple[list[torch.Tensor], list[tor
     return weights, biases, eps_seen.pop()
 
 
-def network_weights(net: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def network_weights(net: DeviceNetwork) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Extract ``W^ℓ`` (n_ℓ, n_{ℓ−1}) and ``b^ℓ`` (n_ℓ,) from a :class:`DeviceNetwork`.
 
     Args:
@@ -280,9 +285,9 @@ def network_weights(net: torch.nn.Module) -> tuple[list[torch.Tensor], list[torc
             "with DeviceNetwork(..., readout_affine=False)"
         )
     weights, biases = [], []
-    for i, layer in enumerate(net.layers):  # type: ignore[union-attr]
+    for i, layer in enumerate(net.layers):
         m = layer.map
-        if type(m).__name__ != "LinearMap" or m.n_drives != 1:
+        if type(m) is not LinearMap or m.n_drives != 1:
             raise ValueError(f"layer {i}: only Linear() connections with one drive compile")
         weights.append((m.weight * m.mask).detach().T.clone())
         b = torch.zeros(m.n_neurons, dtype=m.weight.dtype) if m.bias is None else m.bias[:, 0]

@@ -342,11 +342,11 @@ class MassAction:
             rows.append(order * n + i)
             cols.append(m)
             vals.append(coeff)
-        width = max((len(m) for m in monomials), default=0)
+        width = max((len(key) for key in monomials), default=0)
         mono = torch.full((max(len(monomials), 1), max(width, 1)), n, dtype=torch.int64)
-        for m, idx in monomials.items():
-            if m:
-                mono[idx, : len(m)] = torch.tensor(m)
+        for key, idx in monomials.items():
+            if key:
+                mono[idx, : len(key)] = torch.tensor(key)
         self.monomials = mono
         coo = torch.sparse_coo_tensor(
             torch.tensor([rows, cols], dtype=torch.int64).reshape(2, -1),

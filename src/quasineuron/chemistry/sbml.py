@@ -26,7 +26,7 @@ __all__ = ["from_sbml", "roadrunner_simulate", "sbml_errors", "to_sbml"]
 _COMPARTMENT = "cell"
 
 
-def _libsbml():  # noqa: ANN202 - module
+def _libsbml():
     try:
         import libsbml
     except ImportError as err:  # pragma: no cover - depends on the environment

@@ -37,7 +37,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 _ENV_VAR = "QUASINEURON_DATA"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def default_data_root() -> Path:
@@ -135,6 +135,7 @@ def load_mnist(
                     f"pass download=True, or data_dir=<folder with the IDX files>"
                 )
             paths[name] = _download(name, folder, mirrors=mirrors, timeout=timeout)
+    # every path is set by now (a missing file raised or was downloaded above)
     arrays = {name: _read_verified(path) for name, path in paths.items()}  # type: ignore[arg-type]
     train = _to_dataset(arrays, "train", "mnist-train")
     test = _to_dataset(arrays, "t10k", "mnist-test")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,10 @@ class InitialState(torch.nn.Module):
         TypeError: If ``value`` is neither a tensor nor callable.
     """
 
+    # exactly one of the two is set: a buffer for a fixed state, else the callable
+    value: torch.Tensor | None
+    fn: Callable[[torch.Tensor], Any] | None
+
     def __init__(self, value: Any, *, n_state: int | None, label: str) -> None:
         super().__init__()
         self.label = label
@@ -206,8 +210,9 @@ class InitialState(torch.nn.Module):
         Raises:
             DeviceContractError: If the callable returns the wrong shape.
         """
-        if self.fn is None:
+        if self.value is not None:
             return self.value.to(dtype=u.dtype, device=u.device).expand(u.shape[0], -1).clone()
+        assert self.fn is not None  # set in __init__ whenever value is None
         x = self.fn(u)
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != (u.shape[0], self.n_state):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

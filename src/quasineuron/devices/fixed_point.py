@@ -81,8 +81,9 @@ class FixedPointResult:
 
         The iteration counts of ``part`` (plus ``extra_iterations``) are added to the rows'.
         """
-        x, res, it, conv = (t.clone() for t in (self.x, self.residual, self.iterations,
-                                                 self.converged))  # fmt: skip
+        x, res, it, conv = (
+            t.clone() for t in (self.x, self.residual, self.iterations, self.converged)
+        )
         x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
         it[idx] += part.iterations + extra_iterations
         return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)

@@ -124,7 +124,7 @@ class Euler(_FixedStep):
 
     order: int = field(default=1, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         return _axpy(x, f(t, x), h)
 
 
@@ -135,7 +135,7 @@ class Heun(_FixedStep):
 
     order: int = field(default=2, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         k1 = f(t, x)
         k2 = f(t + h, _axpy(x, k1, h))
         return tuple(a + (0.5 * h) * (b + c) for a, b, c in zip(x, k1, k2, strict=True))
@@ -148,7 +148,7 @@ class RK4(_FixedStep):
 
     order: int = field(default=4, init=False, repr=False)
 
-    def _step(self, f, t, x, h):  # noqa: D102
+    def _step(self, f, t, x, h):
         k1 = f(t, x)
         k2 = f(t + 0.5 * h, _axpy(x, k1, 0.5 * h))
         k3 = f(t + 0.5 * h, _axpy(x, k2, 0.5 * h))
@@ -560,7 +560,8 @@ class ODEDevice(AbstractDevice):
             dq = tuple(xs[c] for c in comps) if rows else (xs[0][:, comps],)
             return dx + dq
 
-        step = self.solver._step
+        # only _solve_fixed calls this, after narrowing the solver to a fixed-step one
+        step = self.solver._step  # type: ignore[union-attr]
         for _ in range(n):
             parts = step(f, t, parts, h)
             t = t + h
@@ -584,7 +585,9 @@ class ODEDevice(AbstractDevice):
         # specialised to them)
         u_parts: Parts = u.T.contiguous().unbind(0) if rows else (u.contiguous(),)
         parts: Parts = x0.T.contiguous().unbind(0) if rows else (x0.contiguous(),)
-        lo = hi = None
+        # per-component bounds: floats for the rows layout, (n_state,) tensors for the batch one
+        lo: tuple[float, ...] | torch.Tensor | None = None
+        hi: tuple[float, ...] | torch.Tensor | None = None
         if self._clip is not None:
             if rows:
                 lo, hi = self._clip
@@ -659,9 +662,12 @@ class ODEDevice(AbstractDevice):
             return func
 
         def integrate(
-            func: Callable[..., torch.Tensor], y0: torch.Tensor, ta: float, tb: float,
+            func: Callable[..., torch.Tensor],
+            y0: torch.Tensor,
+            ta: float,
+            tb: float,
             uu: torch.Tensor,
-        ) -> torch.Tensor:  # fmt: skip
+        ) -> torch.Tensor:
             tt = torch.tensor([ta, tb], dtype=u.dtype, device=u.device)
             kw: dict[str, Any] = {"rtol": solver.rtol, "atol": solver.atol, "method": solver.method}
             if solver.adjoint and torch.is_grad_enabled():

@@ -28,6 +28,10 @@ class InputClip(AbstractDevice):
         domain: The box, so characterisation sweeps the clipped range.
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    _low: torch.Tensor
+    _high: torch.Tensor
+
     def __init__(self, device: AbstractDevice, *, box: Box | None = None) -> None:
         super().__init__()
         box = box or device.domain

@@ -45,11 +45,12 @@ __all__ = [
 N_ELEMENTS = 5
 
 
-def _five(v: float | Sequence[float], label: str) -> tuple[float, ...]:
+def _five(v: float | Sequence[float] | torch.Tensor, label: str) -> tuple[float, ...]:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         vals = (float(v),) * N_ELEMENTS
     else:
         try:
+            # a bool still reaches this branch; iterating it raises the TypeError handled below
             vals = tuple(float(a) for a in v)  # type: ignore[union-attr]
         except TypeError as exc:
             raise TypeError(f"{label} must be a float or 5 floats, got {v!r}") from exc

@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -215,21 +215,24 @@ def evaluate(
         for name, mode in zip(names, modes, strict=True):
             if not _uses_true_device(mode, name):
                 continue
-            accs, bad = [], []
+            draw_accs: list[float] = []
+            draw_bad: list[int] = []
             for setting in settings:
-                pred, finite, _ = _predict(net.with_variability(setting), x, mode, batch_size)
-                accs.append(_accuracy(pred, finite, y))
-                bad.append(int((~finite).sum()))
-            if sum(bad):
-                _warn_nonfinite(sum(bad), len(x) * len(settings), name, data.name, draws=True)
-            t = torch.tensor(accs, dtype=torch.float64)
+                # _variability_settings checked that the network has with_variability
+                view = cast(Any, net).with_variability(setting)
+                pred, finite, _ = _predict(view, x, mode, batch_size)
+                draw_accs.append(_accuracy(pred, finite, y))
+                draw_bad.append(int((~finite).sum()))
+            if sum(draw_bad):
+                _warn_nonfinite(sum(draw_bad), len(x) * len(settings), name, data.name, draws=True)
+            t = torch.tensor(draw_accs, dtype=torch.float64)
             per_mode[name] = {
-                "accuracy": accs,
+                "accuracy": draw_accs,
                 "mean": t.mean().item(),
                 "std": t.std(correction=0).item(),
                 "min": t.min().item(),
                 "max": t.max().item(),
-                "nonfinite_rows": bad,
+                "nonfinite_rows": draw_bad,
             }
         spread = {"settings": [dataclasses.asdict(s) for s in settings], "modes": per_mode}
 
@@ -362,7 +365,7 @@ class _DomainTally:
 
     def result(self) -> dict[str, Any]:
         """The mode's entry of ``EvaluationReport.domain`` (see there)."""
-        layers = []
+        layers: list[dict[str, Any]] = []
         for i, box in enumerate(self.boxes):
             n_out = int(self.n_outside[i]) if self.bounds is not None else 0
             n = self.n_rows[i]
@@ -415,7 +418,8 @@ def _variability_settings(net: torch.nn.Module, variability: Any, n_draws: int) 
         raise TypeError(f"variability must be a Variability, got {variability!r}")
     if n_draws == 1:
         return [variability]
-    return [dataclasses.replace(variability, seed=variability.seed + i) for i in range(n_draws)]
+    base: Any = variability  # a dataclass with a seed field, such as Variability
+    return [dataclasses.replace(base, seed=base.seed + i) for i in range(n_draws)]
 
 
 @torch.no_grad()
@@ -442,7 +446,9 @@ def _predict(
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
             if tally is not None:
-                out, drives = net.run(xb) if mode is None else net.run(xb, mode=mode)
+                # a domain tally is only made for networks with run() (a DeviceNetwork)
+                run = cast(Any, net).run
+                out, drives = run(xb) if mode is None else run(xb, mode=mode)
                 tally.add(drives)
             else:
                 out = net(xb) if mode is None else net(xb, mode=mode)

@@ -53,6 +53,21 @@ def _gather_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx[:, :k].contiguous(), vals[:, :k].bool().contiguous()
 
 
+class ConnectionMap(torch.nn.Module):
+    """Base of the modules connections build: x (batch, n_in) → u (batch, n_neurons, n_drives).
+
+    It adds no behaviour; it declares what every map holds, so code that reads a layer's
+    weights or wiring mask is type-checked.
+
+    Attributes:
+        weight: Trainable weights (a parameter); its shape depends on the connection.
+        mask: Boolean wiring mask (n_in, n_columns), a buffer.
+    """
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+
+
 class AbstractConnection(abc.ABC):
     """Spec of a trainable connection; see the module docstring."""
 
@@ -81,7 +96,7 @@ class AbstractConnection(abc.ABC):
         generator: torch.Generator,
         dtype: torch.dtype,
         init_gain: float,
-    ) -> torch.nn.Module:
+    ) -> ConnectionMap:
         """Make the map module, with weights initialised from ``generator``.
 
         Args:
@@ -99,6 +114,8 @@ class AbstractConnection(abc.ABC):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the kind and the dataclass fields."""
+        # every concrete subclass is a dataclass; this abstract base is not, so the checker
+        # cannot know __dataclass_fields__ exists
         return {"kind": self.kind, **{k: getattr(self, k) for k in self.__dataclass_fields__}}  # type: ignore[attr-defined]
 
 
@@ -147,7 +164,7 @@ class Linear(AbstractConnection):
         generator: torch.Generator,
         dtype: torch.dtype,
         init_gain: float,
-    ) -> torch.nn.Module:
+    ) -> ConnectionMap:
         """Make a :class:`LinearMap`; see :meth:`AbstractConnection.build`."""
         centre, half = _centre_half(domain, dtype)
         n_in = mask.shape[0]
@@ -157,7 +174,7 @@ class Linear(AbstractConnection):
         return LinearMap(w * mask, b, mask, n_neurons=n_neurons, n_drives=n_drives)
 
 
-class LinearMap(torch.nn.Module):
+class LinearMap(ConnectionMap):
     """Masked dense map; x (batch, n_in) → u (batch, n_neurons, n_drives)."""
 
     def __init__(
@@ -224,7 +241,7 @@ class TwoDrive(AbstractConnection):
         generator: torch.Generator,
         dtype: torch.dtype,
         init_gain: float,
-    ) -> torch.nn.Module:
+    ) -> ConnectionMap:
         """Make a :class:`TwoDriveMap`; see :meth:`AbstractConnection.build`."""
         centre, half = _centre_half(domain, dtype)
         std = init_gain / fan_in(mask).clamp_min(1).to(dtype).sqrt()
@@ -233,7 +250,7 @@ class TwoDrive(AbstractConnection):
         return TwoDriveMap(a * mask, b, mask)
 
 
-class TwoDriveMap(torch.nn.Module):
+class TwoDriveMap(ConnectionMap):
     """x (batch, n_in) → (x·A + b, (x**2)·A) of shape (batch, n_neurons, 2)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor):
@@ -300,7 +317,7 @@ class Quadratic(AbstractConnection):
         generator: torch.Generator,
         dtype: torch.dtype,
         init_gain: float,
-    ) -> torch.nn.Module:
+    ) -> ConnectionMap:
         """Make a :class:`QuadraticMap`; see :meth:`AbstractConnection.build`."""
         f = int(fan_in(mask).max())
         if f > self.max_fan_in:
@@ -324,8 +341,11 @@ class Quadratic(AbstractConnection):
         return QuadraticMap(w * mask, q * qmask, b, mask, idx, qmask)
 
 
-class QuadraticMap(torch.nn.Module):
+class QuadraticMap(ConnectionMap):
     """x (batch, n_in) → one quadratic drive per neuron, shape (batch, n_neurons, 1)."""
+
+    index: torch.Tensor  # buffers, declared for the type checker
+    quad_mask: torch.Tensor
 
     def __init__(
         self,
@@ -393,7 +413,7 @@ class Raw(AbstractConnection):
         generator: torch.Generator,
         dtype: torch.dtype,
         init_gain: float,
-    ) -> torch.nn.Module:
+    ) -> ConnectionMap:
         """Make a :class:`RawMap`; see :meth:`AbstractConnection.build`."""
         k = n_drives // 2
         fi = fan_in(mask)
@@ -409,8 +429,10 @@ class Raw(AbstractConnection):
         return RawMap(w, mask, idx)
 
 
-class RawMap(torch.nn.Module):
+class RawMap(ConnectionMap):
     """x (batch, n_in) → (inputs, weights) of each neuron, shape (batch, n_neurons, 2k)."""
+
+    index: torch.Tensor  # buffers, declared for the type checker
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, index: torch.Tensor):
         super().__init__()
@@ -425,8 +447,7 @@ class RawMap(torch.nn.Module):
 
 
 CONNECTIONS: dict[str, type[AbstractConnection]] = {
-    c.kind: c
-    for c in (Linear, TwoDrive, Quadratic, Raw)  # type: ignore[type-abstract]
+    c.kind: c for c in (Linear, TwoDrive, Quadratic, Raw)
 }
 
 

@@ -126,6 +126,7 @@ class Surrogate(AbstractMode):
 
     def evaluate(self, layer: DeviceLayer, u: torch.Tensor) -> torch.Tensor:
         """The twin's outputs, shape (batch * n_neurons, n_out); autograd through the twin."""
+        # check() refused layers without a twin (needs_twin), which the checker cannot follow
         return layer.twin(u)  # type: ignore[misc]
 
 
@@ -179,6 +180,7 @@ class PhysicsAware(AbstractMode):
 
     def evaluate(self, layer: DeviceLayer, u: torch.Tensor) -> torch.Tensor:
         """``device(u)`` whose gradient w.r.t. ``u`` is the twin's, (batch * n_neurons, n_out)."""
+        # check() refused layers without a twin (needs_twin), which the checker cannot follow
         return physics_aware(u, layer.device, layer.twin)  # type: ignore[arg-type]
 
 

@@ -23,6 +23,8 @@ T = TypeVar("T")
 def _per_layer(value: T | Sequence[T], n_layers: int, name: str, single: type | tuple) -> list[T]:
     """Repeat a single value per layer, or check a per-layer sequence's length."""
     if value is None or isinstance(value, single):
+        # value is one T here (an isinstance check against a runtime type the checker cannot
+        # relate to T)
         return [value] * n_layers  # type: ignore[list-item]
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != n_layers:
@@ -66,6 +68,9 @@ class DeviceNetwork(torch.nn.Module):
         ValueError: If a per-layer sequence has the wrong length or a layer does not fit.
     """
 
+    # a torch.nn.ModuleList at run time (see __init__); declared by what it holds
+    layers: Sequence[DeviceLayer]
+
     def __init__(
         self,
         device: AbstractDevice | Sequence[AbstractDevice],
@@ -94,7 +99,7 @@ class DeviceNetwork(torch.nn.Module):
         connections = _per_layer(connection, n, "connection", AbstractConnection)
         wirings = _per_layer(wiring, n, "wiring", AbstractWiring)
         outputs = _per_layer(output, n, "output", int)
-        layer_masks = _per_layer(masks, n, "masks", torch.Tensor)
+        layer_masks: list[torch.Tensor | None] = _per_layer(masks, n, "masks", torch.Tensor)
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         seeds = torch.randint(
@@ -106,7 +111,8 @@ class DeviceNetwork(torch.nn.Module):
         self.dtype = dtype
         self.init_gain = float(init_gain)
         self.readout_affine = bool(readout_affine)
-        self.layers = torch.nn.ModuleList(
+        # the ModuleList registers the layers as submodules; it holds only DeviceLayer
+        self.layers = torch.nn.ModuleList(  # type: ignore[assignment]
             DeviceLayer(
                 sizes[i],
                 sizes[i + 1],

@@ -29,7 +29,8 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from types import FrameType
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 
@@ -52,7 +53,7 @@ _INTERNAL_FILES = (
 def _user_stacklevel() -> int:
     """Stack level of the first frame outside quasineuron and torch."""
     level = 2  # relative to the caller of this function, as warnings.warn counts
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_FILES):
         frame = frame.f_back
         level += 1
@@ -70,7 +71,7 @@ def check_policy(policy: str) -> DomainPolicy:
             f"policy must be one of {POLICIES}, got {policy!r}; 'warn' evaluates and warns, "
             "'clamp' clips drives into the domain, 'raise' refuses out-of-domain drives"
         )
-    return policy  # type: ignore[return-value]
+    return cast(DomainPolicy, policy)  # one of POLICIES, checked above
 
 
 class AbstractSurrogate(AbstractDevice):
@@ -94,6 +95,10 @@ class AbstractSurrogate(AbstractDevice):
         validity: ``(edges, cells)`` of the validity mask (see :meth:`set_validity`), or
             ``None`` when the twin is valid on its whole domain; saved and loaded with it.
     """
+
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    _low: torch.Tensor
+    _high: torch.Tensor
 
     differentiable = True
     kind: ClassVar[str] = "abstract"

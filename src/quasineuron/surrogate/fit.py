@@ -50,7 +50,7 @@ from quasineuron.surrogate.base import AbstractSurrogate, DomainPolicy, check_po
 from quasineuron.surrogate.mlp import check_activation, train_mlp
 from quasineuron.surrogate.report import FitReport, fidelity
 from quasineuron.surrogate.spline import MAX_SPLINE_DRIVES, SplineSurrogate
-from quasineuron.sweep.store import PointStatus
+from quasineuron.sweep.store import PointStatus, SweepTable
 
 __all__ = ["FitResult", "SweepTableLike", "fit_surrogate", "refine_surrogate", "spline_grid"]
 
@@ -59,13 +59,30 @@ _KINDS = ("auto", "mlp", "spline")
 
 
 class SweepTableLike(Protocol):
-    """What fitting reads from a :class:`~quasineuron.sweep.SweepTable`."""
+    """What fitting reads from a :class:`~quasineuron.sweep.SweepTable`.
 
-    u: np.ndarray  # (n_points, n_in) float64
-    y: np.ndarray  # (n_points, n_out) float64
-    status: np.ndarray  # (n_points,) int8, 0 = ok
-    domain: Box
-    device: dict[str, Any]
+    The members are read-only properties, so frozen tables (``SweepTable``) satisfy it.
+    """
+
+    @property
+    def u(self) -> np.ndarray:
+        """Drives, float64 (n_points, n_in)."""
+
+    @property
+    def y(self) -> np.ndarray:
+        """Outputs, float64 (n_points, n_out)."""
+
+    @property
+    def status(self) -> np.ndarray:
+        """Per-point status, int8 (n_points,); 0 = ok."""
+
+    @property
+    def domain(self) -> Box:
+        """The box the points were drawn from."""
+
+    @property
+    def device(self) -> dict[str, Any]:
+        """The device's ``describe()``."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +279,7 @@ def fit_surrogate(
     else:
         kinds = (["spline"] if grid is not None else []) + ["mlp"]
 
-    results = []
+    results: list[FitResult] = []
     for k in kinds:
         if k == "mlp" and results and results[0].report.nrmse <= good_enough:
             break  # the spline twin is already excellent; skip the slow MLP fit
@@ -580,7 +597,7 @@ def _fit_mlp(
 
 def refine_surrogate(
     device: AbstractDevice,
-    table: SweepTableLike,
+    table: SweepTable,
     *,
     target_nrmse: float,
     max_rounds: int = 5,

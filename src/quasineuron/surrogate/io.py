@@ -162,7 +162,7 @@ def load_surrogate(path: str | os.PathLike[str]) -> AbstractSurrogate:
     cells = tensors.pop(f"{_VALIDITY}cells", None)
     model = cls.from_saved(meta["config"], tensors, meta["common"])
     if cells is not None and all(e is not None for e in edges):
-        model.set_validity(edges, cells.to(torch.bool))  # type: ignore[arg-type]
+        model.set_validity(edges, cells.to(torch.bool))
     if meta.get("report") is not None:
         model.fit_report = FitReport.from_dict(meta["report"])
     return model

@@ -58,6 +58,10 @@ class MLPSurrogate(AbstractSurrogate):
         name: Name used in reports.
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     kind = "mlp"
 
     def __init__(

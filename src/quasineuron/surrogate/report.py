@@ -147,7 +147,8 @@ class FitReport:
             raise ValueError(
                 f"unknown FitReport fields {sorted(unknown)}; expected {sorted(names)}"
             )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
     def summary(self) -> str:
         """Lines for logs: pooled errors and sizes, then worst point, exclusions, noise, advice."""

@@ -496,15 +496,27 @@ def sweep(
         opened = SweepStore.open_or_create(store, manifest, u, overwrite=overwrite, repair=repair)
         try:
             return _run(
-                device, u, _StoreSink(opened), executor=executor, strict=strict,
-                progress=progress, dtype=dtype, timeout=timeout,
-            )  # fmt: skip
+                device,
+                u,
+                _StoreSink(opened),
+                executor=executor,
+                strict=strict,
+                progress=progress,
+                dtype=dtype,
+                timeout=timeout,
+            )
         finally:
             opened.close()
     return _run(
-        device, u, sink, executor=executor, strict=strict, progress=progress, dtype=dtype,
+        device,
+        u,
+        sink,
+        executor=executor,
+        strict=strict,
+        progress=progress,
+        dtype=dtype,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def evaluate_points(
@@ -555,6 +567,12 @@ def evaluate_points(
     }
     sink = _MemorySink(arr, device.n_out, batch_size, meta)
     return _run(
-        device, arr, sink, executor=executor, strict=strict, progress=progress, dtype=dtype,
+        device,
+        arr,
+        sink,
+        executor=executor,
+        strict=strict,
+        progress=progress,
+        dtype=dtype,
         timeout=timeout,
-    )  # fmt: skip
+    )

@@ -141,16 +141,16 @@ class _Seeded(AbstractSampler):
         object.__setattr__(self, "n", _check_count(self.n, f"{cls}.n", minimum=1))
         object.__setattr__(self, "seed", _check_seed(self.seed, cls))
 
-    def n_points(self, dim: int) -> int:  # noqa: D102
+    def n_points(self, dim: int) -> int:
         return self.n
 
-    def points(self, domain: Box) -> np.ndarray:  # noqa: D102
+    def points(self, domain: Box) -> np.ndarray:
         return _scale(self._unit(domain.dim, np.random.default_rng(self.seed)), domain)
 
     @abc.abstractmethod
     def _unit(self, dim: int, rng: np.random.Generator) -> np.ndarray: ...
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {"kind": type(self).__name__, "n": self.n, "seed": self.seed}
 
 

@@ -76,7 +76,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -373,6 +373,18 @@ def make_manifest(
     )
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``.
+
+    Raises:
+        StoreCorruptError: If ``name`` is a group, not an array.
+    """
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise StoreCorruptError(f"{name!r} in {group.store} is a group, expected an array")
+    return arr
+
+
 class SweepStore:
     """A sweep store folder (see the module docstring for its layout and guarantees).
 
@@ -417,19 +429,33 @@ class SweepStore:
         group = zarr.open_group(
             LocalStore(staging / _TABLE), mode="w-", attributes={"quasineuron_sweep": manifest}
         )
-        config = {"write_empty_chunks": True}
         arr_u = group.create_array(
-            "u", shape=(n, manifest["n_in"]), chunks=(bs, manifest["n_in"]), dtype="float64",
-            fill_value=np.nan, config=config, dimension_names=("point", "drive"),
-        )  # fmt: skip
+            "u",
+            shape=(n, manifest["n_in"]),
+            chunks=(bs, manifest["n_in"]),
+            dtype="float64",
+            fill_value=np.nan,
+            config={"write_empty_chunks": True},
+            dimension_names=("point", "drive"),
+        )
         group.create_array(
-            "y", shape=(n, manifest["n_out"]), chunks=(bs, manifest["n_out"]), dtype="float64",
-            fill_value=np.nan, config=config, dimension_names=("point", "output"),
-        )  # fmt: skip
+            "y",
+            shape=(n, manifest["n_out"]),
+            chunks=(bs, manifest["n_out"]),
+            dtype="float64",
+            fill_value=np.nan,
+            config={"write_empty_chunks": True},
+            dimension_names=("point", "output"),
+        )
         group.create_array(
-            "status", shape=(n,), chunks=(bs,), dtype="int8",
-            fill_value=int(PointStatus.PENDING), config=config, dimension_names=("point",),
-        )  # fmt: skip
+            "status",
+            shape=(n,),
+            chunks=(bs,),
+            dtype="int8",
+            fill_value=int(PointStatus.PENDING),
+            config={"write_empty_chunks": True},
+            dimension_names=("point",),
+        )
         arr_u[:] = u
         (staging / _COMMITS).mkdir()
         for chunk in range(-(-n // bs)):
@@ -442,7 +468,7 @@ class SweepStore:
         return cls.open(path, mode="r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> SweepStore:
+    def open(cls, path: str | os.PathLike[str], *, mode: Literal["r", "r+"] = "r") -> SweepStore:
         """Open an existing store, checking that its parts agree with its manifest.
 
         The manifest is checked against its own digest here; the committed chunks are
@@ -498,7 +524,7 @@ class SweepStore:
             )
         try:
             group = zarr.open_group(LocalStore(path / _TABLE, read_only=mode == "r"), mode=mode)
-            arrays = {name: group[name] for name in _ARRAYS}
+            arrays = {name: _array(group, name) for name in _ARRAYS}
         except Exception as exc:
             raise StoreCorruptError(
                 f"the zarr table of sweep store {path} is unreadable ({type(exc).__name__}: "
@@ -770,7 +796,9 @@ class SweepStore:
         sl = self.chunk_slice(chunk)
         # A reopened array forgets write_empty_chunks; without it an all-NaN chunk of y (every
         # point failed) would not be written, and its file could not be checked.
-        arrays = {n: self._group[n].with_config({"write_empty_chunks": True}) for n in _ARRAYS}
+        arrays = {
+            n: _array(self._group, n).with_config({"write_empty_chunks": True}) for n in _ARRAYS
+        }
         if u is not None:
             arrays["u"][sl] = u
         arrays["y"][sl] = y
@@ -799,9 +827,9 @@ class SweepStore:
         """
         commits = self.read_commits()
         try:
-            u = np.asarray(self._group["u"][:], dtype=np.float64)
-            y = np.asarray(self._group["y"][:], dtype=np.float64)
-            status = np.asarray(self._group["status"][:], dtype=np.int8)
+            u = np.asarray(_array(self._group, "u")[:], dtype=np.float64)
+            y = np.asarray(_array(self._group, "y")[:], dtype=np.float64)
+            status = np.asarray(_array(self._group, "status")[:], dtype=np.int8)
         except Exception as exc:
             raise StoreCorruptError(
                 f"sweep store {self.path} has an unreadable chunk ({type(exc).__name__}: "

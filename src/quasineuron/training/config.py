@@ -185,7 +185,7 @@ class MSE(AbstractLoss):
         return F.mse_loss(logits, y.to(logits.dtype))
 
 
-_OPTIMIZERS: dict[str, type[AbstractOptimizer]] = {"adam": Adam, "sgd": SGD}
+_OPTIMIZERS: dict[str, type[Adam] | type[SGD]] = {"adam": Adam, "sgd": SGD}
 _LOSSES: dict[str, type[AbstractLoss]] = {"cross_entropy": CrossEntropy, "mse": MSE}
 
 

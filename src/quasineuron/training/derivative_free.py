@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -550,8 +550,11 @@ def population_forward(
                 y = y[..., list(layer.outputs)]
             h = y.reshape(s, b, layer.n_features)
         if getattr(net, "readout_affine", False):
-            scale = params.get("readout_scale", net.readout_scale.expand(s, -1))
-            offset = params.get("readout_offset", net.readout_offset.expand(s, -1))
+            # parameters of a network with an affine read-out (nn.Module attributes are untyped)
+            net_scale = cast(torch.Tensor, net.readout_scale)
+            net_offset = cast(torch.Tensor, net.readout_offset)
+            scale = params.get("readout_scale", net_scale.expand(s, -1))
+            offset = params.get("readout_offset", net_offset.expand(s, -1))
             h = h * scale[:, None, :] + offset[:, None, :]
         return h, rows
 

@@ -20,7 +20,7 @@ import abc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -334,7 +334,8 @@ def train_local(
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     layer = _single_layer(net)
     w = layer.map.weight  # (n_in, n_neurons)
-    bias = layer.map.bias  # (n_neurons, 1) or None
+    # (n_neurons, 1) or None; a map attribute, which nn.Module's __getattr__ leaves untyped
+    bias = cast("torch.Tensor | None", layer.map.bias)
     mask = layer.map.mask.to(w.dtype)
     x = data.x.to(w.dtype)
     n_neurons = layer.n_neurons

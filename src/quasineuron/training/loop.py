@@ -162,8 +162,9 @@ def train(
             by a different configuration or network.
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    if mode is not None and callable(getattr(net, "check_mode", None)):
-        net.check_mode(mode, training=True)  # refuse an impossible mode before the first step
+    check_mode = getattr(net, "check_mode", None)
+    if mode is not None and callable(check_mode):
+        check_mode(mode, training=True)  # refuse an impossible mode before the first step
     opt_cfg = as_optimizer(optimizer, lr)
     loss_fn = as_loss(loss)
     _check_options(net, train_data, val_data, epochs, batch_size, patience, min_delta, schedule)
@@ -195,7 +196,7 @@ def train(
     if schedule is not None:  # the schedule spans all epochs: changing them would bend it
         config["epochs"] = int(epochs)
     history: list[EpochMetrics] = []
-    best = {"epoch": None, "val_loss": math.inf, "bad_epochs": 0}
+    best: dict[str, Any] = {"epoch": None, "val_loss": math.inf, "bad_epochs": 0}
     best_state: dict[str, torch.Tensor] | None = None
     stopped = False
     start_epoch = 0

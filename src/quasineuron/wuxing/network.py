@@ -248,6 +248,19 @@ class WuxingNetwork(torch.nn.Module):
         c: Connection coefficients, shape (n_links,) (a trainable parameter).
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    K: torch.Tensor
+    to_internal: torch.Tensor
+    to_wiring: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    input_slots: torch.Tensor
+    output_slots: torch.Tensor
+    link_src: torch.Tensor
+    link_dst: torch.Tensor
+    rest: torch.Tensor
+    rest_rev: torch.Tensor
+
     def __init__(
         self,
         wiring: WuxingWiring,
@@ -291,8 +304,9 @@ class WuxingNetwork(torch.nn.Module):
         # the same links in wiring numbering, on the network's torch device (for method 2)
         self.register_buffer("link_src", wiring.src.clone(), persistent=False)
         self.register_buffer("link_dst", wiring.dst.clone(), persistent=False)
-        self.register_buffer("rest", torch.zeros(self.n_slots, 1, dtype=torch.float64),
-                             persistent=False)  # fmt: skip
+        self.register_buffer(
+            "rest", torch.zeros(self.n_slots, 1, dtype=torch.float64), persistent=False
+        )
         self.register_buffer("rest_rev", torch.zeros_like(self.rest), persistent=False)
         self.c = torch.nn.Parameter(torch.full((wiring.n_links,), float(c0), dtype=dtype))
         # semi-smooth Newton on the (clipped) steady-state residual; rows it cannot solve
@@ -306,29 +320,41 @@ class WuxingNetwork(torch.nn.Module):
     # -- right-hand sides (internal layout) --------------------------------------------------
 
     @staticmethod
-    def _link(drive: torch.Tensor, to: torch.Tensor, frm: torch.Tensor, c: torch.Tensor,
-              D: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def _link(
+        drive: torch.Tensor, to: torch.Tensor, frm: torch.Tensor, c: torch.Tensor, D: torch.Tensor
+    ) -> torch.Tensor:
         """``drive`` plus ``c · D[frm]`` summed into rows ``to``; c (L,) or (batch, L)."""
         cc = c[:, None] if c.ndim == 1 else c.T
         return drive.index_add(0, to, D.index_select(0, frm) * cc)
 
-    def _f(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor,
-           rest: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def _f(
+        self,
+        E: torch.Tensor,
+        drive: torch.Tensor,
+        c: torch.Tensor,
+        rest: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         rest = self.rest if rest is None else rest  # links carry D = E − rest
         u = self._link(drive, self.dst, self.src, c, E - rest.to(E.dtype))
         k = self.K.to(E.dtype)[..., None]  # (3, 5, N, 1): one row of parameters per neuron
         rhs = wuxing_rhs(k[0], k[1], k[2], input_elements=range(N_ELEMENTS), layout="rows")
         return torch.cat(rhs(None, E.chunk(5), u.chunk(5)))
 
-    def _f_rev(self, E: torch.Tensor, drive: torch.Tensor, c: torch.Tensor,
-               rest: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def _f_rev(
+        self,
+        E: torch.Tensor,
+        drive: torch.Tensor,
+        c: torch.Tensor,
+        rest: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         rest = self.rest_rev if rest is None else rest
         u = self._link(drive, self.src, self.dst, c, E - rest.to(E.dtype))
         e, v = E.chunk(5), u.chunk(5)
         m = _MIRROR  # mirrored ring: element j of the mirror is element -j
         k = self.K.to(E.dtype)[..., None]
-        rhs = wuxing_rhs(*(k[i][p] for i, p in enumerate(_MIRROR_K)), input_elements=range(5),
-                         layout="rows")  # fmt: skip
+        rhs = wuxing_rhs(
+            *(k[i][p] for i, p in enumerate(_MIRROR_K)), input_elements=range(5), layout="rows"
+        )
         dm = rhs(None, [e[i] for i in m], [v[i] for i in m])
         return torch.cat([dm[i] for i in m])
 
@@ -440,8 +466,7 @@ class WuxingNetwork(torch.nn.Module):
             return stored
         n = self._n
         start = stored[:, 0].reshape(5, n).T  # (neuron, element)
-        E, ok = self._steady_neurons(slice(None), self.K.new_zeros(1, n, 5), start,
-                                     reverse=reverse)  # fmt: skip
+        E, ok = self._steady_neurons(slice(None), self.K.new_zeros(1, n, 5), start, reverse=reverse)
         if not bool(ok.all()):  # cannot happen for K that passed update_rest_states
             raise RuntimeError("the rest state of some neuron could not be re-solved")
         return E[0].T.reshape(-1, 1)
@@ -481,9 +506,15 @@ class WuxingNetwork(torch.nn.Module):
     # -- time loop ---------------------------------------------------------------------------
 
     def _advance(
-        self, reverse: bool, E: torch.Tensor, Q: torch.Tensor, drive: torch.Tensor,
-        c: torch.Tensor, rest: torch.Tensor, n: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        reverse: bool,
+        E: torch.Tensor,
+        Q: torch.Tensor,
+        drive: torch.Tensor,
+        c: torch.Tensor,
+        rest: torch.Tensor,
+        n: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` solver steps of the whole (forward or reversed) network, each then clipped.
 
         Returns the new state and ``∫D dt``, and per sample ``max |E|`` and whether the clip
@@ -531,9 +562,13 @@ class WuxingNetwork(torch.nn.Module):
         return state
 
     def _run(
-        self, reverse: bool, E0: torch.Tensor, drive: torch.Tensor, rest: torch.Tensor,
+        self,
+        reverse: bool,
+        E0: torch.Tensor,
+        drive: torch.Tensor,
+        rest: torch.Tensor,
         c: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Integrate from ``E0`` (n_slots, batch); returns E(T), ∫D dt, diverged, clipped."""
         cfg = self.config
         n_steps = cfg.n_steps
@@ -557,8 +592,9 @@ class WuxingNetwork(torch.nn.Module):
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
-        use_ckpt = cfg.checkpoint_every is not None and torch.is_grad_enabled()
-        size = cfg.checkpoint_every if use_ckpt else n_steps
+        every = cfg.checkpoint_every
+        use_ckpt = every is not None and torch.is_grad_enabled()
+        size = every if every is not None and use_ckpt else n_steps
         k = 0
         while k < n_steps:
             n = min(size, n_steps - k)
@@ -572,9 +608,13 @@ class WuxingNetwork(torch.nn.Module):
         return E, Q, diverged, hit
 
     def _run_adjoint(
-        self, reverse: bool, E0: torch.Tensor, drive: torch.Tensor, rest: torch.Tensor,
+        self,
+        reverse: bool,
+        E0: torch.Tensor,
+        drive: torch.Tensor,
+        rest: torch.Tensor,
         c: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_run` with adjoint gradients (``SimConfig.adjoint``); no clip by construction."""
         import torchdiffeq
 
@@ -586,16 +626,14 @@ class WuxingNetwork(torch.nn.Module):
             E = y[0]
             # a sample past the bound stops evolving (and stays flagged): NaN compares False
             live = E.abs().amax(0) < bound
-            return (torch.where(live, f(E, drive, c, rest), 0.0),
-                    torch.where(live, E - rest, 0.0))  # fmt: skip
+            return (torch.where(live, f(E, drive, c, rest), 0.0), torch.where(live, E - rest, 0.0))
 
         h = cfg.T / n_steps
 
         def grid(func: object, y0: object, t: torch.Tensor) -> torch.Tensor:
             # the solver's equal steps over [t0, t1], forwards and (adjoint) backwards
             m = max(1, round(abs(float(t[-1] - t[0])) / h))
-            return torch.linspace(float(t[0]), float(t[-1]), m + 1, dtype=t.dtype,
-                                  device=t.device)  # fmt: skip
+            return torch.linspace(float(t[0]), float(t[-1]), m + 1, dtype=t.dtype, device=t.device)
 
         # states kept every `checkpoint_every` steps restart the backward reconstruction
         every = cfg.checkpoint_every or n_steps
@@ -603,9 +641,13 @@ class WuxingNetwork(torch.nn.Module):
         t = torch.tensor(marks, dtype=E0.dtype, device=E0.device) * h
         method = "heun2" if isinstance(cfg.solver, Heun) else "euler"
         E, Q = torchdiffeq.odeint_adjoint(
-            func, (E0, torch.zeros_like(E0)), t, method=method,
-            options={"grid_constructor": grid}, adjoint_params=(c, drive),
-        )  # fmt: skip
+            func,
+            (E0, torch.zeros_like(E0)),
+            t,
+            method=method,
+            options={"grid_constructor": grid},
+            adjoint_params=(c, drive),
+        )
         E, Q = E[-1], Q[-1]
         diverged = ~(E.detach().abs().amax(0) < bound)
         return E, Q, diverged, torch.zeros_like(diverged)
@@ -737,7 +779,8 @@ class WuxingNetwork(torch.nn.Module):
             raise ValueError("steady_state takes one coefficient vector (n_links,)")
         bounds, batch = self.layer_bounds, x.shape[0]
         rest = self.rest_state().to(x.dtype).reshape(-1, 5)
-        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=x.device)
+        signals: list[torch.Tensor] = []
+        ok = torch.ones(batch, dtype=torch.bool, device=x.device)
         for ell in range(len(self.wiring.sizes)):
             a, b = bounds[ell], bounds[ell + 1]
             drive = x.new_zeros(batch, 5 * (b - a))
@@ -790,7 +833,8 @@ class WuxingNetwork(torch.nn.Module):
         bounds, batch = self.layer_bounds, error.shape[0]
         rest = self.rest_rev[self.to_internal, 0].to(error.dtype).reshape(-1, 5)
         n_layers = len(self.wiring.sizes)
-        signals, ok = [], torch.ones(batch, dtype=torch.bool, device=error.device)
+        signals: list[torch.Tensor] = []
+        ok = torch.ones(batch, dtype=torch.bool, device=error.device)
         for ell in reversed(range(n_layers)):
             a, b = bounds[ell], bounds[ell + 1]
             drive = error.new_zeros(batch, 5 * (b - a))

@@ -320,8 +320,9 @@ class Backprop:
         if not (math.isfinite(self.k_lr) and self.k_lr >= 0):
             raise ValueError(f"Backprop.k_lr must be a finite number >= 0, got {self.k_lr!r}")
         if self.k_lr > 0 and self.through != "time":
-            raise ValueError("Backprop.k_lr > 0 trains K through the time simulation: "
-                             "through must be 'time'")  # fmt: skip
+            raise ValueError(
+                "Backprop.k_lr > 0 trains K through the time simulation: through must be 'time'"
+            )
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"Backprop.margin must be a finite number > 0, got {self.margin!r}")
         _check_K_range(self.K_range, self.margin, "Backprop")
@@ -404,8 +405,9 @@ def signals(
             bwd = net.simulate_reversed(e)
             T = net.config.T
             ok = ~(fwd.diverged | bwd.diverged)
-            return Signals(fwd.score, e, fwd.integral / T, bwd.integral / T, ok,
-                           fwd.clipped | bwd.clipped)  # fmt: skip
+            return Signals(
+                fwd.score, e, fwd.integral / T, bwd.integral / T, ok, fwd.clipped | bwd.clipped
+            )
         if reversal == "operating":
             z = x.new_zeros(x.shape[0], 5 * net.wiring.n_neurons, requires_grad=True)
             with torch.enable_grad():
@@ -623,8 +625,10 @@ def bptt_step(
     old_K = net.K.detach().clone()
     train_k = net.K.requires_grad
     if train_k and (method.through != "time" or net.config.adjoint):
-        raise ValueError("K is trained by the taped time simulation (through='time'), not the "
-                         "adjoint or the steady state")  # fmt: skip
+        raise ValueError(
+            "K is trained by the taped time simulation (through='time'), not the "
+            "adjoint or the steady state"
+        )
     with torch.enable_grad():
         if method.through == "time":
             res = net.simulate(x)
@@ -840,9 +844,26 @@ def train(
             base_lr.append(method.k_lr)
         opt = torch.optim.AdamW(groups, lr=method.lr, weight_decay=method.weight_decay)
     try:
-        return _train_loop(net, x, y, method, epochs, batch_size, seed, val, val_mode,
-                           callback, epoch_callback, max_seconds, neuron, schedule, augment,
-                           opt, base_lr, max_samples)  # fmt: skip
+        return _train_loop(
+            net,
+            x,
+            y,
+            method,
+            epochs,
+            batch_size,
+            seed,
+            val,
+            val_mode,
+            callback,
+            epoch_callback,
+            max_seconds,
+            neuron,
+            schedule,
+            augment,
+            opt,
+            base_lr,
+            max_samples,
+        )
     finally:
         net.K.requires_grad_(False)
         net.K.grad = None

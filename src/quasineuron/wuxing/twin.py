@@ -56,6 +56,9 @@ class NeuronTwin(torch.nn.Module):
         correction: The fitted MLP ``m``, (R, 5) → (R, 5).
     """
 
+    # buffers are declared here so the type checker knows them (nn.Module's __getattr__ is untyped)
+    gain: torch.Tensor
+
     def __init__(self, gain: torch.Tensor, correction: MLPSurrogate) -> None:
         super().__init__()
         self.register_buffer("gain", gain.float())
@@ -158,11 +161,21 @@ def fit_neuron_twin(
     n_train = int(0.8 * u.shape[0])
     domain = Box(low=(lo,) * 5, high=(hi,) * 5)
     mlp = train_mlp(
-        u[:n_train], target[:n_train], u[n_train:], target[n_train:], domain=domain,
-        hidden=hidden, max_steps=max_steps, lr=3e-3, patience=40, eval_every=50,
-        lbfgs_steps=200, generator=g, policy="clamp",
+        u[:n_train],
+        target[:n_train],
+        u[n_train:],
+        target[n_train:],
+        domain=domain,
+        hidden=hidden,
+        max_steps=max_steps,
+        lr=3e-3,
+        patience=40,
+        eval_every=50,
+        lbfgs_steps=200,
+        generator=g,
+        policy="clamp",
         source={"name": "wuxing-steady-map-correction", "K": K[:, :, 0].tolist()},
-    )  # fmt: skip
+    )
     twin = NeuronTwin(gain, mlp)
     D = D.float()
     with torch.no_grad():
