@@ -268,11 +268,11 @@ def _read_csv(path: Path, raw: bytes, wanted: list[str], sep: str) -> dict[str, 
 
 def _read_hdf5(path: Path, wanted: list[str]) -> dict[str, list[Any]]:
     try:
-        import h5py  # type: ignore[import-untyped,unused-ignore]
+        import h5py
     except ImportError as exc:
         raise ImportError(
-            f"reading the HDF5 file {path} needs h5py, which is not installed: pip install h5py "
-            "(or export the data as CSV, which needs nothing extra)"
+            f"reading the HDF5 file {path} needs h5py, which is not installed: pip install "
+            "'quasineuron[measured]' (or export the data as CSV, which needs nothing extra)"
         ) from exc
     with h5py.File(path, "r") as f:
         names: list[str] = []
@@ -287,12 +287,12 @@ def _read_hdf5(path: Path, wanted: list[str]) -> dict[str, list[Any]]:
 
 def _read_netcdf(path: Path, wanted: list[str]) -> dict[str, list[Any]]:
     try:
-        import xarray  # type: ignore[import-not-found,unused-ignore]
+        import xarray
     except ImportError as exc:
         raise ImportError(
             f"reading the NetCDF file {path} needs xarray and a NetCDF engine, which are not "
-            "installed: pip install xarray netCDF4 (or export the data as CSV, which needs "
-            "nothing extra)"
+            "installed: pip install 'quasineuron[measured]' (or export the data as CSV, "
+            "which needs nothing extra)"
         ) from exc
     with xarray.open_dataset(path) as ds:
         names = [str(k) for k in (*ds.data_vars, *ds.coords)]
