@@ -213,7 +213,7 @@ def test_netcdf_variables_map_like_columns(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("module", "suffix", "advice"),
-    [("h5py", ".h5", "quasineuron[measured]"), ("xarray", ".nc", "quasineuron[measured]")],
+    [("h5py", ".h5", r"quasineuron\[measured\]"), ("xarray", ".nc", r"quasineuron\[measured\]")],
 )
 def test_a_missing_reader_names_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, suffix: str, advice: str
