@@ -5,6 +5,9 @@ An executor maps one function over numbered work items and yields ``(index, resu
 order of completion never matters, for the result or for resuming.
 
 - :class:`SerialExecutor` (the default) runs in the calling process, in order.
+- :class:`AutoExecutor` starts in the calling process and moves to worker processes only once
+  the work has proved long enough to pay for starting them (what ``workers=N`` means in
+  ``characterize`` and on the command line).
 - :class:`ProcessExecutor` runs in ``n_workers`` fresh processes (``spawn`` start method, so it
   behaves the same on every OS and never forks a process holding torch threads). The function,
   usually a device bound into a ``functools.partial``, is pickled **once per worker** through
@@ -38,10 +41,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["AbstractExecutor", "KillablePool", "ProcessExecutor", "SerialExecutor"]
+__all__ = [
+    "AbstractExecutor",
+    "AutoExecutor",
+    "KillablePool",
+    "ProcessExecutor",
+    "SerialExecutor",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -209,6 +218,116 @@ class ProcessExecutor(AbstractExecutor):
             "kind": "ProcessExecutor",
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
+        }
+
+
+#: Seconds to start a pool of worker processes and get the first result back: a spawned
+#: interpreter, ``import torch`` and the pickled device, measured on 2 cores at 1.6 to 2.3 s for
+#: 1 or 2 workers (bench/bench_workers.py; BENCHMARKS.md). Work shorter than this is faster
+#: in the calling process whatever the number of workers.
+PROCESS_START_S = 2.0
+#: Seconds of overhead per batch sent to a worker (pickling the points and the result, the
+#: pipe, waking the pool), measured at about 1 ms for 4096 points; a batch cheaper than this
+#: cannot gain from another process even once the workers are running.
+TRANSFER_S = 0.005
+
+
+@dataclass(frozen=True)
+class AutoExecutor(AbstractExecutor):
+    """Worker processes only where they pay: start here, move out once the work proves long.
+
+    Batches first run in the calling process. When the time spent there reaches
+    ``start_cost_s`` (what starting the workers would have cost) and a batch takes longer than
+    ``transfer_s`` (the per-batch cost of sending it), the remaining batches go to a
+    :class:`ProcessExecutor`. So a sweep that finishes in less than the start-up cost never
+    starts a process (``workers=2`` on a cheap formula device is otherwise ~50x slower), and a
+    long sweep loses at most ``start_cost_s`` against choosing workers up front (the rule of
+    renting before buying). Results and the store are the same either way: every batch is
+    written to its own chunk, whichever process computed it.
+
+    Args:
+        n_workers: Worker processes once the work has proved long.
+        threads_per_worker: ``torch.set_num_threads`` in each worker (see ``ProcessExecutor``).
+        start_cost_s: Seconds in this process after which workers are started.
+        transfer_s: Mean seconds per batch below which workers are never started.
+        on_decision: Called once, at the end or at the switch, with a one-line account and a
+            JSON-ready dict (``mode``: ``"serial"`` or ``"processes"``, with the timings).
+    """
+
+    n_workers: int
+    threads_per_worker: int | None = 1
+    start_cost_s: float = PROCESS_START_S
+    transfer_s: float = TRANSFER_S
+    on_decision: Callable[[str, dict[str, Any]], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        ProcessExecutor(self.n_workers, self.threads_per_worker)  # same checks, same messages
+        for name in ("start_cost_s", "transfer_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value < math.inf)
+            ):
+                raise ValueError(
+                    f"AutoExecutor.{name} must be a finite number of seconds >= 0, got "
+                    f"{value!r}; 0 starts the workers after the first batch"
+                )
+
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Iterable[tuple[int, T]]
+    ) -> Iterator[tuple[int, R]]:
+        """Apply ``fn`` here, then in workers once it pays; see ``AbstractExecutor``."""
+        it = iter(items)
+        n_done, spent = 0, 0.0
+        for index, arg in it:
+            t0 = time.perf_counter()
+            out = fn(arg)
+            spent += time.perf_counter() - t0
+            n_done += 1
+            yield index, out
+            if spent >= self.start_cost_s and spent / n_done > self.transfer_s:
+                self._decide("processes", n_done, spent)
+                yield from ProcessExecutor(self.n_workers, self.threads_per_worker).map_unordered(
+                    fn, it
+                )
+                return
+        self._decide("serial", n_done, spent)
+
+    def _decide(self, mode: str, n_done: int, spent: float) -> None:
+        if self.on_decision is None:
+            return
+        per = spent / n_done if n_done else 0.0
+        info: dict[str, Any] = {
+            "mode": mode,
+            "n_workers": self.n_workers,
+            "batches_in_process": n_done,
+            "in_process_s": spent,
+            "batch_s": per,
+            "start_cost_s": self.start_cost_s,
+        }
+        if mode == "serial":
+            line = (
+                f"ran serially in this process: {n_done} batches took {spent:.3g} s, less than "
+                f"the ~{self.start_cost_s:g} s that starting {self.n_workers} worker processes "
+                "costs (force them with --force-workers / force_workers=True)"
+            )
+        else:
+            line = (
+                f"moved to {self.n_workers} worker processes after {n_done} batches took "
+                f"{spent:.3g} s in this process ({per:.3g} s per batch)"
+            )
+        self.on_decision(line, info)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {
+            "kind": "AutoExecutor",
+            "n_workers": self.n_workers,
+            "threads_per_worker": self.threads_per_worker,
+            "start_cost_s": self.start_cost_s,
         }
 
 
