@@ -49,7 +49,7 @@ def test_cheap_device_with_workers_runs_serially_and_says_so(tmp_path, capsys):
 def test_auto_executor_never_starts_workers_for_batches_cheaper_than_sending_them():
     decisions = []
     ex = AutoExecutor(
-        2, start_cost_s=0.0, transfer_s=10.0, on_decision=lambda *a: decisions.append(a)
+        2, start_cost_s=0.0, min_batch_s=10.0, on_decision=lambda *a: decisions.append(a)
     )
     out = dict(ex.map_unordered(abs, ((i, -i) for i in range(50))))  # abs: not worth a process
     assert out == {i: i for i in range(50)}
@@ -60,18 +60,23 @@ def test_auto_executor_never_starts_workers_for_batches_cheaper_than_sending_the
 def test_slow_device_moves_to_workers_with_the_same_table(tmp_path):
     pids = tmp_path / "pids"
     decisions = []
-    # 0.05 s per batch against a start cost of 0.12 s: workers after 3 batches of 12
-    ex = AutoExecutor(2, start_cost_s=0.12, on_decision=lambda *a: decisions.append(a))
+    # 0.05 s per batch of 2 points; workers once 2 * 0.1 s were spent here (about 4 batches)
+    ex = AutoExecutor(
+        2, start_cost_s=0.1, min_batch_s=0.0, on_decision=lambda *a: decisions.append(a)
+    )
     t = sweep(PidLogged(pids, delay=0.05), GRID, store=tmp_path / "s", batch_size=2,
               executor=ex, progress=False)  # fmt: skip
     ref = sweep(Elementwise(), GRID, store=tmp_path / "ref", batch_size=2,
                 executor=SerialExecutor(), progress=False)  # fmt: skip
     np.testing.assert_array_equal(t.u, ref.u)
     np.testing.assert_array_equal(t.y, ref.y)
+    [(line, info)] = decisions
+    assert info["mode"] == "processes" and "moved to 2 worker processes" in line
+    k = info["batches_in_process"]
+    assert 4 <= k <= 6 and info["in_process_s"] >= 0.2
     seen = _pids(pids)
-    assert seen[:3] == [os.getpid()] * 3  # timed in this process first
-    assert set(seen[3:]) and os.getpid() not in seen[3:]  # the rest in workers
-    assert [info["mode"] for _, info in decisions] == ["processes"]
+    assert seen[:k] == [os.getpid()] * k  # timed in this process first
+    assert len(seen) == 12 and os.getpid() not in seen[k:]  # the rest in workers
 
 
 @pytest.mark.slow  # starts two worker processes (interpreter + torch each)

@@ -221,51 +221,73 @@ class ProcessExecutor(AbstractExecutor):
         }
 
 
-#: Seconds to start a pool of worker processes and get the first result back: a spawned
-#: interpreter, ``import torch`` and the pickled device, measured on 2 cores at 1.6 to 2.3 s for
-#: 1 or 2 workers (bench/bench_workers.py; BENCHMARKS.md). Work shorter than this is faster
-#: in the calling process whatever the number of workers.
+#: CPU seconds one worker needs to start: a spawned interpreter, ``import torch`` and the
+#: unpickled device's modules (``import torch`` alone is ~1.7 s on 2 quiet cores). Measured
+#: with bench/bench_workers.py: 2 workers took 7.2 s to their first result on 2 cores with a
+#: load average of 6, i.e. ~1.8 s each once the sharing of the cores is divided out.
 PROCESS_START_S = 2.0
-#: Seconds of overhead per batch sent to a worker (pickling the points and the result, the
-#: pipe, waking the pool), measured at about 1 ms for 4096 points; a batch cheaper than this
-#: cannot gain from another process even once the workers are running.
-TRANSFER_S = 0.005
+#: Mean seconds per batch below which workers never start: pickling a 4096-point batch and its
+#: result, the pipe and waking the pool cost ~23 ms per batch on 2 loaded cores (same bench),
+#: and 2 workers only save half of a batch's time.
+MIN_BATCH_S = 0.05
+
+
+def estimate_start_s(n_workers: int) -> float:
+    """Seconds until ``n_workers`` fresh workers answer, on this machine as loaded now.
+
+    Each worker needs about :data:`PROCESS_START_S` of CPU; the workers share the cores with
+    each other and with what already runs (the 1-minute load average), so
+    ``PROCESS_START_S * max(1, (n_workers + load) / cores)``.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on Windows
+        load = 0.0
+    return PROCESS_START_S * max(1.0, (n_workers + load) / cores)
 
 
 @dataclass(frozen=True)
 class AutoExecutor(AbstractExecutor):
     """Worker processes only where they pay: start here, move out once the work proves long.
 
-    Batches first run in the calling process. When the time spent there reaches
-    ``start_cost_s`` (what starting the workers would have cost) and a batch takes longer than
-    ``transfer_s`` (the per-batch cost of sending it), the remaining batches go to a
-    :class:`ProcessExecutor`. So a sweep that finishes in less than the start-up cost never
-    starts a process (``workers=2`` on a cheap formula device is otherwise ~50x slower), and a
-    long sweep loses at most ``start_cost_s`` against choosing workers up front (the rule of
-    renting before buying). Results and the store are the same either way: every batch is
-    written to its own chunk, whichever process computed it.
+    Batches first run in the calling process, timed. When the time spent here reaches twice
+    the cost of starting the workers (``start_cost_s``, by default estimated from this
+    machine's cores and load, see :func:`estimate_start_s`) and a batch takes longer than
+    ``min_batch_s``, the remaining batches go to a :class:`ProcessExecutor`.
+
+    Why twice: 2 workers only halve the remaining time, so they pay once a sweep's serial time
+    W exceeds start + W / 2, i.e. W > 2 * start. A sweep shorter than that never starts a
+    process (``workers=2`` on a cheap formula device is otherwise ~50x slower), and switching at
+    2 * start costs at most 1.5x the better of the two choices made in hindsight (the
+    rent-or-buy argument; 2x with a switch at 1 * start). Results and the store are the same
+    either way: every batch is written to its own chunk, whichever process computed it.
 
     Args:
         n_workers: Worker processes once the work has proved long.
         threads_per_worker: ``torch.set_num_threads`` in each worker (see ``ProcessExecutor``).
-        start_cost_s: Seconds in this process after which workers are started.
-        transfer_s: Mean seconds per batch below which workers are never started.
+        start_cost_s: Seconds the workers take to start; ``None`` estimates it when the sweep
+            starts. Workers start after ``2 * start_cost_s`` in this process (0: after the
+            first batch).
+        min_batch_s: Mean seconds per batch below which workers never start.
         on_decision: Called once, at the end or at the switch, with a one-line account and a
             JSON-ready dict (``mode``: ``"serial"`` or ``"processes"``, with the timings).
     """
 
     n_workers: int
     threads_per_worker: int | None = 1
-    start_cost_s: float = PROCESS_START_S
-    transfer_s: float = TRANSFER_S
+    start_cost_s: float | None = None
+    min_batch_s: float = MIN_BATCH_S
     on_decision: Callable[[str, dict[str, Any]], None] | None = field(
         default=None, compare=False, repr=False
     )
 
     def __post_init__(self) -> None:
         ProcessExecutor(self.n_workers, self.threads_per_worker)  # same checks, same messages
-        for name in ("start_cost_s", "transfer_s"):
+        for name in ("start_cost_s", "min_batch_s"):
             value = getattr(self, name)
+            if value is None and name == "start_cost_s":
+                continue
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
@@ -280,6 +302,9 @@ class AutoExecutor(AbstractExecutor):
         self, fn: Callable[[T], R], items: Iterable[tuple[int, T]]
     ) -> Iterator[tuple[int, R]]:
         """Apply ``fn`` here, then in workers once it pays; see ``AbstractExecutor``."""
+        start = self.start_cost_s
+        if start is None:
+            start = estimate_start_s(self.n_workers)
         it = iter(items)
         n_done, spent = 0, 0.0
         for index, arg in it:
@@ -288,15 +313,15 @@ class AutoExecutor(AbstractExecutor):
             spent += time.perf_counter() - t0
             n_done += 1
             yield index, out
-            if spent >= self.start_cost_s and spent / n_done > self.transfer_s:
-                self._decide("processes", n_done, spent)
+            if spent >= 2 * start and spent / n_done > self.min_batch_s:
+                self._decide("processes", n_done, spent, start)
                 yield from ProcessExecutor(self.n_workers, self.threads_per_worker).map_unordered(
                     fn, it
                 )
                 return
-        self._decide("serial", n_done, spent)
+        self._decide("serial", n_done, spent, start)
 
-    def _decide(self, mode: str, n_done: int, spent: float) -> None:
+    def _decide(self, mode: str, n_done: int, spent: float, start: float) -> None:
         if self.on_decision is None:
             return
         per = spent / n_done if n_done else 0.0
@@ -306,13 +331,13 @@ class AutoExecutor(AbstractExecutor):
             "batches_in_process": n_done,
             "in_process_s": spent,
             "batch_s": per,
-            "start_cost_s": self.start_cost_s,
+            "start_cost_s": start,
         }
         if mode == "serial":
             line = (
-                f"ran serially in this process: {n_done} batches took {spent:.3g} s, less than "
-                f"the ~{self.start_cost_s:g} s that starting {self.n_workers} worker processes "
-                "costs (force them with --force-workers / force_workers=True)"
+                f"ran serially in this process: {n_done} batches took {spent:.3g} s, too short "
+                f"to gain from {self.n_workers} worker processes that take ~{start:.2g} s to "
+                "start (force them with --force-workers / force_workers=True)"
             )
         else:
             line = (
@@ -328,6 +353,7 @@ class AutoExecutor(AbstractExecutor):
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
             "start_cost_s": self.start_cost_s,
+            "min_batch_s": self.min_batch_s,
         }
 
 
