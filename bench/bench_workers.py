@@ -109,10 +109,11 @@ def main() -> None:
         for cost in args.costs:
             dev = Costly(cost, spin=spin)
             t_s = _sweep_time(dev, SerialExecutor(), args.points, args.batch_size)
-            t_p = _sweep_time(dev, ProcessExecutor(2), args.points, args.batch_size)
             mode: list[str] = []
             auto = AutoExecutor(2, on_decision=lambda _line, info, m=mode: m.append(info["mode"]))
             t_a = _sweep_time(dev, auto, args.points, args.batch_size)
+            # last: the finished pool's workers tear down (seconds with torch) in the background
+            t_p = _sweep_time(dev, ProcessExecutor(2), args.points, args.batch_size)
             rows.append({"kind": "spin" if spin else "sleep", "per_point_s": cost,
                          "serial_s": t_s, "processes_s": t_p, "auto_s": t_a,
                          "auto_mode": mode[0] if mode else "?"})  # fmt: skip
