@@ -58,7 +58,7 @@ class Costly(AbstractDevice):
         return torch.tanh(u)
 
 
-def _noop(x: int) -> int:
+def _noop(x: object) -> object:
     return x
 
 
@@ -110,7 +110,11 @@ def main() -> None:
             dev = Costly(cost, spin=spin)
             t_s = _sweep_time(dev, SerialExecutor(), args.points, args.batch_size)
             mode: list[str] = []
-            auto = AutoExecutor(2, on_decision=lambda _line, info, m=mode: m.append(info["mode"]))
+
+            def note(_line: str, info: dict[str, object], m: list[str] = mode) -> None:
+                m.append(str(info["mode"]))
+
+            auto = AutoExecutor(2, on_decision=note)
             t_a = _sweep_time(dev, auto, args.points, args.batch_size)
             # last: the finished pool's workers tear down (seconds with torch) in the background
             t_p = _sweep_time(dev, ProcessExecutor(2), args.points, args.batch_size)
