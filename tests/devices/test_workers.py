@@ -1,4 +1,4 @@
-"""Built-in devices go to worker processes: ``characterize --workers 2`` runs end to end."""
+"""Built-in devices go to worker processes: ``characterize --workers 2 --force-workers`` works."""
 
 from __future__ import annotations
 
