@@ -142,7 +142,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ch.add_argument("--batch-size", type=_int_at_least(1), default=4096)
     ch.add_argument(
-        "--workers", type=_int_at_least(0), default=0, help="local worker processes (0: none)"
+        "--workers",
+        type=_int_at_least(0),
+        default=0,
+        help="local worker processes (0: none); started only once the sweep has run longer "
+        "than starting them costs (~2 s), otherwise it stays in-process and says so",
+    )
+    ch.add_argument(
+        "--force-workers",
+        action="store_true",
+        help="start the --workers processes up front, however cheap the device",
     )
     ch.add_argument(
         "--timeout",
@@ -214,6 +223,7 @@ def _characterize(args: argparse.Namespace) -> int:
         sampler=sampler,
         batch_size=args.batch_size,
         workers=args.workers,
+        force_workers=args.force_workers,
         timeout=args.timeout,
         twin_kind=args.twin,
         seed=args.seed,
@@ -235,9 +245,10 @@ def _characterize(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from quasineuron.config import load_config
+
+    config = load_config(args.config)  # before the pipeline's imports: config errors stay quick
     from quasineuron.pipeline import run_pipeline
 
-    config = load_config(args.config)
     metrics = run_pipeline(
         config,
         args.out,
@@ -274,16 +285,17 @@ def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from quasineuron.devices.library import available_devices
+    # The names only, without importing torch; equal to devices.available_devices().
+    from quasineuron._device_names import device_names as available_devices
 
     print("\n".join(available_devices()))
     return 0
 
 
 def _message(exc: BaseException) -> str:
-    from quasineuron.pipeline import _error_line
+    from quasineuron._messages import error_line
 
-    text = _error_line(exc)
+    text = error_line(exc)
     if isinstance(exc, MemoryError) and text == "MemoryError":
         text = "out of memory; use smaller sizes, batches or sweep points"
     if isinstance(exc, RuntimeError) and "can't allocate memory" in text:  # torch's allocator

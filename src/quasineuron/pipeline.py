@@ -11,6 +11,7 @@ import os
 import pickle
 import platform
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from quasineuron._atomic import atomic_write_bytes, atomic_write_json
+from quasineuron._messages import error_line as _error_line
 from quasineuron._version import __version__
 from quasineuron.config import RunConfig, config_hash, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
@@ -66,6 +68,7 @@ from quasineuron.sweep import (
     SweepTable,
     sweep,
 )
+from quasineuron.sweep.executors import AutoExecutor
 from quasineuron.training import Cosine, TrainResult, train
 
 __all__ = [
@@ -171,6 +174,7 @@ def characterize(
     batch_size: int = 4096,
     executor: AbstractExecutor | None = None,
     workers: int = 0,
+    force_workers: bool = False,
     timeout: float | None = None,
     twin_kind: Kind = "auto",
     hidden: tuple[int, ...] = (64, 64),
@@ -193,7 +197,12 @@ def characterize(
         sampler: Points to evaluate; default :func:`default_sampler`.
         batch_size: Points per device call (and per stored chunk).
         executor: Where batches run; overrides ``workers``.
-        workers: Local worker processes (0: in this process).
+        workers: Local worker processes (0: in this process). They start only once the sweep
+            has run in this process for longer than starting them costs (about 2 s); a
+            shorter sweep stays here and says so in one line on stderr and in
+            ``report.json`` (``sweep.workers``). See :class:`AutoExecutor`.
+        force_workers: Start the ``workers`` processes up front, however cheap the device.
+            A ``timeout`` always runs in worker processes.
         timeout: Seconds a point may take before it is marked TIMEOUT (see ``sweep``).
         twin_kind: ``"auto"``, ``"mlp"`` or ``"spline"``.
         hidden: MLP twin hidden sizes.
@@ -226,8 +235,21 @@ def characterize(
         estimate_memory_bytes(n_points=repeats * sampler.n_points(device.n_in), device=device)
     )
     prepare_output_folder(out)
+    choice: dict[str, Any] = {}
     if executor is None and workers > 0:
-        executor = ProcessExecutor(workers)
+        if force_workers or timeout is not None:
+            # only another process can interrupt a hung call, so a timeout needs workers
+            why = "forced" if force_workers else "timeout"
+            executor = ProcessExecutor(workers)
+            choice.update(mode="processes", n_workers=workers, reason=why)
+        else:
+
+            def note(line: str, info: dict[str, Any]) -> None:
+                choice.update(info)
+                if info["mode"] == "serial":  # the user asked for workers: say why there were none
+                    print(f"{device.name}: {line}", file=sys.stderr)
+
+            executor = AutoExecutor(workers, on_decision=note)
     t0 = time.perf_counter()
     table = sweep(
         device,
@@ -271,6 +293,7 @@ def characterize(
             "sampler": table.sampler,
             "store": "sweep.zarr",
             "time_s": t_sweep,
+            **({"workers": choice} if choice else {}),
         },
         "twin": {
             "kind": rep.kind,
@@ -729,22 +752,6 @@ def _run_stages(
         "config": config.model_dump(mode="json"),
     }
     return metrics
-
-
-def _error_line(exc: BaseException) -> str:
-    """One line for ``exc``: its type for a bare one, a multi-line message joined."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    text = str(exc).strip()
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        text = f"{exc.strerror}: {exc.filename}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    joined = lines[0]
-    for line in lines[1:]:
-        joined += (" " if joined.endswith(":") else "; ") + line
-    return joined
 
 
 def _write_status(out: Path, status: str, **fields: Any) -> None:

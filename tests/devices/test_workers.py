@@ -1,4 +1,4 @@
-"""Built-in devices go to worker processes: ``characterize --workers 2`` runs end to end."""
+"""Built-in devices go to worker processes: ``characterize --workers 2 --force-workers`` works."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from quasineuron.cli import main
 @pytest.mark.parametrize("name", ["wuxing", "wuxing-steady", "reaction-relu"])
 def test_characterize_with_two_workers(tmp_path: Path, name: str) -> None:
     out = tmp_path / name
-    argv = ["characterize", name, "--workers", "2", "--points", "64", "--out", str(out)]
+    argv = ["characterize", name, "--workers", "2", "--force-workers", "--points", "64"]
+    argv += ["--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["sweep"]["n_points"] == 64

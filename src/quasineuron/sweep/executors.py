@@ -5,6 +5,9 @@ An executor maps one function over numbered work items and yields ``(index, resu
 order of completion never matters, for the result or for resuming.
 
 - :class:`SerialExecutor` (the default) runs in the calling process, in order.
+- :class:`AutoExecutor` starts in the calling process and moves to worker processes only once
+  the work has proved long enough to pay for starting them (what ``workers=N`` means in
+  ``characterize`` and on the command line).
 - :class:`ProcessExecutor` runs in ``n_workers`` fresh processes (``spawn`` start method, so it
   behaves the same on every OS and never forks a process holding torch threads). The function,
   usually a device bound into a ``functools.partial``, is pickled **once per worker** through
@@ -38,10 +41,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["AbstractExecutor", "KillablePool", "ProcessExecutor", "SerialExecutor"]
+__all__ = [
+    "AbstractExecutor",
+    "AutoExecutor",
+    "KillablePool",
+    "ProcessExecutor",
+    "SerialExecutor",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -209,6 +218,143 @@ class ProcessExecutor(AbstractExecutor):
             "kind": "ProcessExecutor",
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
+        }
+
+
+#: CPU seconds one worker needs to start: a spawned interpreter, ``import torch`` and the
+#: unpickled device's modules (``import torch`` alone is ~1.7 s on 2 quiet cores). Measured
+#: with bench/bench_workers.py: 2 workers took 7.2 s to their first result on 2 cores with a
+#: load average of 6, i.e. ~1.8 s each once the sharing of the cores is divided out.
+PROCESS_START_S = 2.0
+#: Mean seconds per batch below which workers never start: pickling a 4096-point batch and its
+#: result, the pipe and waking the pool cost ~23 ms per batch on 2 loaded cores (same bench),
+#: and 2 workers only save half of a batch's time.
+MIN_BATCH_S = 0.05
+
+
+def estimate_start_s(n_workers: int) -> float:
+    """Seconds until ``n_workers`` fresh workers answer, on this machine as loaded now.
+
+    Each worker needs about :data:`PROCESS_START_S` of CPU; the workers share the cores with
+    each other and with what else runs: the 1-minute load average less this busy process,
+    so ``PROCESS_START_S * max(1, (n_workers + load - 1) / cores)``. This matched 2.6 s
+    against 2.15 s measured at load 1.6, and 7.0 s against 7.2 s at load 6.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        others = max(0.0, os.getloadavg()[0] - 1.0)
+    except (OSError, AttributeError):  # not available on Windows
+        others = 0.0
+    return PROCESS_START_S * max(1.0, (n_workers + others) / cores)
+
+
+@dataclass(frozen=True)
+class AutoExecutor(AbstractExecutor):
+    """Worker processes only where they pay: start here, move out once the work proves long.
+
+    Batches first run in the calling process, timed. When the time spent here reaches twice
+    the cost of starting the workers (``start_cost_s``, by default estimated from this
+    machine's cores and load, see :func:`estimate_start_s`) and a batch takes longer than
+    ``min_batch_s``, the remaining batches go to a :class:`ProcessExecutor`.
+
+    Why twice: 2 workers only halve the remaining time, so they pay once a sweep's serial time
+    W exceeds start + W / 2, i.e. W > 2 * start. A sweep shorter than that never starts a
+    process (``workers=2`` on a cheap formula device is otherwise ~50x slower), and switching at
+    2 * start costs at most 1.5x the better of the two choices made in hindsight (the
+    rent-or-buy argument; 2x with a switch at 1 * start). Results and the store are the same
+    either way: every batch is written to its own chunk, whichever process computed it.
+
+    Args:
+        n_workers: Worker processes once the work has proved long.
+        threads_per_worker: ``torch.set_num_threads`` in each worker (see ``ProcessExecutor``).
+        start_cost_s: Seconds the workers take to start; ``None`` estimates it when the sweep
+            starts. Workers start after ``2 * start_cost_s`` in this process (0: after the
+            first batch).
+        min_batch_s: Mean seconds per batch below which workers never start.
+        on_decision: Called once, at the end or at the switch, with a one-line account and a
+            JSON-ready dict (``mode``: ``"serial"`` or ``"processes"``, with the timings).
+    """
+
+    n_workers: int
+    threads_per_worker: int | None = 1
+    start_cost_s: float | None = None
+    min_batch_s: float = MIN_BATCH_S
+    on_decision: Callable[[str, dict[str, Any]], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        ProcessExecutor(self.n_workers, self.threads_per_worker)  # same checks, same messages
+        for name in ("start_cost_s", "min_batch_s"):
+            value = getattr(self, name)
+            if value is None and name == "start_cost_s":
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value < math.inf)
+            ):
+                raise ValueError(
+                    f"AutoExecutor.{name} must be a finite number of seconds >= 0, got "
+                    f"{value!r}; 0 starts the workers after the first batch"
+                )
+
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Iterable[tuple[int, T]]
+    ) -> Iterator[tuple[int, R]]:
+        """Apply ``fn`` here, then in workers once it pays; see ``AbstractExecutor``."""
+        start = self.start_cost_s
+        if start is None:
+            start = estimate_start_s(self.n_workers)
+        it = iter(items)
+        n_done, spent = 0, 0.0
+        for index, arg in it:
+            t0 = time.perf_counter()
+            out = fn(arg)
+            spent += time.perf_counter() - t0
+            n_done += 1
+            yield index, out
+            if spent >= 2 * start and spent / n_done > self.min_batch_s:
+                self._decide("processes", n_done, spent, start)
+                yield from ProcessExecutor(self.n_workers, self.threads_per_worker).map_unordered(
+                    fn, it
+                )
+                return
+        self._decide("serial", n_done, spent, start)
+
+    def _decide(self, mode: str, n_done: int, spent: float, start: float) -> None:
+        if self.on_decision is None:
+            return
+        per = spent / n_done if n_done else 0.0
+        info: dict[str, Any] = {
+            "mode": mode,
+            "n_workers": self.n_workers,
+            "batches_in_process": n_done,
+            "in_process_s": spent,
+            "batch_s": per,
+            "start_cost_s": start,
+        }
+        if mode == "serial":
+            line = (
+                f"ran serially in this process: {n_done} batches took {spent:.3g} s, too short "
+                f"to gain from {self.n_workers} worker processes that take ~{start:.2g} s to "
+                "start (force them with --force-workers / force_workers=True)"
+            )
+        else:
+            line = (
+                f"moved to {self.n_workers} worker processes after {n_done} batches took "
+                f"{spent:.3g} s in this process ({per:.3g} s per batch)"
+            )
+        self.on_decision(line, info)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {
+            "kind": "AutoExecutor",
+            "n_workers": self.n_workers,
+            "threads_per_worker": self.threads_per_worker,
+            "start_cost_s": self.start_cost_s,
+            "min_batch_s": self.min_batch_s,
         }
 
 
