@@ -87,6 +87,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_points": "quasineuron.sweep",
     "Grid": "quasineuron.sweep",
     "LatinHypercube": "quasineuron.sweep",
+    "load_measurements": "quasineuron.sweep",
     "PointStatus": "quasineuron.sweep",
     "ProcessExecutor": "quasineuron.sweep",
     "Random": "quasineuron.sweep",
@@ -189,6 +190,7 @@ if TYPE_CHECKING:  # static type checkers see the real objects; a test keeps thi
         Sobol,
         SweepTable,
         evaluate_points,
+        load_measurements,
         sweep,
     )
     from quasineuron.sweep.dask import DaskExecutor
