@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices import Noisy, ideal_neuron
+from quasineuron.devices.base import Box
 from quasineuron.devices.formula import FormulaDevice
 from quasineuron.surrogate import fit_surrogate
 from quasineuron.sweep import Grid, sweep
@@ -23,24 +24,9 @@ def steep_device() -> FormulaDevice:
     )
 
 
-class NoisyTanh(AbstractDevice):
-    """tanh(u) plus Gaussian noise of known ``std`` from a seeded generator."""
-
-    n_in, n_out, differentiable = 1, 1, False
-
-    def __init__(self, std: float, seed: int = 0) -> None:
-        super().__init__()
-        self.std = std
-        self.domain = Box((-2.0,), (2.0,))
-        self.name = "noisy-tanh"
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(u.shape, generator=self._gen, dtype=u.dtype)
-        return torch.tanh(u) + self.std * noise
-
-    def describe(self) -> dict:
-        return {**super().describe(), "std": self.std}
+def NoisyTanh(std: float, seed: int = 0) -> Noisy:
+    """tanh(u) on [-2.0, 2.0] plus Gaussian noise of known ``std`` from a seeded generator."""
+    return Noisy(ideal_neuron("tanh", limit=2.0), std=std, seed=seed)
 
 
 def test_steep_device_mean_small_worst_large_and_refine_suggested() -> None:

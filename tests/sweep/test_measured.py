@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices import Noisy, ideal_neuron
+from quasineuron.devices.base import Box
 from quasineuron.surrogate import fit_surrogate
 from quasineuron.sweep import Grid, PointStatus, load_measurements, sweep
 from quasineuron.sweep.sampling import repeat_index
@@ -25,25 +26,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     return path
 
 
-class NoisyTanh(AbstractDevice):
-    """tanh(u) plus Gaussian noise of known ``std`` from a seeded generator."""
-
-    n_in, n_out, differentiable = 1, 1, False
-    stochastic = True
-
-    def __init__(self, std: float, seed: int = 0) -> None:
-        super().__init__()
-        self.std = std
-        self.domain = Box((-3.0,), (3.0,))
-        self.name = "noisy-tanh"
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(u.shape, generator=self._gen, dtype=u.dtype)
-        return torch.tanh(u) + self.std * noise
-
-    def describe(self) -> dict:
-        return {**super().describe(), "std": self.std}
+def NoisyTanh(std: float, seed: int = 0) -> Noisy:
+    """tanh(u) on [-3.0, 3.0] plus Gaussian noise of known ``std`` from a seeded generator."""
+    return Noisy(ideal_neuron("tanh", limit=3.0), std=std, seed=seed)
 
 
 # -- unit tests ---------------------------------------------------------------------------------

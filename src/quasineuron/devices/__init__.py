@@ -30,7 +30,7 @@ from quasineuron.devices.ode import (
     solve_reference,
 )
 from quasineuron.devices.reaction import reaction_relu, smoothed_relu
-from quasineuron.devices.wrappers import InputClip
+from quasineuron.devices.wrappers import InputClip, Noisy
 from quasineuron.devices.wuxing import wuxing_neuron
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "FixedPointResult",
     "FormulaDevice",
     "InputClip",
+    "Noisy",
     "Integrate",
     "Newton",
     "almost_neuron",

@@ -211,19 +211,25 @@ def check_device(
             notes.append(f"skipped {', '.join(rest)}: the contract failed")
     else:
         probe = _inner_points(device.domain, 3, seed + 1, on).to(work)
+        if getattr(device, "stochastic", False):
+            # a noisy device's rows differ call to call, and finite differences see the noise
+            for check in ("rows", "gradients"):
+                if check not in skip_set:
+                    skip_set.add(check)
+                    notes.append(f"{check}: skipped, the device is stochastic")
         run("rows", lambda: _rows(device, probe))
-        if device.differentiable and work != torch.float64 and "gradients" not in skip_set:
+        if "gradients" in skip_set:
+            skipped.append("gradients")
+        elif device.differentiable and work != torch.float64:
             skipped.append("gradients")
             notes.append(
                 f"gradients: skipped, finite differences need float64 (checked dtype={work})"
             )
         elif device.differentiable:
             run("gradients", lambda: _gradients(device, probe[:2], seed))
-        elif "gradients" not in skip_set:
-            skipped.append("gradients")
-            notes.append("gradients: skipped, the device declares differentiable=False")
         else:
             skipped.append("gradients")
+            notes.append("gradients: skipped, the device declares differentiable=False")
         run("pickle", lambda: _pickles(device, probe))
 
         def domain() -> str | None:
