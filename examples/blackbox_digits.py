@@ -57,6 +57,19 @@ def rippled_tanh(u: np.ndarray) -> np.ndarray:
     return np.tanh(u) + 0.05 * np.sin(6.0 * u)
 
 
+def black_box(workers: int) -> qn.BlackBoxDevice:
+    """The rippled tanh as a black-box device on [-6, 6] (``workers`` worker processes)."""
+    return qn.BlackBoxDevice(
+        rippled_tanh,
+        n_in=1,
+        n_out=1,
+        domain=qn.Box((-6.0,), (6.0,)),
+        vectorized=True,
+        name="rippled-tanh",
+        workers=workers,
+    )
+
+
 def device_accuracy(net: qn.DeviceNetwork, dev: qn.BlackBoxDevice, test: qn.ArrayDataset) -> float:
     """Test accuracy on the true device; the evaluations it costs are not counted as training."""
     before = dev.n_evaluations
@@ -218,15 +231,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 def compare(args: argparse.Namespace, command: str) -> None:
     """The derivative-free optimisers, same budget and network, mean ± std over seeds."""
-    dev = qn.BlackBoxDevice(
-        rippled_tanh,
-        n_in=1,
-        n_out=1,
-        domain=qn.Box((-6.0,), (6.0,)),
-        vectorized=True,
-        name="rippled-tanh",
-        workers=args.workers,
-    )
+    dev = black_box(args.workers)
     full_train, test = qn.load_digits(seed=0)
     train, val = full_train.split(0.2, seed=0)
     selection, results = {}, {}
@@ -331,15 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         compare(args, command)
         return
 
-    dev = qn.BlackBoxDevice(
-        rippled_tanh,
-        n_in=1,
-        n_out=1,
-        domain=qn.Box((-6.0,), (6.0,)),
-        vectorized=True,
-        name="rippled-tanh",
-        workers=args.workers,
-    )
+    dev = black_box(args.workers)
     train, test = qn.load_digits(seed=args.seed)
     table = qn.sweep(dev, qn.Grid(n=args.sweep_points), progress=False)
     twin = qn.fit_surrogate(table, seed=args.seed, policy="clamp").model
