@@ -266,6 +266,54 @@ class DeviceNetwork(torch.nn.Module):
                 # same class (NotDifferentiableError included), with the layer named first
                 raise type(exc)(f"layer {i} of {len(self.layers)}: {exc}") from exc
 
+    @torch.no_grad()
+    def explain_nonfinite(
+        self,
+        x: torch.Tensor,
+        *,
+        mode: AbstractMode = Surrogate(),  # noqa: B008 - frozen dataclass
+    ) -> str | None:
+        """Say where a forward pass of ``x`` first turns non-finite, or None if it stays finite.
+
+        Layer by layer: non-finite drives (weights or inputs that overflowed), else a device
+        model (the one ``mode`` runs) that returned non-finite outputs for finite drives, named
+        with the layer and the range of the drives that failed.
+
+        Args:
+            x: Inputs, shape (batch, sizes[0]).
+            mode: The mode whose device model is checked.
+
+        Returns:
+            One sentence, or None.
+        """
+        h = x
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            u = layer.drives(h)
+            flat = u.reshape(-1, layer.n_drives)
+            if not bool(torch.isfinite(flat).all()):
+                return (
+                    f"the drives of layer {i} of {n} are non-finite: the weights or the inputs of "
+                    "that layer overflowed; lower the learning rate or scale the inputs"
+                )
+            y = layer.device_outputs(flat, mode=mode)
+            bad = ~torch.isfinite(y).reshape(len(flat), -1).all(dim=1)
+            if bool(bad.any()):
+                failed = flat[bad]
+                low = [round(v, 4) for v in failed.amin(0).tolist()]
+                high = [round(v, 4) for v in failed.amax(0).tolist()]
+                model = "the twin of device" if not mode.uses_true_device else "device"
+                return (
+                    f"{model} {layer.device.name!r} in layer {i} of {n} returned non-finite "
+                    f"outputs for {int(bad.sum())} of {len(flat)} drive rows, with drives from "
+                    f"{low} to {high} (its domain: {list(layer.device.domain.low)} to "
+                    f"{list(layer.device.domain.high)}); keep the drives where the device works "
+                    "(wrap it in InputClip, or narrow its domain and characterise it again), fix "
+                    "the device there, or train through its twin (Surrogate())"
+                )
+            h = layer.run(h, mode=mode)[0]
+        return None
+
     def connection_state_dict(self) -> dict[str, torch.Tensor]:
         """The network's own tensors (weights, masks, readout), without device or twin state."""
         return {

@@ -222,6 +222,7 @@ def train(
         start_epoch = int(ckpt.meta["epoch"])
     resumed_from = start_epoch
 
+    step_checks = device.type == "cpu"
     was_training = net.training
     try:
         with torch.enable_grad():
@@ -255,6 +256,14 @@ def train(
                         if epoch == start_epoch and b == 0:
                             _check_output(out, train_data)
                         batch_loss = loss_fn(out, yb)
+                        # On the CPU a check costs no device sync, so a non-finite loss stops the
+                        # step that made it, while the weights that made it are intact and the
+                        # network can say which device failed (elsewhere: once an epoch).
+                        if step_checks and not bool(torch.isfinite(batch_loss)):
+                            loss_value = float(batch_loss.detach())
+                            raise FloatingPointError(
+                                _nonfinite_message(net, xb, mode, loss_value, epoch, b, opt_cfg.lr)
+                            )
                         batch_loss.backward()
                         opt.step()
                         sum_loss += batch_loss.detach().double() * len(idx)
@@ -268,8 +277,7 @@ def train(
                     train_loss = sum_loss.item() / n
                     if not math.isfinite(train_loss):
                         raise FloatingPointError(
-                            f"training loss became {train_loss} in epoch {epoch + 1}; lower the "
-                            f"learning rate (now {opt_cfg.lr!r}) or check the network's outputs"
+                            _nonfinite_message(net, xb, mode, train_loss, epoch, None, opt_cfg.lr)
                         )
                     val_loss = val_acc = None
                     if val is not None:
@@ -316,6 +324,35 @@ def train(
         best_epoch=best["epoch"],
         stopped_early=stopped,
         resumed_from_epoch=resumed_from,
+    )
+
+
+def _nonfinite_message(
+    net: torch.nn.Module,
+    xb: torch.Tensor,
+    mode: Any,
+    value: float,
+    epoch: int,
+    step: int | None,
+    lr: float,
+) -> str:
+    """Why the training loss became ``value``: the device that failed, else the learning rate.
+
+    A network that can explain non-finite values (``explain_nonfinite``, e.g. a
+    ``DeviceNetwork``: which layer's device returned them, for which drives) is asked on the
+    batch ``xb``.
+    """
+    where = f"in epoch {epoch + 1}" if step is None else f"at step {step + 1} of epoch {epoch + 1}"
+    head = f"training loss became {value} {where}"
+    explain = getattr(net, "explain_nonfinite", None)
+    reason = None
+    if callable(explain):
+        with torch.no_grad():
+            reason = explain(xb, mode=mode) if mode is not None else explain(xb)
+    if reason:
+        return f"{head}: {reason}"
+    return (
+        f"{head}; lower the learning rate (now {lr!r}) or check the network's outputs and the loss"
     )
 
 
