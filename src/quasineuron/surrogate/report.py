@@ -166,8 +166,14 @@ class FitReport:
             )
         if self.failed_fraction:
             lines.append(
-                f"  {100 * self.failed_fraction:.3g}% of the sweep failed "
-                f"({_counts(self.sweep_failures)}); the twin is not fitted there (see valid())"
+                f"  {100 * self.failed_fraction:.3g}% of the sweep's readings failed "
+                f"({_counts(self.sweep_failures)}); where every reading of a point failed the "
+                "twin is not fitted there (see valid())"
+                + (
+                    "; a point with some readings left is fitted on those"
+                    if self.repeats > 1
+                    else ""
+                )
             )
         if self.excluded:
             lines.append(
