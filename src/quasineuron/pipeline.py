@@ -64,6 +64,7 @@ from quasineuron.sweep import (
     PointStatus,
     ProcessExecutor,
     Random,
+    SerialExecutor,
     Sobol,
     SweepTable,
     sweep,
@@ -228,7 +229,7 @@ def characterize(
     # No probe call here: the sweep checks the contract on every batch (a broken one stops it
     # with DeviceContractError) and records points where the device raises, returns
     # non-finite values or hangs. A probe in this process could hang with no timeout.
-    if workers > 0 or timeout is not None or executor is not None:
+    if workers > 0 or timeout is not None or not isinstance(executor, SerialExecutor | None):
         _check_picklable(device)
     sampler = sampler or default_sampler(device.n_in, seed=seed)
     _check_memory(
