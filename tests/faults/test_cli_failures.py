@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from quasineuron.cli import main
 from quasineuron.sweep import PointStatus, SweepTable
@@ -334,3 +335,18 @@ def test_running_out_of_memory_is_one_line(
     assert main(["devices"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "out of memory" in err and "Traceback" not in err
+
+
+def test_only_a_device_that_goes_to_other_processes_must_pickle(tmp_path: Path) -> None:
+    import quasineuron as qn
+    from quasineuron.errors import DeviceContractError
+    from quasineuron.pipeline import characterize
+
+    dev = qn.FormulaDevice(
+        lambda u: torch.tanh(u), n_in=1, n_out=1, domain=qn.Box((-1.0,), (1.0,)), name="lam"
+    )
+    run = characterize(dev, tmp_path / "a", executor=qn.SerialExecutor(), progress=False)
+    assert run.report["sweep"]["n_failed"] == 0
+    with pytest.raises(DeviceContractError, match="cannot be pickled"):
+        characterize(dev, tmp_path / "b", workers=2, progress=False)
+    assert not (tmp_path / "b" / "sweep.zarr").exists()  # refused before any work
