@@ -100,7 +100,7 @@ def test_a_mode_class_without_a_name_fails_when_defined():
                 return u
 
 
-BUILT_IN = {"surrogate": Surrogate(), "device": TrueDevice(), "physics_aware": PhysicsAware()}
+BUILT_IN = {"surrogate": Surrogate(), "device": TrueDevice(), "physics-aware": PhysicsAware()}
 BUILT_IN["direct"] = Direct()
 
 
@@ -110,12 +110,13 @@ def test_each_built_in_mode_has_one_name_used_by_reports_and_the_registry():
         assert mode.name == name
         assert mode_name(mode) == name  # the report key
         assert mode_from_name(name) == mode
-    assert mode_from_name("physics-aware") == PhysicsAware()  # older config spelling
+    with pytest.warns(DeprecationWarning, match="'physics-aware' instead"):
+        assert mode_from_name("physics_aware") == PhysicsAware()  # older spelling
     assert Direct(adjoint=True).name == "direct"
 
 
 def test_mode_from_name_lists_the_names_it_knows():
-    with pytest.raises(ValueError, match="'surrogate', 'device', 'physics_aware', 'direct'"):
+    with pytest.raises(ValueError, match="'surrogate', 'device', 'physics-aware', 'direct'"):
         mode_from_name("true_device")
     with pytest.raises(TypeError, match="string"):
         mode_from_name(TrueDevice)

@@ -10,11 +10,12 @@ methods and never asks which mode it has, so a new mode is one class in its own 
 |---|---|---|---|
 | :class:`Surrogate` | ``surrogate`` | twin | autograd through the twin |
 | :class:`TrueDevice` | ``device`` | true device | autograd if ``differentiable``, else refused |
-| :class:`PhysicsAware` | ``physics_aware`` | true device | twin's VJP at the applied drives |
+| :class:`PhysicsAware` | ``physics-aware`` | true device | twin's VJP at the applied drives |
 | :class:`Direct` | ``direct`` | true device | autograd; needs ``differentiable`` |
 
 ``name`` is the one spelling of a mode in reports, saved files and configs;
-:func:`mode_from_name` turns it back into a mode (and reads the older ``"physics-aware"``).
+:func:`mode_from_name` turns it back into a mode (the older ``"physics_aware"`` still reads,
+with a ``DeprecationWarning``).
 
 Physics-aware training: Wright et al., "Deep physical neural networks trained with
 backpropagation", Nature 601, 549-555 (2022).
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from quasineuron._names import ALIASES, canonical
 from quasineuron.errors import NotDifferentiableError
 
 if TYPE_CHECKING:
@@ -174,7 +176,7 @@ class PhysicsAware(AbstractMode):
     are not differentiable.
     """
 
-    name = "physics_aware"
+    name = "physics-aware"
     uses_true_device = True
     needs_twin = True
 
@@ -233,16 +235,14 @@ MODES: Mapping[str, type[AbstractMode]] = MappingProxyType(
     {cls.name: cls for cls in (Surrogate, TrueDevice, PhysicsAware, Direct)}
 )
 
-# Older spellings still read from configs; they map to the canonical name above.
-_ALIASES = {"physics-aware": "physics_aware"}
-
 
 def mode_from_name(name: str) -> AbstractMode:
     """The built-in mode called ``name``, with its default options.
 
     Args:
-        name: A key of :data:`MODES` (``"surrogate"``, ``"device"``, ``"physics_aware"``,
-            ``"direct"``); the older config spelling ``"physics-aware"`` is also accepted.
+        name: A key of :data:`MODES` (``"surrogate"``, ``"device"``, ``"physics-aware"``,
+            ``"direct"``); the older spelling ``"physics_aware"`` reads with a
+            ``DeprecationWarning``.
 
     Returns:
         A new mode, e.g. ``TrueDevice()`` for ``"device"``.
@@ -253,7 +253,9 @@ def mode_from_name(name: str) -> AbstractMode:
     """
     if not isinstance(name, str):
         raise TypeError(f"a mode name must be a string such as 'surrogate', got {name!r}")
-    cls = MODES.get(_ALIASES.get(name, name))
+    if name in ALIASES["mode"]:
+        name = canonical("mode", name, stacklevel=3)
+    cls = MODES.get(name)
     if cls is None:
         raise ValueError(
             f"unknown mode name {name!r}; expected one of {', '.join(map(repr, MODES))} "
