@@ -35,7 +35,7 @@ class NoisyTwin(AbstractMode):
 
     std: float = 0.1
     seed: int = 0
-    name = "noisy_twin"
+    name = "noisy-twin"
     uses_true_device = False
     needs_twin = True
 
@@ -67,7 +67,7 @@ def test_a_mode_defined_outside_the_package_trains_and_is_evaluated(gen):
 
     labels = net(x, mode=Surrogate()).argmax(1)
     report = evaluate(net, ArrayDataset(x, labels), modes=(Surrogate(), NoisyTwin(std=0.0)))
-    assert report.accuracy == {"surrogate": 1.0, "noisy_twin": 1.0}
+    assert report.accuracy == {"surrogate": 1.0, "noisy-twin": 1.0}
     result = qn.train(
         net, ArrayDataset(x, labels), mode=NoisyTwin(), epochs=1, batch_size=4, progress=False
     )
@@ -84,6 +84,16 @@ def test_a_mode_class_without_a_name_fails_when_defined():
     with pytest.raises(TypeError, match="name = "):
 
         class Nameless(AbstractMode):
+            uses_true_device = False
+            needs_twin = False
+
+            def evaluate(self, layer, u):
+                return u
+
+    with pytest.raises(TypeError, match="kebab-case.*'snake-named'"):
+
+        class SnakeNamed(AbstractMode):
+            name = "snake_named"
             uses_true_device = False
             needs_twin = False
 
@@ -121,4 +131,4 @@ def test_mode_from_name_lists_the_names_it_knows():
     with pytest.raises(TypeError, match="string"):
         mode_from_name(TrueDevice)
     with pytest.raises(TypeError):
-        MODES["noisy_twin"] = NoisyTwin  # read-only: no global registration
+        MODES["noisy-twin"] = NoisyTwin  # read-only: no global registration

@@ -406,12 +406,13 @@ class _GuardedAdjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         out, inputs = ctx.inner
-        del ctx.inner  # the inner graph is used once
         wanted = [t for t in inputs if t.requires_grad]
         grads: tuple[torch.Tensor | None, ...] = ()
         if wanted and out.requires_grad:
             try:
-                grads = torch.autograd.grad(out, wanted, grad, allow_unused=True)
+                # retained: backward may run more than once (gradcheck, retain_graph=True); the
+                # inner graph of an adjoint solve holds no steps, so keeping it costs little
+                grads = torch.autograd.grad(out, wanted, grad, allow_unused=True, retain_graph=True)
             except AssertionError as exc:  # torchdiffeq's "underflow in dt"
                 raise SolverError(ctx.explain(f"{exc}")) from exc
             if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):

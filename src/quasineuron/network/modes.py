@@ -24,6 +24,7 @@ backpropagation", Nature 601, 549-555 (2022).
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,6 +48,10 @@ __all__ = [
     "mode_from_name",
     "physics_aware",
 ]
+
+
+# one vocabulary: a mode name is lower-case letters and digits joined by single '-'
+_KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 class AbstractMode(abc.ABC):
@@ -76,7 +81,13 @@ class AbstractMode(abc.ABC):
         if not isinstance(name, str) or not name:
             raise TypeError(
                 f"mode class {cls.__name__} must set a class attribute name = '...' (its "
-                f"spelling in configs and reports, e.g. {_snake(cls.__name__)!r})"
+                f"spelling in configs and reports, e.g. {_kebab(cls.__name__)!r})"
+            )
+        if not _KEBAB.match(name):
+            # one vocabulary: every user-visible name is lower-case kebab-case
+            raise TypeError(
+                f"mode class {cls.__name__} has name = {name!r}; a mode name is lower-case "
+                f"kebab-case (letters and digits joined by '-'), e.g. {_kebab(cls.__name__)!r}"
             )
         for flag in ("uses_true_device", "needs_twin"):
             if not isinstance(getattr(cls, flag, None), bool):
@@ -318,8 +329,8 @@ class _Refused(torch.autograd.Function):
 # Messages: what went wrong and every alternative that works for this layer
 
 
-def _snake(cls_name: str) -> str:
-    return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(cls_name)).lower()
+def _kebab(cls_name: str) -> str:
+    return "".join(f"-{c}" if c.isupper() and i else c for i, c in enumerate(cls_name)).lower()
 
 
 def _cannot_train(mode: AbstractMode, layer: DeviceLayer) -> str:
