@@ -355,3 +355,23 @@ def test_a_failed_adjoint_solve_is_a_solver_error_that_explains_it():
                  "RK4(dt=...)", "adjoint=False", "tolerances", "PhysicsAware()"):  # fmt: skip
         assert part in msg, part
     assert isinstance(info.value.__cause__, AssertionError)  # torchdiffeq's, kept as the cause
+
+
+class _NaNSlope(torch.nn.Module):
+    """dx/dt = -x + u, plus a term that is zero forward but whose gradient is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+    def forward(self, t, x, u):
+        return -x + u + 0.0 * (self.p - 1.0).sqrt()  # d/dp sqrt(0) = inf, times 0: NaN
+
+
+def test_a_non_finite_adjoint_is_a_solver_error():
+    dev = ODEDevice(_NaNSlope(), x0=torch.zeros(1), n_in=1, t_end=1.0,
+                    solver=Adaptive(adjoint=True), name="nan-slope")  # fmt: skip
+    y = dev(torch.tensor([[0.3]], dtype=F64))
+    assert torch.isfinite(y).all()
+    with pytest.raises(SolverError, match="(?s)'nan-slope'.*non-finite.*adjoint=False"):
+        y.sum().backward()
