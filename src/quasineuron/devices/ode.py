@@ -154,6 +154,12 @@ class FixedStep(AbstractODESolver):
             The state at ``t + h``, parts as in ``x``.
         """
 
+    def _step(
+        self, f: Callable[[torch.Tensor, Parts], Parts], t: torch.Tensor, x: Parts, h: float
+    ) -> Parts:
+        # the former name of step(), still called by code outside this module
+        return self.step(f, t, x, h)
+
     def integrate(self, device: ODEDevice, u: torch.Tensor) -> ODEResult:
         """Equal steps of at most ``dt``; see :meth:`AbstractODESolver.integrate`."""
         x0 = device.initial_state(u)
