@@ -35,6 +35,14 @@ class SimulationError(RuntimeError):
     """A device simulation failed: divergence, a solver failure or non-finite output."""
 
 
+class SolverError(SimulationError):
+    """An ODE solver failed in a way the user must act on, e.g. an adjoint backward solve.
+
+    The message names the device, the solver and its tolerances, and the alternatives (a
+    fixed-step solver, ``adjoint=False``, other tolerances, training through a twin).
+    """
+
+
 class UntrustedCodeError(ValueError):
     """A device spec names code that was not allowed to run.
 

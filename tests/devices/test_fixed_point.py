@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from quasineuron.devices.base import Box, check_device
 from quasineuron.devices.fixed_point import (
+    AbstractFixedPointSolver,
     Anderson,
     FixedPointDevice,
     FixedPointResult,
@@ -324,3 +326,27 @@ def test_newton_bounds_keep_iterates_inside() -> None:
     assert rescued.converged.all()
     exact = (z + torch.sqrt(z**2 + 4 * eps)) / 2
     torch.testing.assert_close(rescued.x, exact, rtol=0, atol=1e-10)
+
+
+@dataclass(frozen=True)
+class Relax(AbstractFixedPointSolver):
+    """Plain relaxation ``x += step * F(x, u)``, a solver written only in this test file."""
+
+    step: float = 0.05
+    iterations: int = 4000
+    tol: float = 1e-10
+
+    def solve(self, fn, x0, u):
+        x = x0
+        for _ in range(self.iterations):
+            x = x + self.step * fn(x, u)
+        res = fn(x, u).abs().amax(1)
+        its = torch.full((x.shape[0],), self.iterations, dtype=torch.int64)
+        return FixedPointResult(x=x, residual=res, iterations=its, converged=res <= self.tol)
+
+
+def test_a_solver_defined_outside_the_package_runs_a_fixed_point_device() -> None:
+    u = U_CHAIN[1:]  # rows where plain relaxation with this step is stable
+    dev = _cube_chain_device(Relax())
+    torch.testing.assert_close(dev(u), _cube_chain_exact(u), rtol=1e-8, atol=1e-8)
+    assert dev.describe()["solver"]["type"] == "Relax"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -11,16 +13,18 @@ import torch
 from quasineuron.devices.base import check_device
 from quasineuron.devices.ode import (
     RK4,
+    AbstractReadout,
     Adaptive,
     Euler,
     FinalState,
+    FixedStep,
     Heun,
     ODEDevice,
     TimeAverage,
     TimeIntegral,
     solve_reference,
 )
-from quasineuron.errors import DeviceContractError
+from quasineuron.errors import DeviceContractError, SolverError
 
 F64 = torch.float64
 TIGHT = Adaptive(rtol=1e-10, atol=1e-12)
@@ -275,3 +279,99 @@ def test_compiled_fixed_step_path_matches_eager():
         TimeAverage(t_from=0.5), RK4(dt=0.1, compile=True, unroll=3), "rows", clip=(-3.0, 3.0)
     )(u)
     torch.testing.assert_close(comp, eager, rtol=0, atol=1e-12)
+
+
+# -- solvers and readouts are strategies: new ones are defined here, outside the package ----
+
+
+@dataclass(frozen=True)
+class Midpoint(FixedStep):
+    """The explicit midpoint method (second order), written only in this test file."""
+
+    def step(self, f, t, x, h):
+        k1 = f(t, x)
+        k2 = f(t + 0.5 * h, tuple(a + (0.5 * h) * b for a, b in zip(x, k1, strict=True)))
+        return tuple(a + h * b for a, b in zip(x, k2, strict=True))
+
+
+@pytest.mark.parametrize("layout", ["batch", "rows"])
+def test_a_solver_defined_outside_the_package_runs_an_ode_device(layout):
+    u = torch.tensor([[0.5], [2.0]], dtype=F64)
+    exact = u * (1 - math.exp(-1.0))  # dx/dt = -x + u from 0, read at t = 1
+    rhs = decay_batch if layout == "batch" else decay_rows
+    errs = []
+    for dt in (0.1, 0.05):
+        dev = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=dt),
+                        layout=layout)  # fmt: skip
+        errs.append((dev(u) - exact).abs().max().item())
+    # second order: halving the step quarters the error
+    assert 3.5 < errs[0] / errs[1] < 4.5
+    # the fixed-step machinery comes with it: clip, and a quadrature readout
+    clipped = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=0.01),
+                        layout=layout, clip=(0.0, 0.3))  # fmt: skip
+    assert clipped(u).max().item() == pytest.approx(0.3)
+    avg = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=0.01),
+                    layout=layout, readout=TimeAverage())  # fmt: skip
+    torch.testing.assert_close(avg(u), u * math.exp(-1.0), rtol=1e-4, atol=0)  # u (1 - (1-e^-1))
+
+
+@dataclass(frozen=True)
+class Doubled(AbstractReadout):
+    """Twice the time integral: a readout written only in this test file."""
+
+    rest: float = 0.0
+    needs_quadrature: ClassVar[bool] = True
+
+    def finish(self, value, length):
+        return 2.0 * (value - self._rest(value) * length)
+
+
+def test_a_readout_defined_outside_the_package_runs_an_ode_device():
+    u = torch.tensor([[0.5], [2.0]], dtype=F64)
+    kw = {"x0": torch.zeros(1), "n_in": 1, "t_end": 1.0, "solver": RK4(dt=0.01)}
+    integral = ODEDevice(decay_batch, readout=TimeIntegral(rest=0.1), **kw)(u)
+    torch.testing.assert_close(ODEDevice(decay_batch, readout=Doubled(rest=0.1), **kw)(u),
+                               2.0 * integral)  # fmt: skip
+
+
+def _blows_up_backward(t, x, u):
+    # A stiff relaxation towards u, d' = -k d |d| for d = x - u, from d = 1e3: forward it settles
+    # (d ~ 1 / (k t)), but backward in time, as the adjoint re-integrates it, d' = +k d |d|
+    # blows up at 1e-6 past the window's start; a loose tolerance puts that inside the window.
+    return -1e3 * (x - u) * (x - u).abs()
+
+
+def test_a_failed_adjoint_solve_is_a_solver_error_that_explains_it():
+    solver = Adaptive(rtol=1e-5, atol=1e-7, adjoint=True)
+    dev = ODEDevice(_blows_up_backward, x0=torch.full((1,), 1e3), n_in=1, t_end=1.0,
+                    solver=solver, name="stiff-relaxer")  # fmt: skip
+    u = torch.tensor([[0.1], [0.2]], dtype=F64, requires_grad=True)
+    res = dev.solve(u)
+    assert not res.diverged.any()  # the forward solve is fine
+    with pytest.raises(SolverError) as info:
+        res.y.sum().backward()
+    msg = str(info.value)
+    for part in ("'stiff-relaxer'", "underflow in dt", repr(solver), "rtol=1e-05", "atol=1e-07",
+                 "RK4(dt=...)", "adjoint=False", "tolerances", "PhysicsAware()"):  # fmt: skip
+        assert part in msg, part
+    assert isinstance(info.value.__cause__, AssertionError)  # torchdiffeq's, kept as the cause
+
+
+class _NaNSlope(torch.nn.Module):
+    """dx/dt = -x + u, plus a term that is zero forward but whose gradient is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+    def forward(self, t, x, u):
+        return -x + u + 0.0 * (self.p - 1.0).sqrt()  # d/dp sqrt(0) = inf, times 0: NaN
+
+
+def test_a_non_finite_adjoint_is_a_solver_error():
+    dev = ODEDevice(_NaNSlope(), x0=torch.zeros(1), n_in=1, t_end=1.0,
+                    solver=Adaptive(adjoint=True), name="nan-slope")  # fmt: skip
+    y = dev(torch.tensor([[0.3]], dtype=F64))
+    assert torch.isfinite(y).all()
+    with pytest.raises(SolverError, match="(?s)'nan-slope'.*non-finite.*adjoint=False"):
+        y.sum().backward()

@@ -44,7 +44,7 @@ def test_mode_names():
     assert [mode_name(m) for m in (Surrogate(), TrueDevice(), PhysicsAware(), Direct())] == [
         "surrogate",
         "device",
-        "physics_aware",
+        "physics-aware",
         "direct",
     ]
 
@@ -56,7 +56,7 @@ def test_mode_names():
         name: str = "chip_b"
 
     assert (mode_name(MyFancyMode()), mode_name(Named()), mode_name(None)) == (
-        "my_fancy_mode",
+        "my-fancy-mode",
         "chip_b",
         "default",
     )
@@ -80,7 +80,7 @@ def test_accuracy_gap_and_confusion_per_mode():
 
 def test_gap_is_none_without_both_modes_and_duplicates_are_refused():
     report = evaluate(StandIn(), DATA, modes=(PhysicsAware(), Direct()))
-    assert report.gap is None and set(report.accuracy) == {"physics_aware", "direct"}
+    assert report.gap is None and set(report.accuracy) == {"physics-aware", "direct"}
     with pytest.raises(ValueError, match="duplicate report names"):
         evaluate(StandIn(), DATA, modes=(Direct(), Direct(adjoint=True)))
 

@@ -35,7 +35,7 @@ class NoisyTwin(AbstractMode):
 
     std: float = 0.1
     seed: int = 0
-    name = "noisy_twin"
+    name = "noisy-twin"
     uses_true_device = False
     needs_twin = True
 
@@ -67,7 +67,7 @@ def test_a_mode_defined_outside_the_package_trains_and_is_evaluated(gen):
 
     labels = net(x, mode=Surrogate()).argmax(1)
     report = evaluate(net, ArrayDataset(x, labels), modes=(Surrogate(), NoisyTwin(std=0.0)))
-    assert report.accuracy == {"surrogate": 1.0, "noisy_twin": 1.0}
+    assert report.accuracy == {"surrogate": 1.0, "noisy-twin": 1.0}
     result = qn.train(
         net, ArrayDataset(x, labels), mode=NoisyTwin(), epochs=1, batch_size=4, progress=False
     )
@@ -90,6 +90,16 @@ def test_a_mode_class_without_a_name_fails_when_defined():
             def evaluate(self, layer, u):
                 return u
 
+    with pytest.raises(TypeError, match="kebab-case.*'snake-named'"):
+
+        class SnakeNamed(AbstractMode):
+            name = "snake_named"
+            uses_true_device = False
+            needs_twin = False
+
+            def evaluate(self, layer, u):
+                return u
+
     with pytest.raises(TypeError, match="needs_twin"):
 
         class Unsure(AbstractMode):
@@ -100,7 +110,7 @@ def test_a_mode_class_without_a_name_fails_when_defined():
                 return u
 
 
-BUILT_IN = {"surrogate": Surrogate(), "device": TrueDevice(), "physics_aware": PhysicsAware()}
+BUILT_IN = {"surrogate": Surrogate(), "device": TrueDevice(), "physics-aware": PhysicsAware()}
 BUILT_IN["direct"] = Direct()
 
 
@@ -110,14 +120,15 @@ def test_each_built_in_mode_has_one_name_used_by_reports_and_the_registry():
         assert mode.name == name
         assert mode_name(mode) == name  # the report key
         assert mode_from_name(name) == mode
-    assert mode_from_name("physics-aware") == PhysicsAware()  # older config spelling
+    with pytest.warns(DeprecationWarning, match="'physics-aware' instead"):
+        assert mode_from_name("physics_aware") == PhysicsAware()  # older spelling
     assert Direct(adjoint=True).name == "direct"
 
 
 def test_mode_from_name_lists_the_names_it_knows():
-    with pytest.raises(ValueError, match="'surrogate', 'device', 'physics_aware', 'direct'"):
+    with pytest.raises(ValueError, match="'surrogate', 'device', 'physics-aware', 'direct'"):
         mode_from_name("true_device")
     with pytest.raises(TypeError, match="string"):
         mode_from_name(TrueDevice)
     with pytest.raises(TypeError):
-        MODES["noisy_twin"] = NoisyTwin  # read-only: no global registration
+        MODES["noisy-twin"] = NoisyTwin  # read-only: no global registration

@@ -56,16 +56,16 @@ def _varied_net() -> DeviceNetwork:
 CASES: dict[str, tuple[Callable[[], DeviceNetwork], object, bool]] = {
     "tanh/surrogate": (_tanh_net, Surrogate(), True),
     "tanh/device": (_tanh_net, TrueDevice(), True),
-    "tanh/physics_aware": (_tanh_net, PhysicsAware(), True),
+    "tanh/physics-aware": (_tanh_net, PhysicsAware(), True),
     "tanh/direct": (_tanh_net, Direct(), True),
     "black-box/device": (lambda: _tanh_net(differentiable=False), TrueDevice(), False),
-    "black-box/physics_aware": (lambda: _tanh_net(differentiable=False), PhysicsAware(), True),
+    "black-box/physics-aware": (lambda: _tanh_net(differentiable=False), PhysicsAware(), True),
     "black-box/surrogate": (lambda: _tanh_net(differentiable=False), Surrogate(), True),
     "two-drive/surrogate": (_almost_net, Surrogate(), True),
-    "two-drive/physics_aware": (_almost_net, PhysicsAware(), True),
+    "two-drive/physics-aware": (_almost_net, PhysicsAware(), True),
     "two-drive/direct": (_almost_net, Direct(), True),
     "varied/device": (_varied_net, TrueDevice(), True),
-    "varied/physics_aware": (_varied_net, PhysicsAware(), True),
+    "varied/physics-aware": (_varied_net, PhysicsAware(), True),
     "varied/surrogate": (_varied_net, Surrogate(), True),
 }
 

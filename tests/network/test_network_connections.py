@@ -209,6 +209,13 @@ def test_linear_gives_each_drive_of_a_two_drive_device_its_own_weights(gen):
 
 def test_an_unknown_natural_connection_is_refused_with_the_kinds():
     dev = _generic_two_drive_device()
-    dev.natural_connection = "two-drive"  # the config spelling, not a kind
-    with pytest.raises(ValueError, match=r"not a connection kind.*two_drive"):
+    dev.natural_connection = "two drive"  # not a kind
+    with pytest.raises(ValueError, match=r"not a connection kind.*two-drive"):
         default_connection(dev)
+
+
+def test_an_old_spelling_of_a_natural_connection_warns_and_still_works():
+    dev = _generic_two_drive_device()
+    dev.natural_connection = "two_drive"
+    with pytest.warns(DeprecationWarning, match="'two-drive' instead"):
+        assert default_connection(dev) == TwoDrive()

@@ -111,7 +111,7 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
             and reports the spread; set it on the instance (``dev.stochastic = True``) or the
             class. Default False.
         natural_connection: The connection this device was designed for, by its kind
-            (``"two_drive"``, ``"raw"``, ``"linear"``, ``"quadratic"``), or None. A connection
+            (``"two-drive"``, ``"raw"``, ``"linear"``, ``"quadratic"``), or None. A connection
             of ``"auto"`` uses it; None means ``Linear()``, one weighted sum per drive.
     """
 

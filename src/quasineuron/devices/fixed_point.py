@@ -26,6 +26,7 @@ derivatives are not those of ``x*`` (``J`` is held constant).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from quasineuron.devices.base import AbstractDevice, Box, InitialState
 from quasineuron.errors import DeviceContractError
 
 __all__ = [
+    "AbstractFixedPointSolver",
     "Anderson",
     "FixedPointDevice",
     "FixedPointResult",
@@ -166,9 +168,31 @@ def _solve_linear(jac: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, t
 # --------------------------------------------------------------------------------------------
 
 
+class AbstractFixedPointSolver(abc.ABC):
+    """A solver of :class:`FixedPointDevice`: it *is* how the steady state is found.
+
+    The device calls :meth:`solve` and never asks which solver it has, so a new solver is one
+    class (a frozen dataclass, so that :meth:`FixedPointDevice.describe` can record it).
+    """
+
+    @abc.abstractmethod
+    def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        """Find ``x`` with ``fn(x, u) = 0`` for every row, without building a graph.
+
+        Args:
+            fn: The residual ``F(x, u)``, shapes (batch, n_state), (batch, n_in) → (batch,
+                n_state).
+            x0: Starting states, shape (batch, n_state).
+            u: Drives, shape (batch, n_in).
+
+        Returns:
+            Per-row state, residual, iteration count and convergence flag.
+        """
+
+
 @final
 @dataclass(frozen=True)
-class Integrate:
+class Integrate(AbstractFixedPointSolver):
     """Integrate ``dx/dt = F(x, u)`` until ``max_i |F_i| <= tol`` (steady state).
 
     A batched Bogacki–Shampine 3(2) integrator with a *per-row* step size, time and status, so
@@ -273,7 +297,7 @@ class Integrate:
 
 @final
 @dataclass(frozen=True)
-class Anderson:
+class Anderson(AbstractFixedPointSolver):
     """Anderson acceleration of the iteration ``x ← x + step · F(x, u)``.
 
     For ``kind="map"`` with ``step=1`` this is the map itself, ``x ← f(x, u)`` (``step < 1``
@@ -381,7 +405,7 @@ class Anderson:
 
 @final
 @dataclass(frozen=True)
-class Newton:
+class Newton(AbstractFixedPointSolver):
     """Batched damped Newton's method on ``F(x, u) = 0`` with per-row convergence masks.
 
     Each iteration solves ``J δ = -F`` per row (``J = ∂F/∂x`` by autograd), optionally clips
@@ -580,7 +604,7 @@ def implicit_fixed_point(
     return x.index_put((idx,), xs - step)
 
 
-FixedPointSolver = Newton | Anderson | Integrate
+FixedPointSolver = AbstractFixedPointSolver
 """Any of the fixed-point solver strategies."""
 
 
@@ -665,10 +689,10 @@ class FixedPointDevice(AbstractDevice):
             )
         if solver is None:
             solver = Newton()
-        if not isinstance(solver, (Newton, Anderson, Integrate)):
+        if not isinstance(solver, AbstractFixedPointSolver):
             raise TypeError(
-                f"solver must be Newton(...), Anderson(...) or Integrate(...), got "
-                f"{type(solver).__name__}"
+                f"solver must be Newton(...), Anderson(...), Integrate(...) or another "
+                f"AbstractFixedPointSolver, got {type(solver).__name__}"
             )
         if not isinstance(domain, Box) or domain.dim != n_in:
             raise ValueError(f"domain must be a Box with {n_in} bounds, got {domain!r}")

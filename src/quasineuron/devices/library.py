@@ -96,7 +96,7 @@ def almost_neuron(
     )
     # Its drives are (x·A, A·x²) from one weight matrix, which is what TwoDrive computes; two
     # independent weighted sums (Linear) would not make the device an almost-neuron.
-    dev.natural_connection = "two_drive"
+    dev.natural_connection = "two-drive"
     return dev
 
 

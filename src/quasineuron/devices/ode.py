@@ -24,20 +24,22 @@ import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Any, Literal, final
+from typing import Any, ClassVar, Literal, final
 
 import numpy as np
 import torch
 
 from quasineuron.devices.base import AbstractDevice, Box, InitialState
-from quasineuron.errors import DeviceContractError
+from quasineuron.errors import DeviceContractError, SolverError
 
 __all__ = [
     "RK4",
     "AbstractODESolver",
+    "AbstractReadout",
     "Adaptive",
     "Euler",
     "FinalState",
+    "FixedStep",
     "Heun",
     "ODEDevice",
     "ODEResult",
@@ -62,8 +64,36 @@ def _positive_finite(v: Any, label: str) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-class AbstractODESolver(abc.ABC):  # noqa: B024 -- a marker base, the concrete classes are final
-    """Base of the solver choices accepted by :class:`ODEDevice`."""
+class AbstractODESolver(abc.ABC):
+    """A solver of :class:`ODEDevice`: it *is* how the device's window is integrated.
+
+    The device never asks which solver it has: it calls :meth:`integrate` and reads the few
+    attributes below. A new solver is one class; a fixed-step one only writes
+    :meth:`FixedStep.step`.
+
+    Attributes:
+        supports_clip: Whether ``ODEDevice(clip=...)`` works with this solver (the clip changes
+            the state between steps, which only a fixed-step solver can do).
+        adjoint: Whether gradients come from the adjoint ODE rather than from the tape; read by
+            ``Direct(adjoint=True)`` to check that the device was built for it.
+    """
+
+    supports_clip: ClassVar[bool] = False
+    adjoint: bool = False
+
+    @abc.abstractmethod
+    def integrate(self, device: ODEDevice, u: torch.Tensor) -> ODEResult:
+        """Solve every row of ``u`` (batch, n_in) over the device's window.
+
+        Args:
+            device: The device; its helpers give the right-hand side in batch layout
+                (:meth:`ODEDevice.rhs_batch`), the initial state and the readout
+                (:meth:`ODEDevice.finish`).
+            u: Drives, shape (batch, n_in), already checked.
+
+        Returns:
+            The readout and the per-row divergence mask.
+        """
 
 
 def compile_method(func: Callable[..., Any], obj: object) -> Callable[..., Any]:
@@ -79,8 +109,8 @@ def compile_method(func: Callable[..., Any], obj: object) -> Callable[..., Any]:
 
 
 @dataclass(frozen=True)
-class _FixedStep(AbstractODESolver):
-    """Common fields of the fixed-step solvers.
+class FixedStep(AbstractODESolver):
+    """Base of the fixed-step solvers: subclasses write :meth:`step`, the loop is shared.
 
     Args:
         dt: Largest step. The window is cut into ``ceil(length / dt)`` equal steps.
@@ -94,6 +124,7 @@ class _FixedStep(AbstractODESolver):
     dt: float
     compile: bool = False
     unroll: int = 1
+    supports_clip: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dt", _positive_finite(self.dt, f"{type(self).__name__}.dt"))
@@ -107,10 +138,86 @@ class _FixedStep(AbstractODESolver):
     order: int = field(default=0, init=False, repr=False)
 
     @abc.abstractmethod
+    def step(
+        self, f: Callable[[torch.Tensor, Parts], Parts], t: torch.Tensor, x: Parts, h: float
+    ) -> Parts:
+        """One step of size ``h`` from ``(t, x)``.
+
+        Args:
+            f: The right-hand side ``f(t, x) -> dx/dt`` on state parts.
+            t: Time, a 0-d tensor.
+            x: The state as a tuple of parts (one (batch, n) tensor, or one (batch,) tensor per
+                component with ``layout="rows"``); apply the same arithmetic to every part.
+            h: Step size.
+
+        Returns:
+            The state at ``t + h``, parts as in ``x``.
+        """
+
     def _step(
         self, f: Callable[[torch.Tensor, Parts], Parts], t: torch.Tensor, x: Parts, h: float
     ) -> Parts:
-        """One step of size ``h`` from ``(t, x)``; ``x`` is a tuple of state parts."""
+        # the former name of step(), still called by code outside this module
+        return self.step(f, t, x, h)
+
+    def integrate(self, device: ODEDevice, u: torch.Tensor) -> ODEResult:
+        """Equal steps of at most ``dt``; see :meth:`AbstractODESolver.integrate`."""
+        x0 = device.initial_state(u)
+        rows = device.layout == "rows"
+        # contiguous parts: fast loops, and the same strides on every call (a compiled graph is
+        # specialised to them)
+        u_parts: Parts = u.T.contiguous().unbind(0) if rows else (u.contiguous(),)
+        parts: Parts = x0.T.contiguous().unbind(0) if rows else (x0.contiguous(),)
+        # per-component bounds: floats for the rows layout, (n_state,) tensors for the batch one
+        lo: tuple[float, ...] | torch.Tensor | None = None
+        hi: tuple[float, ...] | torch.Tensor | None = None
+        if device._clip is not None:
+            if rows:
+                lo, hi = device._clip
+            else:
+                lo = torch.tensor(device._clip[0], dtype=u.dtype, device=u.device)
+                hi = torch.tensor(device._clip[1], dtype=u.dtype, device=u.device)
+        block = device._block
+        if self.compile:
+            if device._compiled is None:
+                # the batch size is dynamic, so a device compiles once per dtype, phase and
+                # readout, not once per batch size
+                device._compiled = compile_method(ODEDevice._block, device)
+            block = device._compiled
+        bound = device.bound if device.bound is not None else math.inf
+        bad = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
+        n_total = 0
+        phases = [
+            (device.t_start, device._t_from, False),
+            (device._t_from, device.t_end, device._quad),
+        ]
+        for ta, tb, quad in phases:
+            if tb <= ta:
+                continue
+            n_steps = max(1, math.ceil((tb - ta) / self.dt - 1e-9))
+            h = (tb - ta) / n_steps
+            if quad:
+                nq = len(device._comps)
+                zeros = torch.zeros(u.shape[0], nq, dtype=u.dtype, device=u.device)
+                parts = parts + (zeros.T.contiguous().unbind(0) if rows else (zeros,))
+            # steps per call: the largest divisor of n_steps up to unroll, so that every call
+            # has the same length (a shorter last call would be one more compiled graph)
+            unroll = max(d for d in range(1, min(self.unroll, n_steps) + 1) if n_steps % d == 0)
+            k = 0
+            while k < n_steps:
+                n = unroll
+                t = torch.tensor(ta + k * h, dtype=u.dtype, device=u.device)
+                parts, peak = block(t, parts, u_parts, h, n, quad, lo, hi)
+                # NaN compares False, so non-finite rows are caught as well
+                bad = bad | ~(peak < bound)
+                k += n
+            n_total += n_steps
+        nx = device.n_state if rows else 1
+        x = torch.stack(parts[:nx], dim=1) if rows else parts[0]
+        q = None
+        if device._quad:
+            q = torch.stack(parts[nx:], dim=1) if rows else parts[nx]
+        return device._finish(x, q, bad, n_total)
 
 
 def _axpy(x: Parts, k: Parts, c: float) -> Parts:
@@ -119,23 +226,25 @@ def _axpy(x: Parts, k: Parts, c: float) -> Parts:
 
 @final
 @dataclass(frozen=True)
-class Euler(_FixedStep):
+class Euler(FixedStep):
     """Forward Euler, first order: ``x += h f(t, x)``."""
 
     order: int = field(default=1, init=False, repr=False)
 
-    def _step(self, f, t, x, h):
+    def step(self, f, t, x, h):
+        """``x + h f(t, x)``; see :meth:`FixedStep.step`."""
         return _axpy(x, f(t, x), h)
 
 
 @final
 @dataclass(frozen=True)
-class Heun(_FixedStep):
+class Heun(FixedStep):
     """Heun's method (explicit trapezoid), second order."""
 
     order: int = field(default=2, init=False, repr=False)
 
-    def _step(self, f, t, x, h):
+    def step(self, f, t, x, h):
+        """One Heun step; see :meth:`FixedStep.step`."""
         k1 = f(t, x)
         k2 = f(t + h, _axpy(x, k1, h))
         return tuple(a + (0.5 * h) * (b + c) for a, b, c in zip(x, k1, k2, strict=True))
@@ -143,12 +252,13 @@ class Heun(_FixedStep):
 
 @final
 @dataclass(frozen=True)
-class RK4(_FixedStep):
+class RK4(FixedStep):
     """The classical fourth-order Runge–Kutta method."""
 
     order: int = field(default=4, init=False, repr=False)
 
-    def _step(self, f, t, x, h):
+    def step(self, f, t, x, h):
+        """One classical Runge–Kutta step; see :meth:`FixedStep.step`."""
         k1 = f(t, x)
         k2 = f(t + 0.5 * h, _axpy(x, k1, 0.5 * h))
         k3 = f(t + 0.5 * h, _axpy(x, k2, 0.5 * h))
@@ -193,6 +303,144 @@ class Adaptive(AbstractODESolver):
         if not isinstance(self.adjoint, bool):
             raise TypeError(f"Adaptive.adjoint must be a bool, got {self.adjoint!r}")
 
+    def integrate(self, device: ODEDevice, u: torch.Tensor) -> ODEResult:
+        """Solve with torchdiffeq; see :meth:`AbstractODESolver.integrate`.
+
+        A batch whose shared step collapses is split and retried, so that only the failing rows
+        are reported diverged.
+
+        Raises:
+            SolverError: When an adjoint backward solve fails (collapsed step or non-finite
+                adjoint); raised from the backward pass, naming the alternatives.
+        """
+        import torchdiffeq
+
+        n, comps = device.n_state, list(device._comps)
+        finfo = torch.finfo(u.dtype)
+        bound = device.bound if device.bound is not None else math.sqrt(finfo.max)
+        nfe = [0]
+
+        def make_func(
+            quad: bool, uu: torch.Tensor
+        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                nfe[0] += 1
+                x = y[:, :n]
+                # freeze rows that left the bound: one diverging row must not stall the shared
+                # adaptive step of the whole batch; they are flagged after the solve
+                frozen = ~(x.abs().amax(1) < bound)[:, None]
+                dx = torch.where(frozen, 0.0, device._rhs_batch(t, x, uu))
+                if not quad:
+                    return dx
+                return torch.cat([dx, torch.where(frozen, 0.0, x[:, comps])], dim=1)
+
+            return func
+
+        def integrate(
+            quad: bool, y0: torch.Tensor, ta: float, tb: float, uu: torch.Tensor
+        ) -> torch.Tensor:
+            tt = torch.tensor([ta, tb], dtype=u.dtype, device=u.device)
+            kw: dict[str, Any] = {"rtol": self.rtol, "atol": self.atol, "method": self.method}
+            if not (self.adjoint and torch.is_grad_enabled()):
+                return torchdiffeq.odeint(make_func(quad, uu), y0, tt, **kw)[-1]
+            params: list[torch.Tensor] = []
+            if isinstance(device.rhs, torch.nn.Module):
+                params = [p for p in device.rhs.parameters() if p.requires_grad]
+
+            def solve(y0_: torch.Tensor, uu_: torch.Tensor) -> torch.Tensor:
+                adjoint_params = ((uu_,) if uu_.requires_grad else ()) + tuple(params)
+                out = torchdiffeq.odeint_adjoint(
+                    make_func(quad, uu_), y0_, tt, adjoint_params=adjoint_params, **kw
+                )
+                return out[-1]
+
+            def explain(reason: str) -> str:
+                return _adjoint_failure(device, self, reason)
+
+            return _GuardedAdjoint.apply(solve, explain, y0, uu, *params)
+
+        def run(uu: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Solve rows ``uu`` from ``y``; returns the end state (batch, n [+ n_q]) and bad."""
+            y_start = y
+            try:
+                if device._t_from > device.t_start:
+                    y = integrate(False, y, device.t_start, device._t_from, uu)
+                if device._quad:
+                    zeros = torch.zeros(uu.shape[0], len(comps), dtype=u.dtype, device=u.device)
+                    y = torch.cat([y, zeros], dim=1)
+                    y = integrate(True, y, device._t_from, device.t_end, uu)
+                elif device._t_from == device.t_start:
+                    y = integrate(False, y, device.t_start, device.t_end, uu)
+            except (AssertionError, RuntimeError, OverflowError):
+                # torchdiffeq reports a collapsed step ("underflow in dt") by AssertionError.
+                # The step is shared by the batch, so one blowing-up row fails them all: split
+                # the batch and retry, so that only the failing rows are reported.
+                if uu.shape[0] == 1:
+                    width = n + (len(comps) if device._quad else 0)
+                    nan = torch.full((1, width), math.nan, dtype=u.dtype, device=u.device)
+                    return nan, torch.ones(1, dtype=torch.bool, device=u.device)
+                m = uu.shape[0] // 2
+                y_a, bad_a = run(uu[:m], y_start[:m])
+                y_b, bad_b = run(uu[m:], y_start[m:])
+                return torch.cat([y_a, y_b]), torch.cat([bad_a, bad_b])
+            return y, ~(y[:, :n].abs().amax(1) < bound)
+
+        y_end, bad = run(u, device.initial_state(u))
+        return device._finish(y_end[:, :n], y_end[:, n:] if device._quad else None, bad, nfe[0])
+
+
+class _GuardedAdjoint(torch.autograd.Function):
+    """An adjoint solve whose backward failures become a :class:`SolverError` that explains them.
+
+    torchdiffeq's adjoint integrates backward in time inside ``loss.backward()``; when that
+    integration is stiff or unstable it stops with ``AssertionError: underflow in dt`` (or
+    meets non-finite values) and the user sees neither the device nor a way out. The solve
+    runs inside this function's forward on detached inputs, and its backward takes the
+    gradients of that inner graph, so the failure is caught where it happens.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, solve: Any, explain: Any, y0: torch.Tensor, uu: torch.Tensor, *params):
+        with torch.enable_grad():
+            y0_ = y0.detach().requires_grad_(y0.requires_grad)
+            uu_ = uu.detach().requires_grad_(uu.requires_grad)
+            out = solve(y0_, uu_)
+        ctx.inner = (out, (y0_, uu_, *params))
+        ctx.explain = explain
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        out, inputs = ctx.inner
+        wanted = [t for t in inputs if t.requires_grad]
+        grads: tuple[torch.Tensor | None, ...] = ()
+        if wanted and out.requires_grad:
+            try:
+                # retained: backward may run more than once (gradcheck, retain_graph=True); the
+                # inner graph of an adjoint solve holds no steps, so keeping it costs little
+                grads = torch.autograd.grad(out, wanted, grad, allow_unused=True, retain_graph=True)
+            except AssertionError as exc:
+                # torchdiffeq's "underflow in dt" (the step collapsed) and "non-finite values
+                # in state" (the adjoint or the re-integrated state became inf/NaN)
+                raise SolverError(ctx.explain(f"{exc}")) from exc
+        it = iter(grads)
+        full = [next(it, None) if t.requires_grad else None for t in inputs]
+        return (None, None, *full)
+
+
+def _adjoint_failure(device: Any, solver: Adaptive, reason: str) -> str:
+    return (
+        f"the adjoint (backward-in-time) solve of ODE device {device.name!r} failed: {reason}. "
+        f"Solver: {solver!r} (rtol={solver.rtol:g}, atol={solver.atol:g}). The backward "
+        "integration of the adjoint is stiff or unstable at these drives even though the "
+        "forward solve succeeded. Alternatives: a fixed-step solver such as RK4(dt=...) with a "
+        "small enough dt, which backpropagates through its steps; Adaptive(..., adjoint=False), "
+        "which backpropagates through the adaptive steps (memory grows with the steps); other "
+        "tolerances (tighter rtol/atol when the error control lost track, looser when the step "
+        "collapsed on a stiff region); or train through a twin (Surrogate() or PhysicsAware() "
+        "mode), which needs no gradient of the device"
+    )
+
 
 # --------------------------------------------------------------------------------------------
 # readouts
@@ -225,9 +473,45 @@ def _norm_rest(rest: Any, label: str) -> float | tuple[float, ...]:
     return vals
 
 
+class AbstractReadout(abc.ABC):
+    """What an :class:`ODEDevice` outputs from its trajectory; it *is* how that is computed.
+
+    The device integrates the state and, when :attr:`needs_quadrature` is set, the quadrature
+    state ``q = ∫_{t_from}^{t_end} x[components] dt`` along with it (as accurate as the solver),
+    then calls :meth:`finish`. It never asks which readout it has.
+
+    Attributes:
+        components: State indices read; ``None`` reads the whole state.
+        rest: Subtracted from the state (a float or one value per component).
+        t_from: Start of the integration window; ``None`` means the device's ``t_start``.
+        needs_quadrature: Whether :meth:`finish` needs the quadrature state.
+    """
+
+    components: tuple[int, ...] | None = None
+    rest: float | tuple[float, ...] = 0.0
+    t_from: float | None = None
+    needs_quadrature: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def finish(self, value: torch.Tensor, length: float) -> torch.Tensor:
+        """The output from the final state or the quadrature.
+
+        Args:
+            value: ``x(t_end)[components]`` when :attr:`needs_quadrature` is False, else the
+                quadrature ``∫ x[components] dt`` over the window; shape (batch, n_out).
+            length: Length of the window ``t_end - t_from``.
+
+        Returns:
+            The readout, shape (batch, n_out).
+        """
+
+    def _rest(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.rest, dtype=like.dtype, device=like.device)
+
+
 @final
 @dataclass(frozen=True)
-class FinalState:
+class FinalState(AbstractReadout):
     """Read ``x(t_end)[components] - rest``.
 
     Args:
@@ -243,10 +527,14 @@ class FinalState:
         object.__setattr__(self, "components", _norm_components(self.components, "FinalState"))
         object.__setattr__(self, "rest", _norm_rest(self.rest, "FinalState"))
 
+    def finish(self, value: torch.Tensor, length: float) -> torch.Tensor:
+        """``x(t_end)[components] - rest``; see :meth:`AbstractReadout.finish`."""
+        return value - self._rest(value)
+
 
 @final
 @dataclass(frozen=True)
-class TimeIntegral:
+class TimeIntegral(AbstractReadout):
     """Read ``∫_{t_from}^{t_end} (x(t)[components] - rest) dt``.
 
     Args:
@@ -263,10 +551,16 @@ class TimeIntegral:
         object.__setattr__(self, "components", _norm_components(self.components, "TimeIntegral"))
         object.__setattr__(self, "rest", _norm_rest(self.rest, "TimeIntegral"))
 
+    needs_quadrature: ClassVar[bool] = True
+
+    def finish(self, value: torch.Tensor, length: float) -> torch.Tensor:
+        """``∫ x dt - rest · length``; see :meth:`AbstractReadout.finish`."""
+        return value - self._rest(value) * length
+
 
 @final
 @dataclass(frozen=True)
-class TimeAverage:
+class TimeAverage(AbstractReadout):
     """Read ``(1 / (t_end - t_from)) ∫_{t_from}^{t_end} (x(t)[components] - rest) dt``.
 
     Args:
@@ -283,8 +577,14 @@ class TimeAverage:
         object.__setattr__(self, "components", _norm_components(self.components, "TimeAverage"))
         object.__setattr__(self, "rest", _norm_rest(self.rest, "TimeAverage"))
 
+    needs_quadrature: ClassVar[bool] = True
 
-Readout = FinalState | TimeIntegral | TimeAverage
+    def finish(self, value: torch.Tensor, length: float) -> torch.Tensor:
+        """``(∫ x dt - rest · length) / length``; see :meth:`AbstractReadout.finish`."""
+        return (value - self._rest(value) * length) / length
+
+
+Readout = AbstractReadout
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,10 +711,10 @@ class ODEDevice(AbstractDevice):
         n_state = self._x0.n_state
         if readout is None:
             readout = FinalState()
-        if not isinstance(readout, (FinalState, TimeIntegral, TimeAverage)):
+        if not isinstance(readout, AbstractReadout):
             raise TypeError(
-                f"readout must be FinalState(...), TimeIntegral(...) or TimeAverage(...), got "
-                f"{type(readout).__name__}"
+                f"readout must be FinalState(...), TimeIntegral(...), TimeAverage(...) or another "
+                f"AbstractReadout, got {type(readout).__name__}"
             )
         comps = readout.components if readout.components is not None else tuple(range(n_state))
         if max(comps) >= n_state:
@@ -425,7 +725,7 @@ class ODEDevice(AbstractDevice):
                 "one value per component or a single float"
             )
         t_from = t_start
-        if isinstance(readout, (TimeIntegral, TimeAverage)) and readout.t_from is not None:
+        if readout.t_from is not None:
             t_from = float(readout.t_from)
             if not (t_start <= t_from < t_end):
                 raise ValueError(
@@ -434,16 +734,17 @@ class ODEDevice(AbstractDevice):
                 )
         if solver is None:
             solver = RK4(dt=(t_end - t_start) / 100)
-        if not isinstance(solver, (Euler, Heun, RK4, Adaptive)):
+        if not isinstance(solver, AbstractODESolver):
             raise TypeError(
-                f"solver must be RK4(dt=...), Heun(dt=...), Euler(dt=...) or Adaptive(...), got "
-                f"{type(solver).__name__}"
+                "solver must be RK4(dt=...), Heun(dt=...), Euler(dt=...), Adaptive(...) or "
+                f"another AbstractODESolver, got {type(solver).__name__}"
             )
         self._clip = None if clip is None else _norm_clip(clip, n_state)
-        if self._clip is not None and isinstance(solver, Adaptive):
+        if self._clip is not None and not solver.supports_clip:
             raise ValueError(
-                "clip works with the fixed-step solvers only (it changes the state between "
-                "steps); with Adaptive(...) use bound=... to flag diverging rows"
+                f"clip works with the fixed-step solvers only (it changes the state between "
+                f"steps), not with {solver!r}; with an adaptive solver use bound=... to flag "
+                "diverging rows"
             )
         if bound is not None:
             bound = _positive_finite(bound, "bound")
@@ -462,9 +763,9 @@ class ODEDevice(AbstractDevice):
         self.params = dict(params or {})
         self.differentiable = True
         # read by Direct(adjoint=True): gradients come from the adjoint ODE, not the tape
-        self.adjoint = bool(getattr(solver, "adjoint", False))
+        self.adjoint = bool(solver.adjoint)
         self._comps = comps
-        self._quad = isinstance(readout, (TimeIntegral, TimeAverage))
+        self._quad = readout.needs_quadrature
         self._compiled: Callable[..., Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -517,15 +818,8 @@ class ODEDevice(AbstractDevice):
         self, x: torch.Tensor, q: torch.Tensor | None, bad: torch.Tensor, n_steps: int
     ) -> ODEResult:
         """Readout from final state ``x`` and quadrature ``q`` (batch, n_out); NaN bad rows."""
-        ro = self.readout
-        rest = torch.as_tensor(ro.rest, dtype=x.dtype, device=x.device)
-        if q is None:
-            y = x[:, list(self._comps)] - rest
-        else:
-            length = self.t_end - self._t_from
-            y = q - rest * length
-            if isinstance(ro, TimeAverage):
-                y = y / length
+        value = x[:, list(self._comps)] if q is None else q
+        y = self.readout.finish(value, self.t_end - self._t_from)
         bad = bad | ~torch.isfinite(y).all(dim=1)
         y = torch.where(bad[:, None], torch.full_like(y, math.nan), y)
         return ODEResult(y=y, x=x, diverged=bad, n_steps=n_steps)
@@ -560,8 +854,8 @@ class ODEDevice(AbstractDevice):
             dq = tuple(xs[c] for c in comps) if rows else (xs[0][:, comps],)
             return dx + dq
 
-        # only _solve_fixed calls this, after narrowing the solver to a fixed-step one
-        step = self.solver._step  # type: ignore[union-attr]
+        # only FixedStep.integrate calls this, so the solver has a step method
+        step = self.solver.step  # type: ignore[attr-defined]
         for _ in range(n):
             parts = step(f, t, parts, h)
             t = t + h
@@ -576,136 +870,7 @@ class ODEDevice(AbstractDevice):
         peak = reduce(torch.maximum, [a.abs() for a in xs]) if rows else xs[0].abs().amax(1)
         return parts, peak
 
-    def _solve_fixed(self, u: torch.Tensor) -> ODEResult:
-        solver = self.solver
-        assert isinstance(solver, (Euler, Heun, RK4))
-        x0 = self.initial_state(u)
-        rows = self.layout == "rows"
-        # contiguous parts: fast loops, and the same strides on every call (a compiled graph is
-        # specialised to them)
-        u_parts: Parts = u.T.contiguous().unbind(0) if rows else (u.contiguous(),)
-        parts: Parts = x0.T.contiguous().unbind(0) if rows else (x0.contiguous(),)
-        # per-component bounds: floats for the rows layout, (n_state,) tensors for the batch one
-        lo: tuple[float, ...] | torch.Tensor | None = None
-        hi: tuple[float, ...] | torch.Tensor | None = None
-        if self._clip is not None:
-            if rows:
-                lo, hi = self._clip
-            else:
-                lo = torch.tensor(self._clip[0], dtype=u.dtype, device=u.device)
-                hi = torch.tensor(self._clip[1], dtype=u.dtype, device=u.device)
-        block = self._block
-        if solver.compile:
-            if self._compiled is None:
-                # the batch size is dynamic, so a device compiles once per dtype, phase and
-                # readout, not once per batch size
-                self._compiled = compile_method(ODEDevice._block, self)
-            block = self._compiled
-        bound = self.bound if self.bound is not None else math.inf
-        bad = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
-        n_total = 0
-        phases = [(self.t_start, self._t_from, False), (self._t_from, self.t_end, self._quad)]
-        for ta, tb, quad in phases:
-            if tb <= ta:
-                continue
-            n_steps = max(1, math.ceil((tb - ta) / solver.dt - 1e-9))
-            h = (tb - ta) / n_steps
-            if quad:
-                nq = len(self._comps)
-                zeros = torch.zeros(u.shape[0], nq, dtype=u.dtype, device=u.device)
-                parts = parts + (zeros.T.contiguous().unbind(0) if rows else (zeros,))
-            # steps per call: the largest divisor of n_steps up to unroll, so that every call
-            # has the same length (a shorter last call would be one more compiled graph)
-            unroll = max(d for d in range(1, min(solver.unroll, n_steps) + 1) if n_steps % d == 0)
-            k = 0
-            while k < n_steps:
-                n = unroll
-                t = torch.tensor(ta + k * h, dtype=u.dtype, device=u.device)
-                parts, peak = block(t, parts, u_parts, h, n, quad, lo, hi)
-                # NaN compares False, so non-finite rows are caught as well
-                bad = bad | ~(peak < bound)
-                k += n
-            n_total += n_steps
-        nx = self.n_state if rows else 1
-        x = torch.stack(parts[:nx], dim=1) if rows else parts[0]
-        q = None
-        if self._quad:
-            q = torch.stack(parts[nx:], dim=1) if rows else parts[nx]
-        return self._finish(x, q, bad, n_total)
-
     # -- adaptive path -----------------------------------------------------------------------
-
-    def _solve_adaptive(self, u: torch.Tensor) -> ODEResult:
-        import torchdiffeq
-
-        solver = self.solver
-        assert isinstance(solver, Adaptive)
-        n, comps = self.n_state, list(self._comps)
-        finfo = torch.finfo(u.dtype)
-        bound = self.bound if self.bound is not None else math.sqrt(finfo.max)
-        nfe = [0]
-
-        def make_func(
-            quad: bool, uu: torch.Tensor
-        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-            def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                nfe[0] += 1
-                x = y[:, :n]
-                # freeze rows that left the bound: one diverging row must not stall the shared
-                # adaptive step of the whole batch; they are flagged after the solve
-                frozen = ~(x.abs().amax(1) < bound)[:, None]
-                dx = torch.where(frozen, 0.0, self._rhs_batch(t, x, uu))
-                if not quad:
-                    return dx
-                return torch.cat([dx, torch.where(frozen, 0.0, x[:, comps])], dim=1)
-
-            return func
-
-        def integrate(
-            func: Callable[..., torch.Tensor],
-            y0: torch.Tensor,
-            ta: float,
-            tb: float,
-            uu: torch.Tensor,
-        ) -> torch.Tensor:
-            tt = torch.tensor([ta, tb], dtype=u.dtype, device=u.device)
-            kw: dict[str, Any] = {"rtol": solver.rtol, "atol": solver.atol, "method": solver.method}
-            if solver.adjoint and torch.is_grad_enabled():
-                params = [uu] if uu.requires_grad else []
-                if isinstance(self.rhs, torch.nn.Module):
-                    params += [p for p in self.rhs.parameters() if p.requires_grad]
-                out = torchdiffeq.odeint_adjoint(func, y0, tt, adjoint_params=tuple(params), **kw)
-                return out[-1]
-            return torchdiffeq.odeint(func, y0, tt, **kw)[-1]
-
-        def run(uu: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Solve rows ``uu`` from ``y``; returns the end state (batch, n [+ n_q]) and bad."""
-            y_start = y
-            try:
-                if self._t_from > self.t_start:
-                    y = integrate(make_func(False, uu), y, self.t_start, self._t_from, uu)
-                if self._quad:
-                    zeros = torch.zeros(uu.shape[0], len(comps), dtype=u.dtype, device=u.device)
-                    y = torch.cat([y, zeros], dim=1)
-                    y = integrate(make_func(True, uu), y, self._t_from, self.t_end, uu)
-                elif self._t_from == self.t_start:
-                    y = integrate(make_func(False, uu), y, self.t_start, self.t_end, uu)
-            except (AssertionError, RuntimeError, OverflowError):
-                # torchdiffeq reports a collapsed step ("underflow in dt") by AssertionError.
-                # The step is shared by the batch, so one blowing-up row fails them all: split
-                # the batch and retry, so that only the failing rows are reported.
-                if uu.shape[0] == 1:
-                    width = n + (len(comps) if self._quad else 0)
-                    nan = torch.full((1, width), math.nan, dtype=u.dtype, device=u.device)
-                    return nan, torch.ones(1, dtype=torch.bool, device=u.device)
-                m = uu.shape[0] // 2
-                y_a, bad_a = run(uu[:m], y_start[:m])
-                y_b, bad_b = run(uu[m:], y_start[m:])
-                return torch.cat([y_a, y_b]), torch.cat([bad_a, bad_b])
-            return y, ~(y[:, :n].abs().amax(1) < bound)
-
-        y_end, bad = run(u, self.initial_state(u))
-        return self._finish(y_end[:, :n], y_end[:, n:] if self._quad else None, bad, nfe[0])
 
     # -- public ------------------------------------------------------------------------------
 
@@ -725,9 +890,7 @@ class ODEDevice(AbstractDevice):
             DeviceContractError: If ``rhs`` or ``x0`` return the wrong shape.
         """
         self._check_drives(u)
-        if isinstance(self.solver, Adaptive):
-            return self._solve_adaptive(u)
-        return self._solve_fixed(u)
+        return self.solver.integrate(self, u)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Readout of the solution for each row of ``u``.

@@ -23,16 +23,17 @@ __all__ = ["EvaluationReport", "evaluate", "is_stochastic", "mode_name"]
 _MODE_NAMES = {
     "Surrogate": "surrogate",
     "TrueDevice": "device",
-    "PhysicsAware": "physics_aware",
+    "PhysicsAware": "physics-aware",
     "Direct": "direct",
 }
 
 
 def mode_name(mode: Any) -> str:
-    """Report key of an execution mode: ``"surrogate"``, ``"device"``, ``"physics_aware"``, ...
+    """Report key of an execution mode: ``"surrogate"``, ``"device"``, ``"physics-aware"``, ...
 
-    A mode with a string ``name`` attribute keeps it; other classes get their snake-cased
-    class name; None (a plain module called without ``mode``) is ``"default"``.
+    A mode with a string ``name`` attribute keeps it; other classes get their kebab-cased
+    class name (``MyMode`` -> ``"my-mode"``); None (a plain module called without ``mode``) is
+    ``"default"``.
     """
     if mode is None:
         return "default"
@@ -40,7 +41,7 @@ def mode_name(mode: Any) -> str:
     if isinstance(name, str) and name:
         return name
     cls = type(mode).__name__
-    return _MODE_NAMES.get(cls) or re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
+    return _MODE_NAMES.get(cls) or re.sub(r"(?<!^)(?=[A-Z])", "-", cls).lower()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from quasineuron._names import ALIASES, canonical
 from quasineuron.devices.base import Box
 from quasineuron.network.wiring import fan_in
 
@@ -217,7 +218,7 @@ class TwoDrive(AbstractConnection):
     """
 
     bias: bool = True
-    kind: ClassVar[str] = "two_drive"
+    kind: ClassVar[str] = "two-drive"
 
     def __post_init__(self) -> None:
         _check_bool("TwoDrive.bias", self.bias)
@@ -455,6 +456,8 @@ def connection_from_dict(d: dict[str, Any]) -> AbstractConnection:
     """Inverse of :meth:`AbstractConnection.to_dict`; rejects unknown kinds and fields."""
     d = dict(d)
     kind = d.pop("kind", None)
+    if isinstance(kind, str) and kind in ALIASES["connection"]:
+        kind = canonical("connection", kind, stacklevel=3)  # a file saved before kebab-case
     if kind not in CONNECTIONS:
         raise ValueError(f"unknown connection kind {kind!r}; expected one of {sorted(CONNECTIONS)}")
     return CONNECTIONS[kind](**d)
@@ -464,7 +467,7 @@ def default_connection(device: Any) -> AbstractConnection:
     """The connection ``"auto"`` picks for ``device``: the one it declares, else ``Linear()``.
 
     A device declares the connection it was designed for in ``device.natural_connection`` (a
-    kind: ``"two_drive"`` for the almost-neuron, whose drives are ``(x·A, A·x²)``; ``"raw"`` for
+    kind: ``"two-drive"`` for the almost-neuron, whose drives are ``(x·A, A·x²)``; ``"raw"`` for
     a device that takes inputs and weights as drives). Any other device gets ``Linear()``: one
     weighted sum of the inputs per drive, each drive with its own weights, which makes no
     assumption about what the drives mean.
@@ -481,6 +484,8 @@ def default_connection(device: Any) -> AbstractConnection:
     kind = getattr(device, "natural_connection", None)
     if kind is None:
         return Linear()
+    if isinstance(kind, str) and kind in ALIASES["connection"]:
+        kind = canonical("connection", kind, stacklevel=3)
     if kind not in CONNECTIONS:
         raise ValueError(
             f"device {getattr(device, 'name', device)!r} declares natural_connection={kind!r}, "

@@ -10,11 +10,12 @@ methods and never asks which mode it has, so a new mode is one class in its own 
 |---|---|---|---|
 | :class:`Surrogate` | ``surrogate`` | twin | autograd through the twin |
 | :class:`TrueDevice` | ``device`` | true device | autograd if ``differentiable``, else refused |
-| :class:`PhysicsAware` | ``physics_aware`` | true device | twin's VJP at the applied drives |
+| :class:`PhysicsAware` | ``physics-aware`` | true device | twin's VJP at the applied drives |
 | :class:`Direct` | ``direct`` | true device | autograd; needs ``differentiable`` |
 
 ``name`` is the one spelling of a mode in reports, saved files and configs;
-:func:`mode_from_name` turns it back into a mode (and reads the older ``"physics-aware"``).
+:func:`mode_from_name` turns it back into a mode (the older ``"physics_aware"`` still reads,
+with a ``DeprecationWarning``).
 
 Physics-aware training: Wright et al., "Deep physical neural networks trained with
 backpropagation", Nature 601, 549-555 (2022).
@@ -23,6 +24,7 @@ backpropagation", Nature 601, 549-555 (2022).
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from quasineuron._names import ALIASES, canonical
 from quasineuron.errors import NotDifferentiableError
 
 if TYPE_CHECKING:
@@ -45,6 +48,10 @@ __all__ = [
     "mode_from_name",
     "physics_aware",
 ]
+
+
+# one vocabulary: a mode name is lower-case letters and digits joined by single '-'
+_KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 class AbstractMode(abc.ABC):
@@ -74,7 +81,13 @@ class AbstractMode(abc.ABC):
         if not isinstance(name, str) or not name:
             raise TypeError(
                 f"mode class {cls.__name__} must set a class attribute name = '...' (its "
-                f"spelling in configs and reports, e.g. {_snake(cls.__name__)!r})"
+                f"spelling in configs and reports, e.g. {_kebab(cls.__name__)!r})"
+            )
+        if not _KEBAB.match(name):
+            # one vocabulary: every user-visible name is lower-case kebab-case
+            raise TypeError(
+                f"mode class {cls.__name__} has name = {name!r}; a mode name is lower-case "
+                f"kebab-case (letters and digits joined by '-'), e.g. {_kebab(cls.__name__)!r}"
             )
         for flag in ("uses_true_device", "needs_twin"):
             if not isinstance(getattr(cls, flag, None), bool):
@@ -174,7 +187,7 @@ class PhysicsAware(AbstractMode):
     are not differentiable.
     """
 
-    name = "physics_aware"
+    name = "physics-aware"
     uses_true_device = True
     needs_twin = True
 
@@ -233,16 +246,14 @@ MODES: Mapping[str, type[AbstractMode]] = MappingProxyType(
     {cls.name: cls for cls in (Surrogate, TrueDevice, PhysicsAware, Direct)}
 )
 
-# Older spellings still read from configs; they map to the canonical name above.
-_ALIASES = {"physics-aware": "physics_aware"}
-
 
 def mode_from_name(name: str) -> AbstractMode:
     """The built-in mode called ``name``, with its default options.
 
     Args:
-        name: A key of :data:`MODES` (``"surrogate"``, ``"device"``, ``"physics_aware"``,
-            ``"direct"``); the older config spelling ``"physics-aware"`` is also accepted.
+        name: A key of :data:`MODES` (``"surrogate"``, ``"device"``, ``"physics-aware"``,
+            ``"direct"``); the older spelling ``"physics_aware"`` reads with a
+            ``DeprecationWarning``.
 
     Returns:
         A new mode, e.g. ``TrueDevice()`` for ``"device"``.
@@ -253,7 +264,9 @@ def mode_from_name(name: str) -> AbstractMode:
     """
     if not isinstance(name, str):
         raise TypeError(f"a mode name must be a string such as 'surrogate', got {name!r}")
-    cls = MODES.get(_ALIASES.get(name, name))
+    if name in ALIASES["mode"]:
+        name = canonical("mode", name, stacklevel=3)
+    cls = MODES.get(name)
     if cls is None:
         raise ValueError(
             f"unknown mode name {name!r}; expected one of {', '.join(map(repr, MODES))} "
@@ -316,8 +329,8 @@ class _Refused(torch.autograd.Function):
 # Messages: what went wrong and every alternative that works for this layer
 
 
-def _snake(cls_name: str) -> str:
-    return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(cls_name)).lower()
+def _kebab(cls_name: str) -> str:
+    return "".join(f"-{c}" if c.isupper() and i else c for i, c in enumerate(cls_name)).lower()
 
 
 def _cannot_train(mode: AbstractMode, layer: DeviceLayer) -> str:

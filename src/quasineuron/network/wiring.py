@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from quasineuron._names import ALIASES, canonical
+
 __all__ = ["AbstractWiring", "Dense", "FanIn", "Ports", "Sparse", "fan_in"]
 
 
@@ -122,7 +124,7 @@ class FanIn(AbstractWiring):
     """
 
     k: int
-    kind: ClassVar[str] = "fan_in"
+    kind: ClassVar[str] = "fan-in"
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
@@ -190,6 +192,8 @@ def wiring_from_dict(d: dict[str, Any]) -> AbstractWiring:
     """Inverse of :meth:`AbstractWiring.to_dict`; rejects unknown kinds and fields."""
     d = dict(d)
     kind = d.pop("kind", None)
+    if isinstance(kind, str) and kind in ALIASES["wiring"]:
+        kind = canonical("wiring", kind, stacklevel=3)  # a file saved before kebab-case
     if kind not in WIRINGS:
         raise ValueError(f"unknown wiring kind {kind!r}; expected one of {sorted(WIRINGS)}")
     cls = WIRINGS[kind]
