@@ -166,9 +166,10 @@ _WUXING_ONLY = ("model", "sizes", "receiving", "c0", "window")
 
 
 class NetworkConfig(_Strict):
-    """The network: ``kind = "device"`` (device instances behind trainable connections) or
-    ``kind = "wuxing"`` (a layered Wuxing network simulated in time).
+    """The network: device instances behind connections, or a Wuxing network.
 
+    ``kind = "device"``: device instances behind trainable connections; ``kind = "wuxing"``:
+    a layered Wuxing network simulated in time.
     Input and output sizes of a device network come from the data; a Wuxing network's layer
     sizes come from ``model`` (``MODEL1``/``MODEL2``) or ``sizes``, and must match the data.
     """

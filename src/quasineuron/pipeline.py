@@ -415,7 +415,7 @@ def _train_kwargs(cfg: RunConfig) -> dict[str, Any]:
         "lr": t.lr,
         "optimizer": t.optimizer,
         "schedule": Cosine() if t.schedule == "cosine" else None,
-        "loss": t.loss,
+        "loss": _LOSS_NAMES[t.loss],
         "seed": t.seed,
         "patience": t.patience,
     }
@@ -756,8 +756,10 @@ def _train_stages(
     *,
     progress: bool,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Run every stage of the config in order; a stage that ended in an earlier attempt is
-    loaded from its checkpoint folder instead of being trained again.
+    """Run every stage of the config in order.
+
+    A stage that ended in an earlier attempt is loaded from its checkpoint folder instead of
+    being trained again; one that was interrupted continues from its checkpoint.
 
     Returns:
         The last stage's training result (None when every stage was loaded) and one outcome

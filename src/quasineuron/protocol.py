@@ -205,8 +205,10 @@ QUICK_SAMPLES = 256
 
 
 def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
-    """The config of a committed result: ``config.toml`` beside its ``metrics.json``, else the
-    resolved config recorded in ``run.json`` or ``metrics.json``.
+    """The config of a committed result, to run it again.
+
+    ``config.toml`` beside its ``metrics.json``, else the resolved config recorded in
+    ``run.json`` or ``metrics.json``.
 
     Args:
         result: The result folder.
