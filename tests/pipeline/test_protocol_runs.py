@@ -140,7 +140,8 @@ def test_a_run_killed_after_its_first_stage_resumes_bit_identical(tmp_path: Path
     cfg = _write(tmp_path, DEVICE.format(extra=STAGES))
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     proc = _run_cli("run", str(cfg), "--out", str(killed))
-    mark = killed / "checkpoints" / "stage-1" / "outcome.json"
+    # killed inside the second stage, after its first epoch's checkpoint
+    mark = killed / "checkpoints" / "stage-2" / "checkpoint.safetensors"
     deadline = time.monotonic() + 120
     while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -163,6 +164,10 @@ def test_a_run_killed_after_its_first_stage_resumes_bit_identical(tmp_path: Path
     assert mb["accuracy"] == ma["accuracy"]
     stages = mb["training"]["stages"]
     assert [s["method"] for s in stages] == ["surrogate", "physics-aware"]
+    # the first stage was loaded as it ended, the second continued from its checkpoint
+    assert stages[0] == ma["training"]["stages"][0]
+    assert stages[1]["resumed_from_epoch"] >= 1
+    assert ma["training"]["stages"][1]["resumed_from_epoch"] == 0
     assert stages[1]["keep"] == "average" and stages[1]["averaged_epochs"] == [38, 39, 40]
     record = _json(killed / "run.json")
     assert record["stages"] == stages
@@ -254,6 +259,7 @@ def test_a_one_stage_wuxing_run_scores_the_network_it_saved(tmp_path: Path) -> N
     assert metrics["test_reads"] == 1 and set(metrics["accuracy"]) == {"device"}
     net = load_wuxing_network(out / "network")
     assert net.wiring.sizes == (64, 12, 10) and net.config.readout == "mean"
+    assert net.config.T == 1.0 and net.config.solver.dt == 0.25  # the window is the model's
 
 
 def test_a_wuxing_network_that_does_not_fit_the_data_is_refused_before_work(
