@@ -248,7 +248,7 @@ def test_a_wuxing_config_runs_saves_loads_and_scores(tmp_path: Path) -> None:
 def test_a_one_stage_wuxing_run_scores_the_network_it_saved(tmp_path: Path) -> None:
     from quasineuron.wuxing.io import load_wuxing_network
 
-    one = WUXING.split("[[training.stages]]")[0] + "[evaluation]\nmodes = [\"device\"]\n"
+    one = WUXING.split("[[training.stages]]")[0] + '[evaluation]\nmodes = ["device"]\n'
     one = one.replace("[training]", "[training]\nepochs = 1")
     cfg = _write(tmp_path, one)
     out = tmp_path / "wx"
