@@ -84,3 +84,18 @@ def test_no_stages_means_one_stage_from_training() -> None:
     cfg = parse_config({"training": {"epochs": 3}})
     (stage,) = cfg.stages()
     assert stage.epochs == 3 and stage.samples is None
+
+
+def test_every_wuxing_example_config_builds_its_methods() -> None:
+    from pathlib import Path
+
+    from quasineuron.config import load_config
+    from quasineuron.pipeline import _wuxing_method
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("wuxing-model1-*.toml"))
+    assert len(examples) == 6
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.network.kind == "wuxing" and cfg.network.model == "MODEL1"
+        for i, stage in enumerate(cfg.stages()):
+            _wuxing_method(cfg, stage, i)  # an option the method does not take raises here
