@@ -93,7 +93,8 @@ __all__ = [
 RUN_FILE = "run.json"
 #: The run's state: ``running`` (with its stage), ``failed`` (with the error) or ``complete``.
 STATUS_FILE = "status.json"
-#: Everything a run writes into its folder; ``overwrite=True`` removes exactly these.
+#: Everything a run writes into its folder; ``overwrite=True`` removes exactly these. Not
+#: ``scores.json``: the count of test reads of the folder carries on across runs made in it.
 _RUN_OUTPUTS = (
     "metrics.json",
     "summary.md",
@@ -107,7 +108,6 @@ _RUN_OUTPUTS = (
     "sweep.zarr",
     "checkpoints",
     "network",
-    "scores.json",
     RUN_FILE,
     STATUS_FILE,
 )
@@ -602,7 +602,6 @@ def run_pipeline(
                 timings=timings,
                 t_start=t_start,
                 progress=progress,
-                continuing=state == "continue",
                 data_dir=data_dir,
             )
         else:
@@ -621,7 +620,6 @@ def run_pipeline(
                 timings=timings,
                 t_start=t_start,
                 progress=progress,
-                continuing=state == "continue",
             )
         _update_run_record(out, stages=metrics["training"]["stages"])
         atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
@@ -677,12 +675,16 @@ def _update_run_record(out: Path, **fields: Any) -> None:
     atomic_write_json(out / RUN_FILE, record)
 
 
-def _record_read(out: Path, accuracy: dict[str, float | None], *, continuing: bool) -> int:
-    """Record the run's own test read; a continued run that had read it already counts again."""
+def _record_read(out: Path, accuracy: dict[str, float | None]) -> int:
+    """Record the run's own test read.
+
+    A folder read before (a continued run that had scored already, or a run started afresh
+    with ``overwrite`` in a folder that was scored) counts this read on top of those.
+    """
     from quasineuron.protocol import record_test_read
 
     scores = {k: v for k, v in accuracy.items() if not k.endswith("_std")}
-    return int(record_test_read(out, scores, what="network/", again=continuing)["test_reads"])
+    return int(record_test_read(out, scores, what="network/", again=True)["test_reads"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1080,7 +1082,6 @@ def _run_wuxing(
     timings: dict[str, float],
     t_start: float,
     progress: bool,
-    continuing: bool,
     data_dir: str | Path | None,
 ) -> dict[str, Any]:
     from quasineuron.wuxing.io import save_wuxing_network, window_dict
@@ -1094,7 +1095,7 @@ def _run_wuxing(
     # Scored from the saved folder, exactly as `quasineuron score` would score it.
     accuracy = score_network(config, out, data_dir=data_dir)
     timings["evaluate_s"] = time.perf_counter() - t0
-    reads = _record_read(out, accuracy, continuing=continuing)
+    reads = _record_read(out, accuracy)
     timings["total_s"] = time.perf_counter() - t_start
     acc = {k: v for k, v in accuracy.items() if v is not None}
     gap = acc["surrogate"] - acc["device"] if {"surrogate", "device"} <= set(acc) else None
@@ -1189,7 +1190,6 @@ def _run_stages(
     timings: dict[str, float],
     t_start: float,
     progress: bool,
-    continuing: bool,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     char = characterize(
@@ -1269,7 +1269,7 @@ def _run_stages(
     if baseline is not None:
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
-    reads = _record_read(out, accuracy, continuing=continuing)
+    reads = _record_read(out, accuracy)
     status("report")
     plot_training_curves(
         [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in history],

@@ -83,6 +83,24 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def test_test_reads_are_recorded_and_a_second_one_needs_again(tmp_path: Path) -> None:
+    from quasineuron.errors import RunFolderError
+    from quasineuron.protocol import TestReadRefused, record_test_read, test_reads
+
+    assert test_reads(tmp_path) == 0
+    record_test_read(tmp_path, {"device": 0.5}, what="network/")
+    with pytest.raises(TestReadRefused, match="--again"):
+        record_test_read(tmp_path, {"device": 0.6}, what="network/")
+    assert test_reads(tmp_path) == 1
+    doc = record_test_read(tmp_path, {"device": 0.6}, what="network/", again=True)
+    assert doc["test_reads"] == 2
+    assert [r["accuracy"]["device"] for r in doc["readings"]] == [0.5, 0.6]
+    (tmp_path / "scores.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="restore it"):
+        test_reads(tmp_path)
+
+
+@pytest.mark.slow
 def test_run_reads_the_test_set_once_and_score_refuses_a_second_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,6 +122,10 @@ def test_run_reads_the_test_set_once_and_score_refuses_a_second_read(
     # the saved network is what the run scored
     assert scores["readings"][1]["accuracy"] == scores["readings"][0]["accuracy"]
     assert scores["readings"][1]["accuracy"]["device"] == metrics["accuracy"]["device"]
+
+    # starting afresh in the same folder does not wipe the record: the count carries on
+    assert main(["run", str(cfg), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert _json(out / "metrics.json")["test_reads"] == 3
 
 
 def test_score_refuses_a_run_that_is_not_complete(tmp_path: Path) -> None:
@@ -279,12 +301,33 @@ def test_an_unknown_method_option_is_named(
     assert "method2-operating takes no option 'etaa'" in err
 
 
-def test_reproduce_quick_reruns_from_the_stored_config(tmp_path: Path) -> None:
-    cfg = _write(tmp_path, DEVICE.format(extra=""))
-    out = tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+def test_reproduce_quick_reruns_from_the_config_beside_the_result(tmp_path: Path) -> None:
+    result = tmp_path / "result"
+    result.mkdir()
+    text = DEVICE.format(extra="").replace("limit_train = 200", "limit_train = 600")
+    _write(result, text, "config.toml")
+    (result / "metrics.json").write_text("{}")
     again = tmp_path / "again"
-    assert main(["reproduce", str(out), "--quick", "--out", str(again), "--no-progress"]) == 0
+    assert main(["reproduce", str(result), "--quick", "--out", str(again), "--no-progress"]) == 0
     rec = _json(again / "run.json")["config"]
     assert rec["training"]["epochs"] == 1 and rec["data"]["limit_train"] == 200
+    assert rec["name"] == "tiny" and rec["network"]["hidden"] == [4]
     assert _json(again / "metrics.json")["test_reads"] == 1
+
+
+def test_reproduce_reads_the_config_a_run_recorded(tmp_path: Path) -> None:
+    from quasineuron.config import config_hash, parse_config
+    from quasineuron.protocol import reproduce_config
+
+    cfg = parse_config(
+        {
+            "network": {"kind": "wuxing", "sizes": [64, 12, 10]},
+            "training": {"stages": [{"method": "bptt", "samples": 5000, "average_last": 1}]},
+            "experiment": {"seeds": [0, 1, 2]},
+        }
+    )
+    (tmp_path / "run.json").write_text(json.dumps({"config": cfg.model_dump(mode="json")}))
+    assert config_hash(reproduce_config(tmp_path)) == config_hash(cfg)
+    quick = reproduce_config(tmp_path, quick=True)
+    assert quick.training.stages[0].samples == 256 and quick.experiment.seeds == (0, 1)
+    assert quick.data.limit_train == 200
