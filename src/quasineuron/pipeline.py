@@ -473,6 +473,15 @@ def run_pipeline(
     deterministically from it and training continues from its last checkpoint, so the run
     ends bit-identical to an uninterrupted one. A complete run is not repeated.
 
+    Training runs the config's stages in order (:meth:`RunConfig.stages`), each into
+    ``checkpoints/stage-N/``; ``run.json`` records every stage's outcome as it ends, with the
+    seeds and the versions of quasineuron, torch, numpy and Python. A Wuxing network
+    (``network.kind = "wuxing"``) has no sweep and no twin: it is built from its wiring and
+    window, trained, saved in ``network/`` and scored from that folder on the time simulation
+    (``device``) and the steady state (``surrogate``). The test read is recorded in
+    ``scores.json`` (see :mod:`quasineuron.protocol`). With ``experiment.seeds`` the run is
+    repeated per seed into ``out/seed-S/`` and ``out/metrics.json`` summarises the family.
+
     A stochastic network (:func:`~quasineuron.evaluation.is_stochastic`) is scored with
     :data:`STOCHASTIC_PASSES` passes per true-device mode, and ``accuracy.device_std`` records
     the spread. When more than 1 % of a layer's test drives fell outside the characterised
@@ -824,8 +833,6 @@ def _train_stage(
     patience = t.patience
     if stage.keep == "best" and stage.average_last == 1 and patience is None:
         patience = stage.epochs + 1
-    if stage.keep == "last" and not config.training.stages:
-        patience = t.patience  # the one stage built from [training]: today's behaviour
     result = train(
         net,
         train_set,
@@ -850,11 +857,17 @@ def _train_stage(
     if stage.average_last > 1:
         from quasineuron._atomic import load_safetensors_checked
 
-        averaged = list(range(first_avg, stage.epochs + 1))
+        # the epochs that ran (a stage stopped early by patience averages the ones it reached)
+        averaged = [
+            e
+            for e in range(first_avg, stage.epochs + 1)
+            if e <= len(result.history) and (snapshots / f"epoch-{e}.safetensors").is_file()
+        ]
         states = [
             load_safetensors_checked(snapshots / f"epoch-{e}.safetensors")[0] for e in averaged
         ]
-        _load_trained_state(net, _average_states(states))
+        if states:
+            _load_trained_state(net, _average_states(states))
     outcome = {
         "stage": index + 1,
         "method": mode,
