@@ -386,6 +386,12 @@ class RunConfig(_Strict):
                         f"training.stages[{i}].method = {st.method!r} trains a Wuxing network; "
                         "a device network trains with surrogate, physics-aware, direct or device"
                     )
+                if st.options:
+                    raise ValueError(
+                        f"training.stages[{i}].options are options of a Wuxing method; a device "
+                        "network's stage takes method, epochs, keep, average_last, batch_size "
+                        "and lr"
+                    )
                 if st.samples is not None:
                     raise ValueError(
                         f"training.stages[{i}]: a device network's stage takes an epochs budget "

@@ -47,6 +47,8 @@ def test_a_stage_method_must_fit_the_network_kind() -> None:
     assert "device-network mode" in msg
     msg = _error({"training": {"stages": [{"method": "method2", "epochs": 1}]}})
     assert "trains a Wuxing network" in msg
+    msg = _error({"training": {"stages": [{"epochs": 1, "options": {"eta": 1.0}}]}})
+    assert "options of a Wuxing method" in msg
 
 
 def test_the_window_is_checked() -> None:
