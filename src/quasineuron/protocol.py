@@ -211,7 +211,7 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
     ``run.json`` or ``metrics.json``.
 
     Args:
-        result: The result folder.
+        result: The result folder (or a TOML config file).
         quick: Shrink the run for a smoke test: at most :data:`QUICK_TRAIN` training images,
             one epoch per stage (or :data:`QUICK_SAMPLES` samples), at most two seeds.
 
@@ -221,7 +221,9 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
     from quasineuron.config import ConfigError, load_config, parse_config
 
     folder = Path(result)
-    if (folder / "config.toml").is_file():
+    if folder.is_file() and folder.suffix == ".toml":  # a config itself, e.g. an example's
+        config = load_config(folder)
+    elif (folder / "config.toml").is_file():
         config = load_config(folder / "config.toml")
     else:
         for name in ("run.json", "metrics.json"):
