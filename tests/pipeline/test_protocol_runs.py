@@ -332,6 +332,6 @@ def test_reproduce_reads_the_config_a_run_recorded(tmp_path: Path) -> None:
     assert quick.training.stages[0].samples == 256 and quick.experiment.seeds == (0, 1)
     assert quick.data.limit_train == 200
     toml = tmp_path / "c.toml"
-    toml.write_text('[training]\nepochs = 7\n')
+    toml.write_text("[training]\nepochs = 7\n")
     assert reproduce_config(toml).training.epochs == 7
     assert reproduce_config(toml, quick=True).training.epochs == 1
