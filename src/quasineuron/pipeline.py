@@ -810,7 +810,7 @@ def _train_stage(
         The loop's result and the stage's outcome (JSON-ready, paths relative to the run).
     """
     if config.network.kind == "wuxing":
-        return _train_wuxing_stage(config, stage, index, net, train_set, val_set)
+        return _train_wuxing_stage(config, stage, index, net, train_set, val_set, folder)
     t = config.training
     assert stage.epochs is not None  # validated: a device stage has an epochs budget
     mode = stage.method or t.mode
@@ -945,6 +945,9 @@ def _wuxing_method(config: RunConfig, stage: StageConfig, index: int) -> Any:
 
     name = stage.method or "bptt"
     opts = _tuples(dict(stage.options))
+    twin_opts = opts.pop("neuron_twin", None)
+    if twin_opts is not None:
+        _check_neuron_twin(name, opts, twin_opts, index)
     if "target" in opts:
         opts["target"] = TargetCoding(**opts["target"])
     preset: dict[str, Any]
@@ -978,6 +981,52 @@ def _wuxing_method(config: RunConfig, stage: StageConfig, index: int) -> Any:
         raise ConfigError(f"training.stages[{index}].options ({name}): {exc}") from None
 
 
+#: What ``options.neuron_twin`` of a stage may set (see ``fit_neuron_twin``).
+_NEURON_TWIN_KEYS = ("n_samples", "drive_range", "density", "hidden", "max_steps", "seed")
+
+
+def _check_neuron_twin(name: str, opts: dict[str, Any], twin: Any, index: int) -> None:
+    """Refuse a neuron twin where the method does not use one, or with unknown options."""
+    from quasineuron.config import ConfigError
+
+    where = f"training.stages[{index}].options.neuron_twin"
+    steady = name in ("backprop-steady", "method2-operating") or (
+        name == "method2" and opts.get("estimate") == "steady"
+    )
+    if not steady:
+        raise ConfigError(
+            f"{where}: {name} does not use steady states, so it has no use for a neuron twin; "
+            "use it with backprop-steady, method2-operating or method2 with estimate = 'steady'"
+        )
+    if not isinstance(twin, dict):
+        raise ConfigError(f"{where} must be a table of fit options, e.g. {{ max_steps = 2000 }}")
+    unknown = sorted(set(twin) - set(_NEURON_TWIN_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; use {list(_NEURON_TWIN_KEYS)}")
+
+
+def _neuron_twin(stage: StageConfig, net: Any, folder: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The stage's neuron twin, fitted (deterministically, from its seed) into ``folder``."""
+    spec = _tuples(dict(stage.options)).get("neuron_twin")
+    if spec is None:
+        return None, None
+    from dataclasses import asdict
+
+    from quasineuron.wuxing.twin import fit_neuron_twin
+
+    twin, report = fit_neuron_twin(net, **spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_surrogate(twin.correction, folder / "neuron-twin.safetensors")
+    info = {
+        "gain": twin.gain.tolist(),
+        "options": spec,
+        "report": asdict(report),
+        "path": f"{folder.parent.name}/{folder.name}/neuron-twin.safetensors",
+    }
+    atomic_write_json(folder / "neuron-twin.json", info)
+    return twin, info
+
+
 def _train_wuxing_stage(
     config: RunConfig,
     stage: StageConfig,
@@ -985,6 +1034,7 @@ def _train_wuxing_stage(
     net: Any,
     train_set: ArrayDataset,
     val_set: ArrayDataset,
+    folder: Path,
 ) -> tuple[Any, dict[str, Any]]:
     from quasineuron.wuxing import train as wuxing_train
 
@@ -1006,6 +1056,8 @@ def _train_wuxing_stage(
         snapshots.append(_trained_state(net))
         del snapshots[: -max(stage.average_last, 1)]
 
+    # fitted on the network as this stage starts (its neurons' parameters K as they are now)
+    twin, twin_info = _neuron_twin(stage, net, folder)
     result = wuxing_train(
         net,
         x,
@@ -1019,6 +1071,7 @@ def _train_wuxing_stage(
         epoch_callback=on_epoch,
         schedule=Cosine() if t.schedule == "cosine" else None,
         max_samples=stage.samples,
+        neuron=twin,
     )
     averaged: list[int] = []
     n_epochs = len(result.val_accuracy) or epochs
@@ -1039,6 +1092,7 @@ def _train_wuxing_stage(
         "epochs_run": n_epochs,
         "samples_seen": result.samples_seen,
         "validated_on": t.validate_on,
+        **({"neuron_twin": twin_info} if twin_info is not None else {}),
         "val_accuracy": list(result.val_accuracy),
         "checkpoints": f"checkpoints/stage-{index + 1}",
     }

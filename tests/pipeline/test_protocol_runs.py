@@ -335,3 +335,25 @@ def test_reproduce_reads_the_config_a_run_recorded(tmp_path: Path) -> None:
     toml.write_text("[training]\nepochs = 7\n")
     assert reproduce_config(toml).training.epochs == 7
     assert reproduce_config(toml, quick=True).training.epochs == 1
+
+
+@pytest.mark.slow
+def test_a_neuron_twin_is_fitted_into_the_run_folder_for_steady_state_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = WUXING.split("[[training.stages]]")[0]
+    twin = "{ n_samples = 100, max_steps = 20, hidden = [8] }"
+    stage = f'[[training.stages]]\nmethod = "backprop-steady"\nepochs = 1\noptions = {{ neuron_twin = {twin} }}\n'  # noqa: E501
+    evaluation = '[evaluation]\nmodes = ["device"]\n'
+    cfg = _write(tmp_path, head + stage + evaluation)
+    out = tmp_path / "wx"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    (outcome,) = _json(out / "metrics.json")["training"]["stages"]
+    info = outcome["neuron_twin"]
+    assert info["path"] == "checkpoints/stage-1/neuron-twin.safetensors"  # inside the run
+    assert (out / info["path"]).is_file()
+    assert info["options"]["n_samples"] == 100 and "rmse" in info["report"]
+
+    bad = _write(tmp_path, head + stage.replace("backprop-steady", "bptt") + evaluation, "b.toml")
+    assert main(["run", str(bad), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    assert "no use for a neuron twin" in capsys.readouterr().err
