@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -72,6 +72,9 @@ from quasineuron.sweep import (
 )
 from quasineuron.sweep.executors import AutoExecutor
 from quasineuron.training import Cosine, TrainResult, train
+
+if TYPE_CHECKING:
+    from quasineuron.wuxing import WuxingNetwork
 
 __all__ = [
     "RUN_FILE",
@@ -902,7 +905,7 @@ def _wuxing_sizes(config: RunConfig) -> tuple[int, ...]:
     return MODEL1_SIZES if n.model == "MODEL1" else MODEL2_SIZES
 
 
-def _wuxing_network(config: RunConfig) -> torch.nn.Module:
+def _wuxing_network(config: RunConfig) -> WuxingNetwork:
     """The Wuxing network of the config (wiring seeded by ``network.seed``)."""
     from quasineuron.wuxing import WuxingNetwork, adder_wiring, model_wiring, one_to_one_wiring
     from quasineuron.wuxing.io import window_config
@@ -1099,7 +1102,10 @@ def _train_wuxing_stage(
     return result, outcome
 
 
-_WUXING_SCORE_MODES = {"device": "time", "surrogate": "steady"}
+_WUXING_SCORE_MODES: dict[str, Literal["time", "steady"]] = {
+    "device": "time",
+    "surrogate": "steady",
+}
 
 
 def score_network(
@@ -1130,9 +1136,9 @@ def score_network(
     if config.device.input_clip:
         device = InputClip(device)
     twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
-    net = load_network(run / "network", device=device, twin=twin)
+    device_net = load_network(run / "network", device=device, twin=twin)
     report = evaluate(
-        net,
+        device_net,
         test,
         modes=[_MODES[m]() for m in config.evaluation.modes],
         batch_size=config.evaluation.batch_size,
