@@ -204,6 +204,32 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     _traceback_flag(demo, default=argparse.SUPPRESS)
 
+    score = sub.add_parser(
+        "score", help="score a complete run's saved network on the test set, once (recorded)"
+    )
+    score.add_argument("run", type=Path, help="a complete run folder")
+    score.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST files")
+    score.add_argument(
+        "--again",
+        action="store_true",
+        help="read the test set of a run scored before (the read is counted in scores.json)",
+    )
+    _traceback_flag(score, default=argparse.SUPPRESS)
+
+    rep = sub.add_parser(
+        "reproduce", help="re-run a result from the config stored beside its metrics.json"
+    )
+    rep.add_argument("result", type=Path, help="a result folder (metrics.json and its config)")
+    rep.add_argument("--out", required=True, type=Path, help="folder for the new run")
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small training subset, one epoch (or batch budget) per stage",
+    )
+    rep.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST files")
+    rep.add_argument("--no-progress", action="store_true")
+    _traceback_flag(rep, default=argparse.SUPPRESS)
+
     devices = sub.add_parser("devices", help="list the built-in and registered devices")
     _traceback_flag(devices, default=argparse.SUPPRESS)
     return parser
@@ -276,10 +302,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from quasineuron.protocol import score_run
+
+    reading = score_run(args.run, data_dir=args.data_dir, again=args.again)
+    parts = [f"{k}={100 * v:.2f}%" for k, v in reading["accuracy"].items() if v is not None]
+    print(f"test accuracy: {', '.join(parts)} (test reads of this run: {reading['test_reads']})")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from quasineuron.protocol import reproduce_config
+
+    config = reproduce_config(args.result, quick=args.quick)
+    from quasineuron.pipeline import run_pipeline
+
+    metrics = run_pipeline(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    _print_metrics(metrics, args.out)
+    return 0
+
+
 def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
     acc = metrics["accuracy"]
     parts = [f"{k}={100 * v:.2f}%" for k, v in acc.items() if v is not None]
-    gap = "" if metrics["gap"] is None else f"; gap={100 * metrics['gap']:+.2f} pp"
+    gap = "" if metrics.get("gap") is None else f"; gap={100 * metrics['gap']:+.2f} pp"
     print(f"test accuracy: {', '.join(parts)}{gap}")
     print(f"run folder: {out} (metrics.json, summary.md, plots)")
 
@@ -334,7 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"characterize": _characterize, "run": _run, "demo": _demo, "devices": _devices}
+    handlers = {
+        "characterize": _characterize,
+        "run": _run,
+        "demo": _demo,
+        "score": _score,
+        "reproduce": _reproduce,
+        "devices": _devices,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

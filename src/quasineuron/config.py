@@ -9,12 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "RunConfig", "config_hash", "load_config", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "RunConfig",
+    "StageConfig",
+    "WindowConfig",
+    "config_hash",
+    "load_config",
+    "parse_config",
+]
 
 
 class ConfigError(ValueError):
@@ -27,6 +37,48 @@ class _Strict(BaseModel):
 
 #: A layer width: a positive number of neurons.
 Width = Annotated[int, Field(gt=0)]
+
+#: Old spellings that still parse, with a DeprecationWarning naming the new one.
+_OLD_SPELLINGS: dict[str, str] = {
+    "two_drive": "two-drive",
+    "fan_in": "fan-in",
+    "physics_aware": "physics-aware",
+    "cross_entropy": "cross-entropy",
+    "one_to_one": "one-to-one",
+}
+
+
+def _respell_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The config with old spellings of names replaced (each with a DeprecationWarning)."""
+    data = dict(data)
+    data["network"] = _respell(data.get("network"), ("connection", "wiring"), "network")
+    training = _respell(data.get("training"), ("mode", "loss"), "training")
+    if isinstance(training, dict) and isinstance(training.get("stages"), list):
+        training["stages"] = [
+            _respell(st, ("method",), f"training.stages[{i}]")
+            for i, st in enumerate(training["stages"])
+        ]
+    data["training"] = training
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _respell(table: Any, keys: tuple[str, ...], where: str) -> Any:
+    """Replace old underscore spellings of the values under ``keys`` (with a warning)."""
+    if not isinstance(table, dict):
+        return table
+    out = dict(table)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and value in _OLD_SPELLINGS:
+            new = _OLD_SPELLINGS[value]
+            warnings.warn(
+                f"{where}.{key} = {value!r} is an old spelling; write {new!r} (the old one will "
+                "stop parsing in a later version)",
+                DeprecationWarning,
+                stacklevel=5,  # the caller of load_config / parse_config
+            )
+            out[key] = new
+    return out
 
 
 class DeviceConfig(_Strict):
@@ -74,21 +126,169 @@ class DataConfig(_Strict):
     seed: int = 0
 
 
-class NetworkConfig(_Strict):
-    """The network of device instances (input and output sizes come from the data)."""
+def _changed(model: BaseModel, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` hold a value other than their default.
 
+    A resolved config (every default written out, as in ``run.json``) parses again: a key
+    that only repeats its default is not an option the other network kind would misread.
+    """
+    fields = type(model).model_fields
+    return [
+        n for n in names if getattr(model, n) != fields[n].get_default(call_default_factory=True)
+    ]
+
+
+class WindowConfig(_Strict):
+    """The simulation window of a time-coupled network: part of the saved model.
+
+    A network trained with one window and scored with another is another model, so the window
+    is stored with the weights and every score uses it.
+    """
+
+    T: float = Field(30.0, gt=0.0, description="length of the window [0, T]")
+    dt: float = Field(0.05, gt=0.0, description="fixed solver step")
+    solver: Literal["heun", "rk4", "euler"] = "heun"
+    readout: Literal["mean", "final"] = Field(
+        "mean", description="score: time-mean of the read-out over the window, or its end value"
+    )
+    input_scale: float = Field(1.0, description="pixel drive u = input_scale * x")
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if self.dt > self.T:
+            raise ValueError(f"dt = {self.dt} is longer than the window T = {self.T}")
+        return self
+
+
+#: Fields of ``[network]`` that only a device network reads, and those only a Wuxing one reads.
+_DEVICE_ONLY = ("hidden", "connection", "link_ratio", "readout_affine")
+_WUXING_ONLY = ("model", "sizes", "receiving", "c0", "window")
+
+
+class NetworkConfig(_Strict):
+    """The network: device instances behind connections, or a Wuxing network.
+
+    ``kind = "device"``: device instances behind trainable connections; ``kind = "wuxing"``:
+    a layered Wuxing network simulated in time.
+    Input and output sizes of a device network come from the data; a Wuxing network's layer
+    sizes come from ``model`` (``MODEL1``/``MODEL2``) or ``sizes``, and must match the data.
+    """
+
+    kind: Literal["device", "wuxing"] = "device"
+    # device networks
     hidden: tuple[Width, ...] = (100,)
     connection: Literal["auto", "linear", "two-drive", "quadratic", "raw"] = "auto"
-    wiring: Literal["dense", "sparse", "fan-in"] = "dense"
+    wiring: Literal["dense", "sparse", "fan-in", "one-to-one", "adder"] = "dense"
     link_ratio: float = Field(1.0, gt=0.0, le=1.0)
     fan_in: int = Field(4, ge=1)
     readout_affine: bool = True
+    # Wuxing networks
+    model: Literal["MODEL1", "MODEL2"] | None = None
+    sizes: tuple[Width, ...] = Field((), description="layer sizes, input first (or model)")
+    receiving: int = Field(3, ge=1, le=4)
+    c0: float = 1.0
+    window: WindowConfig | None = None
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> NetworkConfig:
-        if self.wiring == "sparse" and self.link_ratio == 1.0:
-            raise ValueError("wiring='sparse' needs link_ratio < 1; use wiring='dense' for 1.0")
+        if self.kind == "device":
+            stray = _changed(self, _WUXING_ONLY)
+            if stray:
+                raise ValueError(
+                    f"network.{stray[0]} is an option of a Wuxing network; set "
+                    "network.kind = 'wuxing', or remove it for a device network"
+                )
+            if self.wiring in ("one-to-one", "adder"):
+                raise ValueError(
+                    f"wiring={self.wiring!r} is a Wuxing wiring; a device network takes "
+                    "'dense', 'sparse' or 'fan-in'"
+                )
+            if self.wiring == "sparse" and self.link_ratio == 1.0:
+                raise ValueError("wiring='sparse' needs link_ratio < 1; use wiring='dense' for 1.0")
+            return self
+        if "wiring" not in self.model_fields_set:
+            # a Wuxing network's default wiring is the paper's (frozen model: set once, here)
+            object.__setattr__(self, "wiring", "one-to-one")
+        stray = _changed(self, _DEVICE_ONLY)
+        if stray:
+            raise ValueError(
+                f"network.{stray[0]} is an option of a device network; a Wuxing network is "
+                "described by model (or sizes), wiring, fan_in, receiving, c0 and [network.window]"
+            )
+        if (self.model is None) == (not self.sizes):
+            raise ValueError(
+                "a Wuxing network needs exactly one of model = 'MODEL1' | 'MODEL2' or sizes = "
+                "[n_in, ..., n_out]"
+            )
+        if self.sizes and len(self.sizes) < 2:
+            raise ValueError(f"network.sizes needs at least 2 layers, got {list(self.sizes)}")
+        if self.wiring not in ("one-to-one", "adder"):
+            raise ValueError(
+                f"wiring={self.wiring!r} is a device-network wiring; a Wuxing network takes "
+                "'one-to-one' (the paper's) or 'adder' (with fan_in)"
+            )
+        if self.wiring == "one-to-one" and _changed(self, ("fan_in",)):
+            raise ValueError("network.fan_in needs wiring = 'adder'")
+        return self
+
+    @property
+    def resolved_window(self) -> WindowConfig:
+        """The window (the default one when none is given)."""
+        return self.window if self.window is not None else WindowConfig()
+
+
+#: Wuxing training methods: the paper's methods 1 and 2, method 2 with each reversed neuron
+#: linearised about its operating point, mixed, backprop through time and through the steady
+#: state.
+WUXING_METHODS = ("method1", "method2", "method2-operating", "mixed", "bptt", "backprop-steady")
+
+
+class StageConfig(_Strict):
+    """One stage of training, started from where the previous stage ended.
+
+    The budget is ``epochs`` or ``samples`` (exactly one; never wall-clock time).
+    """
+
+    method: (
+        Literal[
+            "surrogate",
+            "physics-aware",
+            "direct",
+            "device",
+            "method1",
+            "method2",
+            "method2-operating",
+            "mixed",
+            "bptt",
+            "backprop-steady",
+        ]
+        | None
+    ) = Field(None, description="training method; default: training.mode / bptt")
+    epochs: int | None = Field(None, ge=1)
+    samples: int | None = Field(None, ge=1)
+    keep: Literal["best", "last"] = "best"
+    average_last: int = Field(
+        1, ge=1, description="average the weights of the last k epochs (1: no averaging)"
+    )
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the method (e.g. eta, kt, estimate)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if (self.epochs is None) == (self.samples is None):
+            raise ValueError(
+                "a stage needs exactly one budget: epochs = N or samples = N (never wall-clock "
+                "time)"
+            )
+        if self.epochs is not None and self.average_last > self.epochs:
+            raise ValueError(
+                f"average_last = {self.average_last} needs at least that many epochs, got "
+                f"epochs = {self.epochs}"
+            )
         return self
 
 
@@ -101,9 +301,14 @@ class TrainingConfig(_Strict):
     lr: float = Field(1e-3, gt=0.0)
     optimizer: Literal["adam", "sgd"] = "adam"
     schedule: Literal["none", "cosine"] = "cosine"
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    loss: Literal["cross-entropy", "mse"] = "cross-entropy"
     patience: int | None = Field(None, ge=1)
     seed: int = 0
+    validate_on: Literal["steady", "time"] = Field(
+        "steady",
+        description="Wuxing networks: validate on the steady state (cheap) or the time simulation",
+    )
+    stages: tuple[StageConfig, ...] = ()
 
 
 class VariabilityConfig(_Strict):
@@ -128,6 +333,18 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(1024, ge=1)
 
 
+class ExperimentConfig(_Strict):
+    """Repeats of the whole run: one per seed (each seed overrides every seed of the config)."""
+
+    seeds: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"experiment.seeds repeats a seed: {list(self.seeds)}")
+        return self
+
+
 class RunConfig(_Strict):
     """A whole pipeline run: device → sweep → twin → network → training → evaluation → report."""
 
@@ -139,6 +356,57 @@ class RunConfig(_Strict):
     network: NetworkConfig = NetworkConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.network.kind == "wuxing":
+            stray = _changed(self, ("device", "sweep", "twin"))
+            if stray:
+                raise ValueError(
+                    f"[{stray[0]}] describes a device network's neuron; a Wuxing network has its "
+                    "own neurons: remove the section or set network.kind = 'device'"
+                )
+            for i, st in enumerate(self.training.stages):
+                if st.method is not None and st.method not in WUXING_METHODS:
+                    raise ValueError(
+                        f"training.stages[{i}].method = {st.method!r} is a device-network mode; "
+                        f"a Wuxing network trains with one of {list(WUXING_METHODS)}"
+                    )
+            bad = [m for m in self.evaluation.modes if m not in ("surrogate", "device")]
+            if bad:
+                raise ValueError(
+                    f"evaluation.modes {bad}: a Wuxing network is scored on 'device' (the time "
+                    "simulation) and 'surrogate' (the steady state)"
+                )
+        else:
+            for i, st in enumerate(self.training.stages):
+                if st.method in WUXING_METHODS:
+                    raise ValueError(
+                        f"training.stages[{i}].method = {st.method!r} trains a Wuxing network; "
+                        "a device network trains with surrogate, physics-aware, direct or device"
+                    )
+                if st.options:
+                    raise ValueError(
+                        f"training.stages[{i}].options are options of a Wuxing method; a device "
+                        "network's stage takes method, epochs, keep, average_last, batch_size "
+                        "and lr"
+                    )
+                if st.samples is not None:
+                    raise ValueError(
+                        f"training.stages[{i}]: a device network's stage takes an epochs budget "
+                        "(samples budgets are for Wuxing networks in this version)"
+                    )
+        return self
+
+    def stages(self) -> tuple[StageConfig, ...]:
+        """The stages to run: the declared ones, or one stage built from ``[training]``."""
+        if self.training.stages:
+            return self.training.stages
+        keep: Literal["best", "last"] = "best" if self.training.patience else "last"
+        if self.network.kind == "wuxing":
+            keep = "best"
+        return (StageConfig(epochs=self.training.epochs, keep=keep),)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
@@ -147,6 +415,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}': remove it or check its spelling")
+        elif err["type"] == "value_error":
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"  {key or '(top level)'}: {msg}")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
@@ -160,6 +431,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {source}: expected a table, got {data!r}")
+    data = _respell_config(data)
     try:
         text = json.dumps(data, allow_nan=True)
     except (TypeError, ValueError) as exc:  # e.g. a TOML date, which no field accepts

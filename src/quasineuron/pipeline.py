@@ -7,6 +7,7 @@ writes the run folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import platform
@@ -18,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch
 from quasineuron._atomic import atomic_write_bytes, atomic_write_json
 from quasineuron._messages import error_line as _error_line
 from quasineuron._version import __version__
-from quasineuron.config import RunConfig, config_hash, parse_config
+from quasineuron.config import RunConfig, StageConfig, config_hash, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
 from quasineuron.devices.base import AbstractDevice
 from quasineuron.devices.library import make_device
@@ -72,9 +73,14 @@ from quasineuron.sweep import (
 from quasineuron.sweep.executors import AutoExecutor
 from quasineuron.training import Cosine, TrainResult, train
 
+if TYPE_CHECKING:
+    from quasineuron.wuxing import WuxingNetwork
+
 __all__ = [
     "RUN_FILE",
     "STATUS_FILE",
+    "score_network",
+    "with_seed",
     "CharacterizeResult",
     "characterize",
     "default_sampler",
@@ -90,7 +96,8 @@ __all__ = [
 RUN_FILE = "run.json"
 #: The run's state: ``running`` (with its stage), ``failed`` (with the error) or ``complete``.
 STATUS_FILE = "status.json"
-#: Everything a run writes into its folder; ``overwrite=True`` removes exactly these.
+#: Everything a run writes into its folder; ``overwrite=True`` removes exactly these. Not
+#: ``scores.json``: the count of test reads of the folder carries on across runs made in it.
 _RUN_OUTPUTS = (
     "metrics.json",
     "summary.md",
@@ -411,7 +418,7 @@ def _train_kwargs(cfg: RunConfig) -> dict[str, Any]:
         "lr": t.lr,
         "optimizer": t.optimizer,
         "schedule": Cosine() if t.schedule == "cosine" else None,
-        "loss": t.loss,
+        "loss": _LOSS_NAMES[t.loss],
         "seed": t.seed,
         "patience": t.patience,
     }
@@ -469,6 +476,15 @@ def run_pipeline(
     deterministically from it and training continues from its last checkpoint, so the run
     ends bit-identical to an uninterrupted one. A complete run is not repeated.
 
+    Training runs the config's stages in order (:meth:`RunConfig.stages`), each into
+    ``checkpoints/stage-N/``; ``run.json`` records every stage's outcome as it ends, with the
+    seeds and the versions of quasineuron, torch, numpy and Python. A Wuxing network
+    (``network.kind = "wuxing"``) has no sweep and no twin: it is built from its wiring and
+    window, trained, saved in ``network/`` and scored from that folder on the time simulation
+    (``device``) and the steady state (``surrogate``). The test read is recorded in
+    ``scores.json`` (see :mod:`quasineuron.protocol`). With ``experiment.seeds`` the run is
+    repeated per seed into ``out/seed-S/`` and ``out/metrics.json`` summarises the family.
+
     A stochastic network (:func:`~quasineuron.evaluation.is_stochastic`) is scored with
     :data:`STOCHASTIC_PASSES` passes per true-device mode, and ``accuracy.device_std`` records
     the spread. When more than 1 % of a layer's test drives fell outside the characterised
@@ -508,62 +524,78 @@ def run_pipeline(
     out = Path(out)
     if overwrite and resume:
         raise RunFolderError("overwrite and resume exclude each other; choose one")
+    if config.experiment.seeds:
+        return _run_seed_family(
+            config,
+            out,
+            data_dir=data_dir,
+            progress=progress,
+            allow_import=allow_import,
+            overwrite=overwrite,
+        )
     digest = config_hash(config)
     prepare_output_folder(out)
     state = _run_folder_state(out, digest, overwrite=overwrite)
     if state == "complete":
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
-    device = make_device(config.device.name, allow_import=allow_import, **config.device.options)
-    if config.device.input_clip:
-        device = InputClip(device)
-    sampler = make_sampler(
-        config.sweep.sampler, device.n_in, points=config.sweep.points, seed=config.sweep.seed
-    )
+    if config.network.kind == "wuxing":
+        # Built before any work: a bad wiring, window or method option stops the run here.
+        _wuxing_network(config)
+        for i, stage in enumerate(config.stages()):
+            _wuxing_method(config, stage, i)
+        device = None
+        sampler = None
+    else:
+        device = make_device(config.device.name, allow_import=allow_import, **config.device.options)
+        if config.device.input_clip:
+            device = InputClip(device)
+        sampler = make_sampler(
+            config.sweep.sampler, device.n_in, points=config.sweep.points, seed=config.sweep.seed
+        )
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     # The data is loaded before any work, so that missing or corrupt files stop the run before
     # the sweep and the twin fit rather than after them.
     train_full, test = _load_data(config, data_dir)
-    if config.data.limit_train is not None and config.data.limit_train < len(train_full.y):
-        train_full = train_full.sample(config.data.limit_train, seed=config.data.seed)
-    train_set, val_set = train_full.split(config.data.val_fraction, seed=config.data.seed)
+    train_set, val_set = _split_data(config, train_full)
     timings["data_s"] = time.perf_counter() - t_start
     n_classes = int(train_full.n_classes or 0)
-    sizes = (train_full.n_features, *config.network.hidden, n_classes)
-    _check_memory(
-        estimate_memory_bytes(
-            sizes=sizes,
-            device=device,
-            batch_size=max(config.training.batch_size, config.evaluation.batch_size),
-            n_points=sampler.n_points(device.n_in),
+    if config.network.kind == "wuxing":
+        sizes = _wuxing_sizes(config)
+        if sizes[0] != train_full.n_features or sizes[-1] != n_classes:
+            raise ValueError(
+                f"the Wuxing network's layers {list(sizes)} do not fit the data "
+                f"{config.data.name!r} ({train_full.n_features} inputs, {n_classes} classes); "
+                f"set network.sizes = [{train_full.n_features}, ..., {n_classes}]"
+            )
+    else:
+        assert device is not None and sampler is not None
+        sizes = (train_full.n_features, *config.network.hidden, n_classes)
+        _check_memory(
+            estimate_memory_bytes(
+                sizes=sizes,
+                device=device,
+                batch_size=max(config.training.batch_size, config.evaluation.batch_size),
+                n_points=sampler.n_points(device.n_in),
+            )
         )
-    )
-
-    # Built once before any work (and thrown away), so that a connection that does not fit
-    # the device or a wiring that does not fit the sizes stops the run here, not after the
-    # sweep and the twin fit.
-    DeviceNetwork(
-        device,
-        sizes,
-        connection=_connection(config, device),
-        wiring=_wiring(config),
-        readout_affine=config.network.readout_affine,
-        seed=config.network.seed,
-    )
+        # Built once before any work (and thrown away), so that a connection that does not fit
+        # the device or a wiring that does not fit the sizes stops the run here, not after the
+        # sweep and the twin fit.
+        DeviceNetwork(
+            device,
+            sizes,
+            connection=_connection(config, device),
+            wiring=_wiring(config),
+            readout_affine=config.network.readout_affine,
+            seed=config.network.seed,
+        )
 
     if state == "fresh":
         if overwrite:
             _remove_run_outputs(out)
-        atomic_write_json(
-            out / RUN_FILE,
-            {
-                "config_hash": digest,
-                "config": config.model_dump(mode="json"),
-                "quasineuron": __version__,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-        )
+        atomic_write_json(out / RUN_FILE, _run_record(config, digest))
     else:
         # continuing: the folder is not complete until the run ends (metrics.json is the mark)
         (out / "metrics.json").unlink(missing_ok=True)
@@ -572,21 +604,36 @@ def run_pipeline(
         _write_status(out, "running", stage=stage, config_hash=digest)
 
     try:
-        status("characterize")
-        metrics = _run_stages(
-            config,
-            out,
-            device,
-            sampler,
-            status,
-            train_set,
-            val_set,
-            test,
-            sizes,
-            timings=timings,
-            t_start=t_start,
-            progress=progress,
-        )
+        if config.network.kind == "wuxing":
+            status("train")
+            metrics = _run_wuxing(
+                config,
+                out,
+                train_set,
+                val_set,
+                timings=timings,
+                t_start=t_start,
+                progress=progress,
+                data_dir=data_dir,
+            )
+        else:
+            assert device is not None and sampler is not None
+            status("characterize")
+            metrics = _run_stages(
+                config,
+                out,
+                device,
+                sampler,
+                status,
+                train_set,
+                val_set,
+                test,
+                sizes,
+                timings=timings,
+                t_start=t_start,
+                progress=progress,
+            )
+        _update_run_record(out, stages=metrics["training"]["stages"])
         atomic_write_bytes(out / "summary.md", _summary(metrics).encode("utf-8"))
         _write_status(out, "complete", config_hash=digest)
     except BaseException as exc:
@@ -594,7 +641,611 @@ def run_pipeline(
         raise
     # last: metrics.json exists only in a complete run folder
     atomic_write_json(out / "metrics.json", metrics)
-    _warn_domain(metrics)
+    if config.network.kind != "wuxing":
+        _warn_domain(metrics)
+    return metrics
+
+
+def _split_data(config: RunConfig, train_full: ArrayDataset) -> tuple[ArrayDataset, ArrayDataset]:
+    """The training and validation splits (the test set is never split or looked at here)."""
+    if config.data.limit_train is not None and config.data.limit_train < len(train_full.y):
+        train_full = train_full.sample(config.data.limit_train, seed=config.data.seed)
+    return train_full.split(config.data.val_fraction, seed=config.data.seed)
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "quasineuron": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _run_record(config: RunConfig, digest: str) -> dict[str, Any]:
+    """``run.json``: everything needed to run this again, with paths relative to the folder."""
+    return {
+        "config_hash": digest,
+        "config": config.model_dump(mode="json"),
+        "seeds": {
+            "data": config.data.seed,
+            "network": config.network.seed,
+            "training": config.training.seed,
+            "sweep": config.sweep.seed,
+            "twin": config.twin.seed,
+        },
+        "versions": _versions(),
+        "quasineuron": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stages": [],
+    }
+
+
+def _update_run_record(out: Path, **fields: Any) -> None:
+    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    record.update(fields)
+    atomic_write_json(out / RUN_FILE, record)
+
+
+def _record_read(out: Path, accuracy: dict[str, float | None]) -> int:
+    """Record the run's own test read.
+
+    A folder read before (a continued run that had scored already, or a run started afresh
+    with ``overwrite`` in a folder that was scored) counts this read on top of those.
+    """
+    from quasineuron.protocol import record_test_read
+
+    scores = {k: v for k, v in accuracy.items() if not k.endswith("_std")}
+    return int(record_test_read(out, scores, what="network/", again=True)["test_reads"])
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: each one trains from where the previous one ended and leaves checkpoints/stage-N/
+# --------------------------------------------------------------------------------------------
+
+#: Written into ``checkpoints/stage-N/`` when stage N has ended: the weights it ended with.
+_STAGE_STATE = "end.safetensors"
+_STAGE_OUTCOME = "outcome.json"
+
+
+def _stage_dir(out: Path, index: int) -> Path:
+    return out / "checkpoints" / f"stage-{index + 1}"
+
+
+def _trained_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors training changes (a device network's connections, not its twin's tables)."""
+    own = getattr(net, "connection_state_dict", None)
+    state = own() if own is not None else net.state_dict()
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def _load_trained_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(k in state for k in missing):
+        raise ValueError(f"stage checkpoint does not fit the network: {unexpected or missing}")
+    after = getattr(net, "update_rest_states", None)
+    if after is not None:  # a Wuxing network's rest states follow its parameters K
+        after()
+
+
+def _finished_stage(net: torch.nn.Module, folder: Path) -> dict[str, Any] | None:
+    """Load the end state of a stage that finished in an earlier attempt (None if it did not)."""
+    from quasineuron._atomic import load_safetensors_checked
+
+    if not (folder / _STAGE_OUTCOME).is_file() or not (folder / _STAGE_STATE).is_file():
+        return None
+    tensors, _ = load_safetensors_checked(
+        folder / _STAGE_STATE, what="stage checkpoint", fix="rerun with --overwrite"
+    )
+    _load_trained_state(net, tensors)
+    outcome: dict[str, Any] = json.loads((folder / _STAGE_OUTCOME).read_text(encoding="utf-8"))
+    return outcome
+
+
+def _finish_stage(net: torch.nn.Module, folder: Path, outcome: dict[str, Any]) -> None:
+    from quasineuron._atomic import save_safetensors_checked
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors_checked(folder / _STAGE_STATE, _trained_state(net))
+    atomic_write_json(folder / _STAGE_OUTCOME, outcome)  # last: the stage's end mark
+
+
+def _average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts (floating tensors; others from the last)."""
+    avg = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            avg[key] = torch.stack([s[key] for s in states]).mean(0).to(last.dtype)
+        else:
+            avg[key] = last
+    return avg
+
+
+def _train_stages(
+    config: RunConfig,
+    out: Path,
+    net: torch.nn.Module,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    *,
+    progress: bool,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run every stage of the config in order.
+
+    A stage that ended in an earlier attempt is loaded from its checkpoint folder instead of
+    being trained again; one that was interrupted continues from its checkpoint.
+
+    Returns:
+        The last stage's training result (None when every stage was loaded) and one outcome
+        per stage.
+    """
+    outcomes: list[dict[str, Any]] = []
+    result = None
+    for index, stage in enumerate(config.stages()):
+        folder = _stage_dir(out, index)
+        done = _finished_stage(net, folder)
+        if done is not None:
+            outcomes.append(done)
+            continue
+        result, outcome = _train_stage(
+            config, stage, index, net, train_set, val_set, folder, progress=progress
+        )
+        _finish_stage(net, folder, outcome)
+        _update_run_record(out, stages=[*outcomes, outcome])
+        outcomes.append(outcome)
+    return result, outcomes
+
+
+def _train_stage(
+    config: RunConfig,
+    stage: StageConfig,
+    index: int,
+    net: torch.nn.Module,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    folder: Path,
+    *,
+    progress: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """Train ``net`` in place for one stage: the one place the pipeline calls a training loop.
+
+    Returns:
+        The loop's result and the stage's outcome (JSON-ready, paths relative to the run).
+    """
+    if config.network.kind == "wuxing":
+        return _train_wuxing_stage(config, stage, index, net, train_set, val_set, folder)
+    t = config.training
+    assert stage.epochs is not None  # validated: a device stage has an epochs budget
+    mode = stage.method or t.mode
+    snapshots = folder / "averaging"
+    first_avg = stage.epochs - stage.average_last + 1
+
+    def keep_snapshot(metrics: Any) -> None:
+        # the weights of each of the last `average_last` epochs, on disk so that a stage
+        # resumed from its checkpoint still averages every one of them
+        if stage.average_last > 1 and metrics.epoch >= first_avg:
+            from quasineuron._atomic import save_safetensors_checked
+
+            snapshots.mkdir(parents=True, exist_ok=True)
+            save_safetensors_checked(
+                snapshots / f"epoch-{metrics.epoch}.safetensors", _trained_state(net)
+            )
+
+    # keep="best": the loop restores the epoch with the lowest validation loss when it has a
+    # patience, so a patience longer than the stage keeps the best without stopping early.
+    patience = t.patience
+    if stage.keep == "best" and stage.average_last == 1 and patience is None:
+        patience = stage.epochs + 1
+    result = train(
+        net,
+        train_set,
+        mode=_MODES[mode](),
+        val_data=val_set,
+        checkpoint_dir=folder,
+        # Resuming from the checkpoint of an interrupted attempt at this stage; a fresh
+        # folder has none, so this is a fresh start there.
+        resume=True,
+        progress=progress,
+        epochs=stage.epochs,
+        batch_size=stage.batch_size or t.batch_size,
+        lr=stage.lr or t.lr,
+        optimizer=t.optimizer,
+        schedule=Cosine() if t.schedule == "cosine" else None,
+        loss=_LOSS_NAMES[t.loss],
+        seed=t.seed + index,
+        patience=patience,
+        callbacks=(keep_snapshot,),
+    )
+    averaged: list[int] = []
+    if stage.average_last > 1:
+        from quasineuron._atomic import load_safetensors_checked
+
+        # the epochs that ran (a stage stopped early by patience averages the ones it reached)
+        averaged = [
+            e
+            for e in range(first_avg, stage.epochs + 1)
+            if e <= len(result.history) and (snapshots / f"epoch-{e}.safetensors").is_file()
+        ]
+        states = [
+            load_safetensors_checked(snapshots / f"epoch-{e}.safetensors")[0] for e in averaged
+        ]
+        if states:
+            _load_trained_state(net, _average_states(states))
+    outcome = {
+        "stage": index + 1,
+        "method": mode,
+        "budget": {"epochs": stage.epochs},
+        "keep": stage.keep if stage.average_last == 1 else "average",
+        "averaged_epochs": averaged,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "epochs_run": len(result.history),
+        "val_accuracy": [e.val_accuracy for e in result.history],
+        "checkpoints": f"checkpoints/stage-{index + 1}",
+    }
+    return result, outcome
+
+
+#: Config spelling → the spelling today's training loop takes.
+_LOSS_NAMES = {"cross-entropy": "cross_entropy", "mse": "mse"}
+
+
+# --------------------------------------------------------------------------------------------
+# Wuxing networks: no sweep and no twin; the network is its own simulation
+# --------------------------------------------------------------------------------------------
+
+
+def _wuxing_sizes(config: RunConfig) -> tuple[int, ...]:
+    from quasineuron.wuxing import MODEL1_SIZES, MODEL2_SIZES
+
+    n = config.network
+    if n.sizes:
+        return tuple(n.sizes)
+    return MODEL1_SIZES if n.model == "MODEL1" else MODEL2_SIZES
+
+
+def _wuxing_network(config: RunConfig) -> WuxingNetwork:
+    """The Wuxing network of the config (wiring seeded by ``network.seed``)."""
+    from quasineuron.wuxing import WuxingNetwork, adder_wiring, model_wiring, one_to_one_wiring
+    from quasineuron.wuxing.io import window_config
+
+    n = config.network
+    sizes = _wuxing_sizes(config)
+    if n.wiring == "adder":
+        # fill every adder: a receiving interface sums up to fan_in links
+        ratios = [min(1.0, 0.999 * n.fan_in * n.receiving / k) for k in sizes[:-1]]
+        wiring = adder_wiring(
+            sizes, link_ratio=ratios, fan_in=n.fan_in, receiving=n.receiving, seed=n.seed
+        )
+    elif n.model is not None:
+        wiring = model_wiring(n.model, seed=n.seed)
+    else:
+        wiring = one_to_one_wiring(sizes, seed=n.seed)
+    window = window_config(n.resolved_window.model_dump())
+    return WuxingNetwork(wiring, config=window, c0=n.c0)
+
+
+def _tuples(value: Any) -> Any:
+    """TOML arrays → tuples (the methods' ranges are tuples), recursively in tables."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _wuxing_method(config: RunConfig, stage: StageConfig, index: int) -> Any:
+    """The training method of a Wuxing stage, built from its name and options.
+
+    Raises:
+        ConfigError: Naming the stage and the option the method does not take.
+    """
+    from dataclasses import fields
+
+    from quasineuron.config import ConfigError
+    from quasineuron.wuxing import Backprop, Method1, Method2, Mixed, TargetCoding
+
+    name = stage.method or "bptt"
+    opts = _tuples(dict(stage.options))
+    twin_opts = opts.pop("neuron_twin", None)
+    if twin_opts is not None:
+        _check_neuron_twin(name, opts, twin_opts, index)
+    if "target" in opts:
+        opts["target"] = TargetCoding(**opts["target"])
+    preset: dict[str, Any]
+    cls: type
+    if name == "method1":
+        cls, preset = Method1, {}
+    elif name == "method2":
+        cls, preset = Method2, {}
+    elif name == "method2-operating":
+        cls, preset = Method2, {"estimate": "steady", "reversal": "operating"}
+    elif name == "mixed":
+        cls, preset = Mixed, {}
+        for sub, sub_cls in (("method1", Method1), ("method2", Method2)):
+            if sub in opts:
+                opts[sub] = sub_cls(**opts[sub])
+    else:
+        cls = Backprop
+        preset = {"through": "time" if name == "bptt" else "steady"}
+        if stage.lr is not None:
+            preset["lr"] = stage.lr
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"training.stages[{index}].options: {name} takes no option {unknown[0]!r}; its "
+            f"options are {sorted(allowed - set(preset))}"
+        )
+    try:
+        return cls(**{**preset, **opts})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"training.stages[{index}].options ({name}): {exc}") from None
+
+
+#: What ``options.neuron_twin`` of a stage may set (see ``fit_neuron_twin``).
+_NEURON_TWIN_KEYS = ("n_samples", "drive_range", "density", "hidden", "max_steps", "seed")
+
+
+def _check_neuron_twin(name: str, opts: dict[str, Any], twin: Any, index: int) -> None:
+    """Refuse a neuron twin where the method does not use one, or with unknown options."""
+    from quasineuron.config import ConfigError
+
+    where = f"training.stages[{index}].options.neuron_twin"
+    steady = name in ("backprop-steady", "method2-operating") or (
+        name == "method2" and opts.get("estimate") == "steady"
+    )
+    if not steady:
+        raise ConfigError(
+            f"{where}: {name} does not use steady states, so it has no use for a neuron twin; "
+            "use it with backprop-steady, method2-operating or method2 with estimate = 'steady'"
+        )
+    if not isinstance(twin, dict):
+        raise ConfigError(f"{where} must be a table of fit options, e.g. {{ max_steps = 2000 }}")
+    unknown = sorted(set(twin) - set(_NEURON_TWIN_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; use {list(_NEURON_TWIN_KEYS)}")
+
+
+def _neuron_twin(stage: StageConfig, net: Any, folder: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The stage's neuron twin, fitted (deterministically, from its seed) into ``folder``."""
+    spec = _tuples(dict(stage.options)).get("neuron_twin")
+    if spec is None:
+        return None, None
+    from dataclasses import asdict
+
+    from quasineuron.wuxing.twin import fit_neuron_twin
+
+    twin, report = fit_neuron_twin(net, **spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_surrogate(twin.correction, folder / "neuron-twin.safetensors")
+    info = {
+        "gain": twin.gain.tolist(),
+        "options": spec,
+        "report": asdict(report),
+        "path": f"{folder.parent.name}/{folder.name}/neuron-twin.safetensors",
+    }
+    atomic_write_json(folder / "neuron-twin.json", info)
+    return twin, info
+
+
+def _train_wuxing_stage(
+    config: RunConfig,
+    stage: StageConfig,
+    index: int,
+    net: Any,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    folder: Path,
+) -> tuple[Any, dict[str, Any]]:
+    from quasineuron.wuxing import train as wuxing_train
+
+    t = config.training
+    method = _wuxing_method(config, stage, index)
+    batch_size = stage.batch_size or t.batch_size
+    x, y = torch.as_tensor(train_set.x), torch.as_tensor(train_set.y)
+    val = (torch.as_tensor(val_set.x), torch.as_tensor(val_set.y))
+    if stage.samples is not None:
+        # enough epochs to hold the budget's ceil(samples / batch_size) whole batches
+        steps = math.ceil(stage.samples / batch_size)
+        epochs = math.ceil(steps / math.ceil(len(y) / batch_size))
+    else:
+        assert stage.epochs is not None
+        epochs = stage.epochs
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch(epoch: int, acc: float | None) -> None:
+        snapshots.append(_trained_state(net))
+        del snapshots[: -max(stage.average_last, 1)]
+
+    # fitted on the network as this stage starts (its neurons' parameters K as they are now)
+    twin, twin_info = _neuron_twin(stage, net, folder)
+    result = wuxing_train(
+        net,
+        x,
+        y,
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=t.seed + index,
+        val=val,
+        val_mode=t.validate_on,
+        epoch_callback=on_epoch,
+        schedule=Cosine() if t.schedule == "cosine" else None,
+        max_samples=stage.samples,
+        neuron=twin,
+    )
+    averaged: list[int] = []
+    n_epochs = len(result.val_accuracy) or epochs
+    if stage.average_last > 1:
+        averaged = list(range(n_epochs - len(snapshots) + 1, n_epochs + 1))
+        _load_trained_state(net, _average_states(snapshots))
+    elif stage.keep == "last" and snapshots:
+        # the loop restored the best epoch; "last" keeps the weights the stage ended with
+        _load_trained_state(net, snapshots[-1])
+    outcome = {
+        "stage": index + 1,
+        "method": stage.method or "bptt",
+        "method_settings": repr(method),
+        "budget": {"epochs": stage.epochs} if stage.samples is None else {"samples": stage.samples},
+        "keep": stage.keep if stage.average_last == 1 else "average",
+        "averaged_epochs": averaged,
+        "best_epoch": result.best_epoch,
+        "epochs_run": n_epochs,
+        "samples_seen": result.samples_seen,
+        "validated_on": t.validate_on,
+        **({"neuron_twin": twin_info} if twin_info is not None else {}),
+        "val_accuracy": list(result.val_accuracy),
+        "checkpoints": f"checkpoints/stage-{index + 1}",
+    }
+    return result, outcome
+
+
+_WUXING_SCORE_MODES: dict[str, Literal["time", "steady"]] = {
+    "device": "time",
+    "surrogate": "steady",
+}
+
+
+def score_network(
+    config: RunConfig, run: Path, *, data_dir: str | Path | None = None
+) -> dict[str, float | None]:
+    """Test accuracy per mode of the network saved in ``run/network``.
+
+    This reads the test set; record the read with
+    :func:`quasineuron.protocol.record_test_read` (``quasineuron score`` does).
+    """
+    _, test = _load_data(config, data_dir)
+    if config.network.kind == "wuxing":
+        from quasineuron.wuxing import evaluate as wuxing_evaluate
+        from quasineuron.wuxing.io import load_wuxing_network
+
+        net = load_wuxing_network(run / "network")
+        x, y = torch.as_tensor(test.x), torch.as_tensor(test.y)
+        return {
+            mode: wuxing_evaluate(
+                net, x, y, batch_size=config.evaluation.batch_size, mode=_WUXING_SCORE_MODES[mode]
+            )
+            for mode in config.evaluation.modes
+        }
+    from quasineuron.network import load_network
+    from quasineuron.surrogate import load_surrogate
+
+    device = make_device(config.device.name, **config.device.options)
+    if config.device.input_clip:
+        device = InputClip(device)
+    twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
+    device_net = load_network(run / "network", device=device, twin=twin)
+    report = evaluate(
+        device_net,
+        test,
+        modes=[_MODES[m]() for m in config.evaluation.modes],
+        batch_size=config.evaluation.batch_size,
+    )
+    return dict(report.accuracy)
+
+
+def _run_wuxing(
+    config: RunConfig,
+    out: Path,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    *,
+    timings: dict[str, float],
+    t_start: float,
+    progress: bool,
+    data_dir: str | Path | None,
+) -> dict[str, Any]:
+    from quasineuron.wuxing.io import save_wuxing_network, window_dict
+
+    net = _wuxing_network(config)
+    t0 = time.perf_counter()
+    _, outcomes = _train_stages(config, out, net, train_set, val_set, progress=progress)
+    timings["train_s"] = time.perf_counter() - t0
+    save_wuxing_network(net, out / "network")
+    t0 = time.perf_counter()
+    # Scored from the saved folder, exactly as `quasineuron score` would score it.
+    accuracy = score_network(config, out, data_dir=data_dir)
+    timings["evaluate_s"] = time.perf_counter() - t0
+    reads = _record_read(out, accuracy)
+    timings["total_s"] = time.perf_counter() - t_start
+    acc = {k: v for k, v in accuracy.items() if v is not None}
+    gap = acc["surrogate"] - acc["device"] if {"surrogate", "device"} <= set(acc) else None
+    return {
+        "name": config.name,
+        "kind": "wuxing",
+        "accuracy": accuracy,
+        "gap": gap,
+        "test_reads": reads,
+        "training": {"stages": outcomes},
+        "network": {
+            "sizes": list(net.wiring.sizes),
+            "wiring": net.wiring.kind,
+            "n_links": net.wiring.n_links,
+            "window": window_dict(net.config),
+        },
+        "timings": timings,
+        "environment": {**_versions(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "config": config.model_dump(mode="json"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Families of seeds
+# --------------------------------------------------------------------------------------------
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    """``config`` with ``seed`` as its data, network and training seed (and no seed list)."""
+    data = {**config.model_dump(mode="json"), "experiment": {"seeds": []}}
+    for section in ("data", "network", "training"):
+        data[section]["seed"] = seed
+    return parse_config(data, source=f"seed {seed}")
+
+
+def _run_seed_family(
+    config: RunConfig,
+    out: Path,
+    *,
+    data_dir: str | Path | None,
+    progress: bool,
+    allow_import: Sequence[str],
+    overwrite: bool,
+) -> dict[str, Any]:
+    from quasineuron.protocol import seed_family_metrics
+
+    digest = config_hash(config)
+    prepare_output_folder(out)
+    record_path = out / RUN_FILE
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("config_hash") != digest and not overwrite:
+            raise RunFolderError(
+                f"output folder {str(out)!r} holds another family of runs; choose a new --out or "
+                "pass --overwrite"
+            )
+    elif any(out.iterdir()) and not overwrite:
+        raise RunFolderError(
+            f"output folder {str(out)!r} holds files that are not a quasineuron run; choose a "
+            "new --out, or pass --overwrite"
+        )
+    atomic_write_json(
+        record_path,
+        {**_run_record(config, digest), "family": [f"seed-{s}" for s in config.experiment.seeds]},
+    )
+    per_seed = {}
+    for seed in config.experiment.seeds:
+        per_seed[seed] = run_pipeline(
+            with_seed(config, seed),
+            out / f"seed-{seed}",
+            data_dir=data_dir,
+            progress=progress,
+            allow_import=allow_import,
+            overwrite=overwrite,
+        )
+    metrics = seed_family_metrics(config.name, per_seed, config=config.model_dump(mode="json"))
+    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -643,18 +1294,10 @@ def _run_stages(
     )
     status("train")
     t0 = time.perf_counter()
-    result = train(
-        net,
-        train_set,
-        mode=_MODES[config.training.mode](),
-        val_data=val_set,
-        checkpoint_dir=out / "checkpoints",
-        # Resuming from the checkpoint of an interrupted run of this config; a fresh folder
-        # has none, and overwrite=True removed any, so this is a fresh start there.
-        resume=True,
-        progress=progress,
-        **_train_kwargs(config),
-    )
+    result, stage_outcomes = _train_stages(config, out, net, train_set, val_set, progress=progress)
+    # every stage loaded from an earlier attempt: the last stage's record stands for the loop's
+    history = list(result.history) if result is not None else []
+    last = stage_outcomes[-1]
     timings["train_s"] = time.perf_counter() - t0
 
     baseline: TrainResult | None = None
@@ -669,6 +1312,9 @@ def _run_stages(
             **_train_kwargs(config),
         )
         timings["baseline_train_s"] = time.perf_counter() - t0
+    # The network as it leaves training is saved before the test set is read: the saved
+    # network is what was scored, and what `quasineuron score` reads later.
+    save_network(net, out / "network")  # training updated net in place
 
     status("evaluate")
     # The test set is scored once, here, after every choice was made on the validation split.
@@ -679,9 +1325,9 @@ def _run_stages(
     if config.evaluation.variability is not None:
         variability = Variability(**config.evaluation.variability.model_dump())
     modes = [_MODES[m]() for m in config.evaluation.modes]
-    passes = STOCHASTIC_PASSES if is_stochastic(result.network) else 1
+    passes = STOCHASTIC_PASSES if is_stochastic(net) else 1
     report = evaluate(
-        result.network,
+        net,
         test,
         modes=modes,
         batch_size=config.evaluation.batch_size,
@@ -696,10 +1342,10 @@ def _run_stages(
     if baseline is not None:
         accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
 
+    reads = _record_read(out, accuracy)
     status("report")
-    save_network(net, out / "network")  # train updated net in place (result.network is net)
     plot_training_curves(
-        [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in result.history],
+        [e.to_dict() if hasattr(e, "to_dict") else vars(e) for e in history],
         out / "training.png",
         title=f"{config.name}: {device.name}, mode={config.training.mode}",
         baseline=[vars(e) for e in baseline.history] if baseline else None,
@@ -733,12 +1379,14 @@ def _run_stages(
         "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
         "training": {
             "mode": config.training.mode,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
+            "best_epoch": last.get("best_epoch"),
+            "stopped_early": last.get("stopped_early"),
             # epochs restored from the checkpoint of an interrupted run (0: trained in one go)
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "history": [vars(e) for e in result.history],
+            "resumed_from_epoch": last.get("resumed_from_epoch"),
+            "history": [vars(e) for e in history],
+            "stages": stage_outcomes,
         },
+        "test_reads": reads,
         "evaluation": report.to_dict(),
         "network": {"sizes": list(sizes), "describe": net.describe()},
         "device": device.describe(),
@@ -878,7 +1526,36 @@ def _check_memory(estimate: int) -> None:
         )
 
 
+def _wuxing_summary(m: dict[str, Any]) -> str:
+    w = m["network"]["window"]
+    lines = [
+        f"# {m['name']}",
+        "",
+        f"Wuxing network {' → '.join(map(str, m['network']['sizes']))} "
+        f"({m['network']['wiring']} wiring, {m['network']['n_links']} links), simulated over "
+        f"T = {w['T']:g} with dt = {w['dt']:g} ({w['solver']}, readout {w['readout']}).",
+        f"Trained in {len(m['training']['stages'])} stage(s): "
+        + ", ".join(
+            f"{s['method']} ({', '.join(f'{k} {v}' for k, v in s['budget'].items())}, "
+            f"keep {s['keep']})"
+            for s in m["training"]["stages"]
+        )
+        + f"; the test set was read {m['test_reads']} time(s).",
+        "",
+        "| scored on | test accuracy |",
+        "|---|---|",
+    ]
+    names = {"device": "device (time simulation)", "surrogate": "surrogate (steady state)"}
+    for k, v in m["accuracy"].items():
+        if v is not None:
+            lines.append(f"| {names.get(k, k)} | {100 * v:.2f} % |")
+    lines += ["", f"Total time {m['timings']['total_s']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
 def _summary(m: dict[str, Any]) -> str:
+    if m.get("kind") == "wuxing":
+        return _wuxing_summary(m)
     acc = m["accuracy"]
     lines = [
         f"# {m['name']}",

@@ -104,7 +104,7 @@ def test_a_run_killed_mid_training_resumes_bit_identical(tmp_path: Path) -> None
     cfg = _config(tmp_path, epochs=6)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     proc = _run_cli("run", str(cfg), "--out", str(killed))
-    ckpt = killed / "checkpoints" / "checkpoint.safetensors"
+    ckpt = killed / "checkpoints" / "stage-1" / "checkpoint.safetensors"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

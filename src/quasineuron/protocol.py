@@ -1,0 +1,254 @@
+"""The experiment protocol: test reads counted, seed families summarised, results reproduced.
+
+A run is chosen on its validation split only. The test set is read by :func:`score_run` (and by
+``quasineuron run`` at its end, through :func:`record_test_read`), and every read is recorded
+in the run folder's ``scores.json`` with a ``test_reads`` count: a second read of the same run
+is refused unless asked for, and then counted, so the record shows how often the test set was
+seen. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from quasineuron._atomic import atomic_write_json
+from quasineuron.errors import RunFolderError
+
+__all__ = [
+    "SCORES_FILE",
+    "TestReadRefused",
+    "record_test_read",
+    "reproduce_config",
+    "score_run",
+    "seed_family_metrics",
+    "test_reads",
+]
+
+#: Every test-set reading of a run: ``{"test_reads": n, "readings": [...]}``.
+SCORES_FILE = "scores.json"
+
+
+class TestReadRefused(RunFolderError):
+    """The run was already scored on the test set and another read was not asked for."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _read_scores(run: Path) -> dict[str, Any]:
+    path = run / SCORES_FILE
+    if not path.is_file():
+        return {"test_reads": 0, "readings": []}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunFolderError(
+            f"{path} is damaged ({exc}); it is the record of the run's test reads, restore it "
+            "from a copy rather than deleting it"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("readings"), list):
+        raise RunFolderError(f"{path} is not a record of test reads; restore it from a copy")
+    return doc
+
+
+def test_reads(run: str | Path) -> int:
+    """How many times the run in ``run`` has read the test set (0 for a run never scored)."""
+    return int(_read_scores(Path(run)).get("test_reads", 0))
+
+
+def record_test_read(
+    run: str | Path,
+    accuracy: Mapping[str, float | None],
+    *,
+    what: str,
+    again: bool = False,
+) -> dict[str, Any]:
+    """Record one reading of the test set in ``run/scores.json`` (refused if one exists).
+
+    Call it before the accuracy is shown to anyone: the reading counts even if the caller
+    stops afterwards.
+
+    Args:
+        run: The run folder.
+        accuracy: Test accuracy per mode (``device``, ``surrogate``, ...).
+        what: What was scored (e.g. ``"network/"``), relative to the run folder.
+        again: Allow a further read of a run already scored; it is counted.
+
+    Returns:
+        The updated record (``test_reads`` and the list of ``readings``).
+
+    Raises:
+        TestReadRefused: If the run was scored before and ``again`` is false.
+    """
+    run = Path(run)
+    doc = _read_scores(run)
+    n = int(doc.get("test_reads", 0))
+    if n and not again:
+        raise TestReadRefused(
+            f"run {str(run)!r} was already scored on the test set ({n} read(s), see "
+            f"{SCORES_FILE}); choices are made on the validation split, so a second read is "
+            "refused: pass --again to read it anyway (the read is counted in the record)"
+        )
+    reading = {"time": _now(), "what": what, "accuracy": dict(accuracy), "read": n + 1}
+    doc = {"test_reads": n + 1, "readings": [*doc["readings"], reading]}
+    atomic_write_json(run / SCORES_FILE, doc)
+    return doc
+
+
+def score_run(
+    run: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    again: bool = False,
+) -> dict[str, Any]:
+    """Score a complete run's saved network on the test set and record the read.
+
+    Args:
+        run: A complete run folder (``status.json`` says ``complete``).
+        data_dir: Folder with the MNIST files, for MNIST runs.
+        again: Read the test set of a run that was scored already (counted).
+
+    Returns:
+        The reading: ``accuracy`` per mode, ``test_reads`` after it.
+
+    Raises:
+        RunFolderError: If ``run`` is not a complete run folder.
+        TestReadRefused: If the run was scored before and ``again`` is false.
+    """
+    from quasineuron.pipeline import RUN_FILE, STATUS_FILE, score_network
+
+    run = Path(run)
+    try:
+        status = json.loads((run / STATUS_FILE).read_text(encoding="utf-8")).get("status")
+        record = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, AttributeError):
+        raise RunFolderError(
+            f"{str(run)!r} is not a run folder (no readable {STATUS_FILE} and {RUN_FILE}); give "
+            "the folder that `quasineuron run --out` wrote"
+        ) from None
+    if status != "complete":
+        raise RunFolderError(
+            f"run {str(run)!r} is not complete (status {status!r}); finish it with "
+            "`quasineuron run CONFIG --out RUN --resume` before scoring"
+        )
+    if test_reads(run) and not again:  # refuse before the test set is even loaded
+        record_test_read(run, {}, what="network/", again=False)
+    from quasineuron.config import parse_config
+
+    config = parse_config(record["config"], source=str(run / RUN_FILE))
+    accuracy = score_network(config, run, data_dir=data_dir)
+    doc = record_test_read(run, accuracy, what="network/", again=again)
+    return {"accuracy": accuracy, "test_reads": doc["test_reads"]}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def seed_family_metrics(
+    name: str, per_seed: Mapping[int, Mapping[str, Any]], *, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The metrics of a family of runs that differ only in their seed.
+
+    Args:
+        name: The family's name.
+        per_seed: Each seed's ``metrics.json`` content.
+        config: The resolved config (without the seed override).
+
+    Returns:
+        ``seeds``, ``accuracy.<mode>_mean`` and ``accuracy.<mode>_std`` (sample std over
+        seeds) for every mode that all seeds scored, ``per_seed`` numbers, and ``test_reads``
+        (the family's total).
+    """
+    seeds = sorted(per_seed)
+    modes = [
+        k
+        for k, v in per_seed[seeds[0]]["accuracy"].items()
+        if not k.endswith("_std")
+        and v is not None
+        and all(per_seed[s]["accuracy"].get(k) is not None for s in seeds)
+    ]
+    accuracy: dict[str, float] = {}
+    for mode in modes:
+        mean, std = _mean_std([float(per_seed[s]["accuracy"][mode]) for s in seeds])
+        accuracy[f"{mode}_mean"] = mean
+        accuracy[f"{mode}_std"] = std
+    return {
+        "name": name,
+        "seeds": seeds,
+        "accuracy": accuracy,
+        "per_seed": {
+            str(s): {"accuracy": per_seed[s]["accuracy"], "folder": f"seed-{s}"} for s in seeds
+        },
+        "test_reads": sum(int(per_seed[s].get("test_reads", 0)) for s in seeds),
+        "std": "sample standard deviation over seeds (n - 1)",
+        "config": dict(config),
+    }
+
+
+#: ``--quick``: the training subset and the per-stage budgets of a smoke run.
+QUICK_TRAIN = 200
+QUICK_SAMPLES = 256
+
+
+def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
+    """The config of a committed result, to run it again.
+
+    ``config.toml`` beside its ``metrics.json``, else the resolved config recorded in
+    ``run.json`` or ``metrics.json``.
+
+    Args:
+        result: The result folder (or a TOML config file).
+        quick: Shrink the run for a smoke test: at most :data:`QUICK_TRAIN` training images,
+            one epoch per stage (or :data:`QUICK_SAMPLES` samples), at most two seeds.
+
+    Raises:
+        ConfigError: If the folder holds no config.
+    """
+    from quasineuron.config import ConfigError, load_config, parse_config
+
+    folder = Path(result)
+    if folder.is_file() and folder.suffix == ".toml":  # a config itself, e.g. an example's
+        config = load_config(folder)
+    elif (folder / "config.toml").is_file():
+        config = load_config(folder / "config.toml")
+    else:
+        for name in ("run.json", "metrics.json"):
+            path = folder / name
+            if path.is_file():
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(doc, dict) and isinstance(doc.get("config"), dict):
+                    config = parse_config(doc["config"], source=str(path))
+                    break
+        else:
+            raise ConfigError(
+                f"{folder} holds no config.toml and no run.json or metrics.json with a config; "
+                "give a result folder written by `quasineuron run`"
+            )
+    if not quick:
+        return config
+    data = json.loads(json.dumps(config.model_dump(mode="json")))
+    limit = data["data"].get("limit_train")
+    data["data"]["limit_train"] = min(limit, QUICK_TRAIN) if limit else QUICK_TRAIN
+    data["training"]["epochs"] = 1
+    for stage in data["training"]["stages"]:
+        if stage.get("samples") is not None:
+            stage["samples"] = min(stage["samples"], QUICK_SAMPLES)
+        else:
+            stage["epochs"] = 1
+        stage["average_last"] = 1
+    data["experiment"]["seeds"] = data["experiment"]["seeds"][:2]
+    return parse_config(data, source="reproduce --quick")
