@@ -273,7 +273,7 @@ class Method2(_WuxingStrategy):
             ``T → ∞`` limit, ``F/T → D*`` and ``R/T → D̂*`` (the layer-by-layer steady states,
             :meth:`WuxingNetwork.steady_state`), much cheaper; with ``normalise`` both give
             ``G1 ≈ e · ∂s/∂c`` once T exceeds the settling time.
-        step: ``"additive"``: the paper's ``c ← c + η G2``. ``"adaptive"`` [ours]: each link
+        update: ``"additive"``: the paper's ``c ← c + η G2``. ``"adaptive"`` [ours]: each link
             divides its ``G2`` by the running RMS of its own past ``G2`` (with momentum, the
             Adam step applied to method 2's signal; still local to the link), so ``η`` is
             the step in units of ``c`` (e.g. 0.005).
@@ -290,13 +290,15 @@ class Method2(_WuxingStrategy):
     normalise: bool = True
     reduce: Literal["mean_g2", "mean_g1"] = "mean_g2"
     estimate: Literal["window", "steady"] = "window"
-    step: Literal["additive", "adaptive"] = "additive"
+    update: Literal["additive", "adaptive"] = "additive"
     reversal: Literal["rest", "operating"] = "rest"
 
     def __post_init__(self) -> None:
         _check_reversal(self.reversal, self.estimate, "Method2.")
-        if self.step not in ("additive", "adaptive"):
-            raise ValueError(f"Method2.step must be 'additive' or 'adaptive', got {self.step!r}")
+        if self.update not in ("additive", "adaptive"):
+            raise ValueError(
+                f"Method2.update must be 'additive' or 'adaptive', got {self.update!r}"
+            )
         for name in ("kt", "eta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -307,7 +309,7 @@ class Method2(_WuxingStrategy):
         _check_estimate(self.estimate, "Method2")
 
     def setup(self, net: torch.nn.Module, plan: Plan) -> None:
-        """Start with no running moments (``step="adaptive"``)."""
+        """Start with no running moments (``update="adaptive"``)."""
         super().setup(net, plan)
         self._run["moments"] = {}
 
@@ -317,7 +319,7 @@ class Method2(_WuxingStrategy):
         return rep
 
     def state_dict(self) -> dict[str, Any]:
-        """The running moments of ``step="adaptive"``."""
+        """The running moments of ``update="adaptive"``."""
         return {"moments": dict(self._run.get("moments", {}))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -649,7 +651,7 @@ def _apply_method2(
         g1 = g1 * net.config.T**2
     g2 = _soft_mean(g1, sig.ok, method.kt, method.reduce)
     step = g2.to(net.c.dtype)
-    if method.step == "adaptive":
+    if method.update == "adaptive":
         # per-link running moments of the link's own G2 (Adam's step, ascent on G2)
         state = {} if state is None else state
         t = state["t"] = state.get("t", 0) + 1
@@ -762,7 +764,7 @@ def method2_step(
         y: Labels, shape (batch,), int64.
         method: Settings.
         neuron: Optional neuron twin for ``estimate="steady"`` (see :func:`signals`).
-        state: Running moments for ``step="adaptive"`` (a dict kept between steps).
+        state: Running moments for ``update="adaptive"`` (a dict kept between steps).
 
     Returns:
         The step report and the per-link ``G2`` of the batch, shape (n_links,).
