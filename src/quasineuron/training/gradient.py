@@ -87,9 +87,15 @@ class Gradient(AbstractStrategy):
         self._checked = False
 
     def step(
-        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+        self,
+        net: torch.nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        step_index: int,
+        *,
+        loss_scale: float = 1.0,
     ) -> StepOutput:
-        """One optimiser step on the batch's mean loss."""
+        """One optimiser step on the batch's mean loss (times ``loss_scale``)."""
         assert self._opt is not None and self._plan is not None, "setup() was not called"
         plan = self._plan
         if self.schedule is not None:
@@ -112,7 +118,7 @@ class Gradient(AbstractStrategy):
                     net, xb, self.mode, float(batch_loss.detach()), epoch, b, self.optimizer.lr
                 )
             )
-        batch_loss.backward()
+        (batch_loss * loss_scale if loss_scale != 1.0 else batch_loss).backward()
         self._opt.step()
         n_correct = (out.detach().argmax(dim=1) == yb).sum() if plan.classify else None
         return StepOutput(loss=batch_loss.detach(), n_correct=n_correct)
