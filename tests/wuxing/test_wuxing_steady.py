@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
+from quasineuron.data import ArrayDataset
 from quasineuron.devices.ode import RK4, Heun
+from quasineuron.training import Callback, fit
 from quasineuron.training.config import Cosine
 from quasineuron.wuxing import (
     Backprop,
@@ -441,3 +443,32 @@ def test_weight_decay_is_decoupled_and_augment_sees_every_batch():
     assert seen == [6, 6, 4, 6, 6, 4]
     # the steps trained on what augment returned (blank images), on the same batches
     assert losses[0] == losses[1] != losses[2]
+
+
+class _CutAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def on_step(self, state, output):
+        if state.step == self.at:
+            raise KeyboardInterrupt
+
+
+def _method1_run(tmp, cut=None):
+    net, x, y = _xor_data()
+    # the integral term carries memory from step to step: the checkpoint must hold it
+    method = Method1(eta=0.5, eta_i=0.5, estimate="steady").bound(val_mode="steady")
+    res = fit(net, ArrayDataset(x, y), method, epochs=2, batch_size=8, seed=1,
+              val_data=ArrayDataset(x[:8], y[:8]), checkpoint_dir=tmp, resume=cut is None,
+              progress=False, callbacks=[_CutAt(cut)] if cut else [])  # fmt: skip
+    return res, net
+
+
+def test_a_wuxing_method_resumes_bit_identically_through_fit(tmp_path):
+    full, net_full = _method1_run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        _method1_run(tmp_path / "cut", cut=3)  # 2 steps per epoch: inside epoch 2
+    resumed, net_resumed = _method1_run(tmp_path / "cut")
+    assert resumed.resumed_from_epoch == 1
+    assert torch.equal(net_full.K, net_resumed.K) and torch.equal(net_full.c, net_resumed.c)
+    assert [m.val_accuracy for m in full.history] == [m.val_accuracy for m in resumed.history]
