@@ -31,6 +31,7 @@ from quasineuron.training.derivative_free import (
     OptimizeResult,
     OptimizeStep,
     ParticleSwarm,
+    Population,
     optimize_weights,
     population_forward,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "OptimizeStep",
     "ParticleSwarm",
     "Perceptron",
+    "Population",
     "TrainResult",
     "optimize_weights",
     "population_forward",

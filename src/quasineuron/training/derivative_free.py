@@ -24,6 +24,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.network.modes import AbstractMode, TrueDevice
 from quasineuron.training.config import AbstractLoss, as_loss
+from quasineuron.training.strategy import AbstractStrategy, StepOutput
 
 __all__ = [
     "CMAES",
@@ -46,6 +49,7 @@ __all__ = [
     "OptimizeResult",
     "OptimizeStep",
     "ParticleSwarm",
+    "Population",
     "optimize_weights",
     "population_forward",
 ]
@@ -639,7 +643,7 @@ def optimize_weights(
     *,
     optimizer: AbstractDerivativeFree,
     mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
-    loss: str | AbstractLoss = "cross_entropy",
+    loss: str | AbstractLoss = "cross-entropy",
     seed: int = 0,
     budget: int | None = None,
     batch_size: int | None = None,
@@ -668,7 +672,7 @@ def optimize_weights(
         optimizer: ``CMAES(...)``, ``NelderMead(...)``, ``DifferentialEvolution(...)``,
             ``ParticleSwarm(...)`` or ``AntColony(...)``.
         mode: Execution mode used to score candidates.
-        loss: ``"cross_entropy"``, ``"mse"`` or a typed loss.
+        loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
         seed: Seed of the optimiser and of the batch draws.
         budget: Candidate evaluations; None takes ``optimizer.budget``.
         batch_size: Samples per round, redrawn every round (all candidates of a round see the
@@ -839,3 +843,214 @@ def _padded(
         return losses
 
     return wrapped
+
+
+# --------------------------------------------------------------------------------------------
+# As a strategy of the one training loop
+
+
+class _Generations:
+    """An optimiser's own ``run`` turned into ask/tell, one generation at a time.
+
+    cma and nevergrad have ask/tell interfaces, scipy's optimisers do not: they call an
+    objective and own their loop. To drive every optimiser the same way without changing its
+    numerics, ``run`` works in a helper thread whose objective hands each generation's
+    candidates to the training loop (:meth:`ask`) and waits for their losses (:meth:`tell`).
+    Only one side runs at a time, so the sequence of candidates is the same as when the
+    optimiser calls the objective directly.
+    """
+
+    def __init__(
+        self, optimizer: AbstractDerivativeFree, x0: np.ndarray, budget: int, seed: int
+    ) -> None:
+        self._asks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        self._tells: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
+        self.evaluations = 0
+        self.finished = False
+        self._waiting = False
+
+        def objective(candidates: np.ndarray) -> np.ndarray:
+            if self.evaluations >= budget:
+                raise _Stop
+            candidates = candidates[: budget - self.evaluations]
+            self._asks.put(("ask", np.ascontiguousarray(candidates)))
+            losses = self._tells.get()
+            if losses is None:
+                raise _Stop
+            self.evaluations += len(candidates)
+            return losses
+
+        def work() -> None:
+            try:
+                optimizer.run(_padded(objective), x0, budget=budget, seed=seed)
+            except _Stop:
+                pass
+            except BaseException as exc:  # handed to the loop's thread, raised there
+                self._asks.put(("error", exc))
+                return
+            self._asks.put(("done", None))
+
+        self._thread = threading.Thread(target=work, name="population-optimiser", daemon=True)
+        self._thread.start()
+
+    def ask(self) -> np.ndarray | None:
+        """The next generation's candidates (n, n_params), or None once the optimiser is done."""
+        if self.finished:
+            return None
+        kind, value = self._asks.get()
+        if kind == "error":
+            self.finished = True
+            raise value
+        if kind == "done":
+            self.finished = True
+            return None
+        self._waiting = True
+        return value
+
+    def tell(self, losses: np.ndarray) -> None:
+        """The losses of the candidates of the latest :meth:`ask`."""
+        self._waiting = False
+        self._tells.put(losses)
+
+    def close(self) -> None:
+        """Stop the optimiser (if it still waits for losses) and end its thread."""
+        if self._waiting:
+            self._waiting = False
+            self._tells.put(None)
+        if not self.finished:
+            while self._thread.is_alive():
+                kind, _ = self._asks.get()
+                if kind == "ask":
+                    self._tells.put(None)
+                else:
+                    break
+            self.finished = True
+        self._thread.join()
+
+
+class Population(AbstractStrategy):
+    """A derivative-free population optimiser as a strategy: one generation per step.
+
+    Each step asks the optimiser for its next generation of candidate weight vectors,
+    scores them all on the step's batch in one call through the network
+    (:func:`population_forward`, no gradients), tells it their losses and puts the best
+    candidate of the generation into the network. Once the optimiser has spent ``budget``
+    candidate evaluations (or stopped by its own criteria) further steps leave the weights
+    as they are.
+
+    The optimisers keep their state in library objects, so a run with this strategy cannot
+    be checkpointed: run ``fit`` without ``checkpoint_dir``.
+
+    Args:
+        optimizer: ``CMAES(...)``, ``NelderMead(...)``, ``DifferentialEvolution(...)``,
+            ``ParticleSwarm(...)`` or ``AntColony(...)``.
+        mode: Execution mode used to score candidates (default: the true device).
+        loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
+        budget: Candidate evaluations; None takes ``optimizer.budget``.
+        seed: Seed of the optimiser's randomness.
+
+    Raises:
+        TypeError: For a wrong optimiser or mode.
+        ValueError: For a bad budget.
+    """
+
+    def __init__(
+        self,
+        optimizer: AbstractDerivativeFree,
+        *,
+        mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
+        loss: str | AbstractLoss = "cross-entropy",
+        budget: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(optimizer, AbstractDerivativeFree):
+            raise TypeError(
+                "optimizer must be CMAES(...), NelderMead(...), DifferentialEvolution(...), "
+                f"ParticleSwarm(...) or AntColony(...), got {optimizer!r}"
+            )
+        if not isinstance(mode, AbstractMode):
+            raise TypeError(f"mode must be TrueDevice(), Surrogate(), ... , got {mode!r}")
+        budget = optimizer.budget if budget is None else budget
+        if budget is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an int >= 1 (candidate evaluations), got {budget!r}")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.loss = as_loss(loss)
+        self.budget = budget
+        self.seed = int(seed)
+        self._gens: _Generations | None = None
+        self._named: list[tuple[str, torch.nn.Parameter]] = []
+        self.device_evaluations = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Population(optimizer={self.optimizer!r}, mode={self.mode!r}, loss={self.loss!r}, "
+            f"budget={self.budget!r}, seed={self.seed!r})"
+        )
+
+    @property
+    def evaluations(self) -> int:
+        """Candidate evaluations spent so far."""
+        return 0 if self._gens is None else self._gens.evaluations
+
+    def setup(self, net: torch.nn.Module, plan: Any) -> None:
+        """Start the optimiser from the network's current weights."""
+        self._named = _trainable(net)
+        x0 = torch.cat([p.detach().reshape(-1) for _, p in self._named]).double().cpu().numpy()
+        self._gens = _Generations(self.optimizer, x0, self.budget, self.seed)
+        self.device_evaluations = 0
+
+    def step(
+        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+    ) -> StepOutput:
+        """Score one generation on the batch and install its best candidate."""
+        assert self._gens is not None, "setup() was not called"
+        candidates = self._gens.ask()
+        dtype = self._named[0][1].dtype
+        if candidates is None:  # the optimiser is done: report the weights as they are
+            out, rows = population_forward(net, _flat(self._named)[None], xb, mode=self.mode)
+            self.device_evaluations += rows
+            return self._output(out[0], yb, self.loss(out[0], yb))
+        w = torch.from_numpy(candidates).to(dtype)
+        out, rows = population_forward(net, w, xb, mode=self.mode)
+        self.device_evaluations += rows
+        losses = torch.stack([self.loss(o, yb) for o in out]).double()
+        losses = torch.nan_to_num(losses, nan=math.inf)  # a failed device point loses
+        self._gens.tell(losses.numpy())
+        i = int(losses.argmin())
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(w[i], [p for _, p in self._named])
+        return self._output(out[i], yb, losses[i])
+
+    def _output(self, out: torch.Tensor, yb: torch.Tensor, loss: torch.Tensor) -> StepOutput:
+        n_correct = (out.argmax(dim=1) == yb).sum() if not yb.is_floating_point() else None
+        extras = {"evaluations": self.evaluations, "device_evaluations": self.device_evaluations}
+        return StepOutput(loss=float(loss), n_correct=n_correct, extras=extras)
+
+    def score(
+        self, net: torch.nn.Module, data: ArrayDataset, batch_size: int
+    ) -> tuple[float | None, float | None]:
+        """Loss and accuracy of the network's current weights (one candidate, no gradients)."""
+        p = self._named[0][1]
+        x = data.x.to(p.device, p.dtype)
+        y = data.y.to(p.device)
+        y = y.to(p.dtype) if y.is_floating_point() else y
+        out, _ = population_forward(net, _flat(self._named)[None], x, mode=self.mode)
+        acc = (out[0].argmax(dim=1) == y).double().mean().item() if data.is_classification else None
+        return float(self.loss(out[0], y)), acc
+
+    def state_dict(self) -> dict[str, Any]:
+        """Refused: the optimiser's state lives in a library object."""
+        raise NotImplementedError(
+            "a Population run cannot be checkpointed (the optimiser's state is a library "
+            "object); run it without checkpoint_dir"
+        )
+
+    def teardown(self, net: torch.nn.Module) -> None:
+        """Stop the optimiser's thread."""
+        if self._gens is not None:
+            self._gens.close()
+
+
+def _flat(named: Sequence[tuple[str, torch.nn.Parameter]]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for _, p in named])
