@@ -322,8 +322,16 @@ def test_population_strategy_asks_the_same_candidates_as_optimize_weights(optimi
             losses.append(output.loss)
 
     strategy = qn.training.Population(optimizer, budget=budget)
-    out = qn.training.fit(net_b, XOR, strategy, epochs=len(res.history), batch_size=len(XOR), shuffle=False,
-                          progress=False, callbacks=[Record()])  # fmt: skip
+    out = qn.training.fit(
+        net_b,
+        XOR,
+        strategy,
+        epochs=len(res.history),
+        batch_size=len(XOR),
+        shuffle=False,  # the same order: the batch losses are summed in the same order
+        progress=False,
+        callbacks=[Record()],
+    )
     assert strategy.evaluations == res.n_evaluations
     best_so_far = np.minimum.accumulate(np.array(losses, dtype=float))
     np.testing.assert_array_equal(best_so_far, [h.loss for h in res.history])
