@@ -145,7 +145,7 @@ class WeightAveraging(Callback):
         for k, v in last.items():
             if v.is_floating_point():
                 # summed in float64 so the mean does not depend on the order of rounding
-                total = sum(s[k].double() for _, s in self._snaps)
+                total = torch.stack([s[k].double() for _, s in self._snaps]).sum(0)
                 mean[k] = (total / len(self._snaps)).to(v.dtype)
             else:
                 mean[k] = v
@@ -211,10 +211,11 @@ class DomainMonitor(Callback):
         Returns:
             One fraction per layer.
         """
+        network: Any = net  # a DeviceNetwork; nn.Module's attributes are untyped
         with torch.no_grad():
-            drives = net.drives(x) if mode is None else net.drives(x, mode=mode)
+            drives = network.drives(x) if mode is None else network.drives(x, mode=mode)
         out = []
-        for layer, u in zip(net.layers, drives, strict=True):  # u: (batch, neurons, drives)
+        for layer, u in zip(network.layers, drives, strict=True):  # u: (batch, neurons, drives)
             low, high = layer.device.domain.tensors(dtype=u.dtype)
             low, high = low.to(u.device), high.to(u.device)
             outside = ((u < low) | (u > high)).any(dim=-1)  # (batch, neurons)

@@ -143,12 +143,18 @@ class _Sharded(Gradient):
     """:class:`Gradient` on this rank's shard of every global batch, loss scaled for DDP."""
 
     def step(
-        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+        self,
+        net: torch.nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        step_index: int,
+        *,
+        loss_scale: float = 1.0,
     ) -> StepOutput:
         """One step on this rank's shard; the returned loss and count are global."""
         rank, world = dist.get_rank(), dist.get_world_size()
         shard = torch.tensor_split(torch.arange(len(xb), device=xb.device), world)[rank]
-        scale = len(shard) * world / len(xb)
+        scale = loss_scale * len(shard) * world / len(xb)
         if len(shard):
             out = super().step(net, xb[shard], yb[shard], step_index, loss_scale=scale)
             loss_sum = torch.as_tensor(out.loss, dtype=torch.float64) * len(shard)

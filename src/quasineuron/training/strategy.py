@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -84,7 +84,7 @@ class AbstractStrategy(abc.ABC):
             (e.g. every sample of it diverged and was left out) sets this to False.
     """
 
-    finite_loss_required: bool = True
+    finite_loss_required: ClassVar[bool] = True
 
     def setup(self, net: torch.nn.Module, plan: Plan) -> None:  # noqa: B027 - optional hook
         """Prepare for a run (build optimisers, check the network); called once."""
