@@ -580,7 +580,10 @@ def _save(
         "samples_seen": seen,
         "config": config,
         "history": hist,
-        "best": best,
+        # strict JSON: a non-finite validation score is stored as null
+        "best": {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in best.items()
+        },
         "stopped_early": stopped,
         "strategy_state": _encode(sstate, "strategy", extra),
         "callbacks_state": [
