@@ -796,8 +796,27 @@ def _score_val(
 class _Rounds(Callback):
     """:func:`optimize_weights`'s bookkeeping: best so far, history, stop rules, progress."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    def __init__(
+        self,
+        *,
+        named: list[tuple[str, torch.nn.Parameter]],
+        x0: np.ndarray,
+        data_classify: bool,
+        val_data: ArrayDataset | None,
+        val_every: int,
+        score_val: Callable[[np.ndarray], tuple[float, int]],
+        target_loss: float | None,
+        patience: int | None,
+        min_delta: float,
+        budget: int,
+        callbacks: Sequence[Callable[[OptimizeStep], bool | None]],
+        bar: Any,
+        progress: bool,
+    ) -> None:
+        self.named, self.x0, self.data_classify = named, x0, data_classify
+        self.val_data, self.val_every, self.score_val = val_data, val_every, score_val
+        self.target_loss, self.patience, self.min_delta = target_loss, patience, min_delta
+        self.budget, self.callbacks, self.bar, self.progress = budget, callbacks, bar, progress
         self.best_loss = math.inf
         self.best_acc: float | None = None
         self.best_w = self.x0.copy()
@@ -822,7 +841,9 @@ class _Rounds(Callback):
             self.best_w = _flat(self.named).double().cpu().numpy()
             n_right = output.n_correct
             self.best_acc = (
-                float(n_right) / int(output.extras["batch"]) if self.data_classify else None
+                float(n_right) / int(output.extras["batch"])
+                if self.data_classify and n_right is not None
+                else None
             )
         val_acc = None
         if self.val_data is not None and state.step % self.val_every == 0:
