@@ -256,3 +256,16 @@ def test_bad_fit_options_are_clear_errors():
         fit(Linear(), _data(), Scripted([]), keep="first", progress=False)
     with pytest.raises(ValueError, match="max_samples"):
         fit(Linear(), _data(), Scripted([]), max_samples=0, progress=False)
+
+
+def test_there_is_one_epoch_loop_in_the_package():
+    from pathlib import Path
+
+    src = Path(qn.__file__).parent
+    loops = [
+        (p.relative_to(src).as_posix(), i)
+        for p in sorted(src.rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if line.lstrip().startswith("for epoch in")
+    ]
+    assert [f for f, _ in loops] == ["training/loop.py"], loops
