@@ -306,3 +306,43 @@ def test_compare_command_writes_the_committed_layout(tmp_path):
         assert r.keys() == committed["optimizers"][name].keys()
         assert r["runs"][0].keys() == committed["optimizers"][name]["runs"][0].keys()
         assert r["runs"][0]["candidate_evaluations"] <= 128  # --quick's budget
+
+
+@pytest.mark.parametrize(("optimizer", "budget"), CASES[:3], ids=IDS[:3])
+def test_population_strategy_asks_the_same_candidates_as_optimize_weights(optimizer, budget):
+    # full-data batches: each generation of the strategy is a round of optimize_weights
+    budget = 200
+    net_a = qn.DeviceNetwork(black_box(), (2, 4, 2), seed=0, dtype=torch.float64)
+    res = optimize_weights(net_a, XOR, optimizer=optimizer, budget=budget, progress=False)
+    net_b = qn.DeviceNetwork(black_box(), (2, 4, 2), seed=0, dtype=torch.float64)
+    losses = []
+
+    class Record(qn.training.Callback):
+        def on_step(self, state, output):
+            losses.append(output.loss)
+
+    strategy = qn.training.Population(optimizer, budget=budget)
+    out = qn.training.fit(
+        net_b,
+        XOR,
+        strategy,
+        epochs=len(res.history),
+        batch_size=len(XOR),
+        shuffle=False,  # the same order: the batch losses are summed in the same order
+        progress=False,
+        callbacks=[Record()],
+    )
+    assert strategy.evaluations == res.n_evaluations
+    best_so_far = np.minimum.accumulate(np.array(losses, dtype=float))
+    np.testing.assert_array_equal(best_so_far, [h.loss for h in res.history])
+    assert out.history[-1].train_accuracy is not None
+
+
+def test_population_strategy_trains_with_fit_and_refuses_checkpoints(tmp_path):
+    net = qn.DeviceNetwork(black_box(), (2, 4, 2), seed=0, dtype=torch.float64)
+    strategy = qn.training.Population(CMAES(sigma0=1.0, popsize=16), budget=800)
+    qn.training.fit(net, XOR, strategy, epochs=50, batch_size=16, progress=False)
+    assert device_accuracy(net, XOR) >= 0.75
+    with pytest.raises(NotImplementedError, match="checkpoint"):
+        qn.training.fit(net, XOR, qn.training.Population(CMAES(), budget=32), epochs=1,
+                        batch_size=16, checkpoint_dir=tmp_path, progress=False)  # fmt: skip

@@ -31,14 +31,14 @@ def test_perceptron_rule_learns_and_or(gate, labels, alpha):
     net = step_neurons()
     data = qn.ArrayDataset(CORNERS, torch.tensor(labels))
     res = train_local(net, data, rule=Perceptron(alpha=alpha), epochs=100, seed=0)
-    assert res.converged and res.history[-1].accuracy == 1.0
+    assert res.extras["converged"] and res.history[-1].train_accuracy == 1.0
     out = net(CORNERS, mode=qn.TrueDevice())[:, 0]
     torch.testing.assert_close(out, torch.tensor(labels, dtype=torch.float64))
 
 
 def test_perceptron_cannot_learn_xor_with_one_linear_neuron():
     res = train_local(step_neurons(), qn.xor(), rule=Perceptron(alpha=0.1), epochs=30)
-    assert not res.converged and res.history[-1].accuracy < 1.0
+    assert not res.extras["converged"] and res.history[-1].train_accuracy < 1.0
 
 
 def test_one_online_step_is_the_lecture_formula():
@@ -62,7 +62,7 @@ def test_delta_rule_restores_a_line_on_an_identity_device():
     net = qn.DeviceNetwork(ident, (1, 1), readout_affine=False, dtype=torch.float64)
     x = torch.linspace(-3, 3, 50, dtype=torch.float64).reshape(-1, 1)
     res = train_local(net, qn.ArrayDataset(x, 2 * x + 3), rule=Delta(alpha=0.02), epochs=40)
-    assert res.history[-1].mse < 1e-12
+    assert res.history[-1].train_loss < 1e-12
     torch.testing.assert_close(
         net.layers[0].map.weight.detach(), torch.full((1, 1), 2.0, dtype=torch.float64)
     )
@@ -115,5 +115,5 @@ def test_callbacks_see_every_update_in_order_and_can_stop():
         (2, 5, (0,)),
         (2, 6, (1,)),
     ]
-    assert res.stopped_early and not res.converged
+    assert res.stopped_early and not res.extras["converged"]
     assert len(res.history) == 2

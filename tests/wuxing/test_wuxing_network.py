@@ -278,10 +278,10 @@ def test_training_K_by_backprop_lowers_the_loss_and_keeps_every_rest_state_valid
     net = toy(T=10.0, solver=Heun(dt=0.2), checkpoint_every=10)
     K0 = net.K.clone()
     c_only = Backprop(lr=1e-9, target=coding)  # c all but frozen: any progress is K's
-    before = train(net, x, y, method=c_only, epochs=1, batch_size=2).steps[0].loss
+    before = train(net, x, y, method=c_only, epochs=1, batch_size=2).extras["steps"][0].loss
     m = Backprop(lr=1e-9, k_lr=0.05, target=coding, K_range=(0.3, 2.0), margin=0.1)
     res = train(net, x, y, method=m, epochs=8, batch_size=2)
-    assert res.steps[-1].loss < 0.7 * before
+    assert res.extras["steps"][-1].loss < 0.7 * before
     assert not net.K.requires_grad and net.K.grad is None  # left as it was found
     assert (net.K - K0).abs().amax() > 0.05
     assert net.K.min() >= 0.3 and net.K.max() <= 2.0

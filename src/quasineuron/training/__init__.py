@@ -1,9 +1,18 @@
-"""Training: the loop with checkpoint/resume and early stopping, and its typed options.
+"""Training: one loop (:func:`fit`) driven by strategies, with callbacks and checkpoints.
 
-Also derivative-free optimisation of the weights (``derivative_free``) and local learning
-rules (``local_rules``), which need no gradient of the device.
+Strategies: :class:`Gradient` (surrogate, physics-aware, direct or device gradients), local
+learning rules (``local_rules``) and derivative-free population optimisers
+(``derivative_free``), which need no gradient of the device, and the Wuxing methods
+(``quasineuron.wuxing``).
 """
 
+from quasineuron.training.callbacks import (
+    Callback,
+    DomainMonitor,
+    FunctionCallback,
+    LoopState,
+    WeightAveraging,
+)
 from quasineuron.training.config import (
     MSE,
     SGD,
@@ -22,24 +31,36 @@ from quasineuron.training.derivative_free import (
     OptimizeResult,
     OptimizeStep,
     ParticleSwarm,
+    Population,
     optimize_weights,
     population_forward,
 )
+from quasineuron.training.gradient import Gradient
 from quasineuron.training.local_rules import (
     AbstractLocalRule,
     AbstractRate,
     Constant,
     Delta,
     ErrorPolynomial,
-    LocalEpoch,
-    LocalResult,
+    LocalRule,
     LocalStep,
     Perceptron,
     train_local,
 )
-from quasineuron.training.loop import EpochMetrics, TrainResult, train
+from quasineuron.training.loop import EpochMetrics, TrainResult, fit, train
+from quasineuron.training.strategy import AbstractStrategy, Plan, StepOutput
 
 __all__ = [
+    "AbstractStrategy",
+    "Callback",
+    "DomainMonitor",
+    "FunctionCallback",
+    "Gradient",
+    "LoopState",
+    "Plan",
+    "StepOutput",
+    "WeightAveraging",
+    "fit",
     "CMAES",
     "MSE",
     "SGD",
@@ -57,14 +78,14 @@ __all__ = [
     "DifferentialEvolution",
     "EpochMetrics",
     "ErrorPolynomial",
-    "LocalEpoch",
-    "LocalResult",
+    "LocalRule",
     "LocalStep",
     "NelderMead",
     "OptimizeResult",
     "OptimizeStep",
     "ParticleSwarm",
     "Perceptron",
+    "Population",
     "TrainResult",
     "optimize_weights",
     "population_forward",

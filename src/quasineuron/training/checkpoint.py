@@ -49,6 +49,8 @@ class Checkpoint:
         generator_state: The batch-shuffling ``torch.Generator`` state, uint8 (n,).
         meta: JSON-ready run information (epoch, history, configuration, early-stopping state).
         best_model_state: The best weights so far, or None.
+        extra_tensors: Further named tensors (the strategy's and callbacks' state, which the
+            loop describes in ``meta``), or None.
     """
 
     model_state: dict[str, torch.Tensor]
@@ -56,6 +58,7 @@ class Checkpoint:
     generator_state: torch.Tensor
     meta: dict[str, Any]
     best_model_state: dict[str, torch.Tensor] | None = None
+    extra_tensors: dict[str, torch.Tensor] | None = None
 
 
 def save_checkpoint(
@@ -66,6 +69,7 @@ def save_checkpoint(
     generator_state: torch.Tensor,
     meta: dict[str, Any],
     best_model_state: dict[str, torch.Tensor] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write a checkpoint atomically to ``path`` (see the module docstring for the layout).
 
@@ -79,6 +83,8 @@ def save_checkpoint(
         for k, v in best_model_state.items():
             tensors[f"best_model/{k}"] = _plain(v)
     tensors["generator/state"] = _plain(generator_state)
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra/{k}"] = _plain(v)
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, state in optimizer_state["state"].items():
         for key, value in state.items():
@@ -122,6 +128,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     model_state: dict[str, torch.Tensor] = {}
     best_state: dict[str, torch.Tensor] = {}
     opt_state: dict[int, dict[str, Any]] = {}
+    extra: dict[str, torch.Tensor] = {}
     generator_state = None
     for key, value in tensors.items():
         kind, _, rest = key.partition("/")
@@ -132,6 +139,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         elif kind == "optimizer":
             idx, _, name = rest.partition("/")
             opt_state.setdefault(int(idx), {})[name] = value
+        elif kind == "extra":
+            extra[rest] = value
         elif key == "generator/state":
             generator_state = value
     for idx, scalars in document["optimizer"]["scalars"].items():
@@ -144,6 +153,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         generator_state=generator_state,
         meta=document["meta"],
         best_model_state=best_state if document["has_best_model"] else None,
+        extra_tensors=extra,
     )
 
 

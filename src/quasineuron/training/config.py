@@ -1,6 +1,6 @@
 """Typed training choices: optimisers, a learning-rate schedule and losses.
 
-Strings (``"adam"``, ``"cross_entropy"``) are accepted by :func:`quasineuron.training.train`
+Strings (``"adam"``, ``"cross-entropy"``) are accepted by :func:`quasineuron.training.train`
 and converted here, once, through the registries at the bottom.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -186,7 +187,9 @@ class MSE(AbstractLoss):
 
 
 _OPTIMIZERS: dict[str, type[Adam] | type[SGD]] = {"adam": Adam, "sgd": SGD}
-_LOSSES: dict[str, type[AbstractLoss]] = {"cross_entropy": CrossEntropy, "mse": MSE}
+_LOSSES: dict[str, type[AbstractLoss]] = {"cross-entropy": CrossEntropy, "mse": MSE}
+#: Old spellings that still parse, with a DeprecationWarning naming the new one.
+_OLD_LOSSES = {"cross_entropy": "cross-entropy"}
 
 
 def as_optimizer(optimizer: str | AbstractOptimizer, lr: float | None) -> AbstractOptimizer:
@@ -212,13 +215,21 @@ def as_optimizer(optimizer: str | AbstractOptimizer, lr: float | None) -> Abstra
 
 
 def as_loss(loss: str | AbstractLoss) -> AbstractLoss:
-    """Convert ``"cross_entropy"``/``"mse"`` or pass a typed loss through.
+    """Convert ``"cross-entropy"``/``"mse"`` or pass a typed loss through.
+
+    The old spelling ``"cross_entropy"`` still parses, with a ``DeprecationWarning``.
 
     Raises:
         ValueError: For an unknown name.
     """
     if isinstance(loss, AbstractLoss):
         return loss
+    if isinstance(loss, str) and loss.lower() in _OLD_LOSSES:
+        new = _OLD_LOSSES[loss.lower()]
+        warnings.warn(
+            f"loss {loss!r} is the old spelling; write {new!r}", DeprecationWarning, stacklevel=3
+        )
+        loss = new
     if isinstance(loss, str) and loss.lower() in _LOSSES:
         return _LOSSES[loss.lower()]()
     raise ValueError(

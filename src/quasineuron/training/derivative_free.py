@@ -24,6 +24,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +37,10 @@ from tqdm.auto import tqdm
 
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.network.modes import AbstractMode, TrueDevice
+from quasineuron.training.callbacks import Callback, LoopState
 from quasineuron.training.config import AbstractLoss, as_loss
+from quasineuron.training.loop import fit
+from quasineuron.training.strategy import AbstractStrategy, StepOutput
 
 __all__ = [
     "CMAES",
@@ -46,6 +51,7 @@ __all__ = [
     "OptimizeResult",
     "OptimizeStep",
     "ParticleSwarm",
+    "Population",
     "optimize_weights",
     "population_forward",
 ]
@@ -639,7 +645,7 @@ def optimize_weights(
     *,
     optimizer: AbstractDerivativeFree,
     mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
-    loss: str | AbstractLoss = "cross_entropy",
+    loss: str | AbstractLoss = "cross-entropy",
     seed: int = 0,
     budget: int | None = None,
     batch_size: int | None = None,
@@ -668,7 +674,7 @@ def optimize_weights(
         optimizer: ``CMAES(...)``, ``NelderMead(...)``, ``DifferentialEvolution(...)``,
             ``ParticleSwarm(...)`` or ``AntColony(...)``.
         mode: Execution mode used to score candidates.
-        loss: ``"cross_entropy"``, ``"mse"`` or a typed loss.
+        loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
         seed: Seed of the optimiser and of the batch draws.
         budget: Candidate evaluations; None takes ``optimizer.budget``.
         batch_size: Samples per round, redrawn every round (all candidates of a round see the
@@ -714,113 +720,158 @@ def optimize_weights(
     if not named:
         raise ValueError("net has no trainable parameters; nothing to optimise")
     dtype = named[0][1].dtype
+    strategy = Population(optimizer, mode=mode, loss=loss_fn, budget=budget, seed=int(seed))
+    if batch_size is not None and batch_size < len(data):
+        # each round draws its own batch: the loop hands the strategy the whole data set
+        strategy._draw = (batch_size, torch.Generator().manual_seed(int(seed)))
     x0 = torch.cat([p.detach().reshape(-1) for _, p in named]).double().cpu().numpy()
-    x_all, y_all = data.x.to(dtype), data.y
-    if data.y.is_floating_point():
-        y_all = y_all.to(dtype)
-    classify = data.is_classification
-    gen = torch.Generator().manual_seed(int(seed))
-
-    state: dict[str, Any] = {
-        "evals": 0,
-        "rows": 0,
-        "val_rows": 0,
-        "rounds": 0,
-        "best_loss": math.inf,
-        "best_acc": None,
-        "best_w": x0.copy(),
-        "bad_rounds": 0,
-        "stopped": False,
-    }
-    history: list[OptimizeStep] = []
-    t0 = time.perf_counter()
-    bar = tqdm(
-        total=budget, desc=type(optimizer).__name__, disable=not progress, dynamic_ncols=True
+    rounds = _Rounds(
+        named=named,
+        x0=x0,
+        data_classify=data.is_classification,
+        val_data=val_data,
+        val_every=val_every,
+        score_val=lambda w: _score_val(net, w, val_data, mode, dtype),
+        target_loss=target_loss,
+        patience=patience,
+        min_delta=min_delta,
+        budget=budget,
+        callbacks=callbacks,
+        bar=tqdm(
+            total=budget, desc=type(optimizer).__name__, disable=not progress, dynamic_ncols=True
+        ),
+        progress=progress,
     )
-
-    def score_val(w: np.ndarray) -> float:
-        assert val_data is not None
-        out, rows = population_forward(
-            net, torch.from_numpy(w[None]).to(dtype), val_data.x.to(dtype), mode=mode
-        )
-        state["val_rows"] += rows
-        return (out[0].argmax(dim=1) == val_data.y).double().mean().item()
-
-    def objective(candidates: np.ndarray) -> np.ndarray:
-        if state["stopped"] or state["evals"] >= budget:
-            raise _Stop
-        candidates = candidates[: budget - state["evals"]]
-        if batch_size is None or batch_size >= len(x_all):
-            xb, yb = x_all, y_all
-        else:
-            idx = torch.randperm(len(x_all), generator=gen)[:batch_size]
-            xb, yb = x_all[idx], y_all[idx]
-        w = torch.from_numpy(np.ascontiguousarray(candidates)).to(dtype)
-        out, rows = population_forward(net, w, xb, mode=mode)
-        losses = torch.stack([loss_fn(o, yb) for o in out]).double()
-        losses = torch.nan_to_num(losses, nan=math.inf)  # a failed device point loses
-        state["evals"] += len(candidates)
-        state["rows"] += rows
-        state["rounds"] += 1
-        i = int(losses.argmin())
-        if losses[i].item() < state["best_loss"] - min_delta:
-            state["bad_rounds"] = 0
-        else:
-            state["bad_rounds"] += 1
-        if losses[i].item() < state["best_loss"]:
-            state["best_loss"] = losses[i].item()
-            state["best_w"] = candidates[i].copy()
-            state["best_acc"] = (
-                (out[i].argmax(dim=1) == yb).double().mean().item() if classify else None
-            )
-        val_acc = None
-        if val_data is not None and state["rounds"] % val_every == 0:
-            val_acc = score_val(state["best_w"])
-        step = OptimizeStep(
-            evaluations=state["evals"],
-            device_evaluations=state["rows"],
-            loss=state["best_loss"],
-            accuracy=state["best_acc"],
-            val_accuracy=val_acc,
-            seconds=time.perf_counter() - t0,
-        )
-        history.append(step)
-        bar.update(len(candidates))
-        if progress:
-            post = {"loss": f"{step.loss:.4f}"}
-            if step.accuracy is not None:
-                post["acc"] = f"{step.accuracy:.3f}"
-            bar.set_postfix(post, refresh=False)
-        stop = (target_loss is not None and state["best_loss"] <= target_loss) or (
-            patience is not None and state["bad_rounds"] >= patience
-        )
-        for callback in callbacks:
-            stop = bool(callback(step)) or stop
-        if stop:
-            state["stopped"] = True
-        return losses.numpy()
-
     try:
-        with bar, contextlib.suppress(_Stop):
-            optimizer.run(_padded(objective), x0, budget=budget, seed=int(seed))
+        with rounds.bar:
+            # one round (generation) per epoch of one full-data step, at most one per evaluation
+            fit(
+                net,
+                data,
+                strategy,
+                epochs=budget,
+                batch_size=len(data),
+                shuffle=False,
+                progress=False,
+                callbacks=[rounds],
+            )
     finally:
-        best = torch.from_numpy(state["best_w"]).to(dtype)
+        best = torch.from_numpy(rounds.best_w).to(dtype)
         torch.nn.utils.vector_to_parameters(best, [p for _, p in named])
+    history = rounds.history
+    val_rows = rounds.val_rows
     if val_data is not None and (not history or history[-1].val_accuracy is None):
-        val_acc = score_val(state["best_w"])
+        val_acc, rows = _score_val(net, rounds.best_w, val_data, mode, dtype)
+        val_rows += rows
         if history:
             history[-1] = OptimizeStep(**{**history[-1].to_dict(), "val_accuracy": val_acc})
     return OptimizeResult(
         network=net,
         weights=best,
-        loss=state["best_loss"],
+        loss=rounds.best_loss,
         history=tuple(history),
-        n_evaluations=state["evals"],
-        device_evaluations=state["rows"],
-        val_device_evaluations=state["val_rows"],
-        stopped_early=state["stopped"] and state["evals"] < budget,
+        n_evaluations=strategy.evaluations,
+        device_evaluations=rounds.rows,
+        val_device_evaluations=val_rows,
+        stopped_early=rounds.stopped and strategy.evaluations < budget,
         optimizer=repr(optimizer),
     )
+
+
+def _score_val(
+    net: torch.nn.Module,
+    w: np.ndarray,
+    val_data: ArrayDataset | None,
+    mode: AbstractMode,
+    dtype: torch.dtype,
+) -> tuple[float, int]:
+    """Accuracy of weights ``w`` on ``val_data``, and the drive rows it cost."""
+    assert val_data is not None
+    out, rows = population_forward(
+        net, torch.from_numpy(w[None]).to(dtype), val_data.x.to(dtype), mode=mode
+    )
+    return (out[0].argmax(dim=1) == val_data.y).double().mean().item(), rows
+
+
+class _Rounds(Callback):
+    """:func:`optimize_weights`'s bookkeeping: best so far, history, stop rules, progress."""
+
+    def __init__(
+        self,
+        *,
+        named: list[tuple[str, torch.nn.Parameter]],
+        x0: np.ndarray,
+        data_classify: bool,
+        val_data: ArrayDataset | None,
+        val_every: int,
+        score_val: Callable[[np.ndarray], tuple[float, int]],
+        target_loss: float | None,
+        patience: int | None,
+        min_delta: float,
+        budget: int,
+        callbacks: Sequence[Callable[[OptimizeStep], bool | None]],
+        bar: Any,
+        progress: bool,
+    ) -> None:
+        self.named, self.x0, self.data_classify = named, x0, data_classify
+        self.val_data, self.val_every, self.score_val = val_data, val_every, score_val
+        self.target_loss, self.patience, self.min_delta = target_loss, patience, min_delta
+        self.budget, self.callbacks, self.bar, self.progress = budget, callbacks, bar, progress
+        self.best_loss = math.inf
+        self.best_acc: float | None = None
+        self.best_w = self.x0.copy()
+        self.bad_rounds = 0
+        self.rows = 0
+        self.val_rows = 0
+        self.stopped = False
+        self.history: list[OptimizeStep] = []
+        self.t0 = time.perf_counter()
+
+    def on_step(self, state: LoopState, output: StepOutput) -> bool | None:
+        if output.extras.get("finished"):
+            return True  # the optimiser ended by its own criteria
+        self.rows = int(output.extras["device_evaluations"])
+        loss = float(output.loss)
+        if loss < self.best_loss - self.min_delta:
+            self.bad_rounds = 0
+        else:
+            self.bad_rounds += 1
+        if loss < self.best_loss:
+            self.best_loss = loss
+            self.best_w = _flat(self.named).double().cpu().numpy()
+            n_right = output.n_correct
+            self.best_acc = (
+                float(n_right) / int(output.extras["batch"])
+                if self.data_classify and n_right is not None
+                else None
+            )
+        val_acc = None
+        if self.val_data is not None and state.step % self.val_every == 0:
+            val_acc, rows = self.score_val(self.best_w)
+            self.val_rows += rows
+        step = OptimizeStep(
+            evaluations=int(output.extras["evaluations"]),
+            device_evaluations=self.rows,
+            loss=self.best_loss,
+            accuracy=self.best_acc,
+            val_accuracy=val_acc,
+            seconds=time.perf_counter() - self.t0,
+        )
+        self.history.append(step)
+        self.bar.update(int(output.extras["candidates"]))
+        if self.progress:
+            post = {"loss": f"{step.loss:.4f}"}
+            if step.accuracy is not None:
+                post["acc"] = f"{step.accuracy:.3f}"
+            self.bar.set_postfix(post, refresh=False)
+        stop = (self.target_loss is not None and self.best_loss <= self.target_loss) or (
+            self.patience is not None and self.bad_rounds >= self.patience
+        )
+        for callback in self.callbacks:
+            stop = bool(callback(step)) or stop
+        if stop:
+            self.stopped = True
+        return stop or step.evaluations >= self.budget
 
 
 def _padded(
@@ -839,3 +890,230 @@ def _padded(
         return losses
 
     return wrapped
+
+
+# --------------------------------------------------------------------------------------------
+# As a strategy of the one training loop
+
+
+class _Generations:
+    """An optimiser's own ``run`` turned into ask/tell, one generation at a time.
+
+    cma and nevergrad have ask/tell interfaces, scipy's optimisers do not: they call an
+    objective and own their loop. To drive every optimiser the same way without changing its
+    numerics, ``run`` works in a helper thread whose objective hands each generation's
+    candidates to the training loop (:meth:`ask`) and waits for their losses (:meth:`tell`).
+    Only one side runs at a time, so the sequence of candidates is the same as when the
+    optimiser calls the objective directly.
+    """
+
+    def __init__(
+        self, optimizer: AbstractDerivativeFree, x0: np.ndarray, budget: int, seed: int
+    ) -> None:
+        self._asks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        self._tells: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
+        self.evaluations = 0
+        self.finished = False
+        self._waiting = False
+
+        def objective(candidates: np.ndarray) -> np.ndarray:
+            if self.evaluations >= budget:
+                raise _Stop
+            candidates = candidates[: budget - self.evaluations]
+            self._asks.put(("ask", np.ascontiguousarray(candidates)))
+            losses = self._tells.get()  # the loop counted them before handing them back
+            if losses is None:
+                raise _Stop
+            return losses
+
+        def work() -> None:
+            try:
+                optimizer.run(_padded(objective), x0, budget=budget, seed=seed)
+            except _Stop:
+                pass
+            except BaseException as exc:  # handed to the loop's thread, raised there
+                self._asks.put(("error", exc))
+                return
+            self._asks.put(("done", None))
+
+        self._thread = threading.Thread(target=work, name="population-optimiser", daemon=True)
+        self._thread.start()
+
+    def ask(self) -> np.ndarray | None:
+        """The next generation's candidates (n, n_params), or None once the optimiser is done."""
+        if self.finished:
+            return None
+        kind, value = self._asks.get()
+        if kind == "error":
+            self.finished = True
+            raise value
+        if kind == "done":
+            self.finished = True
+            return None
+        self._waiting = True
+        return value
+
+    def tell(self, losses: np.ndarray) -> None:
+        """The losses of the candidates of the latest :meth:`ask`."""
+        self._waiting = False
+        # counted here, in the loop's thread, before the optimiser's thread runs on
+        self.evaluations += len(losses)
+        self._tells.put(losses)
+
+    def close(self) -> None:
+        """Stop the optimiser (if it still waits for losses) and end its thread."""
+        if self._waiting:
+            self._waiting = False
+            self._tells.put(None)
+        if not self.finished:
+            while self._thread.is_alive():
+                kind, _ = self._asks.get()
+                if kind == "ask":
+                    self._tells.put(None)
+                else:
+                    break
+            self.finished = True
+        self._thread.join()
+
+
+class Population(AbstractStrategy):
+    """A derivative-free population optimiser as a strategy: one generation per step.
+
+    Each step asks the optimiser for its next generation of candidate weight vectors,
+    scores them all on the step's batch in one call through the network
+    (:func:`population_forward`, no gradients), tells it their losses and puts the best
+    candidate of the generation into the network. Once the optimiser has spent ``budget``
+    candidate evaluations (or stopped by its own criteria) further steps leave the weights
+    as they are and evaluate nothing.
+
+    The optimisers keep their state in library objects, so a run with this strategy cannot
+    be checkpointed: run ``fit`` without ``checkpoint_dir``.
+
+    Args:
+        optimizer: ``CMAES(...)``, ``NelderMead(...)``, ``DifferentialEvolution(...)``,
+            ``ParticleSwarm(...)`` or ``AntColony(...)``.
+        mode: Execution mode used to score candidates (default: the true device).
+        loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
+        budget: Candidate evaluations; None takes ``optimizer.budget``.
+        seed: Seed of the optimiser's randomness.
+
+    Raises:
+        TypeError: For a wrong optimiser or mode.
+        ValueError: For a bad budget.
+    """
+
+    # a generation whose every candidate failed on the device scores inf: part of the search
+    finite_loss_required = False
+
+    def __init__(
+        self,
+        optimizer: AbstractDerivativeFree,
+        *,
+        mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
+        loss: str | AbstractLoss = "cross-entropy",
+        budget: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(optimizer, AbstractDerivativeFree):
+            raise TypeError(
+                "optimizer must be CMAES(...), NelderMead(...), DifferentialEvolution(...), "
+                f"ParticleSwarm(...) or AntColony(...), got {optimizer!r}"
+            )
+        if not isinstance(mode, AbstractMode):
+            raise TypeError(f"mode must be TrueDevice(), Surrogate(), ... , got {mode!r}")
+        budget = optimizer.budget if budget is None else budget
+        if budget is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an int >= 1 (candidate evaluations), got {budget!r}")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.loss = as_loss(loss)
+        self.budget = budget
+        self.seed = int(seed)
+        self._gens: _Generations | None = None
+        self._named: list[tuple[str, torch.nn.Parameter]] = []
+        self.device_evaluations = 0
+        self._last_loss = math.inf
+        # (samples, generator): score each generation on a random subset of the step's batch
+        self._draw: tuple[int, torch.Generator] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Population(optimizer={self.optimizer!r}, mode={self.mode!r}, loss={self.loss!r}, "
+            f"budget={self.budget!r}, seed={self.seed!r})"
+        )
+
+    @property
+    def evaluations(self) -> int:
+        """Candidate evaluations spent so far."""
+        return 0 if self._gens is None else self._gens.evaluations
+
+    def setup(self, net: torch.nn.Module, plan: Any) -> None:
+        """Start the optimiser from the network's current weights."""
+        self._named = _trainable(net)
+        x0 = torch.cat([p.detach().reshape(-1) for _, p in self._named]).double().cpu().numpy()
+        self._gens = _Generations(self.optimizer, x0, self.budget, self.seed)
+        self.device_evaluations = 0
+
+    def step(
+        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+    ) -> StepOutput:
+        """Score one generation on the batch and install its best candidate."""
+        assert self._gens is not None, "setup() was not called"
+        candidates = self._gens.ask()
+        dtype = self._named[0][1].dtype
+        if candidates is None:  # the optimiser is done: nothing is evaluated any more
+            extras = {
+                "evaluations": self.evaluations,
+                "device_evaluations": self.device_evaluations,
+                "finished": True,
+            }
+            return StepOutput(loss=self._last_loss, n_correct=None, extras=extras)
+        if self._draw is not None and self._draw[0] < len(xb):
+            idx = torch.randperm(len(xb), generator=self._draw[1])[: self._draw[0]]
+            xb, yb = xb[idx.to(xb.device)], yb[idx.to(yb.device)]
+        w = torch.from_numpy(candidates).to(dtype)
+        out, rows = population_forward(net, w, xb, mode=self.mode)
+        self.device_evaluations += rows
+        losses = torch.stack([self.loss(o, yb) for o in out]).double()
+        losses = torch.nan_to_num(losses, nan=math.inf)  # a failed device point loses
+        self._gens.tell(losses.numpy())
+        i = int(losses.argmin())
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(w[i], [p for _, p in self._named])
+        output = self._output(out[i], yb, losses[i])
+        output.extras.update(candidates=len(w), batch=len(yb))
+        self._last_loss = float(losses[i])
+        return output
+
+    def _output(self, out: torch.Tensor, yb: torch.Tensor, loss: torch.Tensor) -> StepOutput:
+        n_correct = (out.argmax(dim=1) == yb).sum() if not yb.is_floating_point() else None
+        extras = {"evaluations": self.evaluations, "device_evaluations": self.device_evaluations}
+        return StepOutput(loss=float(loss), n_correct=n_correct, extras=extras)
+
+    def score(
+        self, net: torch.nn.Module, data: ArrayDataset, batch_size: int
+    ) -> tuple[float | None, float | None]:
+        """Loss and accuracy of the network's current weights (one candidate, no gradients)."""
+        p = self._named[0][1]
+        x = data.x.to(p.device, p.dtype)
+        y = data.y.to(p.device)
+        y = y.to(p.dtype) if y.is_floating_point() else y
+        out, _ = population_forward(net, _flat(self._named)[None], x, mode=self.mode)
+        acc = (out[0].argmax(dim=1) == y).double().mean().item() if data.is_classification else None
+        return float(self.loss(out[0], y)), acc
+
+    def state_dict(self) -> dict[str, Any]:
+        """Refused: the optimiser's state lives in a library object."""
+        raise NotImplementedError(
+            "a Population run cannot be checkpointed (the optimiser's state is a library "
+            "object); run it without checkpoint_dir"
+        )
+
+    def teardown(self, net: torch.nn.Module) -> None:
+        """Stop the optimiser's thread."""
+        if self._gens is not None:
+            self._gens.close()
+
+
+def _flat(named: Sequence[tuple[str, torch.nn.Parameter]]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for _, p in named])

@@ -16,11 +16,12 @@ ranks on loopback with a free port.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,22 +29,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from quasineuron.data.dataset import ArrayDataset
-from quasineuron.training.config import (
-    AbstractLoss,
-    AbstractOptimizer,
-    Cosine,
-    as_loss,
-    as_optimizer,
-)
-from quasineuron.training.loop import (
-    EpochMetrics,
-    TrainResult,
-    _check_options,
-    _check_output,
-    _forward,
-    _on,
-    _score,
-)
+from quasineuron.training.callbacks import Callback
+from quasineuron.training.config import AbstractLoss, AbstractOptimizer, Cosine
+from quasineuron.training.gradient import Gradient
+from quasineuron.training.loop import EpochMetrics, TrainResult, fit
+from quasineuron.training.strategy import StepOutput
 
 __all__ = ["launch_local", "train_distributed"]
 
@@ -58,22 +48,29 @@ def train_distributed(
     lr: float | None = None,
     optimizer: str | AbstractOptimizer = "adam",
     schedule: Cosine | None = None,
-    loss: str | AbstractLoss = "cross_entropy",
+    loss: str | AbstractLoss = "cross-entropy",
     seed: int = 0,
     val_data: ArrayDataset | None = None,
     device: str | torch.device | None = None,
     backend: str | None = None,
+    max_samples: int | None = None,
+    keep: str = "last",
+    patience: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback | Callable[[EpochMetrics], bool | None]] = (),
 ) -> TrainResult:
     """Train ``net`` data-parallel across the ranks of a ``torch.distributed`` job.
 
-    Call it in every rank (e.g. a script started by ``torchrun``). If no process group is
-    initialised yet, one is created from the ``torchrun`` environment (``RANK``,
+    The same loop as :func:`quasineuron.train` (:func:`~quasineuron.training.fit`), with the
+    network wrapped in ``DistributedDataParallel`` and each rank taking its shard of every
+    batch. Call it in every rank (e.g. a script started by ``torchrun``). If no process group
+    is initialised yet, one is created from the ``torchrun`` environment (``RANK``,
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and destroyed at the end.
 
-    Each step, the global batch ``perm[b * batch_size : (b + 1) * batch_size]`` is split into
-    ``world_size`` near-equal shards; rank ``r`` computes
-    ``loss_r = mean_loss(shard_r) * len(shard_r) * world_size / len(batch)`` so that the
-    gradient average DDP forms is ``∇ (1 / len(batch)) Σ_i loss_i``, as in :func:`train`.
+    Each step, the global batch is split into ``world_size`` near-equal shards; rank ``r``
+    computes ``loss_r = mean_loss(shard_r) * len(shard_r) * world_size / len(batch)`` so that
+    the gradient average DDP forms is ``∇ (1 / len(batch)) Σ_i loss_i``, as in :func:`train`.
 
     Args:
         net: A module mapping x (batch, n_features) to outputs (batch, k); identical on
@@ -85,29 +82,33 @@ def train_distributed(
         lr: Learning rate for an optimiser given by name.
         optimizer: ``"adam"``, ``"sgd"`` or a typed optimiser.
         schedule: Learning-rate schedule stepped every batch, or None.
-        loss: ``"cross_entropy"``, ``"mse"`` or a typed loss.
+        loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
         seed: Seed of the batch-shuffling generator (the same on every rank).
         val_data: Validation data, scored on every rank after each epoch.
         device: Where this rank computes; default ``cuda:LOCAL_RANK`` when CUDA is available,
             else the CPU.
         backend: Process-group backend when one is created; default ``"nccl"`` on CUDA,
             ``"gloo"`` otherwise.
+        max_samples: Sample budget (see :func:`~quasineuron.training.fit`).
+        keep: ``"last"`` or ``"best"`` (see :func:`~quasineuron.training.fit`).
+        patience: Early stopping (see :func:`~quasineuron.training.fit`).
+        checkpoint_dir: Checkpoint folder; give each rank its own (e.g. ``run/rank0``).
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        callbacks: Callbacks (see :func:`~quasineuron.training.fit`).
 
     Returns:
         The same :class:`TrainResult` on every rank; ``history`` holds global metrics
-        (losses and accuracies summed over all ranks' shards).
+        (losses and accuracies over all ranks' shards).
 
     Raises:
         ValueError: For bad options, or if ``batch_size`` is smaller than the world size.
         RuntimeError: If no process group exists and the ``torchrun`` variables are missing.
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    opt_cfg = as_optimizer(optimizer, lr)
-    loss_fn = as_loss(loss)
-    _check_options(net, train_data, val_data, epochs, batch_size, None, 0.0, schedule)
+    strategy = _Sharded(mode, optimizer=optimizer, lr=lr, loss=loss, schedule=schedule)
     created = _init_process_group(device, backend)
     try:
-        rank, world = dist.get_rank(), dist.get_world_size()
+        world = dist.get_world_size()
         if batch_size < world:
             raise ValueError(
                 f"batch_size is the global batch and must be >= the world size {world}, got "
@@ -115,74 +116,58 @@ def train_distributed(
             )
         dev = _rank_device(device)
         net.to(dev)
-        first = next(net.parameters())
-        dtype = first.dtype if first.is_floating_point() else torch.float32
         ddp = DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None)
-        x, y = _on(train_data, dev, dtype)
-        val = _on(val_data, dev, dtype) if val_data is not None else None
-        classify = train_data.is_classification
-        n = len(train_data)
-        n_batches = math.ceil(n / batch_size)
-        total_steps = epochs * n_batches
-        opt = opt_cfg.build([p for p in net.parameters() if p.requires_grad])
-        gen = torch.Generator().manual_seed(int(seed))
-        history: list[EpochMetrics] = []
-        best: tuple[int | None, float] = (None, math.inf)
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            ddp.train()
-            step_lr = opt_cfg.lr
-            perm = torch.randperm(n, generator=gen).to(dev)
-            sums = torch.zeros(2, dtype=torch.float64, device=dev)  # loss sum, n correct
-            for b in range(n_batches):
-                idx = perm[b * batch_size : (b + 1) * batch_size]
-                shard = torch.tensor_split(idx, world)[rank]
-                xb, yb = x[shard], y[shard]
-                if schedule is not None:
-                    step_lr = schedule.lr_at(opt_cfg.lr, epoch * n_batches + b, total_steps)
-                    for group in opt.param_groups:
-                        group["lr"] = step_lr
-                opt.zero_grad(set_to_none=True)
-                out = _forward(ddp, xb, mode)
-                if epoch == 0 and b == 0:
-                    _check_output(out, train_data)
-                if len(shard):
-                    shard_loss = loss_fn(out, yb)
-                    (shard_loss * (len(shard) * world / len(idx))).backward()
-                    sums[0] += shard_loss.detach().double() * len(shard)
-                    if classify:
-                        sums[1] += (out.detach().argmax(dim=1) == yb).sum()
-                else:  # a short last batch: this rank still joins the gradient all-reduce
-                    (out.sum() * 0.0).backward()
-                opt.step()
-            dist.all_reduce(sums)
-            train_loss = sums[0].item() / n
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training loss became {train_loss} in epoch {epoch + 1}; lower the "
-                    f"learning rate (now {opt_cfg.lr!r}) or check the network's outputs"
-                )
-            val_loss = val_acc = None
-            if val is not None:  # identical weights on every rank: no communication needed
-                val_loss, val_acc = _score(net, *val, mode, loss_fn, batch_size, classify)
-                if val_loss < best[1]:
-                    best = (epoch + 1, val_loss)
-            history.append(
-                EpochMetrics(
-                    epoch=epoch + 1,
-                    train_loss=train_loss,
-                    train_accuracy=sums[1].item() / n if classify else None,
-                    val_loss=val_loss,
-                    val_accuracy=val_acc,
-                    lr=float(step_lr),
-                    seconds=time.perf_counter() - t0,
-                )
-            )
-        net.train()
+        result = fit(
+            ddp,
+            train_data,
+            strategy,
+            epochs=epochs,
+            max_samples=max_samples,
+            batch_size=batch_size,
+            seed=seed,
+            val_data=val_data,
+            keep=keep,
+            patience=patience,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=False,
+            callbacks=callbacks,
+        )
     finally:
         if created:
             dist.destroy_process_group()
-    return TrainResult(network=net, history=tuple(history), best_epoch=best[0], stopped_early=False)
+    return replace(result, network=net)
+
+
+class _Sharded(Gradient):
+    """:class:`Gradient` on this rank's shard of every global batch, loss scaled for DDP."""
+
+    def step(
+        self,
+        net: torch.nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        step_index: int,
+        *,
+        loss_scale: float = 1.0,
+    ) -> StepOutput:
+        """One step on this rank's shard; the returned loss and count are global."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        shard = torch.tensor_split(torch.arange(len(xb), device=xb.device), world)[rank]
+        scale = loss_scale * len(shard) * world / len(xb)
+        if len(shard):
+            out = super().step(net, xb[shard], yb[shard], step_index, loss_scale=scale)
+            loss_sum = torch.as_tensor(out.loss, dtype=torch.float64) * len(shard)
+            right = out.n_correct if out.n_correct is not None else 0
+        else:  # a short last batch: this rank still joins the gradient all-reduce
+            out = super().step(net, xb[:1], yb[:1], step_index, loss_scale=0.0)
+            loss_sum, right = torch.zeros((), dtype=torch.float64), 0
+        sums = torch.stack(
+            [loss_sum.to(xb.device).double(), torch.as_tensor(right).to(xb.device).double()]
+        )
+        dist.all_reduce(sums)
+        n_correct = int(sums[1].item()) if out.n_correct is not None else None
+        return StepOutput(loss=sums[0] / len(xb), n_correct=n_correct)
 
 
 def _rank_device(device: str | torch.device | None) -> torch.device:

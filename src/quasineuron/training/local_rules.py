@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -29,6 +29,9 @@ from quasineuron.data.dataset import ArrayDataset
 from quasineuron.network.connections import LinearMap
 from quasineuron.network.layer import DeviceLayer
 from quasineuron.network.modes import AbstractMode, TrueDevice
+from quasineuron.training.callbacks import Callback, LoopState
+from quasineuron.training.loop import EpochMetrics, TrainResult, fit
+from quasineuron.training.strategy import AbstractStrategy, Plan, StepOutput
 
 __all__ = [
     "AbstractLocalRule",
@@ -36,8 +39,7 @@ __all__ = [
     "Constant",
     "Delta",
     "ErrorPolynomial",
-    "LocalEpoch",
-    "LocalResult",
+    "LocalRule",
     "LocalStep",
     "Perceptron",
     "train_local",
@@ -212,46 +214,6 @@ class LocalStep:
     mse: float
 
 
-@dataclass(frozen=True)
-class LocalEpoch:
-    """One pass over the data.
-
-    Args:
-        epoch: Epoch number, from 1.
-        n_updates: Samples whose error was non-zero (weights moved).
-        mse: Mean squared error ``mean(e**2)`` over the epoch's samples, measured before each
-            update (over the samples seen, if a callback stopped the epoch).
-        accuracy: Fraction of samples whose hard-limited outputs all matched, for
-            classification targets, else None.
-    """
-
-    epoch: int
-    n_updates: int
-    mse: float
-    accuracy: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    """The trained layer (trained in place) and its per-epoch history.
-
-    Args:
-        network: The module that was passed in.
-        history: One entry per epoch.
-        converged: True if an epoch made no update (every sample right, perceptron rule).
-        stopped_early: True if a callback stopped the run.
-    """
-
-    network: torch.nn.Module
-    history: tuple[LocalEpoch, ...]
-    converged: bool
-    stopped_early: bool = False
-
-
 def _single_layer(net: torch.nn.Module) -> DeviceLayer:
     layers = getattr(net, "layers", None)
     if isinstance(net, DeviceLayer):
@@ -280,6 +242,149 @@ def _single_layer(net: torch.nn.Module) -> DeviceLayer:
     return layer
 
 
+class LocalRule(AbstractStrategy):
+    """A local learning rule as a strategy of :func:`~quasineuron.training.fit`.
+
+    With ``batch_size=1`` this is the online rule of the lecture notes, one sample at a time;
+    a larger batch sums the per-sample updates of the batch (all computed with the weights at
+    the batch's start). No gradient of the device is taken.
+
+    Args:
+        rule: ``Perceptron(...)`` or ``Delta(...)``.
+        mode: How the devices run: ``TrueDevice()`` (the default) or ``Surrogate()``.
+        target_scale: Value of the "hot" entry of one-hot/label targets (e.g. a device's
+            output swing for the delta rule).
+
+    Raises:
+        TypeError: If ``rule`` is not a local rule.
+    """
+
+    def __init__(
+        self,
+        rule: AbstractLocalRule,
+        *,
+        mode: AbstractMode = TrueDevice(),  # noqa: B008 - frozen dataclass
+        target_scale: float = 1.0,
+    ) -> None:
+        if not isinstance(rule, AbstractLocalRule):
+            raise TypeError(f"rule must be Perceptron(...) or Delta(...), got {rule!r}")
+        self.rule = rule
+        self.mode = mode
+        self.target_scale = float(target_scale)
+        self._layer: DeviceLayer | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalRule(rule={self.rule!r}, mode={self.mode!r}, target_scale={self.target_scale!r})"
+        )
+
+    def setup(self, net: torch.nn.Module, plan: Plan) -> None:
+        """Find the one linear layer the rule trains."""
+        self._layer = _single_layer(net)
+
+    def targets(self, yb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Targets (batch, n_neurons) of labels (one-hot, or 0/1 for one neuron) or values.
+
+        Args:
+            yb: Labels (batch,) or targets (batch, n_neurons).
+            dtype: Floating dtype of the result.
+
+        Returns:
+            The desired outputs, shape (batch, n_neurons).
+        """
+        assert self._layer is not None, "setup() was not called"
+        n_neurons = self._layer.n_neurons
+        if yb.is_floating_point():
+            return yb.to(dtype)
+        d = yb.to(dtype).unsqueeze(1) if n_neurons == 1 else F.one_hot(yb, n_neurons).to(dtype)
+        return d * self.target_scale
+
+    def step(
+        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+    ) -> StepOutput:
+        """Apply the rule's summed update for the batch.
+
+        ``extras`` holds ``n_updates`` (samples whose error was non-zero) and ``mse``.
+        """
+        layer = self._layer
+        assert layer is not None, "setup() was not called"
+        w = layer.map.weight  # (n_in, n_neurons)
+        # (n_neurons, 1) or None; a map attribute, which nn.Module's __getattr__ leaves untyped
+        bias = cast("torch.Tensor | None", layer.map.bias)
+        mask = layer.map.mask.to(w.dtype)
+        with torch.no_grad():
+            db = self.targets(yb, w.dtype)
+            y = layer(xb, mode=self.mode)  # (b, n_neurons)
+            e = self.rule.error(y, db)
+            a = self.rule.rate(e, xb)
+            ae = a * e  # (b, n_neurons)
+            w += (xb.T @ ae) * mask
+            if bias is not None:
+                bias += ae.sum(0).unsqueeze(1)
+            mse = float((e * e).mean())
+            n_correct = None
+            if not yb.is_floating_point():
+                level = getattr(self.rule, "level", 0.5 * self.target_scale)
+                n_correct = int(((y > level) == (db > 0.5 * self.target_scale)).all(1).sum())
+        n_updates = int((e != 0).any(dim=1).sum())
+        return StepOutput(
+            loss=mse, n_correct=n_correct, extras={"n_updates": n_updates, "mse": mse}
+        )
+
+
+def _check_targets(layer: DeviceLayer, data: ArrayDataset) -> None:
+    n_neurons = layer.n_neurons
+    if data.is_classification:
+        labels = data.y
+        if n_neurons == 1:
+            if bool(((labels != 0) & (labels != 1)).any()):
+                raise ValueError(
+                    "a single neuron learns labels in {0, 1}; use one neuron per class"
+                )
+        elif int(labels.max()) >= n_neurons:
+            raise ValueError(
+                f"labels go up to {int(labels.max())} but the layer has {n_neurons} neurons"
+            )
+    elif data.y.shape[1] != n_neurons:
+        raise ValueError(
+            f"targets have {data.y.shape[1]} columns but the layer has {n_neurons} neurons"
+        )
+
+
+class _UntilNoUpdate(Callback):
+    """Stops after an epoch that changed nothing, and passes each update to plain callbacks."""
+
+    def __init__(self, fns: Sequence[Callable[[LocalStep], bool | None]]) -> None:
+        self.fns = list(fns)
+        self.n_updates = 0
+        self.converged = False
+
+    def on_step(self, state: LoopState, output: StepOutput) -> bool | None:
+        self.n_updates += int(output.extras["n_updates"])
+        stop = False
+        if self.fns:
+            idx = state.batch_index
+            info = LocalStep(
+                epoch=state.epoch + 1,
+                step=state.step,
+                samples=() if idx is None else tuple(int(i) for i in idx),
+                mse=float(output.extras["mse"]),
+            )
+            for fn in self.fns:
+                stop = bool(fn(info)) or stop
+        return stop
+
+    def on_epoch(self, state: LoopState, metrics: EpochMetrics) -> bool | None:
+        n_updates, self.n_updates = self.n_updates, 0
+        state.epoch_extras["n_updates"] = n_updates
+        if n_updates == 0 and not state.stop_requested:
+            self.converged = True
+            state.result_extras["converged"] = True
+            return True
+        state.result_extras["converged"] = False
+        return None
+
+
 def train_local(
     net: torch.nn.Module,
     data: ArrayDataset,
@@ -292,13 +397,12 @@ def train_local(
     shuffle: bool = True,
     seed: int = 0,
     callbacks: Sequence[Callable[[LocalStep], bool | None]] = (),
-) -> LocalResult:
+) -> TrainResult:
     """Train a layer of device neurons with a local rule, in place.
 
-    Samples are visited in a seeded random order (``shuffle``), or in the data set's own
-    order with ``shuffle=False``. With ``batch_size=1`` this is the online rule of the lecture
-    notes, one sample ``p`` at a time; a larger batch sums the per-sample updates of the
-    batch (all computed with the weights at the batch's start).
+    :func:`~quasineuron.training.fit` with a :class:`LocalRule` strategy. Samples are visited
+    in a seeded random order (``shuffle``), or in the data set's own order with
+    ``shuffle=False``.
 
     Args:
         net: A ``DeviceLayer``, or a one-layer ``DeviceNetwork`` built with
@@ -310,8 +414,7 @@ def train_local(
         batch_size: Samples per update.
         mode: How the devices run: ``TrueDevice()`` (the default; no gradient needed) or
             ``Surrogate()``.
-        target_scale: Value of the "hot" entry of one-hot/label targets (e.g. a device's
-            output swing for the delta rule).
+        target_scale: Value of the "hot" entry of one-hot/label targets.
         shuffle: Visit the samples in a random order each epoch; False keeps the data
             set's order (to replay a given sequence of samples, put it in the data set).
         seed: Seed of the order.
@@ -319,99 +422,28 @@ def train_local(
             the updated weights); a truthy return stops training.
 
     Returns:
-        The layer and its per-epoch history.
+        The loop's :class:`~quasineuron.training.TrainResult`: ``history[i].train_loss`` is
+        the epoch's mean squared error (measured before each update), ``train_accuracy`` the
+        fraction of samples whose hard-limited outputs all matched (classification), and
+        ``extras["converged"]`` is True if an epoch made no update.
 
     Raises:
         TypeError: If the network is not one linear layer of one-drive neurons.
         ValueError: For targets that do not fit the layer or bad options.
     """
-    if not isinstance(rule, AbstractLocalRule):
-        raise TypeError(f"rule must be Perceptron(...) or Delta(...), got {rule!r}")
+    strategy = LocalRule(rule, mode=mode, target_scale=target_scale)
     if not isinstance(data, ArrayDataset):
         raise TypeError(f"data must be an ArrayDataset, got {type(data).__name__}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    layer = _single_layer(net)
-    w = layer.map.weight  # (n_in, n_neurons)
-    # (n_neurons, 1) or None; a map attribute, which nn.Module's __getattr__ leaves untyped
-    bias = cast("torch.Tensor | None", layer.map.bias)
-    mask = layer.map.mask.to(w.dtype)
-    x = data.x.to(w.dtype)
-    n_neurons = layer.n_neurons
-    classify = data.is_classification
-    if classify:
-        labels = data.y
-        if n_neurons == 1:
-            if bool(((labels != 0) & (labels != 1)).any()):
-                raise ValueError(
-                    "a single neuron learns labels in {0, 1}; use one neuron per class"
-                )
-            d = labels.to(w.dtype).unsqueeze(1)
-        else:
-            if int(labels.max()) >= n_neurons:
-                raise ValueError(
-                    f"labels go up to {int(labels.max())} but the layer has {n_neurons} neurons"
-                )
-            d = F.one_hot(labels, n_neurons).to(w.dtype)
-        d = d * float(target_scale)
-    else:
-        d = data.y.to(w.dtype)
-        if d.shape[1] != n_neurons:
-            raise ValueError(
-                f"targets have {d.shape[1]} columns but the layer has {n_neurons} neurons"
-            )
-    gen = torch.Generator().manual_seed(int(seed))
-    n = len(x)
-    history: list[LocalEpoch] = []
-    converged = stopped = False
-    step = 0
-    with torch.no_grad():
-        for epoch in range(epochs):
-            if stopped:
-                break
-            order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-            n_updates, sq, right, seen = 0, 0.0, 0, 0
-            for start in range(0, n, batch_size):  # online learning is sequential by nature
-                if stopped:
-                    break
-                idx = order[start : start + batch_size]
-                xb, db = x[idx], d[idx]
-                y = layer(xb, mode=mode)  # (b, n_neurons)
-                e = rule.error(y, db)
-                a = rule.rate(e, xb)
-                ae = a * e  # (b, n_neurons)
-                w += (xb.T @ ae) * mask
-                if bias is not None:
-                    bias += ae.sum(0).unsqueeze(1)
-                seen += len(idx)
-                moved = (e != 0).any(dim=1)
-                n_updates += int(moved.sum())
-                sq += float((e * e).sum())
-                if classify:
-                    level = getattr(rule, "level", 0.5 * float(target_scale))
-                    right += int(((y > level) == (db > 0.5 * float(target_scale))).all(1).sum())
-                step += 1
-                if callbacks:
-                    info = LocalStep(
-                        epoch=epoch + 1,
-                        step=step,
-                        samples=tuple(int(i) for i in idx),
-                        mse=float((e * e).mean()),
-                    )
-                    for callback in callbacks:
-                        stopped = bool(callback(info)) or stopped
-            history.append(
-                LocalEpoch(
-                    epoch=epoch + 1,
-                    n_updates=n_updates,
-                    mse=sq / (seen * n_neurons),  # seen < n if a callback stopped the epoch
-                    accuracy=right / seen if classify else None,
-                )
-            )
-            if n_updates == 0 and not stopped:
-                converged = True
-                break
-    return LocalResult(
-        network=net, history=tuple(history), converged=converged, stopped_early=stopped
+    _check_targets(_single_layer(net), data)
+    watcher = _UntilNoUpdate(callbacks)
+    return fit(
+        net,
+        data,
+        strategy,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        progress=False,
+        callbacks=[watcher],
     )

@@ -23,15 +23,19 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from quasineuron.data.dataset import ArrayDataset
 from quasineuron.devices.wuxing import wuxing_jacobian_rows
+from quasineuron.training.callbacks import Callback, LoopState
+from quasineuron.training.checkpoint import restore_optimizer_state
 from quasineuron.training.config import Cosine
+from quasineuron.training.loop import EpochMetrics, TrainResult, fit
+from quasineuron.training.strategy import AbstractStrategy, Plan, StepOutput
 from quasineuron.wuxing.network import WuxingNetwork
 from quasineuron.wuxing.twin import NeuronTwin
 
@@ -47,7 +51,6 @@ __all__ = [
     "signals",
     "StepReport",
     "TargetCoding",
-    "TrainResult",
     "evaluate",
     "method2_step",
     "output_error",
@@ -129,7 +132,128 @@ def _check_range(c_range: tuple[float, float], label: str) -> None:
 
 
 @dataclass(frozen=True)
-class Method2:
+class _WuxingStrategy(AbstractStrategy):
+    """What the four Wuxing methods share as strategies of :func:`~quasineuron.training.fit`.
+
+    Each method's own :meth:`_step` updates the network from one batch; this base turns the
+    step into the loop's :class:`~quasineuron.training.StepOutput`, scores validation with
+    :func:`evaluate`, applies the step-size schedule and keeps the memory between steps for
+    checkpoints. Options that are not part of the method (a neuron twin, the schedule, how
+    validation is scored) are set by :func:`train` through :meth:`bound`; used directly with
+    ``fit`` a method runs without a twin or a schedule and validates on the steady state.
+    """
+
+    _run: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    # A batch where every sample diverged has no loss (NaN); the rules then change nothing.
+    finite_loss_required: ClassVar[bool] = False
+
+    def bound(
+        self,
+        *,
+        neuron: NeuronTwin | None = None,
+        schedule: Cosine | None = None,
+        val_mode: Literal["time", "steady"] = "steady",
+    ) -> Any:
+        """A copy of this method that runs with these options.
+
+        Args:
+            neuron: A neuron twin for steady-state estimates (see :func:`train`).
+            schedule: Step-size schedule (see :func:`train`).
+            val_mode: How validation is scored: ``"steady"`` or ``"time"``.
+
+        Returns:
+            The same method (equal settings) with the options attached.
+        """
+        if schedule is not None and not isinstance(schedule, Cosine):
+            raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
+        if val_mode not in ("time", "steady"):
+            raise ValueError(f"val_mode must be 'time' or 'steady', got {val_mode!r}")
+        copy = replace(self)
+        copy._run["options"] = {"neuron": neuron, "schedule": schedule, "val_mode": val_mode}
+        return copy
+
+    def _option(self, name: str) -> Any:
+        defaults = {"neuron": None, "schedule": None, "val_mode": "steady"}
+        return self._run.get("options", defaults)[name]
+
+    def setup(self, net: torch.nn.Module, plan: Plan) -> None:
+        """Check the network and start with empty memory."""
+        if not isinstance(net, WuxingNetwork):
+            raise TypeError(
+                f"{type(self).__name__} trains a WuxingNetwork, got {type(net).__name__}"
+            )
+        options = self._run.get("options")
+        self._run.clear()
+        if options is not None:
+            self._run["options"] = options
+        self._run["plan"] = plan
+        self._run["factor"] = 1.0
+
+    def _factor(self, step_index: int) -> float:
+        """The step as a fraction of the base one (kept > 0: η must stay positive).
+
+        With a sample budget the cosine runs over all of its steps; otherwise the first epoch
+        runs at the full step and the cosine spans the remaining planned epochs.
+        """
+        schedule = self._option("schedule")
+        plan: Plan = self._run["plan"]
+        if schedule is None:
+            return 1.0
+        if plan.sample_budget:
+            return max(schedule.lr_at(1.0, step_index, plan.total_steps), 1e-6)
+        k = step_index - plan.steps_per_epoch
+        if k >= 0 and plan.epochs > 1:
+            span = (plan.epochs - 1) * plan.steps_per_epoch
+            return max(schedule.lr_at(1.0, k, span), 1e-6)
+        return 1.0
+
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        raise NotImplementedError
+
+    def step(
+        self, net: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step_index: int
+    ) -> StepOutput:
+        """One step of the method; the report is in ``extras["report"]``."""
+        assert isinstance(net, WuxingNetwork)
+        f = self._factor(step_index)
+        self._run["factor"] = f
+        rep = self._step(net, xb, yb, f)
+        n_correct = int(round(rep.accuracy * len(yb)))
+        return StepOutput(loss=rep.loss, n_correct=n_correct, extras={"report": rep})
+
+    def score(
+        self, net: torch.nn.Module, data: ArrayDataset, batch_size: int
+    ) -> tuple[float | None, float | None]:
+        """Accuracy by :func:`evaluate` (no loss), on the steady state or the time simulation."""
+        assert isinstance(net, WuxingNetwork)
+        p = net.c
+        acc = evaluate(net, data.x.to(p.device, p.dtype), data.y, mode=self._option("val_mode"))
+        return None, acc
+
+    def weights_loaded(self, net: torch.nn.Module) -> None:
+        """New ``K`` came in: recompute the neurons' rest states."""
+        assert isinstance(net, WuxingNetwork)
+        with torch.no_grad():
+            net.update_rest_states()
+
+    def current_lr(self) -> float | None:
+        """The scheduled fraction of the base step of the latest step."""
+        return float(self._run.get("factor", 1.0))
+
+    def config(self) -> dict[str, Any]:
+        """The method and the options a resumed run must share."""
+        return {
+            "strategy": repr(self),
+            "schedule": repr(self._option("schedule")),
+            "val_mode": self._option("val_mode"),
+            "epochs": self._run["plan"].epochs,
+        }
+
+
+@dataclass(frozen=True)
+class Method2(_WuxingStrategy):
     """Training method 2: additive connection-coefficient updates (docs/models.md §A.6).
 
     The paper gives none of the numbers below; all defaults are [ours].
@@ -149,7 +273,7 @@ class Method2:
             ``T → ∞`` limit, ``F/T → D*`` and ``R/T → D̂*`` (the layer-by-layer steady states,
             :meth:`WuxingNetwork.steady_state`), much cheaper; with ``normalise`` both give
             ``G1 ≈ e · ∂s/∂c`` once T exceeds the settling time.
-        step: ``"additive"``: the paper's ``c ← c + η G2``. ``"adaptive"`` [ours]: each link
+        update: ``"additive"``: the paper's ``c ← c + η G2``. ``"adaptive"`` [ours]: each link
             divides its ``G2`` by the running RMS of its own past ``G2`` (with momentum, the
             Adam step applied to method 2's signal; still local to the link), so ``η`` is
             the step in units of ``c`` (e.g. 0.005).
@@ -166,13 +290,15 @@ class Method2:
     normalise: bool = True
     reduce: Literal["mean_g2", "mean_g1"] = "mean_g2"
     estimate: Literal["window", "steady"] = "window"
-    step: Literal["additive", "adaptive"] = "additive"
+    update: Literal["additive", "adaptive"] = "additive"
     reversal: Literal["rest", "operating"] = "rest"
 
     def __post_init__(self) -> None:
         _check_reversal(self.reversal, self.estimate, "Method2.")
-        if self.step not in ("additive", "adaptive"):
-            raise ValueError(f"Method2.step must be 'additive' or 'adaptive', got {self.step!r}")
+        if self.update not in ("additive", "adaptive"):
+            raise ValueError(
+                f"Method2.update must be 'additive' or 'adaptive', got {self.update!r}"
+            )
         for name in ("kt", "eta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -182,9 +308,27 @@ class Method2:
             raise ValueError(f"Method2.reduce must be 'mean_g2' or 'mean_g1', got {self.reduce!r}")
         _check_estimate(self.estimate, "Method2")
 
+    def setup(self, net: torch.nn.Module, plan: Plan) -> None:
+        """Start with no running moments (``update="adaptive"``)."""
+        super().setup(net, plan)
+        self._run["moments"] = {}
+
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        method = self if f == 1.0 else replace(self, eta=self.eta * f)
+        rep, _ = method2_step(net, xb, yb, method, self._option("neuron"), self._run["moments"])
+        return rep
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running moments of ``update="adaptive"``."""
+        return {"moments": dict(self._run.get("moments", {}))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the running moments."""
+        self._run["moments"] = dict(state.get("moments", {}))
+
 
 @dataclass(frozen=True)
-class Method1:
+class Method1(_WuxingStrategy):
     """Training method 1: multiplicative K-parameter updates with a distributed PID.
 
     See docs/models.md §A.7.
@@ -239,9 +383,23 @@ class Method1:
         _check_K_range(self.K_range, self.margin, "Method1")
         _check_estimate(self.estimate, "Method1")
 
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
+        return rep
+
+    def state_dict(self) -> dict[str, Any]:
+        """The integral term's memory."""
+        memory = self._run.get("memory")
+        return {} if memory is None else {"memory": memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the integral term's memory."""
+        memory = state.get("memory")
+        self._run["memory"] = None if memory is None else memory.to(self._run["plan"].device)
+
 
 @dataclass(frozen=True)
-class Mixed:
+class Mixed(_WuxingStrategy):
     """The mixed method (paper Fig. 2): method 1 and method 2 in the same step.
 
     One forward and one reversed run per step feed both rules; their own ``target`` and
@@ -270,9 +428,23 @@ class Mixed:
             )
         _check_estimate(self.estimate, "Mixed")
 
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
+        return rep
+
+    def state_dict(self) -> dict[str, Any]:
+        """The integral term's memory."""
+        memory = self._run.get("memory")
+        return {} if memory is None else {"memory": memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the integral term's memory."""
+        memory = state.get("memory")
+        self._run["memory"] = None if memory is None else memory.to(self._run["plan"].device)
+
 
 @dataclass(frozen=True)
-class Backprop:
+class Backprop(_WuxingStrategy):
     """Gradient training by backprop through the time simulation (for comparison).
 
     Args:
@@ -326,6 +498,41 @@ class Backprop:
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"Backprop.margin must be a finite number > 0, got {self.margin!r}")
         _check_K_range(self.K_range, self.margin, "Backprop")
+
+    def setup(self, net: torch.nn.Module, plan: Plan) -> None:
+        """Build the optimiser: AdamW over ``c`` (and over ``K`` with ``k_lr > 0``)."""
+        super().setup(net, plan)
+        assert isinstance(net, WuxingNetwork)
+        groups: list[dict[str, Any]] = [{"params": [net.c]}]
+        base = [self.lr]
+        if self.k_lr > 0:  # bptt_step refuses the adjoint
+            net.K.requires_grad_(True)
+            groups.append({"params": [net.K], "lr": self.k_lr, "weight_decay": 0.0})
+            base.append(self.k_lr)
+        # AdamW with weight_decay=0 is Adam, bit for bit
+        self._run["opt"] = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        self._run["base_lr"] = base
+
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        opt = self._run["opt"]
+        for group, lr in zip(opt.param_groups, self._run["base_lr"], strict=True):
+            group["lr"] = lr * f
+        return bptt_step(net, xb, yb, self, opt, self._option("neuron"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser's state."""
+        return {"optimizer": self._run["opt"].state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the optimiser's state."""
+        if state.get("optimizer") is not None:
+            restore_optimizer_state(self._run["opt"], state["optimizer"])
+
+    def teardown(self, net: torch.nn.Module) -> None:
+        """Leave ``K`` frozen again."""
+        assert isinstance(net, WuxingNetwork)
+        net.K.requires_grad_(False)
+        net.K.grad = None
 
 
 @dataclass(frozen=True)
@@ -444,7 +651,7 @@ def _apply_method2(
         g1 = g1 * net.config.T**2
     g2 = _soft_mean(g1, sig.ok, method.kt, method.reduce)
     step = g2.to(net.c.dtype)
-    if method.step == "adaptive":
+    if method.update == "adaptive":
         # per-link running moments of the link's own G2 (Adam's step, ascent on G2)
         state = {} if state is None else state
         t = state["t"] = state.get("t", 0) + 1
@@ -557,7 +764,7 @@ def method2_step(
         y: Labels, shape (batch,), int64.
         method: Settings.
         neuron: Optional neuron twin for ``estimate="steady"`` (see :func:`signals`).
-        state: Running moments for ``step="adaptive"`` (a dict kept between steps).
+        state: Running moments for ``update="adaptive"`` (a dict kept between steps).
 
     Returns:
         The step report and the per-link ``G2`` of the batch, shape (n_links,).
@@ -730,29 +937,6 @@ def evaluate(
     return int((pred == y.to(pred.device)).sum()) / max(x.shape[0], 1)
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """History of :func:`train`.
-
-    Attributes:
-        steps: One :class:`StepReport` per step.
-        seconds: Wall time of the training steps.
-        samples_per_second: Training samples processed per second.
-        val_accuracy: Validation accuracy after each epoch (empty without ``val``).
-        best_epoch: Epoch (1-based) whose state was kept (the last one without ``val``).
-        samples_seen: Training samples processed.
-        epochs_planned: Epochs the step-size schedule was planned over (see :func:`train`).
-    """
-
-    steps: tuple[StepReport, ...]
-    seconds: float
-    samples_per_second: float
-    val_accuracy: tuple[float, ...] = ()
-    best_epoch: int = 0
-    samples_seen: int = 0
-    epochs_planned: int = 0
-
-
 Method = Method1 | Method2 | Mixed | Backprop
 """Any training strategy for a Wuxing network."""
 
@@ -770,13 +954,17 @@ def train(
     val_mode: Literal["time", "steady"] = "steady",
     callback: Callable[[int, StepReport], None] | None = None,
     epoch_callback: Callable[[int, float | None], None] | None = None,
-    max_seconds: float | None = None,
     neuron: NeuronTwin | None = None,
     schedule: Cosine | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     max_samples: int | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
 ) -> TrainResult:
     """Train the network in place with method 1, method 2, mixed or backprop.
+
+    A thin wrapper over :func:`quasineuron.training.fit` with the method as the strategy.
 
     Args:
         net: The network.
@@ -787,188 +975,93 @@ def train(
         batch_size: Samples per step.
         seed: Seed of the shuffling.
         val: Optional validation split; its accuracy is measured after every epoch and the
-            coefficients and parameters of the best epoch are restored at the end.
+            coefficients and parameters of the best epoch (the earliest of equals) are
+            restored at the end.
         val_mode: How validation is scored (``"steady"``, cheap, or ``"time"``).
         callback: Called as ``callback(step_index, report)`` after each step.
-        epoch_callback: Called as ``epoch_callback(epoch, val_accuracy)`` after each epoch
-            (e.g. to save a checkpoint).
-        max_seconds: Wall-time budget: training stops after the step that exceeds it (the
-            epoch in progress is then validated and counted as the last one), for
-            comparisons at equal cost.
+        epoch_callback: Called as ``epoch_callback(epoch, val_accuracy)`` after each epoch.
         neuron: A neuron twin (:func:`~quasineuron.wuxing.twin.fit_neuron_twin`) for
             ``Backprop(through="steady")`` and method 2 with ``estimate="steady"``: the
             steady states come from the twin instead of Newton solves (fast); validation
             with ``val_mode="steady"`` still uses the exact steady state.
         schedule: Step-size schedule: ``None`` (constant) or the library's
             :class:`~quasineuron.training.config.Cosine`, here [ours] with the first epoch at
-            the full step and the cosine over the ``K`` steps of the remaining planned
-            epochs, applied to the Adam learning rate (:class:`Backprop`) or to ``η``
-            (:class:`Method2`; method 1's steps are not scheduled); ``min_lr`` is read as
-            a fraction of that step. With ``max_seconds`` the plan is set after the first
-            epoch to the number of epochs that fit the budget
-            (:attr:`TrainResult.epochs_planned`, or the epochs begun if the budget runs out
-            first); rerunning with that many ``epochs`` and no budget repeats the schedule.
-            With ``max_samples`` the plan is instead the ``ceil(max_samples / batch_size)``
-            steps of the stage and the cosine runs over all of them from the first step (a
+            the full step and the cosine over the steps of the remaining planned epochs,
+            applied to the Adam learning rate (:class:`Backprop`) or to ``η``
+            (:class:`Method2`; method 1's steps are not scheduled); ``min_lr`` is read as a
+            fraction of that step. With ``max_samples`` the cosine instead runs over all the
+            ``ceil(max_samples / batch_size)`` steps of the stage from the first step (a
             fine-tuning stage, typically shorter than an epoch, that anneals to its end).
         augment: Applied to every training batch as ``augment(xb, generator)`` (e.g.
             :class:`~quasineuron.data.RandomShift`); its generator is seeded from ``seed``
             apart from the shuffling's, so the batches are the same with and without it.
         max_samples: Sample budget: training stops after ``ceil(max_samples / batch_size)``
             steps (whole batches; at most ``epochs`` epochs), and the epoch in progress is
-            validated and counted as the last one. Unlike ``max_seconds`` it gives the same
-            stage on every machine.
+            validated and counted as the last one.
+        checkpoint_dir: Folder for a checkpoint after every epoch (see ``fit``), or None.
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        progress: Show a progress bar per epoch.
 
     Returns:
-        The per-step reports, throughput, validation curve and the epoch kept.
+        The loop's :class:`~quasineuron.training.TrainResult`; ``extras["steps"]`` holds one
+        :class:`StepReport` per step of this call and ``extras["epochs_planned"]`` the epochs
+        the schedule was planned over.
     """
-    if not isinstance(method, (Method1, Method2, Mixed, Backprop)):
+    if not isinstance(method, _WuxingStrategy):
         raise TypeError(
             f"method must be Method1(...), Method2(...), Mixed(...) or Backprop(...), got "
             f"{method!r}"
         )
-    if schedule is not None and not isinstance(schedule, Cosine):
-        raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
-    if max_samples is not None and (
-        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-    ):
-        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
-    opt: torch.optim.Optimizer | None = None
-    base_lr: list[float] = []
-    if isinstance(method, Backprop):  # AdamW with weight_decay=0 is Adam, bit for bit
-        groups: list[dict[str, Any]] = [{"params": [net.c]}]
-        base_lr.append(method.lr)
-        if method.k_lr > 0:  # bptt_step refuses the adjoint
-            net.K.requires_grad_(True)
-            groups.append({"params": [net.K], "lr": method.k_lr, "weight_decay": 0.0})
-            base_lr.append(method.k_lr)
-        opt = torch.optim.AdamW(groups, lr=method.lr, weight_decay=method.weight_decay)
-    try:
-        return _train_loop(
-            net,
-            x,
-            y,
-            method,
-            epochs,
-            batch_size,
-            seed,
-            val,
-            val_mode,
-            callback,
-            epoch_callback,
-            max_seconds,
-            neuron,
-            schedule,
-            augment,
-            opt,
-            base_lr,
-            max_samples,
-        )
-    finally:
-        net.K.requires_grad_(False)
-        net.K.grad = None
+    strategy = method.bound(neuron=neuron, schedule=schedule, val_mode=val_mode)
+    recorder = _Recorder(callback, epoch_callback)
+    val_data = None if val is None else ArrayDataset(val[0], val[1].to(val[0].device))
+    result = fit(
+        net,
+        ArrayDataset(x, y.to(x.device)),
+        strategy,
+        epochs=epochs,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        seed=seed,
+        val_data=val_data,
+        keep="best" if val is not None else "last",
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+        callbacks=[recorder],
+        augment=augment,
+    )
+    extras = {
+        **result.extras,
+        "steps": tuple(recorder.steps),
+        "epochs_planned": recorder.planned,
+    }
+    return replace(result, extras=extras)
 
 
-def _train_loop(
-    net: WuxingNetwork,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    method: Method,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    val: tuple[torch.Tensor, torch.Tensor] | None,
-    val_mode: Literal["time", "steady"],
-    callback: Callable[[int, StepReport], None] | None,
-    epoch_callback: Callable[[int, float | None], None] | None,
-    max_seconds: float | None,
-    neuron: NeuronTwin | None,
-    schedule: Cosine | None,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-    opt: torch.optim.Optimizer | None,
-    base_lr: list[float],
-    max_samples: int | None,
-) -> TrainResult:
-    """:func:`train`'s epochs, with its checked arguments and optimiser."""
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
-    planned = epochs
-    max_steps = None  # the sample budget in steps, and then the span of the schedule
-    if max_samples is not None:
-        max_steps = min(math.ceil(max_samples / batch_size), epochs * steps_per_epoch)
-        planned = math.ceil(max_steps / steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator().manual_seed(seed + 1)
-    reports: list[StepReport] = []
-    val_acc: list[float] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    memory = None
-    m2_state: dict = {}
-    t0 = time.perf_counter()
-    n_seen = 0
-    budget_spent = False
-    epoch = 0
-    for epoch in range(1, epochs + 1):
-        if epoch > planned:
-            epoch -= 1
-            break
-        if epoch > 1 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            epoch -= 1
-            break
-        order = torch.randperm(x.shape[0], generator=gen).to(x.device)
-        for i in range(0, x.shape[0], batch_size):
-            over_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
-            if over_time or (max_steps is not None and len(reports) >= max_steps):
-                budget_spent = True
-                break
-            idx = order[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
-            if augment is not None:
-                xb = augment(xb, aug_gen)
-            # the step as a fraction of the base one (kept > 0: η must stay positive)
-            f = 1.0
-            k = len(reports) - steps_per_epoch  # the first epoch runs at the full step
-            if schedule is not None and max_steps is not None:  # the budget's steps, all
-                f = max(schedule.lr_at(1.0, len(reports), max_steps), 1e-6)
-            elif schedule is not None and k >= 0 and planned > 1:
-                f = max(schedule.lr_at(1.0, k, (planned - 1) * steps_per_epoch), 1e-6)
-            if opt is not None:
-                for group, lr in zip(opt.param_groups, base_lr, strict=True):
-                    group["lr"] = lr * f
-            if isinstance(method, Method2):
-                step_method = method if f == 1.0 else replace(method, eta=method.eta * f)
-                rep, _ = method2_step(net, xb, yb, step_method, neuron, m2_state)
-            elif isinstance(method, (Method1, Mixed)):
-                rep, memory = method1_step(net, xb, yb, method, memory)
-            else:
-                assert opt is not None
-                rep = bptt_step(net, xb, yb, method, opt, neuron)
-            reports.append(rep)
-            n_seen += xb.shape[0]
-            if callback is not None:
-                callback(len(reports) - 1, rep)
-        acc = None
-        if val is not None:
-            acc = evaluate(net, val[0], val[1], mode=val_mode)
-            val_acc.append(acc)
-            if best is None or acc > best[0]:
-                state = {"c": net.c.detach().clone(), "K": net.K.detach().clone()}
-                best = (acc, epoch, state)
-        if epoch_callback is not None:
-            epoch_callback(epoch, acc)
-        if budget_spent:
-            planned = min(planned, epoch)
-            break
-        if epoch == 1 and max_seconds is not None and max_steps is None:
-            fit = int(max_seconds // max(time.perf_counter() - t0, 1e-9))
-            planned = max(1, min(epochs, fit))
-    seconds = time.perf_counter() - t0
-    best_epoch = epoch
-    if best is not None:
-        best_epoch = best[1]
-        if best_epoch != epoch:
-            with torch.no_grad():
-                net.c.copy_(best[2]["c"])
-                net.K.copy_(best[2]["K"])
-                net.update_rest_states()
-    sps = n_seen / max(seconds, 1e-12)
-    return TrainResult(tuple(reports), seconds, sps, tuple(val_acc), best_epoch, n_seen, planned)
+class _Recorder(Callback):
+    """Keeps every step's report for :func:`train` and calls its plain callbacks."""
+
+    def __init__(
+        self,
+        callback: Callable[[int, StepReport], None] | None,
+        epoch_callback: Callable[[int, float | None], None] | None,
+    ) -> None:
+        self.callback = callback
+        self.epoch_callback = epoch_callback
+        self.steps: list[StepReport] = []
+        self.planned = 0
+
+    def on_train_begin(self, state: LoopState) -> None:
+        self.planned = state.plan.epochs
+
+    def on_step(self, state: LoopState, output: StepOutput) -> None:
+        report = output.extras["report"]
+        self.steps.append(report)
+        if self.callback is not None:
+            self.callback(state.step - 1, report)
+
+    def on_epoch(self, state: LoopState, metrics: EpochMetrics) -> bool | None:
+        if self.epoch_callback is not None:
+            self.epoch_callback(metrics.epoch, metrics.val_accuracy)
+        return None
