@@ -71,9 +71,9 @@ def main() -> None:
         out[name] = {
             "test_acc_before": acc0,
             "test_acc_after": acc1,
-            "train_samples_per_s": res.samples_per_second,
-            "last_loss": res.steps[-1].loss,
-            "diverged": sum(s.n_diverged for s in res.steps),
+            "train_samples_per_s": res.samples_seen / max(res.seconds, 1e-12),
+            "last_loss": res.extras["steps"][-1].loss,
+            "diverged": sum(s.n_diverged for s in res.extras["steps"]),
         }
         print(name, json.dumps(out[name]), flush=True)
     print(json.dumps(out, indent=1, default=str))
