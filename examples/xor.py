@@ -63,7 +63,7 @@ def main() -> dict[str, Model]:
         models[name] = (net, x, y)
         print(
             f"{name}: accuracy {final_accuracy(net, x, y):.2f} after {len(res.history)} "
-            f"epochs (converged: {res.extras["converged"]})"
+            f"epochs (converged: {res.extras['converged']})"
         )
 
     quad = qn.DeviceNetwork(
