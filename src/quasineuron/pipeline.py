@@ -888,7 +888,7 @@ def _train_stage(
 
 
 #: Config spelling → the spelling today's training loop takes.
-_LOSS_NAMES = {"cross-entropy": "cross_entropy", "mse": "mse"}
+_LOSS_NAMES = {"cross-entropy": "cross-entropy", "mse": "mse"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1077,7 +1077,8 @@ def _train_wuxing_stage(
         neuron=twin,
     )
     averaged: list[int] = []
-    n_epochs = len(result.val_accuracy) or epochs
+    val_acc = [e.val_accuracy for e in result.history if e.val_accuracy is not None]
+    n_epochs = len(val_acc) or epochs
     if stage.average_last > 1:
         averaged = list(range(n_epochs - len(snapshots) + 1, n_epochs + 1))
         _load_trained_state(net, _average_states(snapshots))
@@ -1096,7 +1097,7 @@ def _train_wuxing_stage(
         "samples_seen": result.samples_seen,
         "validated_on": t.validate_on,
         **({"neuron_twin": twin_info} if twin_info is not None else {}),
-        "val_accuracy": list(result.val_accuracy),
+        "val_accuracy": val_acc,
         "checkpoints": f"checkpoints/stage-{index + 1}",
     }
     return result, outcome

@@ -63,7 +63,7 @@ keep = "best"
 method = "method2-operating"
 samples = 40
 keep = "last"
-options = { eta = 0.01, step = "adaptive" }
+options = { eta = 0.01, update = "adaptive" }
 [[training.stages]]
 method = "bptt"
 epochs = 2
