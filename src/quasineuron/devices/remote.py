@@ -445,7 +445,10 @@ class DeviceServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout); it will retry or report
 
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
                 if self.path.rstrip("/") != "/describe":
