@@ -146,7 +146,9 @@ class InstrumentDevice(AbstractDevice):
                     "'quasineuron[remote]' (or pass an object with write() and query())"
                 ) from exc
             resource = pyvisa.ResourceManager(visa_backend).open_resource(resource)
-        if not (hasattr(resource, "write") and hasattr(resource, "query")):
+        if isinstance(resource, str) or not (
+            hasattr(resource, "write") and hasattr(resource, "query")
+        ):
             raise TypeError(
                 f"resource must have write() and query(), got {type(resource).__name__}"
             )

@@ -429,7 +429,7 @@ class DeviceServer:
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
         h, p = self._httpd.server_address[:2]
-        self.url = f"http://{h}:{p}"
+        self.url = f"http://{h!s}:{p}"
         self._thread: threading.Thread | None = None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -178,13 +178,6 @@ class SpiceDevice(AbstractDevice):
         self.name = name
         self.n_evaluations = 0
         self.n_runs = 0
-        # the pins of the subcircuit: the drive nodes, then every node an output reads
-        pins = list(self.drives)
-        for a, b in self._parsed:
-            for node in (a, b):
-                if node is not None and node != "0" and node not in pins:
-                    pins.append(node)
-        self._pins = tuple(pins)
 
     # -- netlist -----------------------------------------------------------------------------
 
