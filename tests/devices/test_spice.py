@@ -84,8 +84,10 @@ def test_builtin_circuit_neurons_have_their_shapes() -> None:
 
 @needs_ngspice
 def test_spice_devices_pass_check_device_and_pickle() -> None:
-    dev = _divider()
-    assert qn.check_device(dev).ok
+    # the inverter is nonlinear: with ngspice's default tolerances a row's answer moved with
+    # its batch neighbours (each solve starts from the previous one) and "rows" failed
+    for dev in (_divider(), spice_inverter()):
+        assert qn.check_device(dev).ok
     copy = pickle.loads(pickle.dumps(spice_diffpair()))
     u = torch.tensor([[0.2]], dtype=torch.float64)
     torch.testing.assert_close(copy(u), spice_diffpair()(u))
