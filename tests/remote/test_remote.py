@@ -116,6 +116,19 @@ def test_simulated_instrument_behind_the_same_link(tmp_path: Path) -> None:
     assert dev.link.n_failures > 0  # every 7th reading timed out and its batch was retried
 
 
+def test_a_visa_instrument_simulated_by_pyvisa_sim() -> None:
+    pytest.importorskip("pyvisa_sim", reason="needs pyvisa-sim (pip install 'quasineuron[remote]')")
+    # pyvisa-sim's built-in instrument stores an amplitude to 2 decimals and reads it back,
+    # acknowledging every set command with "OK"
+    dev = InstrumentDevice(
+        "ASRL1::INSTR", visa_backend="@sim", set_drive=("!AMP {value:.2f}",),
+        read_output=("?AMP",), acknowledged=True, domain=qn.Box((0.0,), (10.0,)),
+    )  # fmt: skip
+    u = torch.tensor([[0.5], [2.25], [7.0], [2.25]], dtype=torch.float64)
+    torch.testing.assert_close(dev(u), u)
+    assert dev.link.n_rows_measured == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # physics-aware training with the device behind the server
 # ---------------------------------------------------------------------------------------------

@@ -83,11 +83,16 @@ class SimulatedInstrument:
 
 class _InstrumentTransport:
     def __init__(
-        self, resource: _Resource, set_drive: Sequence[str], read_output: Sequence[str]
+        self,
+        resource: _Resource,
+        set_drive: Sequence[str],
+        read_output: Sequence[str],
+        acknowledged: bool,
     ) -> None:
         self.resource = resource
         self.set_drive = tuple(set_drive)
         self.read_output = tuple(read_output)
+        self.acknowledged = acknowledged
 
     def __call__(self, u: np.ndarray, timeout: float) -> np.ndarray:
         if hasattr(self.resource, "timeout"):
@@ -95,7 +100,10 @@ class _InstrumentTransport:
         out = np.empty((len(u), len(self.read_output)))
         for i, row in enumerate(u):  # an instrument is set and read one point at a time
             for cmd, value in zip(self.set_drive, row, strict=True):
-                self.resource.write(cmd.format(value=float(value)))
+                if self.acknowledged:  # read the reply, or the next query would get it
+                    self.resource.query(cmd.format(value=float(value)))
+                else:
+                    self.resource.write(cmd.format(value=float(value)))
             for j, q in enumerate(self.read_output):
                 out[i, j] = float(self.resource.query(q))
         return out
@@ -109,11 +117,13 @@ class InstrumentDevice(AbstractDevice):
         resource: An object with ``write`` and ``query`` (an open PyVISA resource, a
             :class:`SimulatedInstrument`), or a VISA resource string opened with PyVISA.
         set_drive: One command template per drive, ``{value}`` replaced by the drive, e.g.
-            ``("SOUR1:VOLT {value}",)``.
+            ``("SOUR1:VOLT {value}",)`` (a format spec works: ``{value:.3f}``).
         read_output: One query per output, e.g. ``("MEAS1?",)``; the reply is parsed as a float.
         domain: Box of drives the instrument may be set to (also its safe range: keep it so).
         policy: Retries, timeouts, budget; ``batch_size`` is the rows per call.
         record: Append-only record of every call (see :class:`DeviceLink`).
+        acknowledged: Whether the instrument answers each set command (``"OK"``); its
+            answer is then read and dropped.
         visa_backend: PyVISA backend when ``resource`` is a string (``"@sim"`` for pyvisa-sim).
         name: Name used in reports.
 
@@ -133,6 +143,7 @@ class InstrumentDevice(AbstractDevice):
         domain: Box,
         policy: CallPolicy | None = None,
         record: str | os.PathLike[str] | None = None,
+        acknowledged: bool = False,
         visa_backend: str = "",
         name: str = "instrument",
     ) -> None:
@@ -157,7 +168,7 @@ class InstrumentDevice(AbstractDevice):
             raise ValueError(
                 f"set_drive has {len(set_drive)} commands but the domain has {domain.dim} drives"
             )
-        if not all("{value}" in c for c in set_drive):
+        if not all("{value" in c for c in set_drive):
             raise ValueError(f"each set_drive command needs a '{{value}}' field, got {set_drive}")
         if not read_output:
             raise ValueError("read_output needs at least one query, e.g. ('MEAS1?',)")
@@ -167,7 +178,7 @@ class InstrumentDevice(AbstractDevice):
         self.name = name
         self.stochastic = True  # a measurement is never exactly repeatable
         self.link = DeviceLink(
-            _InstrumentTransport(resource, set_drive, read_output),
+            _InstrumentTransport(resource, set_drive, read_output, acknowledged),
             n_in=self.n_in,
             n_out=self.n_out,
             policy=policy or CallPolicy(batch_size=256),
