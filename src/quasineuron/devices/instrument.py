@@ -14,6 +14,7 @@ pyvisa-sim instead. :class:`SimulatedInstrument` is a small SCPI-speaking instru
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, final
@@ -150,13 +151,15 @@ class InstrumentDevice(AbstractDevice):
         super().__init__()
         if isinstance(resource, str):
             try:
-                import pyvisa  # type: ignore[import-not-found]
+                # imported by name: PyVISA is optional, and typed as Any whether or not present
+                pyvisa: Any = importlib.import_module("pyvisa")
             except ImportError as exc:
                 raise ImportError(
                     f"opening the VISA resource {resource!r} needs PyVISA: pip install "
                     "'quasineuron[remote]' (or pass an object with write() and query())"
                 ) from exc
-            resource = pyvisa.ResourceManager(visa_backend).open_resource(resource)
+            opened: Any = pyvisa.ResourceManager(visa_backend).open_resource(resource)
+            resource = opened
         if isinstance(resource, str) or not (
             hasattr(resource, "write") and hasattr(resource, "query")
         ):
