@@ -205,3 +205,24 @@ def test_physics_aware_training_through_a_slow_failing_noisy_server_resumes_from
     assert not any(row.tobytes() in recorded for u in sent for row in u)
     assert second.link.n_cache_hits >= len(recorded)
     assert acc > 0.3  # it learned (chance is 0.1) despite latency, failures and noise
+
+
+def test_in_flight_batches_wait_on_the_device_together() -> None:
+    import threading
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def slow(u: np.ndarray, timeout: float) -> np.ndarray:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return u * 2
+
+    link = DeviceLink(slow, n_in=1, n_out=1, policy=CallPolicy(batch_size=2, in_flight=4))
+    u = np.arange(16.0)[:, None]
+    np.testing.assert_array_equal(link(u), u * 2)
+    assert link.n_calls == 8
+    assert 1 < state["most"] <= 4
