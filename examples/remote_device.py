@@ -9,7 +9,7 @@ call after 20 ms, failing 1 % of calls and adding noise, as a real setup might. 
 batches the drives, retries failed calls with back-off, keeps a budget of calls, and appends
 every call to a record on disk. Run the script twice with ``--record calls.jsonl``: the second
 run starts from the same seed, finds every batch in the record, and measures nothing again.
-To serve a device from another terminal instead: ``python -m quasineuron.devices.remote tanh``.
+To serve a device from another terminal instead: ``python -m quasineuron.devices.serve tanh``.
 """
 
 from __future__ import annotations

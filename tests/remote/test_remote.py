@@ -226,3 +226,12 @@ def test_in_flight_batches_wait_on_the_device_together() -> None:
     np.testing.assert_array_equal(link(u), u * 2)
     assert link.n_calls == 8
     assert 1 < state["most"] <= 4
+
+
+def test_the_serve_command_serves_a_named_device_for_a_while(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from quasineuron.devices.serve import main
+
+    assert main(["tanh", "--port", "0", "--seconds", "0.1"]) == 0
+    assert "serving tanh at http://127.0.0.1:" in capsys.readouterr().out

@@ -348,7 +348,7 @@ class RemoteDevice(AbstractDevice):
         if info is None:
             raise DeviceCallError(
                 f"no device server answered at {self.url} ({type(last).__name__}: {last}); "
-                "start one with DeviceServer(device) or `python -m quasineuron.devices.remote`"
+                "start one with DeviceServer(device) or `python -m quasineuron.devices.serve`"
             )
         self.n_in = int(info["n_in"])
         self.n_out = int(info["n_out"])
@@ -514,39 +514,3 @@ class DeviceServer:
     def __exit__(self, *exc: object) -> None:
         """Stop on exit."""
         self.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m quasineuron.devices.remote NAME [--port P] ...``: serve a named device."""
-    import argparse
-
-    from quasineuron.devices.library import make_device
-
-    parser = argparse.ArgumentParser(description="Serve a quasineuron device over HTTP.")
-    parser.add_argument("device", help="a device name, as `quasineuron devices` lists")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per call")
-    parser.add_argument("--failure-rate", type=float, default=0.0)
-    parser.add_argument("--noise-std", type=float, default=0.0)
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    args = parser.parse_args(argv)
-    server = DeviceServer(
-        make_device(args.device),
-        host=args.host,
-        port=args.port,
-        latency=args.latency,
-        failure_rate=args.failure_rate,
-        noise_std=args.noise_std,
-    ).start()
-    print(f"serving {args.device} at {server.url}", flush=True)
-    try:
-        time.sleep(args.seconds if args.seconds is not None else 1e9)
-    except KeyboardInterrupt:
-        pass
-    server.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
