@@ -18,6 +18,8 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "reaction-relu",
     "relu",
     "sigmoid",
+    "spice-diffpair",
+    "spice-inverter",
     "tanh",
     "wuxing",
     "wuxing-steady",

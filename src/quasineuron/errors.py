@@ -72,3 +72,18 @@ class IntegrityError(StoreCorruptError):
 
     The message names the file and what to do (usually: delete it and run the step again).
     """
+
+
+class SimulatorNotFoundError(RuntimeError):
+    """An external simulator a device needs (such as ngspice) is not installed.
+
+    The message names the program that was looked for and the command that installs it.
+    """
+
+
+class DeviceCallError(SimulationError):
+    """A call to a device elsewhere (a server, an instrument) failed after all its retries."""
+
+
+class DeviceBudgetError(RuntimeError):
+    """A device elsewhere would be called more times than its budget of calls allows."""

@@ -10,6 +10,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
 )
 from quasineuron.devices.formula import FormulaDevice
+from quasineuron.devices.instrument import InstrumentDevice, SimulatedInstrument
 from quasineuron.devices.library import (
     almost_neuron,
     available_devices,
@@ -30,6 +31,8 @@ from quasineuron.devices.ode import (
     solve_reference,
 )
 from quasineuron.devices.reaction import reaction_relu, smoothed_relu
+from quasineuron.devices.remote import CallPolicy, DeviceLink, DeviceServer, RemoteDevice
+from quasineuron.devices.spice import SpiceDevice, spice_diffpair, spice_inverter
 from quasineuron.devices.wrappers import InputClip, Noisy
 from quasineuron.devices.wuxing import wuxing_neuron
 
@@ -46,6 +49,15 @@ __all__ = [
     "solve_reference",
     "wuxing_neuron",
     "AbstractDevice",
+    "CallPolicy",
+    "DeviceLink",
+    "DeviceServer",
+    "InstrumentDevice",
+    "RemoteDevice",
+    "SimulatedInstrument",
+    "SpiceDevice",
+    "spice_diffpair",
+    "spice_inverter",
     "Anderson",
     "BlackBoxDevice",
     "Box",

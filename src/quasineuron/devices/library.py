@@ -156,6 +156,18 @@ def _wuxing_steady(**kw: Any) -> AbstractDevice:
     return wuxing_neuron(readout="steady", **kw)
 
 
+def _spice_diffpair(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.spice import spice_diffpair
+
+    return spice_diffpair(**kw)
+
+
+def _spice_inverter(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.spice import spice_inverter
+
+    return spice_inverter(**kw)
+
+
 def _reaction_relu(**kw: Any) -> AbstractDevice:
     from quasineuron.devices.reaction import reaction_relu
 
@@ -171,6 +183,9 @@ _BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
     "wuxing": _wuxing,
     "wuxing-steady": _wuxing_steady,
     "reaction-relu": _reaction_relu,
+    # circuit neurons simulated by ngspice, which must be installed to evaluate them
+    "spice-diffpair": _spice_diffpair,
+    "spice-inverter": _spice_inverter,
 }
 
 

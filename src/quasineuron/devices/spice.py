@@ -1,0 +1,396 @@
+"""Circuit devices: a SPICE netlist simulated by ngspice, many operating points per call.
+
+The netlist describes one neuron. Its drive nodes are driven by the device (the drives, in volts)
+and chosen node voltages are the outputs. To make a batch cheap, the whole batch is one DC sweep:
+a hidden index source is swept over the rows and each drive node follows a table indexed by it,
+so ngspice solves thousands of operating points in one run, each starting from the previous
+solution. Starting ngspice costs about 10 ms; one run per point would pay it every time.
+
+ngspice runs as a program in batch mode (``ngspice -b``), one subprocess per chunk; nothing
+links against the shared library, so a crash in the simulator cannot take the Python process
+down, and the device pickles as plain data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, final
+
+import numpy as np
+import torch
+
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.errors import SimulationError, SimulatorNotFoundError
+
+__all__ = [
+    "INSTALL_HINT",
+    "SpiceDevice",
+    "find_ngspice",
+    "spice_diffpair",
+    "spice_inverter",
+]
+
+#: How to install ngspice, named in every error about a missing simulator.
+INSTALL_HINT = (
+    "install ngspice (Debian/Ubuntu: `apt-get install -y ngspice libngspice0`; macOS: "
+    "`brew install ngspice`; conda: `conda install -c conda-forge ngspice`), or pass "
+    "SpiceDevice(..., ngspice='/path/to/ngspice')"
+)
+
+_NODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OUTPUT = re.compile(r"^v\(\s*([A-Za-z0-9_]+)\s*(?:,\s*([A-Za-z0-9_]+)\s*)?\)$", re.IGNORECASE)
+
+
+def find_ngspice(program: str | None = None) -> str:
+    """Path of the ngspice program.
+
+    Args:
+        program: A path or program name; None looks for ``ngspice`` on ``PATH`` (or the
+            ``QUASINEURON_NGSPICE`` environment variable, when set).
+
+    Returns:
+        The absolute path of the program.
+
+    Raises:
+        SimulatorNotFoundError: If it is not found; the message says how to install it.
+    """
+    name = program or os.environ.get("QUASINEURON_NGSPICE") or "ngspice"
+    found = shutil.which(name)
+    if found is None:
+        raise SimulatorNotFoundError(
+            f"ngspice was not found (looked for {name!r} on PATH); circuit devices need it: "
+            f"{INSTALL_HINT}"
+        )
+    return found
+
+
+@final
+class SpiceDevice(AbstractDevice):
+    """A device whose response is the DC operating point of a SPICE netlist; not differentiable.
+
+    Args:
+        netlist: The circuit of one neuron, as SPICE lines (elements and ``.model`` cards; no
+            analysis or ``.end`` cards). Node ``0`` is ground. The drive nodes are left
+            undriven: the device drives each of them against ground.
+        drives: Names of the drive nodes, one per drive (``n_in``).
+        outputs: The outputs, one per output (``n_out``): ``"v(node)"`` for a node voltage or
+            ``"v(a,b)"`` for the difference between two nodes.
+        domain: Box of drives (volts) to characterise the device on.
+        readout: ``"op"``: the DC operating point (the only readout so far).
+        chunk: Operating points per ngspice run. Larger chunks spread ngspice's start-up over
+            more points, but its table lookup grows with the chunk (past about 10,000 points
+            the run slows down).
+        workers: ngspice runs in flight at once (each is its own process).
+        on_error: A chunk that fails is split in halves until the failing points are alone;
+            ``"raise"`` then raises :class:`SimulationError` naming the first failing point,
+            ``"nan"`` returns NaN for it.
+        ngspice: Path or name of the ngspice program (default: ``ngspice`` on ``PATH``).
+        timeout: Seconds one ngspice run may take before it counts as failed.
+        name: Name used in reports.
+
+    Attributes:
+        n_evaluations: Operating points evaluated by this instance so far.
+        n_runs: ngspice runs started by this instance so far.
+
+    Raises:
+        ValueError: If a node or output name cannot be used, or an option is out of range.
+        SimulatorNotFoundError: On the first evaluation, if ngspice is not installed.
+    """
+
+    differentiable = False
+
+    def __init__(
+        self,
+        netlist: str,
+        *,
+        drives: Sequence[str],
+        outputs: Sequence[str],
+        domain: Box,
+        readout: Literal["op"] = "op",
+        chunk: int = 5000,
+        workers: int = 1,
+        on_error: Literal["raise", "nan"] = "raise",
+        ngspice: str | None = None,
+        timeout: float = 600.0,
+        name: str = "spice",
+    ) -> None:
+        super().__init__()
+        if not isinstance(netlist, str) or not netlist.strip():
+            raise ValueError("netlist must be a non-empty string of SPICE lines")
+        for card in (".end", ".control", ".op", ".tran", ".dc"):
+            for line in netlist.lower().splitlines():
+                if line.strip().split(" ")[0] == card:
+                    raise ValueError(
+                        f"netlist must describe the circuit only; remove its {card!r} line "
+                        "(the device adds the analysis and the sources on the drive nodes)"
+                    )
+        drives = tuple(drives)
+        if not drives:
+            raise ValueError("drives must name at least one node, e.g. drives=('inp',)")
+        for node in drives:
+            if not isinstance(node, str) or not _NODE.match(node) or node == "0":
+                raise ValueError(
+                    f"drive {node!r} must be a node name (letters, digits, '_'; not ground '0')"
+                )
+        if len(set(drives)) != len(drives):
+            raise ValueError(f"drives must be distinct nodes, got {drives}")
+        parsed: list[tuple[str, str | None]] = []
+        for out in outputs:
+            m = _OUTPUT.match(out.strip()) if isinstance(out, str) else None
+            if m is None:
+                raise ValueError(
+                    f"output {out!r} must be 'v(node)' or 'v(node_a,node_b)' (a difference)"
+                )
+            parsed.append((m.group(1).lower(), m.group(2).lower() if m.group(2) else None))
+        if not parsed:
+            raise ValueError("outputs must name at least one output, e.g. outputs=('v(out)',)")
+        if readout != "op":
+            raise ValueError(f"readout must be 'op' (the DC operating point), got {readout!r}")
+        if domain.dim != len(drives):
+            raise ValueError(f"domain has {domain.dim} drives but drives names {len(drives)} nodes")
+        for opt, value in (("chunk", chunk), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{opt} must be an int >= 1, got {value!r}")
+        if on_error not in ("raise", "nan"):
+            raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.netlist = netlist.strip()
+        self.drives = tuple(d.lower() for d in drives)
+        self.outputs = tuple(o.strip() for o in outputs)
+        self._parsed = tuple(parsed)
+        self.n_in = len(drives)
+        self.n_out = len(parsed)
+        self.domain = domain
+        self.readout = readout
+        self.chunk = chunk
+        self.workers = workers
+        self.on_error = on_error
+        self.ngspice = ngspice
+        self.timeout = float(timeout)
+        self.name = name
+        self.n_evaluations = 0
+        self.n_runs = 0
+
+    # -- netlist -----------------------------------------------------------------------------
+
+    def batch_netlist(self, u: np.ndarray, raw_path: str) -> str:
+        """The netlist that solves the rows of ``u`` (n, n_in) in one DC sweep.
+
+        A hidden source ``v_qn_index`` is swept over 0, 1, ..., n-1, and each drive node is
+        driven by a behavioural source that looks its value up in a table indexed by it. ngspice
+        then solves the n operating points one after another, each starting from the previous
+        solution: one run, one circuit matrix of the size of one neuron. Its control block
+        writes the outputs to ``raw_path`` (binary raw file). Exposed so that a user can run it
+        by hand: ``ngspice -b file.cir``.
+        """
+        n = len(u)
+        lines = [f"* quasineuron {self.name}: {n} operating points", "v_qn_index qn_index 0 dc 0"]
+        idx = np.arange(n, dtype=np.float64)
+        if n == 1:  # a table needs two entries; the sweep stays at index 0
+            idx, u = np.array([0.0, 1.0]), np.repeat(u, 2, axis=0)
+        for k, node in enumerate(self.drives):
+            table = ", ".join(
+                f"{float(i)!r},{float(v)!r}" for i, v in zip(idx, u[:, k], strict=True)
+            )
+            lines.append(f"b_qn_drive{k} {node} 0 v = pwl(v(qn_index), {table})")
+        # Tight tolerances: each point starts from its neighbour's solution, so a point's answer
+        # moves within the Newton tolerance with its batch-mates; ngspice's default reltol of
+        # 1e-3 would make a row depend on its batch at 1e-4, these at about 1e-9.
+        lines.append(".options reltol=1e-7 vntol=1e-10 abstol=1e-15")
+        lines.append(self.netlist)
+        wanted = sorted({x for pair in self._parsed for x in pair if x is not None and x != "0"})
+        lines += [
+            ".control",
+            "set filetype=binary",
+            f"dc v_qn_index 0 {max(n - 1, 0)} 1",
+            f"write {raw_path} {' '.join(f'v({x})' for x in wanted)}",
+            "quit",
+            ".endc",
+            ".end",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate_numpy(self, u: np.ndarray) -> np.ndarray:
+        """Evaluate on a float64 array (batch, n_in) → (batch, n_out), honouring ``on_error``.
+
+        Raises:
+            SimulatorNotFoundError: If ngspice is not installed.
+            SimulationError: With ``on_error="raise"``, if some point does not solve.
+        """
+        u = np.ascontiguousarray(u, dtype=np.float64).reshape(-1, self.n_in)
+        program = find_ngspice(self.ngspice)
+        self.n_evaluations += len(u)
+        out = np.full((len(u), self.n_out), np.nan)
+        if len(u) == 0:
+            return out
+        # Sorted rows make neighbouring operating points close, so that each solve starts near
+        # its answer (fewer Newton iterations, fewer convergence failures).
+        order = np.lexsort(u.T[::-1])
+        us = u[order]
+        starts = list(range(0, len(us), self.chunk))
+        if self.workers == 1 or len(starts) == 1:
+            parts = [self._solve(program, us[s : s + self.chunk]) for s in starts]
+        else:
+            with ThreadPoolExecutor(self.workers) as pool:  # each thread waits on a process
+                parts = list(
+                    pool.map(lambda s: self._solve(program, us[s : s + self.chunk]), starts)
+                )
+        out[order] = np.concatenate(parts)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any() and self.on_error == "raise":
+            first = int(np.flatnonzero(bad)[0])
+            raise SimulationError(
+                f"ngspice found no operating point for device {self.name!r} at "
+                f"u={u[first].tolist()} ({int(bad.sum())} of {len(u)} points failed); check the "
+                "netlist converges there, or pass on_error='nan' to record the failures as NaN"
+            )
+        return out
+
+    def _solve(self, program: str, u: np.ndarray) -> np.ndarray:
+        """Solve a chunk; a failed run is split in halves, so a bad point costs only itself."""
+        try:
+            return self._run(program, u)
+        except SimulationError:
+            if len(u) == 1:
+                return np.full((1, self.n_out), np.nan)
+            half = len(u) // 2
+            return np.concatenate([self._solve(program, u[:half]), self._solve(program, u[half:])])
+
+    def _run(self, program: str, u: np.ndarray) -> np.ndarray:
+        self.n_runs += 1
+        with tempfile.TemporaryDirectory(prefix="qn-spice-") as tmp:
+            cir, raw = Path(tmp) / "batch.cir", Path(tmp) / "out.raw"
+            cir.write_text(self.batch_netlist(u, str(raw)))
+            try:
+                proc = subprocess.run(
+                    [program, "-b", str(cir)],
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                    cwd=tmp,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise SimulationError(
+                    f"ngspice ran past timeout={self.timeout} s on {len(u)} points"
+                ) from exc
+            if not raw.exists():
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+                raise SimulationError(
+                    f"ngspice wrote no results for {len(u)} points (exit status "
+                    f"{proc.returncode}): {' | '.join(tail)}"
+                )
+            values = _read_binary_raw(raw.read_bytes())
+        out = np.empty((len(u), self.n_out))
+        for j, (a, b) in enumerate(self._parsed):
+            va = 0.0 if a == "0" else values[f"v({a})"]
+            vb = 0.0 if b is None or b == "0" else values[f"v({b})"]
+            col = np.asarray(va - vb, dtype=np.float64)
+            if col.size < len(u):
+                raise SimulationError(
+                    f"ngspice solved {col.size} of {len(u)} operating points (the sweep stopped)"
+                )
+            out[:, j] = col[: len(u)]
+        return out
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Evaluate on the CPU; u (batch, n_in) → (batch, n_out) on u's dtype and device."""
+        y = self.evaluate_numpy(u.detach().cpu().double().numpy())
+        return torch.from_numpy(y).to(dtype=u.dtype, device=u.device)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description, including the netlist and the ngspice settings."""
+        d = super().describe()
+        d.update(
+            netlist=self.netlist,
+            drives=list(self.drives),
+            outputs=list(self.outputs),
+            readout=self.readout,
+        )
+        return d
+
+
+def _read_binary_raw(data: bytes) -> dict[str, np.ndarray]:
+    """Vectors of a real-valued binary raw file, by lower-case name."""
+    marker = b"Binary:\n"
+    head, found, body = data.partition(marker)
+    if not found:
+        raise SimulationError("ngspice's results file has no data section")
+    names: list[str] = []
+    n_points = 0
+    in_vars = False
+    for line in head.decode(errors="replace").splitlines():
+        if line.startswith("No. Points:"):
+            n_points = int(line.split(":")[1])
+        elif line.startswith("Variables:"):
+            in_vars = True
+        elif in_vars and line.strip():
+            names.append(line.split()[1].lower())
+    expected = n_points * len(names)
+    values = np.frombuffer(body, dtype="<f8")
+    if values.size < expected:
+        raise SimulationError(
+            f"ngspice's results file is truncated: {values.size} of {expected} values"
+        )
+    table = values[:expected].reshape(n_points, len(names))
+    return {name: table[:, i] for i, name in enumerate(names)}
+
+
+# -- built-in circuit neurons ------------------------------------------------------------------
+
+#: A MOS differential pair with resistor loads: tanh-like in the differential input, saturating
+#: at ±I_tail·R_L = ±1 V. Level-1 models keep it portable across ngspice versions.
+DIFFPAIR_NETLIST = """\
+vdd vdd 0 dc 3.3
+vcm cm 0 dc 1.5
+einp gp cm inp 0 0.5
+einn gn cm inp 0 -0.5
+rl1 vdd outn 10k
+rl2 vdd outp 10k
+m1 outn gp tail 0 nmos1 w=5u l=1u
+m2 outp gn tail 0 nmos1 w=5u l=1u
+itail tail 0 dc 100u
+.model nmos1 nmos level=1 vto=0.5 kp=100u lambda=0.02
+"""
+
+#: A CMOS inverter. The PMOS is as wide as the NMOS but its carriers are about three times
+#: slower (kp), so the switching threshold sits below VDD/2: the transfer curve is asymmetric.
+INVERTER_NETLIST = """\
+vdd vdd 0 dc 1.8
+mp out in vdd vdd pmos1 w=2u l=0.5u
+mn out in 0 0 nmos1 w=2u l=0.5u
+.model nmos1 nmos level=1 vto=0.45 kp=120u lambda=0.05
+.model pmos1 pmos level=1 vto=-0.45 kp=40u lambda=0.08
+"""
+
+
+def spice_diffpair(**options: Any) -> SpiceDevice:
+    """A MOS differential-pair neuron: drive = differential input (V), output = v(outp, outn).
+
+    Tanh-like: odd, saturating at about ±1 V, nearly linear over about ±0.5 V. Domain [-1.5, 1.5] V.
+    ``options`` go to :class:`SpiceDevice` (``chunk``, ``workers``, ``ngspice``, ...).
+    """
+    options.setdefault("name", "spice-diffpair")
+    options.setdefault("domain", Box(low=(-1.5,), high=(1.5,)))
+    return SpiceDevice(DIFFPAIR_NETLIST, drives=("inp",), outputs=("v(outp,outn)",), **options)
+
+
+def spice_inverter(**options: Any) -> SpiceDevice:
+    """A CMOS inverter neuron: drive = input voltage (V), output = v(out) (V), supply 1.8 V.
+
+    Falling, with its switching threshold below mid-supply (a weaker PMOS): not an odd
+    function. Domain [0, 1.8] V. ``options`` go to :class:`SpiceDevice`.
+    """
+    options.setdefault("name", "spice-inverter")
+    options.setdefault("domain", Box(low=(0.0,), high=(1.8,)))
+    return SpiceDevice(INVERTER_NETLIST, drives=("in",), outputs=("v(out)",), **options)
