@@ -30,6 +30,7 @@ from quasineuron.chemistry.network import MassAction
 __all__ = [
     "SteadyStateResult",
     "implicit_step",
+    "ode_steady_state",
     "scipy_steady_state",
     "settling_time",
     "steady_state",
@@ -252,3 +253,46 @@ def scipy_steady_state(
     if not sol.success:
         raise RuntimeError(f"solve_ivp({method}) failed: {sol.message}")
     return sol.y[:, -1]
+
+
+def ode_steady_state(
+    kin: MassAction,
+    x0: torch.Tensor,
+    *,
+    t_end: float,
+    rtol: float = 1e-10,
+    atol: float = 1e-13,
+    method: str = "dopri5",
+) -> torch.Tensor:
+    """Integrate a batch of states with torchdiffeq to ``t_end`` (time-accurate, any network).
+
+    For networks the semi-implicit :func:`steady_state` refuses (positive second-order
+    self-terms, as in the sigmoid and saturating neurons). The whole batch is one ODE system.
+
+    Args:
+        kin: Kinetics of the network.
+        x0: Initial concentrations ≥ 0, shape (batch, n_species), dtype ``kin.dtype``.
+        t_end: End time; choose it many slowest settling times long (for one layer
+            ``ln(1/tol)/rate``, and layers settle one after another).
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        method: A torchdiffeq method name.
+
+    Returns:
+        Concentrations at ``t_end``, shape (batch, n_species).
+
+    Raises:
+        ValueError: If ``x0`` has negative entries or ``t_end`` is not positive.
+    """
+    from torchdiffeq import odeint
+
+    if not isinstance(kin, MassAction):
+        raise TypeError(f"kinetics must be a MassAction, got {type(kin).__name__}")
+    if bool((x0 < 0).any()):
+        raise ValueError("x0 must be >= 0: concentrations are never negative")
+    if not (t_end > 0):
+        raise ValueError(f"t_end must be > 0, got {t_end!r}")
+    t = torch.tensor([0.0, float(t_end)], dtype=x0.dtype)
+    with torch.no_grad():
+        out = odeint(lambda _t, x: kin.rhs(x), x0, t, rtol=rtol, atol=atol, method=method)
+    return out[-1]
