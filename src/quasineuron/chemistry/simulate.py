@@ -84,6 +84,32 @@ def _solve(
     return torch.where(keep, x, new)
 
 
+def _solve_bounded(
+    kin: MassAction, x: torch.Tensor, coeffs: torch.Tensor, inv_h: float, upper: float
+) -> torch.Tensor:
+    """Implicit Euler step where each species' step equation has one root in [0, upper].
+
+    ``c x² + (b − 1/h) x + (a + x_old/h) = 0`` is positive at 0 (a > 0) and negative at
+    ``upper`` for the bounded neurons (docs/reaction-networks.md), so exactly one of its roots
+    lies in between; it is taken whatever the sign of c.
+    """
+    a, b, c = coeffs
+    big_b = b - inv_h
+    big_c = a + inv_h * x
+    disc = (big_b * big_b - 4.0 * c * big_c).clamp(min=0.0)
+    sign = torch.where(big_b >= 0, torch.ones_like(big_b), -torch.ones_like(big_b))
+    q = -0.5 * (big_b + sign * torch.sqrt(disc))  # cancellation-free pair of roots
+    safe_q = torch.where(q != 0, q, torch.ones_like(q))
+    safe_c = torch.where(c != 0, c, torch.ones_like(c))
+    r_small = torch.where(q != 0, big_c / safe_q, torch.full_like(q, math.inf))
+    r_large = torch.where(c != 0, q / safe_c, torch.full_like(q, math.inf))
+    inside = (r_small >= 0) & (r_small <= upper)
+    new = torch.where(inside, r_small, r_large)
+    ok = torch.isfinite(new) & (new >= 0) & (new <= upper)
+    keep = (~kin.dynamic.to(x.device)) | ~ok
+    return torch.where(keep, x, new)
+
+
 def implicit_step(kin: MassAction, x: torch.Tensor, inv_h: float | torch.Tensor) -> torch.Tensor:
     """One Jacobi-split implicit Euler step of size ``h = 1/inv_h`` (``inv_h = 0``: h = ∞).
 
@@ -120,6 +146,7 @@ def steady_state(
     max_dt: float = math.inf,
     tol: float | None = None,
     max_steps: int = 200,
+    upper: float | None = None,
 ) -> SteadyStateResult:
     """Integrate from ``x0`` with steps ``h_k = dt · growth^k`` (capped) until steady.
 
@@ -138,6 +165,11 @@ def steady_state(
         max_dt: Largest step; ``inf`` lets the last steps be exact Jacobi solves.
         tol: Relative residual target; default ``64 ×`` the dtype's machine epsilon.
         max_steps: Step limit.
+        upper: For networks whose every neuron keeps its concentration in ``[0, upper]``
+            and has exactly one steady state there (the sigmoid and saturating neurons,
+            ``upper = 1``): each step takes the root in that interval, so positive
+            second-order self-terms are allowed. ``None``: the concave networks of the
+            smoothed ReLU.
 
     Returns:
         The final state, with the stoichiometric residual ``|S v|`` and convergence flags.
@@ -145,7 +177,10 @@ def steady_state(
     Raises:
         ValueError: If ``x0`` has negative entries or the options are out of range.
     """
-    _check(kin)
+    if upper is None:
+        _check(kin)
+    elif not isinstance(kin, MassAction):
+        raise TypeError(f"kinetics must be a MassAction, got {type(kin).__name__}")
     if tol is None:
         tol = 64.0 * torch.finfo(x0.dtype).eps
     if bool((x0 < 0).any()):
@@ -161,7 +196,11 @@ def steady_state(
         coeffs = kin.self_coefficients(x)
         rel = _relative_residual(x, coeffs)
         while steps < max_steps and bool((rel > tol).any()):
-            x = _solve(kin, x, coeffs, 0.0 if math.isinf(h) else 1.0 / h)
+            inv_h = 0.0 if math.isinf(h) else 1.0 / h
+            if upper is None:
+                x = _solve(kin, x, coeffs, inv_h)
+            else:
+                x = _solve_bounded(kin, x, coeffs, inv_h, upper)
             t += h
             steps += 1
             h = min(h * growth, max_dt)

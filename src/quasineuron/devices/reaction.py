@@ -269,9 +269,11 @@ def smoothed_sigmoid(z: torch.Tensor, eps: float) -> torch.Tensor:
         ``s_ε(z)``, same shape and dtype as ``z``, in (0, 1).
     """
     eps = _check_eps(eps)
-    a = z.abs()
-    low = 2.0 * eps / (torch.sqrt(a * a + 4.0 * eps * eps) + a + 2.0 * eps)  # s(−|z|)
-    return torch.where(z > 0, 1.0 - low, low)
+    zn = z.clamp(max=0.0)  # clamp passes the gradient at 0 itself, unlike abs
+    zp = z.clamp(min=0.0)
+    low = 2.0 * eps / (torch.sqrt(zn * zn + 4.0 * eps * eps) - zn + 2.0 * eps)  # s(z), z ≤ 0
+    high = 1.0 - 2.0 * eps / (torch.sqrt(zp * zp + 4.0 * eps * eps) + zp + 2.0 * eps)  # 1 − s(−z)
+    return torch.where(z > 0, high, low)
 
 
 def smoothed_sigmoid_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
