@@ -72,8 +72,9 @@ def test_a_kept_name_records_the_best_validating_candidate(name: str) -> None:
 def test_the_record_is_small_and_has_no_copies() -> None:
     files = [p for p in RESULTS.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 5 * 1024 * 1024
-    # no weights or predictions over 200 KB
-    big = [p for p in files if p.suffix == ".safetensors" and p.stat().st_size > 200_000]
+    # weights only where small and needed: the one MODEL1 network (264 KB) that
+    # examples/wuxing_gradient_alignment.py reads; nothing larger
+    big = [p for p in files if p.suffix == ".safetensors" and p.stat().st_size > 300_000]
     assert not big, big
     index = (RESULTS / "README.md").read_text()
     for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
