@@ -154,14 +154,32 @@ def figure(rates: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=100)
+    markers = {"relu": "o", "sigmoid": "s", "saturating": "^"}
     for (name, r), color in zip(rates.items(), ("C0", "C1", "C2"), strict=False):
-        ax.plot(r["z"], r["rate_theory"], color=color, lw=1.5, label=f"{name}: theory")
-        ax.plot(r["z"], r["rate_measured"], "o", color=color, ms=4, label=f"{name}: measured")
+        ax.plot(r["z"], r["rate_theory"], color=color, lw=1.2, label=f"{name}: theory")
+        ax.plot(
+            r["z"],
+            r["rate_measured"],
+            markers.get(name, "o"),
+            color=color,
+            ms=4,
+            mfc="none",
+            label=f"{name}: measured",
+        )
+        rel = [abs(m - t) / t for m, t in zip(r["rate_measured"], r["rate_theory"], strict=True)]
+        ax_err.semilogy(
+            r["z"], rel, markers.get(name, "o") + "-", color=color, ms=4, lw=0.8, label=name
+        )
+    ax.set_yscale("log")
     ax.set_xlabel("drive z")
-    ax.set_ylabel("convergence rate (1/time)")
-    ax.set_title("Reaction neurons: rate of approach to the fixed point")
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_ylabel("convergence rate λ (1/time)")
+    ax.set_title("rate of approach to the fixed point")
+    ax.legend(fontsize=7)
+    ax_err.set_xlabel("drive z")
+    ax_err.set_ylabel("|measured − theory| / theory")
+    ax_err.set_title("relative error of the measured rate")
+    ax_err.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -173,7 +191,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed (pipeline check)")
+    ap.add_argument(
+        "--figure-only", action="store_true", help="redraw the figure from --out/metrics.json"
+    )
     args = ap.parse_args()
+    if args.figure_only:
+        done = json.loads((args.out / "metrics.json").read_text())
+        figure(
+            {k: v["rate"] for k, v in done["activations"].items()},
+            args.out / "convergence-rate.png",
+        )
+        return
     seeds, epochs = (1, 2) if args.quick else (args.seeds, args.epochs)
     t_start = time.perf_counter()
     train_all, test = load_digits(seed=0)
