@@ -89,3 +89,24 @@ def test_closed_form_twin_device(activation: str) -> None:
     assert qn.check_device(dev).ok
     z = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
     torch.testing.assert_close(dev(z), ACTIVATIONS[activation].closed_form(z, 0.2))
+
+
+def test_committed_result_supports_its_claims() -> None:
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "results" / "reaction-activations"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (folder / "convergence-rate.png").is_file()
+    for name, entry in metrics["activations"].items():
+        assert entry["fixed_point"]["all_converged"], name
+        assert entry["fixed_point"]["max_abs_error"] < 1e-10, name
+        assert entry["rate"]["max_relative_error"] < 1e-3, name
+        if name == "relu":
+            continue
+        digits = entry["digits"]
+        assert len(digits["seeds"]) >= 3
+        acc = digits["accuracy"]
+        assert acc["device_mean"] == acc["closed_form_mean"] and acc["device_std"] is not None
+        assert digits["agreement_min"] == 1.0
+        assert all(r["all_converged"] for r in digits["runs"])
