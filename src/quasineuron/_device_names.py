@@ -16,6 +16,8 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "almost-neuron",
     "raw-almost-neuron",
     "reaction-relu",
+    "reaction-saturating",
+    "reaction-sigmoid",
     "relu",
     "sigmoid",
     "spice-diffpair",

@@ -12,6 +12,7 @@ from quasineuron.chemistry.compile import (
     closed_form,
     compile_network,
     network_weights,
+    reaction_activation_device,
     read_weights,
     smoothed_relu_device,
 )
@@ -20,6 +21,7 @@ from quasineuron.chemistry.sbml import from_sbml, roadrunner_simulate, sbml_erro
 from quasineuron.chemistry.simulate import (
     SteadyStateResult,
     implicit_step,
+    ode_steady_state,
     scipy_steady_state,
     settling_time,
     steady_state,
@@ -37,6 +39,8 @@ __all__ = [
     "from_sbml",
     "implicit_step",
     "network_weights",
+    "ode_steady_state",
+    "reaction_activation_device",
     "read_weights",
     "roadrunner_simulate",
     "sbml_errors",

@@ -16,6 +16,16 @@ so ``dx/dt = ε + z·x − x²`` with ``z = Σ_j w_j y_j + b`` and the steady st
 each other. The input species (layer 0) are **boundary species**: held constant at the pixel
 values (SBML ``boundaryCondition="true"``), not clamped by fast inflow/outflow.
 
+Other activations of the general construction (``activation="sigmoid"`` or ``"saturating"``,
+docs/reaction-networks.md) use the same species and the same catalytic inputs; each drive term
+w·y·x becomes w·y·x(1 − x), so every weight and bias comes as a pair of reactions
+(``Y + X → Y + 2X`` with ``Y + 2X → Y + X`` for w > 0; ``Y + X → Y`` with ``Y + 2X → Y + 3X``
+for w < 0), and the neuron's own reactions are ``∅ → X`` (ε) with ``X → ∅`` (2ε) for the
+sigmoid, ``∅ → X`` (ε), ``X → ∅`` (ε) and ``2X → X`` (1) for the saturating neuron. Those
+networks have positive second-order self-terms, so simulate them with :func:`ode_steady_state`
+(the semi-implicit :func:`steady_state` refuses them); :func:`read_weights` reads ReLU
+networks only.
+
 Species are named ``x{ℓ}_{i}`` (layer ℓ, neuron i; ℓ = 0 are inputs); zero weights and
 biases produce no reaction.
 """
@@ -24,8 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,7 +44,7 @@ import torch
 from quasineuron.chemistry.network import Reaction, ReactionNetwork, Species
 from quasineuron.devices.base import Box
 from quasineuron.devices.formula import FormulaDevice
-from quasineuron.devices.reaction import smoothed_relu
+from quasineuron.devices.reaction import ACTIVATIONS, smoothed_relu
 from quasineuron.network.connections import LinearMap
 
 if TYPE_CHECKING:
@@ -44,6 +55,7 @@ __all__ = [
     "closed_form",
     "compile_network",
     "network_weights",
+    "reaction_activation_device",
     "read_weights",
     "smoothed_relu_device",
 ]
@@ -64,11 +76,13 @@ class CompiledNetwork:
         network: The reaction network.
         sizes: Layer widths, inputs first.
         eps: Smoothing inflow ε.
+        activation: ``"relu"``, ``"sigmoid"`` or ``"saturating"``.
     """
 
     network: ReactionNetwork
     sizes: tuple[int, ...]
     eps: float
+    activation: str = "relu"
 
     def layer_slice(self, layer: int) -> slice:
         """Positions of layer ``layer``'s species in the state vector (species are layer-major)."""
@@ -137,6 +151,7 @@ def compile_network(
     *,
     eps: float,
     name: str = "smoothed_relu_network",
+    activation: str = "relu",
 ) -> CompiledNetwork:
     """Compile ``x^ℓ = σ_ε(W^ℓ x^{ℓ−1} + b^ℓ)`` into a reaction network (table above).
 
@@ -145,13 +160,19 @@ def compile_network(
         biases: ``b^ℓ`` of shape (n_ℓ,), one per layer.
         eps: Smoothing inflow ε > 0 (rate of ``∅ → X``).
         name: Model identifier.
+        activation: ``"relu"`` (the table above), ``"sigmoid"`` or ``"saturating"``.
 
     Returns:
-        The compiled network; hidden and output species start at ``√ε``, inputs at 0.
+        The compiled network; hidden and output species start at ``√ε`` (ReLU) or 1/2,
+        inputs at 0.
 
     Raises:
-        ValueError: If the shapes do not chain or ε ≤ 0.
+        ValueError: If the shapes do not chain, ε ≤ 0 or the activation is unknown.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
     if len(weights) != len(biases) or not weights:
         raise ValueError(
             f"need one bias per weight matrix and at least one layer, got {len(weights)} "
@@ -165,7 +186,8 @@ def compile_network(
         _as_f64(w, (n_out, sizes[-1]), f"weights[{len(sizes) - 1}]")
         _as_f64(b, (n_out,), f"biases[{len(sizes) - 1}]")
         sizes.append(n_out)
-    root = float(eps) ** 0.5
+    root = float(eps) ** 0.5 if activation == "relu" else 0.5
+    bounded = activation != "relu"
     species = [Species(species_name(0, j), 0.0, boundary=True) for j in range(sizes[0])]
     reactions: list[Reaction] = []
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True), start=1):
@@ -181,17 +203,37 @@ def compile_network(
                     reactions.append(
                         Reaction(((y, 1), (x, 1)), ((y, 1), (x, 2)), wj, f"wp_{x}_{y}")
                     )
+                    if bounded:  # − w·y·x²: the drive vanishes at x = 1
+                        reactions.append(
+                            Reaction(((y, 1), (x, 2)), ((y, 1), (x, 1)), wj, f"wq_{x}_{y}")
+                        )
                 else:
                     reactions.append(Reaction(((y, 1), (x, 1)), ((y, 1),), -wj, f"wn_{x}_{y}"))
+                    if bounded:  # + |w|·y·x²
+                        reactions.append(
+                            Reaction(((y, 1), (x, 2)), ((y, 1), (x, 3)), -wj, f"wm_{x}_{y}")
+                        )
             bi = float(b64[i])
             if bi > 0:
                 reactions.append(Reaction(((x, 1),), ((x, 2),), bi, f"bp_{x}"))
+                if bounded:
+                    reactions.append(Reaction(((x, 2),), ((x, 1),), bi, f"bq_{x}"))
             elif bi < 0:
                 reactions.append(Reaction(((x, 1),), (), -bi, f"bn_{x}"))
+                if bounded:
+                    reactions.append(Reaction(((x, 2),), ((x, 3),), -bi, f"bm_{x}"))
             reactions.append(Reaction((), ((x, 1),), float(eps), f"eps_{x}"))
-            reactions.append(Reaction(((x, 2),), ((x, 1),), 1.0, f"lim_{x}"))
+            if activation == "sigmoid":
+                reactions.append(Reaction(((x, 1),), (), 2.0 * float(eps), f"out_{x}"))
+            else:
+                if activation == "saturating":
+                    reactions.append(Reaction(((x, 1),), (), float(eps), f"out_{x}"))
+                reactions.append(Reaction(((x, 2),), ((x, 1),), 1.0, f"lim_{x}"))
     return CompiledNetwork(
-        ReactionNetwork(tuple(species), tuple(reactions), name), tuple(sizes), float(eps)
+        ReactionNetwork(tuple(species), tuple(reactions), name),
+        tuple(sizes),
+        float(eps),
+        activation,
     )
 
 
@@ -296,7 +338,12 @@ def network_weights(net: DeviceNetwork) -> tuple[list[torch.Tensor], list[torch.
 
 
 def closed_form(
-    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], u: torch.Tensor, *, eps: float
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    u: torch.Tensor,
+    *,
+    eps: float,
+    activation: str = "relu",
 ) -> torch.Tensor:
     """The network the chemistry implements, ``x^ℓ = σ_ε(W^ℓ x^{ℓ−1} + b^ℓ)``.
 
@@ -305,13 +352,15 @@ def closed_form(
         biases: ``b^ℓ`` (n_ℓ,).
         u: Inputs, shape (batch, n_0).
         eps: Smoothing ε.
+        activation: ``"relu"``, ``"sigmoid"`` or ``"saturating"``.
 
     Returns:
         Output concentrations, shape (batch, n_L), dtype of ``u``.
     """
+    sigma = ACTIVATIONS[activation].closed_form
     h = u
     for w, b in zip(weights, biases, strict=True):
-        h = smoothed_relu(h @ w.to(u).T + b.to(u), eps)
+        h = sigma(h @ w.to(u).T + b.to(u), eps)
     return h
 
 
@@ -340,3 +389,37 @@ def smoothed_relu_device(*, eps: float, limit: float = 4.0) -> FormulaDevice:
         name="smoothed_relu",
         params={"eps": float(eps)},
     )
+
+
+def reaction_activation_device(activation: str, *, eps: float, limit: float = 4.0) -> FormulaDevice:
+    """Closed-form twin of a reaction neuron of any built activation, as a :class:`FormulaDevice`.
+
+    Args:
+        activation: ``"relu"``, ``"sigmoid"`` or ``"saturating"``.
+        eps: Rate ε > 0.
+        limit: Half-width of the drive domain ``[-limit, limit]``.
+
+    Returns:
+        A differentiable device with one drive and one output.
+
+    Raises:
+        ValueError: If the activation is unknown.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    return FormulaDevice(
+        partial(_closed, ACTIVATIONS[activation].closed_form, float(eps)),
+        n_in=1,
+        n_out=1,
+        domain=Box((-float(limit),), (float(limit),)),
+        name=f"reaction_{activation}_closed_form",
+        params={"eps": float(eps), "activation": activation},
+    )
+
+
+def _closed(
+    fn: Callable[[torch.Tensor, float], torch.Tensor], eps: float, z: torch.Tensor
+) -> torch.Tensor:
+    return fn(z, eps)

@@ -30,6 +30,7 @@ from quasineuron.chemistry.network import MassAction
 __all__ = [
     "SteadyStateResult",
     "implicit_step",
+    "ode_steady_state",
     "scipy_steady_state",
     "settling_time",
     "steady_state",
@@ -83,6 +84,32 @@ def _solve(
     return torch.where(keep, x, new)
 
 
+def _solve_bounded(
+    kin: MassAction, x: torch.Tensor, coeffs: torch.Tensor, inv_h: float, upper: float
+) -> torch.Tensor:
+    """Implicit Euler step where each species' step equation has one root in [0, upper].
+
+    ``c x² + (b − 1/h) x + (a + x_old/h) = 0`` is positive at 0 (a > 0) and negative at
+    ``upper`` for the bounded neurons (docs/reaction-networks.md), so exactly one of its roots
+    lies in between; it is taken whatever the sign of c.
+    """
+    a, b, c = coeffs
+    big_b = b - inv_h
+    big_c = a + inv_h * x
+    disc = (big_b * big_b - 4.0 * c * big_c).clamp(min=0.0)
+    sign = torch.where(big_b >= 0, torch.ones_like(big_b), -torch.ones_like(big_b))
+    q = -0.5 * (big_b + sign * torch.sqrt(disc))  # cancellation-free pair of roots
+    safe_q = torch.where(q != 0, q, torch.ones_like(q))
+    safe_c = torch.where(c != 0, c, torch.ones_like(c))
+    r_small = torch.where(q != 0, big_c / safe_q, torch.full_like(q, math.inf))
+    r_large = torch.where(c != 0, q / safe_c, torch.full_like(q, math.inf))
+    inside = (r_small >= 0) & (r_small <= upper)
+    new = torch.where(inside, r_small, r_large)
+    ok = torch.isfinite(new) & (new >= 0) & (new <= upper)
+    keep = (~kin.dynamic.to(x.device)) | ~ok
+    return torch.where(keep, x, new)
+
+
 def implicit_step(kin: MassAction, x: torch.Tensor, inv_h: float | torch.Tensor) -> torch.Tensor:
     """One Jacobi-split implicit Euler step of size ``h = 1/inv_h`` (``inv_h = 0``: h = ∞).
 
@@ -119,6 +146,7 @@ def steady_state(
     max_dt: float = math.inf,
     tol: float | None = None,
     max_steps: int = 200,
+    upper: float | None = None,
 ) -> SteadyStateResult:
     """Integrate from ``x0`` with steps ``h_k = dt · growth^k`` (capped) until steady.
 
@@ -137,6 +165,11 @@ def steady_state(
         max_dt: Largest step; ``inf`` lets the last steps be exact Jacobi solves.
         tol: Relative residual target; default ``64 ×`` the dtype's machine epsilon.
         max_steps: Step limit.
+        upper: For networks whose every neuron keeps its concentration in ``[0, upper]``
+            and has exactly one steady state there (the sigmoid and saturating neurons,
+            ``upper = 1``): each step takes the root in that interval, so positive
+            second-order self-terms are allowed. ``None``: the concave networks of the
+            smoothed ReLU.
 
     Returns:
         The final state, with the stoichiometric residual ``|S v|`` and convergence flags.
@@ -144,7 +177,10 @@ def steady_state(
     Raises:
         ValueError: If ``x0`` has negative entries or the options are out of range.
     """
-    _check(kin)
+    if upper is None:
+        _check(kin)
+    elif not isinstance(kin, MassAction):
+        raise TypeError(f"kinetics must be a MassAction, got {type(kin).__name__}")
     if tol is None:
         tol = 64.0 * torch.finfo(x0.dtype).eps
     if bool((x0 < 0).any()):
@@ -160,7 +196,11 @@ def steady_state(
         coeffs = kin.self_coefficients(x)
         rel = _relative_residual(x, coeffs)
         while steps < max_steps and bool((rel > tol).any()):
-            x = _solve(kin, x, coeffs, 0.0 if math.isinf(h) else 1.0 / h)
+            inv_h = 0.0 if math.isinf(h) else 1.0 / h
+            if upper is None:
+                x = _solve(kin, x, coeffs, inv_h)
+            else:
+                x = _solve_bounded(kin, x, coeffs, inv_h, upper)
             t += h
             steps += 1
             h = min(h * growth, max_dt)
@@ -252,3 +292,46 @@ def scipy_steady_state(
     if not sol.success:
         raise RuntimeError(f"solve_ivp({method}) failed: {sol.message}")
     return sol.y[:, -1]
+
+
+def ode_steady_state(
+    kin: MassAction,
+    x0: torch.Tensor,
+    *,
+    t_end: float,
+    rtol: float = 1e-10,
+    atol: float = 1e-13,
+    method: str = "dopri5",
+) -> torch.Tensor:
+    """Integrate a batch of states with torchdiffeq to ``t_end`` (time-accurate, any network).
+
+    For networks the semi-implicit :func:`steady_state` refuses (positive second-order
+    self-terms, as in the sigmoid and saturating neurons). The whole batch is one ODE system.
+
+    Args:
+        kin: Kinetics of the network.
+        x0: Initial concentrations ≥ 0, shape (batch, n_species), dtype ``kin.dtype``.
+        t_end: End time; choose it many slowest settling times long (for one layer
+            ``ln(1/tol)/rate``, and layers settle one after another).
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        method: A torchdiffeq method name.
+
+    Returns:
+        Concentrations at ``t_end``, shape (batch, n_species).
+
+    Raises:
+        ValueError: If ``x0`` has negative entries or ``t_end`` is not positive.
+    """
+    from torchdiffeq import odeint
+
+    if not isinstance(kin, MassAction):
+        raise TypeError(f"kinetics must be a MassAction, got {type(kin).__name__}")
+    if bool((x0 < 0).any()):
+        raise ValueError("x0 must be >= 0: concentrations are never negative")
+    if not (t_end > 0):
+        raise ValueError(f"t_end must be > 0, got {t_end!r}")
+    t = torch.tensor([0.0, float(t_end)], dtype=x0.dtype)
+    with torch.no_grad():
+        out = odeint(lambda _t, x: kin.rhs(x), x0, t, rtol=rtol, atol=atol, method=method)
+    return out[-1]

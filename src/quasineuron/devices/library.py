@@ -174,6 +174,18 @@ def _reaction_relu(**kw: Any) -> AbstractDevice:
     return reaction_relu(**kw)
 
 
+def _reaction_sigmoid(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.reaction import reaction_sigmoid
+
+    return reaction_sigmoid(**kw)
+
+
+def _reaction_saturating(**kw: Any) -> AbstractDevice:
+    from quasineuron.devices.reaction import reaction_saturating
+
+    return reaction_saturating(**kw)
+
+
 _BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
     "tanh": partial(ideal_neuron, "tanh"),
     "sigmoid": partial(ideal_neuron, "sigmoid"),
@@ -183,6 +195,8 @@ _BUILTINS: dict[str, Callable[..., AbstractDevice]] = {
     "wuxing": _wuxing,
     "wuxing-steady": _wuxing_steady,
     "reaction-relu": _reaction_relu,
+    "reaction-saturating": _reaction_saturating,
+    "reaction-sigmoid": _reaction_sigmoid,
     # circuit neurons simulated by ngspice, which must be installed to evaluate them
     "spice-diffpair": _spice_diffpair,
     "spice-inverter": _spice_inverter,
