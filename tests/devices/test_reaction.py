@@ -104,7 +104,7 @@ def test_device_contract_in_both_dtypes_and_describe() -> None:
     assert y32.dtype == torch.float32
     torch.testing.assert_close(y32, smoothed_relu(torch.tensor([[-3.0], [0.0], [3.0]]), 0.05))
     d = dev.describe()
-    assert d["params"] == {"eps": 0.05} and d["name"] == "reaction_relu"
+    assert d["params"] == {"eps": 0.05} and d["name"] == "reaction-relu"
     assert dev.domain.low == (-4.0,) and dev.domain.high == (4.0,)
 
 

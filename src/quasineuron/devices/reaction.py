@@ -188,7 +188,7 @@ def reaction_relu(
     eps: float = 0.01,
     domain: Box | None = None,
     solver: FixedPointSolver | None = None,
-    name: str = "reaction_relu",
+    name: str = "reaction-relu",
 ) -> FixedPointDevice:
     """The reaction-network neuron: drive ``z`` (batch, 1) → steady state ``x*`` (batch, 1).
 
@@ -493,7 +493,7 @@ def reaction_sigmoid(
     eps: float = 0.5,
     domain: Box | None = None,
     solver: FixedPointSolver | None = None,
-    name: str = "reaction_sigmoid",
+    name: str = "reaction-sigmoid",
 ) -> FixedPointDevice:
     """Sigmoid-like reaction neuron: drive z (batch, 1) → steady state of ``ε(1−2x) + z·x(1−x)``.
 
@@ -520,7 +520,7 @@ def reaction_saturating(
     eps: float = 0.01,
     domain: Box | None = None,
     solver: FixedPointSolver | None = None,
-    name: str = "reaction_saturating",
+    name: str = "reaction-saturating",
 ) -> FixedPointDevice:
     """Saturating reaction neuron: steady state of ``ε(1 − x) + z·x(1 − x) − x²``.
 
