@@ -54,7 +54,7 @@ T = 1.0
 dt = 0.25
 [training]
 batch_size = 30
-validate_on = "steady"
+validate_on = "steady-state"
 [[training.stages]]
 method = "bptt"
 epochs = 2
@@ -207,10 +207,15 @@ def test_stages_train_in_order_and_averaging_is_the_mean_of_the_last_epochs(
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
     from quasineuron._atomic import load_safetensors_checked
+    from quasineuron.training.checkpoint import load_checkpoint
+    from quasineuron.training.loop import _decode
 
     folder = out / "checkpoints" / "stage-2"
-    snaps = [load_safetensors_checked(folder / "averaging" / f"epoch-{e}.safetensors")[0]
-             for e in (1, 2, 3)]  # fmt: skip
+    # the weights of each epoch, as the averaging callback kept them in the stage's checkpoint
+    ckpt = load_checkpoint(folder / "checkpoint.safetensors")
+    (kept,) = _decode(ckpt.meta["callbacks_state"], ckpt.extra_tensors or {})
+    assert kept["epochs"] == [1, 2, 3]
+    snaps = kept["snapshots"]
     end, _ = load_safetensors_checked(folder / "end.safetensors")
     key = next(k for k in end if end[k].is_floating_point() and end[k].numel() > 1)
     mean = torch.stack([s[key].double() for s in snaps]).mean(0)
