@@ -208,7 +208,7 @@ QUICK_TWIN = {"n_samples": 2000, "max_steps": 50}
 #: ``--quick``: the most solver steps of a time-coupled network's simulation window. The time
 #: simulation costs in proportion to its steps (400 for a window of 40 at dt = 0.1), and a smoke
 #: run only has to go through every part once.
-QUICK_WINDOW_STEPS = 20
+QUICK_WINDOW_STEPS = 10
 
 
 def quick_config(config: Any) -> Any:

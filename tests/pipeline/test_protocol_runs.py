@@ -265,7 +265,7 @@ def test_a_wuxing_config_runs_saves_loads_and_scores(tmp_path: Path) -> None:
     from quasineuron.data import load_digits
 
     _, test = load_digits(seed=0)
-    acc = evaluate(net, torch.as_tensor(test.x), torch.as_tensor(test.y), mode="time")
+    acc = evaluate(net, torch.as_tensor(test.x), torch.as_tensor(test.y), mode="window")
     assert acc == metrics["accuracy"]["device"]
 
     assert main(["score", str(out), "--again"]) == 0
