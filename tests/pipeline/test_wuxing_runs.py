@@ -43,7 +43,7 @@ method = "bptt"
 epochs = 1
 [[training.stages]]
 method = "method2"
-epochs = 40
+epochs = 12
 average_last = 2
 options = { eta = 0.01, update = "adaptive" }
 [evaluation]
@@ -99,7 +99,7 @@ def test_a_wuxing_run_killed_mid_stage_resumes_from_its_last_epoch_bit_identical
     # continued from its last epoch checkpoint, not from the start of the stage
     assert resumed["resumed_from_epoch"] >= 2
     assert ma["training"]["stages"][1]["resumed_from_epoch"] == 0
-    assert resumed["averaged_epochs"] == [39, 40]
+    assert resumed["averaged_epochs"] == [11, 12]
     assert resumed["val_accuracy"] == ma["training"]["stages"][1]["val_accuracy"]
 
 
