@@ -130,7 +130,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     limit_train: int | None = Field(None, ge=10)
     limit_test: int | None = Field(
-        None, ge=10, description="score on a random subset of this many test images (smoke runs)"
+        None, ge=10, description="score on a stratified subset of this many test rows (smoke runs)"
     )
     seed: int = 0
 

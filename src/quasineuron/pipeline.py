@@ -1048,10 +1048,10 @@ def score_network(
     """
     _, test = _load_data(config, data_dir)
     if config.network.kind == "wuxing":
+        from quasineuron.network import load_network as load_any_network
         from quasineuron.wuxing import evaluate as wuxing_evaluate
-        from quasineuron.wuxing.io import load_wuxing_network
 
-        net = load_wuxing_network(run / "network")
+        net = load_any_network(run / "network")  # a Wuxing network needs no device
         x, y = torch.as_tensor(test.x), torch.as_tensor(test.y)
         return {
             mode: wuxing_evaluate(

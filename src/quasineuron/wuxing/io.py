@@ -77,7 +77,8 @@ def window_config(window: dict[str, Any]) -> SimConfig:
 
 def window_dict(config: SimConfig) -> dict[str, Any]:
     """The inverse of :func:`window_config`: the window as JSON-ready values."""
-    solver = {cls: name for name, cls in _SOLVERS.items()}[type(config.solver)]
+    names: dict[type, str] = {cls: name for name, cls in _SOLVERS.items()}
+    solver = names[type(config.solver)]
     return {
         "T": config.T,
         "dt": config.solver.dt,

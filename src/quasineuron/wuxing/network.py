@@ -525,13 +525,14 @@ class WuxingNetwork(torch.nn.Module):
         f = self._f_rev if reverse else self._f
         h = cfg.T / cfg.n_steps
 
-        def g(t: float, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        def g(t: torch.Tensor, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return (f(p[0], drive, c, rest), p[0] - rest)  # autonomous: t is unused
 
         peak = E.new_zeros(E.shape[1])
         hit = torch.zeros(E.shape[1], dtype=torch.bool, device=E.device)
+        t0 = E.new_zeros(())  # the solver's time argument; the network is autonomous
         for _ in range(n):
-            E, Q = cfg.solver.step(g, 0.0, (E, Q), h)
+            E, Q = cfg.solver.step(g, t0, (E, Q), h)
             # NaN propagates through maximum, so non-finite rows are caught as well
             peak = torch.maximum(peak, E.detach().abs().amax(0))
             if cfg.clip is not None:
