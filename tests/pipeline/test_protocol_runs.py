@@ -362,3 +362,27 @@ def test_a_neuron_twin_is_fitted_into_the_run_folder_for_steady_state_training(
     bad = _write(tmp_path, head + stage.replace("backprop-steady", "bptt") + evaluation, "b.toml")
     assert main(["run", str(bad), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "no use for a neuron twin" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_device_stage_takes_a_samples_budget_and_keeps_the_best_validation_accuracy(
+    tmp_path: Path,
+) -> None:
+    stages = """
+[[training.stages]]
+method = "surrogate"
+samples = 50
+[[training.stages]]
+method = "surrogate"
+epochs = 4
+keep = "best"
+"""
+    cfg = _write(tmp_path, DEVICE.format(extra=stages))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    budget, best = _json(out / "metrics.json")["training"]["stages"]
+    assert budget["budget"] == {"samples": 50}
+    assert budget["samples_seen"] == 60  # ceil(50 / 20) = 3 whole batches of 20
+    # the one loop's ranking: the highest validation accuracy (ties: lower loss, then earlier)
+    acc = best["val_accuracy"]
+    assert acc[best["best_epoch"] - 1] == max(acc)
