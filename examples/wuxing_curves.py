@@ -2,10 +2,11 @@
 
     python examples/wuxing_curves.py docs/results --out docs/results/wuxing-curves.png
 
-Reads every ``wuxing-model*/model.json`` written by ``examples/wuxing_mnist.py train`` and plots
-(left) the training loss against training images seen, smoothed over 50 steps, and (right) the
-validation accuracy after each epoch against training images seen (continued runs include every
-stage they started from). Images, not seconds: the runs trained on different machines.
+Reads every ``wuxing-model*/model.json`` of the committed MNIST runs (made by an earlier
+script) and plots (left) the training loss against training images seen, smoothed over 50
+steps, and (right) the validation accuracy after each epoch against training images seen
+(continued runs include every stage they started from). Images, not seconds: the runs
+trained on different machines.
 """
 
 from __future__ import annotations

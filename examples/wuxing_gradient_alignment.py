@@ -1,13 +1,15 @@
 """How well does method 2's signal follow the gradient on MNIST? (docs/wuxing.md, Training.)
 
-    python examples/wuxing_gradient_alignment.py --data-dir <mnist folder> \\
-        --out docs/results/wuxing-gradient-alignment
+    quasineuron run examples/wuxing-model1-twin-bptt.toml --out runs/twin-bptt --data-dir DIR
+    python examples/wuxing_gradient_alignment.py runs/twin-bptt --data-dir DIR \\
+        --out runs/gradient-alignment
 
-For MODEL1 with random coefficients and with the twin-trained ones, on the first 512 training
-images: the cosine, per layer pair and over all links, between method 2's batch-mean ``G1``
-(steady estimate through the neuron twin) and the true negative gradient of the same loss
-(autograd through the same twin network), for the paper's reversed network (linearised at
-rest) and for the operating-point reversal. Writes ``metrics.json``.
+For the run's MODEL1 network with random coefficients and with its trained ones, on the first
+512 training images: the cosine, per layer pair and over all links, between method 2's
+batch-mean ``G1`` (steady-state estimate through the neuron twin the run fitted in its first
+stage) and the true negative gradient of the same loss (autograd through the same twin
+network), for the paper's reversed network (linearised at rest) and for the operating-point
+reversal. Writes ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,26 +20,27 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from wuxing_mnist import _split, build, load_twin  # noqa: E402
-
-from quasineuron.devices.ode import Heun  # noqa: E402
-from quasineuron.wuxing import SimConfig, TargetCoding, signals  # noqa: E402
-from quasineuron.wuxing.training import _loss  # noqa: E402
+import quasineuron as qn
+from quasineuron.wuxing import TargetCoding, WuxingNetwork, signals
+from quasineuron.wuxing.io import load_neuron_twin
+from quasineuron.wuxing.twin import NeuronTwin
 
 
-def alignment(net, twin, x, y, target) -> dict:
+def alignment(
+    net: WuxingNetwork, twin: NeuronTwin, x: torch.Tensor, y: torch.Tensor, target: TargetCoding
+) -> dict[str, dict[str, object]]:
     """Cosines of G1 (rest and operating-point reversal) with −∂L/∂c, per layer pair."""
     net.c.grad = None
     st = net.steady_state(x, neuron=twin)
-    _loss(st.score, y, target).backward()
+    # the loss method 2 descends with a softmax target: cross-entropy of beta * score
+    torch.nn.functional.cross_entropy(target.beta * st.score, y).backward()
+    assert net.c.grad is not None
     grad = -net.c.grad.detach()
     bounds = [0, *torch.tensor(net.wiring.describe()["links_per_layer"]).cumsum(0).tolist()]
-    out = {}
+    out: dict[str, dict[str, object]] = {}
     for reversal in ("rest", "operating"):
-        sig = signals(net, x, y, target, "steady", twin, reversal)
+        sig = signals(net, x, y, target, "steady-state", twin, reversal)
         g1 = (sig.F[:, net.link_src] * sig.R[:, net.link_dst]).mean(0).to(grad.dtype)
         per = [
             float(torch.nn.functional.cosine_similarity(g1[a:b], grad[a:b], dim=0))
@@ -49,47 +52,41 @@ def alignment(net, twin, x, y, target) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="docs/results/wuxing-gradient-alignment")
-    p.add_argument("--twin", default="docs/results/wuxing-neuron-twin")
-    p.add_argument("--trained", default="docs/results/wuxing-model1-twin")
-    p.add_argument("--n", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a run of examples/wuxing-model1-twin-bptt.toml")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    p.add_argument("--out", type=Path, default=Path("runs/gradient-alignment"))
+    p.add_argument("--n", type=int, default=512, help="training images used")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    (xtr, ytr, _, _), _ = _split(a.data_dir)
-    x, y = xtr[: a.n], ytr[: a.n]
-    twin = load_twin(a.twin)
-    doc = json.loads((Path(a.trained) / "model.json").read_text())
+    train, _ = qn.load_mnist(a.data_dir)
+    x, y = train.x[: a.n], train.y[: a.n]
+    twin = load_neuron_twin(a.run / "checkpoints" / "stage-1")
+    trained = qn.load_network(a.run / "network")
     target = TargetCoding(kind="softmax", beta=20.0, error_scale=0.05)
-    net = build(doc["network"], SimConfig(T=60.0, solver=Heun(dt=0.1)))
+    random = qn.load_network(a.run / "network")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        net.c.copy_(torch.empty(net.c.shape).uniform_(-1.0, 1.0, generator=g))
-    res = {"random c ~ U(-1, 1)": alignment(net, twin, x, y, target)}
-    state = load_file(str(Path(a.trained) / "model.safetensors"))
-    with torch.no_grad():
-        net.c.copy_(state["c"])
-        net.K.copy_(state["K"])
-        net.update_rest_states()
-    res[f"trained ({doc['name']})"] = alignment(net, twin, x, y, target)
+        random.c.copy_(torch.empty(random.c.shape).uniform_(-1.0, 1.0, generator=g))
+    res = {
+        "random c ~ U(-1, 1)": alignment(random, twin, x, y, target),
+        "trained": alignment(trained, twin, x, y, target),
+    }
     metrics = {
         "name": "wuxing-gradient-alignment",
         "what": "cosine between method 2's batch-mean G1 and the negative gradient of the "
-        "cross-entropy, steady state through the neuron twin, MODEL1, per layer pair "
+        "cross-entropy, steady state through the neuron twin, per layer pair "
         "(pixels -> outputs) and over all links",
+        "run": str(a.run),
         "n_images": a.n,
         "results": res,
         "command": " ".join(["python", "examples/wuxing_gradient_alignment.py", *sys.argv[1:]]),
     }
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     for k, v in res.items():
         for r, d in v.items():
-            per = " ".join(f"{c:+.2f}" for c in d["per_layer_pair"])
-            print(f"{k:40s} {r:9s} {per}  all {d['all_links']:+.2f}")
+            per = " ".join(f"{c:+.2f}" for c in d["per_layer_pair"])  # type: ignore[attr-defined]
+            print(f"{k:24s} {r:9s} {per}  all {d['all_links']:+.2f}")
 
 
 if __name__ == "__main__":

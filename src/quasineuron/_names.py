@@ -27,6 +27,9 @@ NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "connection": ("linear", "two-drive", "quadratic", "raw"),
         "wiring": ("dense", "sparse", "fan-in", "ports"),
         "loss": ("cross-entropy", "mse"),
+        # how a time-coupled (Wuxing) network is run: its time simulation over the window,
+        # or the steady state that simulation settles to
+        "simulation": ("window", "steady-state"),
     }
 )
 
@@ -37,6 +40,7 @@ ALIASES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         "connection": MappingProxyType({"two_drive": "two-drive"}),
         "wiring": MappingProxyType({"fan_in": "fan-in"}),
         "loss": MappingProxyType({"cross_entropy": "cross-entropy"}),
+        "simulation": MappingProxyType({"time": "window", "steady": "steady-state"}),
     }
 )
 
@@ -45,7 +49,8 @@ def canonical(kind: str, name: str, *, stacklevel: int = 2) -> str:
     """The one spelling of ``name``, a choice of ``kind``; an older spelling warns.
 
     Args:
-        kind: What is being named: ``"mode"``, ``"connection"``, ``"wiring"`` or ``"loss"``.
+        kind: What is being named: ``"mode"``, ``"connection"``, ``"wiring"``, ``"loss"`` or
+            ``"simulation"`` (a Wuxing network's time window or steady state).
         name: The name as the user or an old file spelled it.
         stacklevel: Passed to :func:`warnings.warn`; 2 points at the caller of this function,
             raise it to point at the caller's caller.

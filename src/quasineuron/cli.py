@@ -188,6 +188,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run folder; refused if it holds another run (see --overwrite, --resume)",
     )
     run.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST files")
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small training and test subsets, one epoch (or batch budget) per stage",
+    )
     _allow_import_flag(run)
     _run_folder_flags(run)
     run.add_argument("--no-progress", action="store_true")
@@ -273,6 +278,10 @@ def _run(args: argparse.Namespace) -> int:
     from quasineuron.config import load_config
 
     config = load_config(args.config)  # before the pipeline's imports: config errors stay quick
+    if args.quick:
+        from quasineuron.protocol import quick_config
+
+        config = quick_config(config)
     from quasineuron.pipeline import run_pipeline
 
     metrics = run_pipeline(

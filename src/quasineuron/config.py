@@ -47,12 +47,16 @@ _OLD_SPELLINGS: dict[str, str] = {
     "one_to_one": "one-to-one",
 }
 
+#: Old spellings of ``training.validate_on`` (a Wuxing network's time window or steady state).
+_OLD_SIMULATION: dict[str, str] = {"steady": "steady-state", "time": "window"}
+
 
 def _respell_config(data: dict[str, Any]) -> dict[str, Any]:
     """The config with old spellings of names replaced (each with a DeprecationWarning)."""
     data = dict(data)
     data["network"] = _respell(data.get("network"), ("connection", "wiring"), "network")
     training = _respell(data.get("training"), ("mode", "loss"), "training")
+    training = _respell(training, ("validate_on",), "training", _OLD_SIMULATION)
     if isinstance(training, dict) and isinstance(training.get("stages"), list):
         training["stages"] = [
             _respell(st, ("method",), f"training.stages[{i}]")
@@ -62,15 +66,17 @@ def _respell_config(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def _respell(table: Any, keys: tuple[str, ...], where: str) -> Any:
-    """Replace old underscore spellings of the values under ``keys`` (with a warning)."""
+def _respell(
+    table: Any, keys: tuple[str, ...], where: str, spellings: dict[str, str] = _OLD_SPELLINGS
+) -> Any:
+    """Replace old spellings of the values under ``keys`` (with a warning)."""
     if not isinstance(table, dict):
         return table
     out = dict(table)
     for key in keys:
         value = out.get(key)
-        if isinstance(value, str) and value in _OLD_SPELLINGS:
-            new = _OLD_SPELLINGS[value]
+        if isinstance(value, str) and value in spellings:
+            new = spellings[value]
             warnings.warn(
                 f"{where}.{key} = {value!r} is an old spelling; write {new!r} (the old one will "
                 "stop parsing in a later version)",
@@ -123,6 +129,9 @@ class DataConfig(_Strict):
     name: Literal["mnist", "digits", "xor"] = "digits"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     limit_train: int | None = Field(None, ge=10)
+    limit_test: int | None = Field(
+        None, ge=10, description="score on a stratified subset of this many test rows (smoke runs)"
+    )
     seed: int = 0
 
 
@@ -304,9 +313,10 @@ class TrainingConfig(_Strict):
     loss: Literal["cross-entropy", "mse"] = "cross-entropy"
     patience: int | None = Field(None, ge=1)
     seed: int = 0
-    validate_on: Literal["steady", "time"] = Field(
-        "steady",
-        description="Wuxing networks: validate on the steady state (cheap) or the time simulation",
+    validate_on: Literal["steady-state", "window"] = Field(
+        "steady-state",
+        description="Wuxing networks: validate on the steady state (cheap) or the time "
+        "simulation over the window",
     )
     stages: tuple[StageConfig, ...] = ()
 
@@ -391,11 +401,6 @@ class RunConfig(_Strict):
                         f"training.stages[{i}].options are options of a Wuxing method; a device "
                         "network's stage takes method, epochs, keep, average_last, batch_size "
                         "and lr"
-                    )
-                if st.samples is not None:
-                    raise ValueError(
-                        f"training.stages[{i}]: a device network's stage takes an epochs budget "
-                        "(samples budgets are for Wuxing networks in this version)"
                     )
         return self
 

@@ -377,11 +377,16 @@ _MODES: dict[str, Callable[[], AbstractMode]] = {
 def _load_data(cfg: RunConfig, data_dir: str | Path | None) -> tuple[ArrayDataset, ArrayDataset]:
     name = cfg.data.name
     if name == "mnist":
-        return load_mnist(data_dir)
-    if name == "digits":
-        return load_digits(seed=cfg.data.seed)
-    data = xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed)
-    return data, xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed + 1)
+        train_full, test = load_mnist(data_dir)
+    elif name == "digits":
+        train_full, test = load_digits(seed=cfg.data.seed)
+    else:
+        train_full = xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed)
+        test = xor(n_per_corner=25, noise=0.1, seed=cfg.data.seed + 1)
+    limit = cfg.data.limit_test
+    if limit is not None and limit < len(test.y):
+        test = test.sample(limit, seed=cfg.data.seed)
+    return train_full, test
 
 
 def _connection(cfg: RunConfig, device: AbstractDevice) -> AbstractConnection:
@@ -750,17 +755,6 @@ def _finish_stage(net: torch.nn.Module, folder: Path, outcome: dict[str, Any]) -
     atomic_write_json(folder / _STAGE_OUTCOME, outcome)  # last: the stage's end mark
 
 
-def _average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of several state dicts (floating tensors; others from the last)."""
-    avg = {}
-    for key, last in states[-1].items():
-        if last.is_floating_point():
-            avg[key] = torch.stack([s[key] for s in states]).mean(0).to(last.dtype)
-        else:
-            avg[key] = last
-    return avg
-
-
 def _train_stages(
     config: RunConfig,
     out: Path,
@@ -809,78 +803,83 @@ def _train_stage(
 ) -> tuple[Any, dict[str, Any]]:
     """Train ``net`` in place for one stage: the one place the pipeline calls a training loop.
 
+    Both network kinds go through :func:`quasineuron.training.fit`: a device network with a
+    :class:`~quasineuron.training.Gradient` strategy, a Wuxing network with its method
+    (method 1, method 2, mixed, backprop). The loop checkpoints every epoch into ``folder``, so
+    a stage killed part-way continues from its last finished epoch.
+
     Returns:
         The loop's result and the stage's outcome (JSON-ready, paths relative to the run).
     """
-    if config.network.kind == "wuxing":
-        return _train_wuxing_stage(config, stage, index, net, train_set, val_set, folder)
+    from quasineuron.training import Gradient, WeightAveraging, fit
+
     t = config.training
-    assert stage.epochs is not None  # validated: a device stage has an epochs budget
-    mode = stage.method or t.mode
-    snapshots = folder / "averaging"
-    first_avg = stage.epochs - stage.average_last + 1
-
-    def keep_snapshot(metrics: Any) -> None:
-        # the weights of each of the last `average_last` epochs, on disk so that a stage
-        # resumed from its checkpoint still averages every one of them
-        if stage.average_last > 1 and metrics.epoch >= first_avg:
-            from quasineuron._atomic import save_safetensors_checked
-
-            snapshots.mkdir(parents=True, exist_ok=True)
-            save_safetensors_checked(
-                snapshots / f"epoch-{metrics.epoch}.safetensors", _trained_state(net)
-            )
-
-    # keep="best": the loop restores the epoch with the lowest validation loss when it has a
-    # patience, so a patience longer than the stage keeps the best without stopping early.
-    patience = t.patience
-    if stage.keep == "best" and stage.average_last == 1 and patience is None:
-        patience = stage.epochs + 1
-    result = train(
+    batch_size = stage.batch_size or t.batch_size
+    schedule = Cosine() if t.schedule == "cosine" else None
+    extra: dict[str, Any] = {}
+    strategy: Any
+    if config.network.kind == "wuxing":
+        method = _wuxing_method(config, stage, index)
+        # fitted on the network as this stage starts (its neurons' parameters K as they are
+        # now), deterministically from its seed: a resumed stage refits the same twin
+        twin, twin_info = _neuron_twin(stage, net, folder)
+        strategy = method.bound(neuron=twin, schedule=schedule, val_mode=t.validate_on)
+        name = stage.method or "bptt"
+        extra = {"method_settings": repr(method), "validated_on": t.validate_on}
+        if twin_info is not None:
+            extra["neuron_twin"] = twin_info
+    else:
+        name = stage.method or t.mode
+        strategy = Gradient(
+            _MODES[name](),
+            optimizer=t.optimizer,
+            lr=stage.lr or t.lr,
+            loss=_LOSS_NAMES[t.loss],
+            schedule=schedule,
+        )
+    if stage.samples is not None:
+        # enough epochs to hold the budget's ceil(samples / batch_size) whole batches
+        steps = math.ceil(stage.samples / batch_size)
+        epochs = math.ceil(steps / math.ceil(len(train_set) / batch_size))
+    else:
+        assert stage.epochs is not None  # validated: exactly one budget
+        epochs = stage.epochs
+    averaging = stage.average_last > 1
+    # Averaging installs the mean of the last epochs, keep="best" one epoch: they exclude
+    # each other (and so does patience, which implies "best").
+    keep = "last" if averaging else stage.keep
+    result = fit(
         net,
         train_set,
-        mode=_MODES[mode](),
+        strategy,
+        epochs=epochs,
+        max_samples=stage.samples,
+        batch_size=batch_size,
+        seed=t.seed + index,
         val_data=val_set,
+        keep=keep,
+        patience=None if averaging else t.patience,
         checkpoint_dir=folder,
         # Resuming from the checkpoint of an interrupted attempt at this stage; a fresh
         # folder has none, so this is a fresh start there.
         resume=True,
         progress=progress,
-        epochs=stage.epochs,
-        batch_size=stage.batch_size or t.batch_size,
-        lr=stage.lr or t.lr,
-        optimizer=t.optimizer,
-        schedule=Cosine() if t.schedule == "cosine" else None,
-        loss=_LOSS_NAMES[t.loss],
-        seed=t.seed + index,
-        patience=patience,
-        callbacks=(keep_snapshot,),
+        callbacks=[WeightAveraging(stage.average_last)] if averaging else [],
     )
-    averaged: list[int] = []
-    if stage.average_last > 1:
-        from quasineuron._atomic import load_safetensors_checked
-
-        # the epochs that ran (a stage stopped early by patience averages the ones it reached)
-        averaged = [
-            e
-            for e in range(first_avg, stage.epochs + 1)
-            if e <= len(result.history) and (snapshots / f"epoch-{e}.safetensors").is_file()
-        ]
-        states = [
-            load_safetensors_checked(snapshots / f"epoch-{e}.safetensors")[0] for e in averaged
-        ]
-        if states:
-            _load_trained_state(net, _average_states(states))
+    averaged = list(result.extras.get("weight_averaging", {}).get("epochs", []))
     outcome = {
         "stage": index + 1,
-        "method": mode,
-        "budget": {"epochs": stage.epochs},
-        "keep": stage.keep if stage.average_last == 1 else "average",
+        "method": name,
+        **({"method_settings": extra.pop("method_settings")} if "method_settings" in extra else {}),
+        "budget": {"epochs": stage.epochs} if stage.samples is None else {"samples": stage.samples},
+        "keep": stage.keep if not averaging else "average",
         "averaged_epochs": averaged,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from_epoch,
         "epochs_run": len(result.history),
+        "samples_seen": result.samples_seen,
+        **extra,
         "val_accuracy": [e.val_accuracy for e in result.history],
         "checkpoints": f"checkpoints/stage-{index + 1}",
     }
@@ -960,7 +959,7 @@ def _wuxing_method(config: RunConfig, stage: StageConfig, index: int) -> Any:
     elif name == "method2":
         cls, preset = Method2, {}
     elif name == "method2-operating":
-        cls, preset = Method2, {"estimate": "steady", "reversal": "operating"}
+        cls, preset = Method2, {"estimate": "steady-state", "reversal": "operating"}
     elif name == "mixed":
         cls, preset = Mixed, {}
         for sub, sub_cls in (("method1", Method1), ("method2", Method2)):
@@ -968,7 +967,7 @@ def _wuxing_method(config: RunConfig, stage: StageConfig, index: int) -> Any:
                 opts[sub] = sub_cls(**opts[sub])
     else:
         cls = Backprop
-        preset = {"through": "time" if name == "bptt" else "steady"}
+        preset = {"through": "window" if name == "bptt" else "steady-state"}
         if stage.lr is not None:
             preset["lr"] = stage.lr
     allowed = {f.name for f in fields(cls)}
@@ -994,12 +993,13 @@ def _check_neuron_twin(name: str, opts: dict[str, Any], twin: Any, index: int) -
 
     where = f"training.stages[{index}].options.neuron_twin"
     steady = name in ("backprop-steady", "method2-operating") or (
-        name == "method2" and opts.get("estimate") == "steady"
+        name == "method2" and opts.get("estimate") in ("steady-state", "steady")
     )
     if not steady:
         raise ConfigError(
             f"{where}: {name} does not use steady states, so it has no use for a neuron twin; "
-            "use it with backprop-steady, method2-operating or method2 with estimate = 'steady'"
+            "use it with backprop-steady, method2-operating or method2 with "
+            "estimate = 'steady-state'"
         )
     if not isinstance(twin, dict):
         raise ConfigError(f"{where} must be a table of fit options, e.g. {{ max_steps = 2000 }}")
@@ -1030,82 +1030,11 @@ def _neuron_twin(stage: StageConfig, net: Any, folder: Path) -> tuple[Any, dict[
     return twin, info
 
 
-def _train_wuxing_stage(
-    config: RunConfig,
-    stage: StageConfig,
-    index: int,
-    net: Any,
-    train_set: ArrayDataset,
-    val_set: ArrayDataset,
-    folder: Path,
-) -> tuple[Any, dict[str, Any]]:
-    from quasineuron.wuxing import train as wuxing_train
-
-    t = config.training
-    method = _wuxing_method(config, stage, index)
-    batch_size = stage.batch_size or t.batch_size
-    x, y = torch.as_tensor(train_set.x), torch.as_tensor(train_set.y)
-    val = (torch.as_tensor(val_set.x), torch.as_tensor(val_set.y))
-    if stage.samples is not None:
-        # enough epochs to hold the budget's ceil(samples / batch_size) whole batches
-        steps = math.ceil(stage.samples / batch_size)
-        epochs = math.ceil(steps / math.ceil(len(y) / batch_size))
-    else:
-        assert stage.epochs is not None
-        epochs = stage.epochs
-    snapshots: list[dict[str, torch.Tensor]] = []
-
-    def on_epoch(epoch: int, acc: float | None) -> None:
-        snapshots.append(_trained_state(net))
-        del snapshots[: -max(stage.average_last, 1)]
-
-    # fitted on the network as this stage starts (its neurons' parameters K as they are now)
-    twin, twin_info = _neuron_twin(stage, net, folder)
-    result = wuxing_train(
-        net,
-        x,
-        y,
-        method=method,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=t.seed + index,
-        val=val,
-        val_mode=t.validate_on,
-        epoch_callback=on_epoch,
-        schedule=Cosine() if t.schedule == "cosine" else None,
-        max_samples=stage.samples,
-        neuron=twin,
-    )
-    averaged: list[int] = []
-    val_acc = [e.val_accuracy for e in result.history if e.val_accuracy is not None]
-    n_epochs = len(val_acc) or epochs
-    if stage.average_last > 1:
-        averaged = list(range(n_epochs - len(snapshots) + 1, n_epochs + 1))
-        _load_trained_state(net, _average_states(snapshots))
-    elif stage.keep == "last" and snapshots:
-        # the loop restored the best epoch; "last" keeps the weights the stage ended with
-        _load_trained_state(net, snapshots[-1])
-    outcome = {
-        "stage": index + 1,
-        "method": stage.method or "bptt",
-        "method_settings": repr(method),
-        "budget": {"epochs": stage.epochs} if stage.samples is None else {"samples": stage.samples},
-        "keep": stage.keep if stage.average_last == 1 else "average",
-        "averaged_epochs": averaged,
-        "best_epoch": result.best_epoch,
-        "epochs_run": n_epochs,
-        "samples_seen": result.samples_seen,
-        "validated_on": t.validate_on,
-        **({"neuron_twin": twin_info} if twin_info is not None else {}),
-        "val_accuracy": val_acc,
-        "checkpoints": f"checkpoints/stage-{index + 1}",
-    }
-    return result, outcome
-
-
-_WUXING_SCORE_MODES: dict[str, Literal["time", "steady"]] = {
-    "device": "time",
-    "surrogate": "steady",
+#: A Wuxing network's score modes: the device is its time simulation over the window, the
+#: surrogate its steady state.
+_WUXING_SCORE_MODES: dict[str, Literal["window", "steady-state"]] = {
+    "device": "window",
+    "surrogate": "steady-state",
 }
 
 
@@ -1119,10 +1048,10 @@ def score_network(
     """
     _, test = _load_data(config, data_dir)
     if config.network.kind == "wuxing":
+        from quasineuron.network import load_network as load_any_network
         from quasineuron.wuxing import evaluate as wuxing_evaluate
-        from quasineuron.wuxing.io import load_wuxing_network
 
-        net = load_wuxing_network(run / "network")
+        net = load_any_network(run / "network")  # a Wuxing network needs no device
         x, y = torch.as_tensor(test.x), torch.as_tensor(test.y)
         return {
             mode: wuxing_evaluate(

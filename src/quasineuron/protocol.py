@@ -199,9 +199,57 @@ def seed_family_metrics(
     }
 
 
-#: ``--quick``: the training subset and the per-stage budgets of a smoke run.
+#: ``--quick``: the training subset, the test subset and the per-stage budgets of a smoke run.
 QUICK_TRAIN = 200
+QUICK_TEST = 100
 QUICK_SAMPLES = 256
+#: ``--quick``: the most a stage's neuron twin may cost (drives sampled, fitting steps).
+QUICK_TWIN = {"n_samples": 2000, "max_steps": 50}
+#: ``--quick``: the most solver steps of a time-coupled network's simulation window. The time
+#: simulation costs in proportion to its steps (400 for a window of 40 at dt = 0.1), and a smoke
+#: run only has to go through every part once.
+QUICK_WINDOW_STEPS = 10
+
+
+def quick_config(config: Any) -> Any:
+    """``config`` shrunk into a smoke run (``run --quick`` and ``reproduce --quick``).
+
+    At most :data:`QUICK_TRAIN` training and :data:`QUICK_TEST` test images, one epoch per
+    stage (or at most :data:`QUICK_SAMPLES` samples), no weight averaging, a neuron twin fitted
+    on at most :data:`QUICK_TWIN` drives and steps, a time-coupled network's window cut to at
+    most :data:`QUICK_WINDOW_STEPS` solver steps (same step), and at most two seeds. The
+    network, its wiring and the training methods stay as they are, so the smoke run goes
+    through every part the full run uses; its accuracy means nothing.
+
+    Args:
+        config: A :class:`~quasineuron.config.RunConfig`.
+
+    Returns:
+        The shrunk :class:`~quasineuron.config.RunConfig` (validated again).
+    """
+    from quasineuron.config import parse_config
+
+    data = json.loads(json.dumps(config.model_dump(mode="json")))
+    for key, most in (("limit_train", QUICK_TRAIN), ("limit_test", QUICK_TEST)):
+        limit = data["data"].get(key)
+        data["data"][key] = min(limit, most) if limit else most
+    data["training"]["epochs"] = 1
+    for stage in data["training"]["stages"]:
+        if stage.get("samples") is not None:
+            stage["samples"] = min(stage["samples"], QUICK_SAMPLES)
+        else:
+            stage["epochs"] = 1
+        stage["average_last"] = 1
+        twin = (stage.get("options") or {}).get("neuron_twin")
+        if isinstance(twin, dict):
+            for key, most in QUICK_TWIN.items():
+                twin[key] = min(twin.get(key, most), most)
+    data["experiment"]["seeds"] = data["experiment"]["seeds"][:2]
+    if data["network"].get("kind") == "wuxing":
+        window = data["network"].get("window") or config.network.resolved_window.model_dump()
+        window["T"] = min(window["T"], QUICK_WINDOW_STEPS * window["dt"])
+        data["network"]["window"] = window
+    return parse_config(data, source="--quick")
 
 
 def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
@@ -212,8 +260,7 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
 
     Args:
         result: The result folder (or a TOML config file).
-        quick: Shrink the run for a smoke test: at most :data:`QUICK_TRAIN` training images,
-            one epoch per stage (or :data:`QUICK_SAMPLES` samples), at most two seeds.
+        quick: Shrink the run for a smoke test (see :func:`quick_config`).
 
     Raises:
         ConfigError: If the folder holds no config.
@@ -238,17 +285,4 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
                 f"{folder} holds no config.toml and no run.json or metrics.json with a config; "
                 "give a result folder written by `quasineuron run`"
             )
-    if not quick:
-        return config
-    data = json.loads(json.dumps(config.model_dump(mode="json")))
-    limit = data["data"].get("limit_train")
-    data["data"]["limit_train"] = min(limit, QUICK_TRAIN) if limit else QUICK_TRAIN
-    data["training"]["epochs"] = 1
-    for stage in data["training"]["stages"]:
-        if stage.get("samples") is not None:
-            stage["samples"] = min(stage["samples"], QUICK_SAMPLES)
-        else:
-            stage["epochs"] = 1
-        stage["average_last"] = 1
-    data["experiment"]["seeds"] = data["experiment"]["seeds"][:2]
-    return parse_config(data, source="reproduce --quick")
+    return quick_config(config) if quick else config

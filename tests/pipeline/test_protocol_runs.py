@@ -54,7 +54,7 @@ T = 1.0
 dt = 0.25
 [training]
 batch_size = 30
-validate_on = "steady"
+validate_on = "steady-state"
 [[training.stages]]
 method = "bptt"
 epochs = 2
@@ -207,10 +207,15 @@ def test_stages_train_in_order_and_averaging_is_the_mean_of_the_last_epochs(
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
     from quasineuron._atomic import load_safetensors_checked
+    from quasineuron.training.checkpoint import load_checkpoint
+    from quasineuron.training.loop import _decode
 
     folder = out / "checkpoints" / "stage-2"
-    snaps = [load_safetensors_checked(folder / "averaging" / f"epoch-{e}.safetensors")[0]
-             for e in (1, 2, 3)]  # fmt: skip
+    # the weights of each epoch, as the averaging callback kept them in the stage's checkpoint
+    ckpt = load_checkpoint(folder / "checkpoint.safetensors")
+    (kept,) = _decode(ckpt.meta["callbacks_state"], ckpt.extra_tensors or {})
+    assert kept["epochs"] == [1, 2, 3]
+    snaps = kept["snapshots"]
     end, _ = load_safetensors_checked(folder / "end.safetensors")
     key = next(k for k in end if end[k].is_floating_point() and end[k].numel() > 1)
     mean = torch.stack([s[key].double() for s in snaps]).mean(0)
@@ -260,7 +265,7 @@ def test_a_wuxing_config_runs_saves_loads_and_scores(tmp_path: Path) -> None:
     from quasineuron.data import load_digits
 
     _, test = load_digits(seed=0)
-    acc = evaluate(net, torch.as_tensor(test.x), torch.as_tensor(test.y), mode="time")
+    acc = evaluate(net, torch.as_tensor(test.x), torch.as_tensor(test.y), mode="window")
     assert acc == metrics["accuracy"]["device"]
 
     assert main(["score", str(out), "--again"]) == 0
@@ -357,3 +362,27 @@ def test_a_neuron_twin_is_fitted_into_the_run_folder_for_steady_state_training(
     bad = _write(tmp_path, head + stage.replace("backprop-steady", "bptt") + evaluation, "b.toml")
     assert main(["run", str(bad), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "no use for a neuron twin" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_device_stage_takes_a_samples_budget_and_keeps_the_best_validation_accuracy(
+    tmp_path: Path,
+) -> None:
+    stages = """
+[[training.stages]]
+method = "surrogate"
+samples = 50
+[[training.stages]]
+method = "surrogate"
+epochs = 4
+keep = "best"
+"""
+    cfg = _write(tmp_path, DEVICE.format(extra=stages))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    budget, best = _json(out / "metrics.json")["training"]["stages"]
+    assert budget["budget"] == {"samples": 50}
+    assert budget["samples_seen"] == 60  # ceil(50 / 20) = 3 whole batches of 20
+    # the one loop's ranking: the highest validation accuracy (ties: lower loss, then earlier)
+    acc = best["val_accuracy"]
+    assert acc[best["best_epoch"] - 1] == max(acc)

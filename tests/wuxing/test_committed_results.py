@@ -25,8 +25,8 @@ NAMES = {
     "wuxing-model1-adders": ("MODEL1", "adder", 60259),
 }
 
-# the names that hold the best-validating of several scored runs (examples/reproduce_wuxing.sh,
-# `headline`), with the T they were validated and scored at
+# the names that hold the best-validating of several scored runs (chosen on validation,
+# never on the test set), with the T they were validated and scored at
 KEPT = {
     "wuxing-model1-method2": 60.0,
     "wuxing-model1-bptt": 40.0,

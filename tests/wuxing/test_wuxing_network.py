@@ -320,8 +320,8 @@ def test_a_K_step_that_costs_a_rest_state_is_undone(monkeypatch):
 
 
 def test_training_K_needs_the_taped_time_simulation():
-    with pytest.raises(ValueError, match="through must be 'time'"):
-        Backprop(k_lr=0.01, through="steady")
+    with pytest.raises(ValueError, match="through must be 'window'"):
+        Backprop(k_lr=0.01, through="steady-state")
     with pytest.raises(ValueError, match="k_lr"):
         Backprop(k_lr=-1.0)
     with pytest.raises(ValueError, match="K_range"):

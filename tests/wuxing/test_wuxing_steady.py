@@ -85,7 +85,7 @@ def test_steady_method2_signal_is_the_window_one_for_a_long_window():
     coding = TargetCoding(kind="onehot", amplitude=0.5)
     w = net.wiring
     sw = signals(net, x, y, coding, "window")
-    ss = signals(net, x, y, coding, "steady")
+    ss = signals(net, x, y, coding, "steady-state")
     gw = sw.F[:, w.src] * sw.R[:, w.dst]
     gs = ss.F[:, w.src] * ss.R[:, w.dst]
     assert torch.corrcoef(torch.cat([gw, gs]))[0, 1] > 0.99
@@ -134,7 +134,7 @@ def test_method1_and_mixed_steps_keep_parameters_in_range_and_rest_states_valid(
     y = torch.zeros(4, dtype=torch.long)
     coding = TargetCoding(kind="onehot")
     m1 = Method1(eta=3.0, eta_i=1.0, K_range=(0.2, 2.0), margin=0.1, target=coding,
-                 estimate="steady")  # fmt: skip
+                 estimate="steady-state")  # fmt: skip
     c0, memory = net.c.detach().clone(), None
     for _ in range(3):
         rep, memory = method1_step(net, x, y, m1, memory)
@@ -146,7 +146,7 @@ def test_method1_and_mixed_steps_keep_parameters_in_range_and_rest_states_valid(
     zero = net.rest_state().new_zeros(1, net.n_slots)
     resid = net.rhs(net.rest_state()[None], zero, net.c.detach())
     assert float(resid.abs().max()) < 1e-9  # the recomputed rest is a fixed point
-    mixed = Mixed(method1=m1, method2=Method2(eta=5.0), target=coding, estimate="steady")
+    mixed = Mixed(method1=m1, method2=Method2(eta=5.0), target=coding, estimate="steady-state")
     K1 = net.K.clone()
     method1_step(net, x, y, mixed)
     assert not torch.equal(net.c.detach(), c0) and not torch.equal(net.K, K1)
@@ -155,9 +155,9 @@ def test_method1_and_mixed_steps_keep_parameters_in_range_and_rest_states_valid(
 @pytest.mark.parametrize(
     "method",
     [
-        Method2(eta=20.0, target=TargetCoding(kind="onehot"), estimate="steady"),
-        Method1(eta=2.0, target=TargetCoding(kind="onehot"), estimate="steady"),
-        Backprop(lr=0.2, target=TargetCoding(kind="onehot"), through="steady"),
+        Method2(eta=20.0, target=TargetCoding(kind="onehot"), estimate="steady-state"),
+        Method1(eta=2.0, target=TargetCoding(kind="onehot"), estimate="steady-state"),
+        Backprop(lr=0.2, target=TargetCoding(kind="onehot"), through="steady-state"),
     ],
     ids=["method2", "method1", "twin"],
 )
@@ -189,7 +189,7 @@ def test_train_keeps_the_best_validation_epoch():
     net = WuxingNetwork(wiring, config=SimConfig(T=20.0, solver=Heun(dt=0.2)), dtype=F64)
     seen = []
     res = train(
-        net, x, y, method=Method2(eta=5.0, estimate="steady"), epochs=3, batch_size=8,
+        net, x, y, method=Method2(eta=5.0, estimate="steady-state"), epochs=3, batch_size=8,
         val=(x, y), epoch_callback=lambda ep, acc: seen.append((ep, acc)),
     )  # fmt: skip
     val_accuracy = [m.val_accuracy for m in res.history]
@@ -197,7 +197,7 @@ def test_train_keeps_the_best_validation_epoch():
     assert [s[1] for s in seen] == val_accuracy
     best = max(range(3), key=lambda i: (val_accuracy[i], -i))
     assert res.best_epoch == best + 1
-    assert evaluate(net, x, y, mode="steady") == pytest.approx(val_accuracy[best])
+    assert evaluate(net, x, y, mode="steady-state") == pytest.approx(val_accuracy[best])
 
 
 def test_bad_settings_are_rejected():
@@ -249,8 +249,8 @@ def test_training_through_the_neuron_twin_lowers_the_loss():
     x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
     y = torch.zeros(1, dtype=torch.long)
     coding = TargetCoding(kind="onehot")
-    for method in (Backprop(lr=0.2, target=coding, through="steady"),
-                   Method2(eta=20.0, target=coding, estimate="steady")):  # fmt: skip
+    for method in (Backprop(lr=0.2, target=coding, through="steady-state"),
+                   Method2(eta=20.0, target=coding, estimate="steady-state")):  # fmt: skip
         net = toy(c_low=-1.0)
         opt = torch.optim.Adam([net.c], lr=0.2)
         losses = []
@@ -267,7 +267,9 @@ def test_adaptive_method2_step_is_adam_on_g2():
     net = toy(c_low=-1.0)
     x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
     y = torch.zeros(1, dtype=torch.long)
-    m = Method2(eta=0.01, update="adaptive", target=TargetCoding(kind="onehot"), estimate="steady")
+    m = Method2(
+        eta=0.01, update="adaptive", target=TargetCoding(kind="onehot"), estimate="steady-state"
+    )
     c0, state = net.c.detach().clone(), {}
     _, g2 = method2_step(net, x, y, m, state=state)
     # first Adam step: m̂/√v̂ = sign(G2), so every link moves by η in G2's direction
@@ -299,8 +301,8 @@ def test_operating_point_reversal_gives_the_exact_gradient_signal():
     coding = TargetCoding(kind="onehot", amplitude=0.5)
     w = net.wiring
     with torch.no_grad():
-        op = signals(net, x, y, coding, "steady", reversal="operating")
-        rest = signals(net, x, y, coding, "steady")
+        op = signals(net, x, y, coding, "steady-state", reversal="operating")
+        rest = signals(net, x, y, coding, "steady-state")
         fd = _fd_c(net, x, op.error)
     g_op = (op.F[:, w.src] * op.R[:, w.dst]).sum(0)
     g_rest = (rest.F[:, w.src] * rest.R[:, w.dst]).sum(0)
@@ -315,19 +317,21 @@ def test_operating_point_reversal_is_the_paper_reversal_for_small_signals():
     y = torch.zeros(1, dtype=torch.long)
     coding = TargetCoding(kind="onehot", amplitude=1e-3)
     with torch.no_grad():
-        op = signals(net, x, y, coding, "steady", reversal="operating")
-        rest = signals(net, x, y, coding, "steady")
+        op = signals(net, x, y, coding, "steady-state", reversal="operating")
+        rest = signals(net, x, y, coding, "steady-state")
     scale = float(rest.R.abs().max())
     torch.testing.assert_close(op.R, rest.R, rtol=0, atol=1e-2 * scale)
 
 
 def test_operating_point_reversal_settings_are_checked():
-    with pytest.raises(ValueError, match="estimate='steady'"):
+    with pytest.raises(ValueError, match="estimate='steady-state'"):
         Method2(reversal="operating")  # the default estimate is the time window
     with pytest.raises(ValueError, match="reversal"):
-        Method2(reversal="sideways", estimate="steady")
+        Method2(reversal="sideways", estimate="steady-state")
     with pytest.raises(ValueError, match="reversal"):
-        Mixed(method2=Method2(reversal="operating", estimate="steady"), estimate="steady")
+        Mixed(
+            method2=Method2(reversal="operating", estimate="steady-state"), estimate="steady-state"
+        )
     net = toy()
     x, y = torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match="reversal"):
@@ -346,7 +350,7 @@ def test_cosine_schedule_decays_the_step_after_the_first_epoch():
     net, x, y = _xor_data()
     # kt → 0: G2 = G1; a tiny η keeps c (and so G1 of the one full batch) nearly fixed, so
     # each step's size is the schedule's factor times the first one's
-    m = Method2(eta=1e-4, estimate="steady", kt=1e-3)
+    m = Method2(eta=1e-4, estimate="steady-state", kt=1e-3)
     res = train(net, x, y, method=m, epochs=4, batch_size=16, schedule=Cosine())
     assert res.extras["epochs_planned"] == 4 and len(res.extras["steps"]) == 4
     norms = torch.tensor([s.update_norm for s in res.extras["steps"]])
@@ -360,7 +364,7 @@ def test_cosine_schedule_decays_the_step_after_the_first_epoch():
 @pytest.mark.slow
 def test_sample_budget_stops_training_and_the_cosine_spans_it():
     net, x, y = _xor_data()
-    m = Method2(eta=1e-4, estimate="steady", kt=1e-3)  # step sizes as in the test above
+    m = Method2(eta=1e-4, estimate="steady-state", kt=1e-3)  # step sizes as in the test above
     res = train(net, x, y, method=m, epochs=9, batch_size=4, max_samples=17, schedule=Cosine())
     # ceil(17 / 4) = 5 steps: one epoch of 4 and one step of the second, which counts as planned
     assert (
@@ -419,7 +423,7 @@ def test_weight_decay_is_decoupled_and_augment_sees_every_batch():
     for decay in (0.0, wd):
         with torch.no_grad():
             net.c.copy_(c0)
-        m = Backprop(lr=lr, through="steady", weight_decay=decay, c_range=(-9.0, 9.0))
+        m = Backprop(lr=lr, through="steady-state", weight_decay=decay, c_range=(-9.0, 9.0))
         train(net, x[:6], y[:6], method=m, epochs=1, batch_size=6)
         after[decay] = net.c.detach().clone()
     # AdamW's first step is Adam's plus exactly the decoupled shrink lr·wd·c
@@ -433,7 +437,7 @@ def test_weight_decay_is_decoupled_and_augment_sees_every_batch():
         seen.append(xb.shape[0])
         return torch.zeros_like(xb)
 
-    m = Backprop(lr=lr, through="steady")
+    m = Backprop(lr=lr, through="steady-state")
     losses = []
     for data, augment in ((x, spy), (torch.zeros_like(x), None), (x, None)):
         with torch.no_grad():
@@ -457,7 +461,7 @@ class _CutAt(Callback):
 def _method1_run(tmp, cut=None):
     net, x, y = _xor_data()
     # the integral term carries memory from step to step: the checkpoint must hold it
-    method = Method1(eta=0.5, eta_i=0.5, estimate="steady").bound(val_mode="steady")
+    method = Method1(eta=0.5, eta_i=0.5, estimate="steady-state").bound(val_mode="steady-state")
     res = fit(net, ArrayDataset(x, y), method, epochs=2, batch_size=8, seed=1,
               val_data=ArrayDataset(x[:8], y[:8]), checkpoint_dir=tmp, resume=cut is None,
               progress=False, callbacks=[_CutAt(cut)] if cut else [])  # fmt: skip

@@ -3,7 +3,9 @@
 A saved network is a folder holding ``network.json`` (sizes, connection and wiring kinds and
 parameters, each layer's ``device.describe()``) and ``weights.safetensors`` (connection weights,
 masks, readout). Nothing is pickled. The devices themselves are code, so they are passed again
-to :func:`load_network`, which checks them against the saved descriptions.
+to :func:`load_network`, which checks them against the saved descriptions. The same
+:func:`load_network` reads a saved Wuxing network (``kind = "wuxing"`` in its ``network.json``),
+which needs no devices.
 
 Integrity: the weights file's header holds a SHA-256 digest of its tensors and of the exact
 bytes of ``network.json``, both verified on load. Each file is replaced atomically, the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
@@ -28,6 +30,9 @@ from quasineuron.errors import IntegrityError
 from quasineuron.network.connections import connection_from_dict
 from quasineuron.network.network import DeviceNetwork, _per_layer
 from quasineuron.network.wiring import wiring_from_dict
+
+if TYPE_CHECKING:
+    from quasineuron.wuxing.network import WuxingNetwork
 
 __all__ = ["load_network", "save_network"]
 
@@ -78,31 +83,65 @@ def _check_matches(got: AbstractDevice, saved: dict[str, Any], what: str, layer:
             )
 
 
+@overload
 def load_network(
     path: str | Path,
     *,
     device: AbstractDevice | Sequence[AbstractDevice],
     twin: AbstractDevice | Sequence[AbstractDevice | None] | None = None,
-) -> DeviceNetwork:
-    """Read a network written by :func:`save_network`.
+) -> DeviceNetwork: ...
+
+
+@overload
+def load_network(path: str | Path, *, device: None = None, twin: None = None) -> WuxingNetwork: ...
+
+
+def load_network(
+    path: str | Path,
+    *,
+    device: AbstractDevice | Sequence[AbstractDevice] | None = None,
+    twin: AbstractDevice | Sequence[AbstractDevice | None] | None = None,
+) -> DeviceNetwork | WuxingNetwork:
+    """Read a saved network of any kind: the ``kind`` in its ``network.json`` decides.
+
+    A device network (written by :func:`save_network`) needs its devices again, because they
+    are code; a Wuxing network (written by
+    :func:`~quasineuron.wuxing.io.save_wuxing_network`) simulates its own neurons and takes
+    none.
 
     Args:
-        path: The folder given to :func:`save_network`.
-        device: The true device, or one per layer; must match the saved descriptions
-            (``n_in``, ``n_out`` and ``name``).
+        path: The folder given to :func:`save_network` or ``save_wuxing_network``.
+        device: A device network's true device, or one per layer; must match the saved
+            descriptions (``n_in``, ``n_out`` and ``name``). None for a Wuxing network.
         twin: Twin(s) for ``Surrogate()``/``PhysicsAware()`` modes; ``n_in`` and ``n_out`` must
-            match the device.
+            match the device. None for a Wuxing network.
 
     Returns:
         The network, with the saved weights and masks; it reproduces the saved predictions.
 
     Raises:
         FileNotFoundError: If the folder lacks either file.
-        ValueError: If the file is not a saved network or the devices do not match it.
+        ValueError: If the file is not a saved network, the devices do not match it, a device
+            network is loaded without ``device`` or a Wuxing network with one.
         IntegrityError: If either file is damaged or the two come from different saves; the
             message names the file.
     """
+    from quasineuron.wuxing.io import KIND as WUXING_KIND
+    from quasineuron.wuxing.io import load_wuxing_network, read_kind
+
     folder = Path(path)
+    if read_kind(folder) == WUXING_KIND:
+        if device is not None or twin is not None:
+            raise ValueError(
+                f"{folder} holds a Wuxing network, which simulates its own neurons: it takes no "
+                "device or twin; call load_network(path) without them"
+            )
+        return load_wuxing_network(folder)
+    if device is None:
+        raise ValueError(
+            f"{folder} holds a device network: its devices are code and are not saved, so "
+            "pass them again, e.g. load_network(path, device=make_device('tanh'), twin=twin)"
+        )
     for name in (ARCH_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(

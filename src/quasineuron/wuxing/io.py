@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,8 +27,12 @@ from quasineuron.errors import IntegrityError
 from quasineuron.wuxing.network import SimConfig, WuxingNetwork
 from quasineuron.wuxing.wiring import WuxingWiring
 
+if TYPE_CHECKING:
+    from quasineuron.wuxing.twin import NeuronTwin
+
 __all__ = [
     "KIND",
+    "load_neuron_twin",
     "load_wuxing_network",
     "read_kind",
     "save_wuxing_network",
@@ -44,6 +48,9 @@ ARCH_FILE = "network.json"
 WEIGHTS_FILE = "weights.safetensors"
 _WIRING_TENSORS = ("src", "dst", "layer", "input_slots", "output_slots")
 _FIX = "save the network again (or restore the folder from a copy)"
+#: The files of a neuron twin that a run's stage fitted, in ``checkpoints/stage-N/``.
+NEURON_TWIN_FILE = "neuron-twin.safetensors"
+NEURON_TWIN_INFO = "neuron-twin.json"
 _SOLVERS: dict[str, type[Heun] | type[RK4] | type[Euler]] = {
     "heun": Heun,
     "rk4": RK4,
@@ -70,7 +77,8 @@ def window_config(window: dict[str, Any]) -> SimConfig:
 
 def window_dict(config: SimConfig) -> dict[str, Any]:
     """The inverse of :func:`window_config`: the window as JSON-ready values."""
-    solver = {cls: name for name, cls in _SOLVERS.items()}[type(config.solver)]
+    names: dict[type, str] = {cls: name for name, cls in _SOLVERS.items()}
+    solver = names[type(config.solver)]
     return {
         "T": config.T,
         "dt": config.solver.dt,
@@ -173,3 +181,36 @@ def load_wuxing_network(path: str | Path) -> WuxingNetwork:
         net.K.copy_(tensors["K"])
     net.update_rest_states()
     return net
+
+
+def load_neuron_twin(folder: str | Path) -> NeuronTwin:
+    """Read the neuron twin a stage of ``quasineuron run`` fitted (``checkpoints/stage-N/``).
+
+    Args:
+        folder: The stage's checkpoint folder, holding ``neuron-twin.json`` (the gain ``G``,
+            the fit options and report) and ``neuron-twin.safetensors`` (the correction MLP).
+
+    Returns:
+        The twin, ``u (batch, 5) → D* (batch, 5)``.
+
+    Raises:
+        FileNotFoundError: If the folder holds no neuron twin.
+        IntegrityError: If the twin's file is damaged.
+    """
+    from quasineuron.surrogate import load_surrogate
+    from quasineuron.surrogate.mlp import MLPSurrogate
+    from quasineuron.wuxing.twin import NeuronTwin
+
+    folder = Path(folder)
+    info_path, weights = folder / NEURON_TWIN_INFO, folder / NEURON_TWIN_FILE
+    for path in (info_path, weights):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found; a neuron twin is written by a stage with "
+                "options.neuron_twin (e.g. backprop-steady) into checkpoints/stage-N/"
+            )
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    correction = load_surrogate(weights)
+    if not isinstance(correction, MLPSurrogate):
+        raise ValueError(f"{weights} holds a {type(correction).__name__}, not a neuron twin's MLP")
+    return NeuronTwin(torch.tensor(info["gain"], dtype=torch.float32), correction)

@@ -35,7 +35,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
     implicit_fixed_point,
 )
-from quasineuron.devices.ode import RK4, Euler, Heun, compile_method
+from quasineuron.devices.ode import Euler, FixedStep, Heun, compile_method
 from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
@@ -140,7 +140,7 @@ class SimConfig:
     """
 
     T: float = 30.0
-    solver: Heun | RK4 | Euler = field(default_factory=lambda: Heun(dt=0.05))
+    solver: FixedStep = field(default_factory=lambda: Heun(dt=0.05))
     readout: Literal["mean", "final"] = "mean"
     input_scale: float = 1.0
     clip: tuple[float, float] | None = (0.0, 50.0)
@@ -151,9 +151,10 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
             raise ValueError(f"SimConfig.T must be a finite number > 0, got {self.T!r}")
-        if not isinstance(self.solver, (Heun, RK4, Euler)):
+        if not isinstance(self.solver, FixedStep):
             raise TypeError(
-                f"SimConfig.solver must be Heun(dt=...), RK4(dt=...) or Euler(dt=...), got "
+                f"SimConfig.solver must be a fixed-step solver, Heun(dt=...), RK4(dt=...) or "
+                f"Euler(dt=...), got "
                 f"{type(self.solver).__name__}"
             )
         if self.readout not in ("mean", "final"):
@@ -524,13 +525,14 @@ class WuxingNetwork(torch.nn.Module):
         f = self._f_rev if reverse else self._f
         h = cfg.T / cfg.n_steps
 
-        def g(t: float, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        def g(t: torch.Tensor, p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return (f(p[0], drive, c, rest), p[0] - rest)  # autonomous: t is unused
 
         peak = E.new_zeros(E.shape[1])
         hit = torch.zeros(E.shape[1], dtype=torch.bool, device=E.device)
+        t0 = E.new_zeros(())  # the solver's time argument; the network is autonomous
         for _ in range(n):
-            E, Q = cfg.solver._step(g, 0.0, (E, Q), h)
+            E, Q = cfg.solver.step(g, t0, (E, Q), h)
             # NaN propagates through maximum, so non-finite rows are caught as well
             peak = torch.maximum(peak, E.detach().abs().amax(0))
             if cfg.clip is not None:

@@ -16,8 +16,14 @@
   and method 2 in the same step (the paper's mixed method).
 - Every rule can take its signals from the time simulation (``estimate="window"``, the
   paper's integrals over ``[0, T]``) or from the layer-by-layer steady state
-  (``estimate="steady"``, their ``T → ∞`` limit), and ``Backprop(through="steady")`` trains
-  through the twin built from every neuron's steady-state map.
+  (``estimate="steady-state"``, their ``T → ∞`` limit), and
+  ``Backprop(through="steady-state")`` trains through the twin built from every neuron's
+  steady-state map.
+
+"Time window vs steady state" has one spelling everywhere (method options, ``val_mode``,
+``evaluate(mode=...)``, the run config's ``validate_on``): ``"window"`` or ``"steady-state"``
+(registered in :mod:`quasineuron._names` as the kind ``"simulation"``). The older spellings
+``"time"`` and ``"steady"`` still work and warn.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from quasineuron._names import canonical
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.devices.wuxing import wuxing_jacobian_rows
 from quasineuron.training.callbacks import Callback, LoopState
@@ -105,16 +112,29 @@ def _loss(score: torch.Tensor, y: torch.Tensor, coding: TargetCoding) -> torch.T
     return 0.5 * ((coding.amplitude * onehot - score) ** 2).sum(1).mean()
 
 
-def _check_estimate(estimate: str, label: str) -> None:
-    if estimate not in ("window", "steady"):
-        raise ValueError(f"{label}.estimate must be 'window' or 'steady', got {estimate!r}")
+#: What a Wuxing network is run as: the time simulation over the window, or its steady state.
+Simulation = Literal["window", "steady-state"]
+
+
+def _simulation(name: str, label: str) -> Simulation:
+    """The one spelling of a window / steady-state choice (an older spelling warns)."""
+    try:
+        value = canonical("simulation", name, stacklevel=4)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+    return "window" if value == "window" else "steady-state"
+
+
+def _check_estimate(obj: Any, label: str) -> None:
+    """Respell ``obj.estimate`` (a frozen dataclass) into the one spelling."""
+    object.__setattr__(obj, "estimate", _simulation(obj.estimate, f"{label}.estimate"))
 
 
 def _check_reversal(reversal: str, estimate: str, label: str) -> None:
     if reversal not in ("rest", "operating"):
         raise ValueError(f"{label}reversal must be 'rest' or 'operating', got {reversal!r}")
-    if reversal == "operating" and estimate != "steady":
-        raise ValueError(f"{label}reversal='operating' needs estimate='steady'")
+    if reversal == "operating" and estimate != "steady-state":
+        raise ValueError(f"{label}reversal='operating' needs estimate='steady-state'")
 
 
 def _check_K_range(K_range: tuple[float, float], margin: float, label: str) -> None:
@@ -154,28 +174,27 @@ class _WuxingStrategy(AbstractStrategy):
         *,
         neuron: NeuronTwin | None = None,
         schedule: Cosine | None = None,
-        val_mode: Literal["time", "steady"] = "steady",
+        val_mode: Simulation = "steady-state",
     ) -> Any:
         """A copy of this method that runs with these options.
 
         Args:
             neuron: A neuron twin for steady-state estimates (see :func:`train`).
             schedule: Step-size schedule (see :func:`train`).
-            val_mode: How validation is scored: ``"steady"`` or ``"time"``.
+            val_mode: How validation is scored: ``"steady-state"`` or ``"window"``.
 
         Returns:
             The same method (equal settings) with the options attached.
         """
         if schedule is not None and not isinstance(schedule, Cosine):
             raise TypeError(f"schedule must be Cosine(...) or None, got {schedule!r}")
-        if val_mode not in ("time", "steady"):
-            raise ValueError(f"val_mode must be 'time' or 'steady', got {val_mode!r}")
+        val_mode = _simulation(val_mode, "val_mode")
         copy = replace(self)
         copy._run["options"] = {"neuron": neuron, "schedule": schedule, "val_mode": val_mode}
         return copy
 
     def _option(self, name: str) -> Any:
-        defaults = {"neuron": None, "schedule": None, "val_mode": "steady"}
+        defaults = {"neuron": None, "schedule": None, "val_mode": "steady-state"}
         return self._run.get("options", defaults)[name]
 
     def setup(self, net: torch.nn.Module, plan: Plan) -> None:
@@ -269,7 +288,8 @@ class Method2(_WuxingStrategy):
         reduce: Mini-batch rule: ``"mean_g2"`` averages the clipped ``G2`` of the samples
             (close to per-sample updates), ``"mean_g1"`` clips the batch-mean ``G1``.
         estimate: Where ``F`` and ``R`` come from. ``"window"``: the paper's time integrals
-            over ``[0, T]`` of the forward and reversed time simulations. ``"steady"``: their
+            over ``[0, T]`` of the forward and reversed time simulations. ``"steady-state"``:
+            their
             ``T → ∞`` limit, ``F/T → D*`` and ``R/T → D̂*`` (the layer-by-layer steady states,
             :meth:`WuxingNetwork.steady_state`), much cheaper; with ``normalise`` both give
             ``G1 ≈ e · ∂s/∂c`` once T exceeds the settling time.
@@ -277,7 +297,7 @@ class Method2(_WuxingStrategy):
             divides its ``G2`` by the running RMS of its own past ``G2`` (with momentum, the
             Adam step applied to method 2's signal; still local to the link), so ``η`` is
             the step in units of ``c`` (e.g. 0.005).
-        reversal: With ``estimate="steady"``: ``"rest"`` (the paper's reversed network,
+        reversal: With ``estimate="steady-state"``: ``"rest"`` (the paper's reversed network,
             linearised about rest) or ``"operating"`` [ours] (each reversed neuron linearised
             about its forward neuron's operating point; then ``G1`` is the exact gradient
             signal), see :func:`signals`.
@@ -289,11 +309,12 @@ class Method2(_WuxingStrategy):
     target: TargetCoding = field(default_factory=TargetCoding)
     normalise: bool = True
     reduce: Literal["mean_g2", "mean_g1"] = "mean_g2"
-    estimate: Literal["window", "steady"] = "window"
+    estimate: Simulation = "window"
     update: Literal["additive", "adaptive"] = "additive"
     reversal: Literal["rest", "operating"] = "rest"
 
     def __post_init__(self) -> None:
+        _check_estimate(self, "Method2")
         _check_reversal(self.reversal, self.estimate, "Method2.")
         if self.update not in ("additive", "adaptive"):
             raise ValueError(
@@ -306,7 +327,6 @@ class Method2(_WuxingStrategy):
         _check_range(self.c_range, "Method2")
         if self.reduce not in ("mean_g2", "mean_g1"):
             raise ValueError(f"Method2.reduce must be 'mean_g2' or 'mean_g1', got {self.reduce!r}")
-        _check_estimate(self.estimate, "Method2")
 
     def setup(self, net: torch.nn.Module, plan: Plan) -> None:
         """Start with no running moments (``update="adaptive"``)."""
@@ -356,7 +376,7 @@ class Method1(_WuxingStrategy):
         K_range: Every K stays in this range.
         margin: Minimum ``K1 − K2`` of every element.
         target: Target coding and error injection.
-        estimate: ``"window"`` or ``"steady"``, as for :class:`Method2`.
+        estimate: ``"window"`` or ``"steady-state"``, as for :class:`Method2`.
         rest_shift: Include the rest-state shift in the signal (see :func:`method1_signal`);
             ``False`` is docs/models.md §A.7's rule verbatim.
     """
@@ -368,7 +388,7 @@ class Method1(_WuxingStrategy):
     K_range: tuple[float, float] = (0.05, 5.0)
     margin: float = 0.05
     target: TargetCoding = field(default_factory=TargetCoding)
-    estimate: Literal["window", "steady"] = "window"
+    estimate: Simulation = "window"
     rest_shift: bool = True
 
     def __post_init__(self) -> None:
@@ -381,7 +401,7 @@ class Method1(_WuxingStrategy):
         if not 0 <= self.leak < 1:
             raise ValueError(f"Method1.leak must be in [0, 1), got {self.leak!r}")
         _check_K_range(self.K_range, self.margin, "Method1")
-        _check_estimate(self.estimate, "Method1")
+        _check_estimate(self, "Method1")
 
     def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
         rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
@@ -410,13 +430,13 @@ class Mixed(_WuxingStrategy):
         method2: Connection-coefficient rule (with the paper's step of 25 % of method 1's,
             set ``method2.eta`` accordingly).
         target: Target coding for both.
-        estimate: ``"window"`` or ``"steady"`` for both.
+        estimate: ``"window"`` or ``"steady-state"`` for both.
     """
 
     method1: Method1 = field(default_factory=Method1)
     method2: Method2 = field(default_factory=Method2)
     target: TargetCoding = field(default_factory=TargetCoding)
-    estimate: Literal["window", "steady"] = "window"
+    estimate: Simulation = "window"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method1, Method1) or not isinstance(self.method2, Method2):
@@ -426,7 +446,7 @@ class Mixed(_WuxingStrategy):
                 "Mixed runs the paper's reversed network (reversal='rest'); "
                 "reversal='operating' is for Method2 alone"
             )
-        _check_estimate(self.estimate, "Mixed")
+        _check_estimate(self, "Mixed")
 
     def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
         rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
@@ -453,15 +473,15 @@ class Backprop(_WuxingStrategy):
         target: Target coding; the loss is cross-entropy of ``beta · s`` (``"softmax"``) or
             the squared error (``"onehot"``), the losses whose negative gradient is method 2's
             injected error.
-        through: ``"time"``: backprop through the time simulation (BPTT, checkpointed).
-            ``"steady"``: through the twin built from every neuron's steady-state map (the
+        through: ``"window"``: backprop through the time simulation (BPTT, checkpointed).
+            ``"steady-state"``: through the twin built from every neuron's steady-state map (the
             layer-by-layer steady state with implicit gradients); score it on the time
             simulation afterwards.
         weight_decay: Decoupled weight decay of ``c`` (AdamW, Loshchilov & Hutter, ICLR
             2019): each step shrinks ``c`` by ``lr · weight_decay · c``; 0 is plain Adam.
         k_lr: Adam learning rate of the neurons' parameters :attr:`~WuxingNetwork.K`
             [ours]: 0 (default) leaves them as they are, the paper's network for methods
-            other than method 1; > 0 trains them with ``c`` (``through="time"``, not with
+            other than method 1; > 0 trains them with ``c`` (``through="window"``, not with
             the adjoint), the gradient passing through each neuron's rest state. After each
             step ``K`` is clipped to ``K_range`` with ``K1 ≥ K2 + margin``, as in
             :class:`Method1`; a step that costs a neuron its stable rest state is undone for
@@ -473,7 +493,7 @@ class Backprop(_WuxingStrategy):
     lr: float = 0.02
     c_range: tuple[float, float] = (-3.0, 3.0)
     target: TargetCoding = field(default_factory=TargetCoding)
-    through: Literal["time", "steady"] = "time"
+    through: Simulation = "window"
     weight_decay: float = 0.0
     k_lr: float = 0.0
     K_range: tuple[float, float] = (0.05, 5.0)
@@ -487,13 +507,12 @@ class Backprop(_WuxingStrategy):
                 f"Backprop.weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
             )
         _check_range(self.c_range, "Backprop")
-        if self.through not in ("time", "steady"):
-            raise ValueError(f"Backprop.through must be 'time' or 'steady', got {self.through!r}")
+        object.__setattr__(self, "through", _simulation(self.through, "Backprop.through"))
         if not (math.isfinite(self.k_lr) and self.k_lr >= 0):
             raise ValueError(f"Backprop.k_lr must be a finite number >= 0, got {self.k_lr!r}")
-        if self.k_lr > 0 and self.through != "time":
+        if self.k_lr > 0 and self.through != "window":
             raise ValueError(
-                "Backprop.k_lr > 0 trains K through the time simulation: through must be 'time'"
+                "Backprop.k_lr > 0 trains K through the time simulation: through must be 'window'"
             )
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"Backprop.margin must be a finite number > 0, got {self.margin!r}")
@@ -580,7 +599,7 @@ def signals(
     x: torch.Tensor,
     y: torch.Tensor,
     target: TargetCoding,
-    estimate: Literal["window", "steady"] = "window",
+    estimate: Simulation = "window",
     neuron: NeuronTwin | None = None,
     reversal: Literal["rest", "operating"] = "rest",
 ) -> Signals:
@@ -591,11 +610,11 @@ def signals(
         x: Pixels, (batch, n_in).
         y: Labels, (batch,).
         target: Target coding.
-        estimate: ``"window"`` (time simulations over ``[0, T]``) or ``"steady"`` (their
+        estimate: ``"window"`` (time simulations over ``[0, T]``) or ``"steady-state"`` (their
             ``T → ∞`` limit).
-        neuron: With ``"steady"``: a neuron twin; the forward steady state is the twin's and
+        neuron: With ``"steady-state"``: a neuron twin; the forward steady state is the twin's and
             the reversed one its small-signal transpose (:meth:`NeuronTwin.reversed`).
-        reversal: Where each reversed neuron is linearised (``"steady"`` only). ``"rest"``:
+        reversal: Where each reversed neuron is linearised (``"steady-state"`` only). ``"rest"``:
             about its own rest state, the paper's reversed network (A2). ``"operating"``
             [ours]: about the operating point of its forward twin, i.e. each reversed neuron
             responds with the transpose of its forward neuron's local gain ``∂D*/∂u`` at the
@@ -604,6 +623,7 @@ def signals(
             ``e · ∂s/∂c`` of the steady state; computed here by differentiating the forward
             steady state with respect to a zero drive offset, which gives the same numbers.
     """
+    estimate = _simulation(estimate, "estimate")
     _check_reversal(reversal, estimate, "")
     with torch.no_grad():
         if estimate == "window":
@@ -763,7 +783,7 @@ def method2_step(
         x: Pixels, shape (batch, n_in).
         y: Labels, shape (batch,), int64.
         method: Settings.
-        neuron: Optional neuron twin for ``estimate="steady"`` (see :func:`signals`).
+        neuron: Optional neuron twin for ``estimate="steady-state"`` (see :func:`signals`).
         state: Running moments for ``update="adaptive"`` (a dict kept between steps).
 
     Returns:
@@ -826,18 +846,18 @@ def bptt_step(
         optimizer: Optimiser over ``net.c`` (e.g. ``torch.optim.Adam([net.c], lr)``), and
             over ``net.K`` (which then requires grad) to train the neurons' parameters too
             (see :attr:`Backprop.k_lr`; :func:`train` sets this up).
-        neuron: With ``through="steady"``: a neuron twin used instead of the Newton solves.
+        neuron: With ``through="steady-state"``: a neuron twin used instead of the Newton solves.
     """
     old = net.c.detach().clone()
     old_K = net.K.detach().clone()
     train_k = net.K.requires_grad
-    if train_k and (method.through != "time" or net.config.adjoint):
+    if train_k and (method.through != "window" or net.config.adjoint):
         raise ValueError(
-            "K is trained by the taped time simulation (through='time'), not the "
+            "K is trained by the taped time simulation (through='window'), not the "
             "adjoint or the steady state"
         )
     with torch.enable_grad():
-        if method.through == "time":
+        if method.through == "window":
             res = net.simulate(x)
             ok, clipped, score = ~res.diverged, res.clipped, res.score
         else:
@@ -881,7 +901,7 @@ def predict(
     x: torch.Tensor,
     *,
     batch_size: int = 256,
-    mode: Literal["time", "steady"] = "time",
+    mode: Simulation = "window",
     neuron: NeuronTwin | None = None,
 ) -> torch.Tensor:
     """Predicted class per sample, −1 where the run diverged or the steady state is unsolved.
@@ -890,20 +910,20 @@ def predict(
         net: The network.
         x: Pixels, shape (n, n_in).
         batch_size: Samples per simulation.
-        mode: ``"time"``: the forward time simulation (the device; default). ``"steady"``:
+        mode: ``"window"``: the forward time simulation (the device; default).
+            ``"steady-state"``:
             the layer-by-layer steady state (exact, or through ``neuron``).
-        neuron: With ``"steady"``: a neuron twin instead of the Newton solves.
+        neuron: With ``"steady-state"``: a neuron twin instead of the Newton solves.
 
     Returns:
         Classes, shape (n,), int64, on ``x``'s torch device.
     """
-    if mode not in ("time", "steady"):
-        raise ValueError(f"mode must be 'time' or 'steady', got {mode!r}")
+    mode = _simulation(mode, "mode")
     preds = [x.new_zeros(0, dtype=torch.long)]
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            if mode == "time":
+            if mode == "window":
                 res = net.simulate(xb)
                 score, ok = res.score, ~res.diverged
             else:
@@ -919,7 +939,7 @@ def evaluate(
     y: torch.Tensor,
     *,
     batch_size: int = 256,
-    mode: Literal["time", "steady"] = "time",
+    mode: Simulation = "window",
 ) -> float:
     """Accuracy on ``(x, y)``; diverged or unsolved samples count wrong (see :func:`predict`).
 
@@ -928,7 +948,8 @@ def evaluate(
         x: Pixels, shape (n, n_in).
         y: Labels, shape (n,).
         batch_size: Samples per simulation.
-        mode: ``"time"`` (the device; default) or ``"steady"`` (the exact steady state).
+        mode: ``"window"`` (the device; default) or ``"steady-state"`` (the exact steady
+            state).
 
     Returns:
         Fraction classified right (float).
@@ -951,7 +972,7 @@ def train(
     batch_size: int = 32,
     seed: int = 0,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
-    val_mode: Literal["time", "steady"] = "steady",
+    val_mode: Simulation = "steady-state",
     callback: Callable[[int, StepReport], None] | None = None,
     epoch_callback: Callable[[int, float | None], None] | None = None,
     neuron: NeuronTwin | None = None,
@@ -977,13 +998,14 @@ def train(
         val: Optional validation split; its accuracy is measured after every epoch and the
             coefficients and parameters of the best epoch (the earliest of equals) are
             restored at the end.
-        val_mode: How validation is scored (``"steady"``, cheap, or ``"time"``).
+        val_mode: How validation is scored (``"steady-state"``, cheap, or ``"window"``).
         callback: Called as ``callback(step_index, report)`` after each step.
         epoch_callback: Called as ``epoch_callback(epoch, val_accuracy)`` after each epoch.
         neuron: A neuron twin (:func:`~quasineuron.wuxing.twin.fit_neuron_twin`) for
-            ``Backprop(through="steady")`` and method 2 with ``estimate="steady"``: the
+            ``Backprop(through="steady-state")`` and method 2 with
+            ``estimate="steady-state"``: the
             steady states come from the twin instead of Newton solves (fast); validation
-            with ``val_mode="steady"`` still uses the exact steady state.
+            with ``val_mode="steady-state"`` still uses the exact steady state.
         schedule: Step-size schedule: ``None`` (constant) or the library's
             :class:`~quasineuron.training.config.Cosine`, here [ours] with the first epoch at
             the full step and the cosine over the steps of the remaining planned epochs,
