@@ -790,9 +790,11 @@ def _train_stages(
                 _install_recharacterized_twin(net, folder)
             outcomes.append(done)
             continue
-        result, outcome = _train_stage(
+        stage_result, outcome = _train_stage(
             config, stage, index, net, train_set, val_set, folder, progress=progress
         )
+        # a recharacterize stage trains nothing: the last training stage's result stands
+        result = stage_result if stage_result is not None else result
         _finish_stage(net, folder, outcome)
         _update_run_record(out, stages=[*outcomes, outcome])
         outcomes.append(outcome)
