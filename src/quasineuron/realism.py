@@ -411,6 +411,14 @@ def run_realism(
     from quasineuron._atomic import atomic_write_json
     from quasineuron.data import load_digits, load_mnist
 
+    by_name = {r.name: r for r in routes}
+    chosen = tuple(scenarios) if scenarios is not None else default_scenarios()
+    for sc in chosen:
+        unknown = [r for r in sc.routes if r not in by_name]
+        if unknown:
+            raise ValueError(
+                f"scenario {sc.name!r} names unknown routes {unknown}; known: {sorted(by_name)}"
+            )
     if data == "digits":
         train, test = load_digits(seed=0)
     elif data == "mnist":
@@ -419,12 +427,6 @@ def run_realism(
         raise ValueError(f"data must be 'digits' or 'mnist', got {data!r}")
     if max_train is not None:
         train = ArrayDataset(train.x[:max_train], train.y[:max_train], name=train.name)
-    by_name = {r.name: r for r in routes}
-    chosen = tuple(scenarios) if scenarios is not None else default_scenarios()
-    for sc in chosen:
-        unknown = [r for r in sc.routes if r not in by_name]
-        if unknown:
-            raise ValueError(f"scenario {sc.name!r} names unknown routes {unknown}")
     s = _Settings(hidden=hidden, epochs=epochs)
     sizes = (train.x.shape[1], hidden, int(train.n_classes or 10))
     ideal = [_ideal(train, test, sizes, seed, s) for seed in seeds]
