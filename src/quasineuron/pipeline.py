@@ -905,7 +905,9 @@ def _domain_callbacks(config: RunConfig) -> tuple[Any, ...]:
     from quasineuron.training.callbacks import DomainMonitor, NonfiniteCounter
 
     t = config.training
-    cbs: list[Any] = [DomainMonitor()] if t.monitor_domain else []
+    # Records the fractions only (threshold 1: no warning of its own): the run says it once,
+    # with the counts, when it ends (see _warn_domain and the summary).
+    cbs: list[Any] = [DomainMonitor(threshold=1.0)] if t.monitor_domain else []
     if t.nonfinite == "mask":
         cbs.append(NonfiniteCounter())
     return tuple(cbs)
