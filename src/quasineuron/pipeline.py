@@ -1484,6 +1484,10 @@ def _run_stages(
             "policy": config.twin.policy,
             # drive rows (one per neuron and sample) outside the characterised domain
             "out_of_domain_rows": {"training": ood_training, "test": twin.n_out_of_domain},
+            # of the sweep's rows, failed or non-finite (the twin is fitted without them), and
+            # the within-point spread of repeated rows (empty without sweep.repeats > 1)
+            "failed_fraction": twin_rep.failed_fraction,
+            "noise_floor": list(twin_rep.noise_floor),
         },
         "domain": _domain_metrics(report.domain, config.twin.policy),
         "passes": passes,

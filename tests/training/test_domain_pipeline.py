@@ -61,6 +61,7 @@ def test_a_recharacterize_stage_widens_the_twin_and_training_continues(tmp_path:
     assert (tmp_path / "run" / "checkpoints" / "stage-2" / "twin.safetensors").is_file()
     # the evaluation counts drives against the new, wider twin domain
     assert m["domain"]["boxes"][0]["high"][0] > 0.3
+    assert m["twin"]["failed_fraction"] == 0.0 and m["twin"]["noise_floor"] == []
     assert m["training"]["history"]  # the last training stage's epochs
 
 
