@@ -245,6 +245,8 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
     data["data"]["limit_train"] = min(limit, QUICK_TRAIN) if limit else QUICK_TRAIN
     data["training"]["epochs"] = 1
     for stage in data["training"]["stages"]:
+        if stage.get("method") == "recharacterize":
+            continue  # trains nothing: its budget is device points, not epochs
         if stage.get("samples") is not None:
             stage["samples"] = min(stage["samples"], QUICK_SAMPLES)
         else:

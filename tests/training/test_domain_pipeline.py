@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def test_a_recharacterize_stage_takes_points_not_epochs() -> None:
         parse_config(_cfg(nonfinite="skip"))
     with pytest.raises(ConfigError, match="domain_penalty"):
         parse_config(_cfg(domain_penalty=-1.0))
+
+
+def test_reproduce_quick_keeps_a_recharacterize_stage_without_epochs(tmp_path: Path) -> None:
+    from quasineuron.protocol import reproduce_config
+
+    stages = [
+        {"method": "surrogate", "epochs": 5},
+        {"method": "recharacterize", "options": {"points": 64}},
+        {"method": "surrogate", "epochs": 5},
+    ]
+    cfg = _cfg(stages=stages)
+    (tmp_path / "run.json").write_text(json.dumps({"config": cfg}), encoding="utf-8")
+    quick = reproduce_config(tmp_path, quick=True)
+    assert [s.epochs for s in quick.training.stages] == [1, None, 1]
+    assert quick.training.stages[1].options == {"points": 64}
