@@ -59,6 +59,7 @@ def test_the_penalty_is_zero_inside_and_grows_outside_in_box_widths() -> None:
     assert float(domain_penalty(net, below)) == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_the_penalty_keeps_drives_inside_the_domain() -> None:
     data = _data()
 
@@ -178,6 +179,7 @@ def test_the_penalty_sees_masked_samples_through_the_twin() -> None:
 
 
 # ------------------------------------------------------------------------------ recharacterize
+@pytest.mark.slow
 def test_recharacterize_sweeps_where_drives_landed_and_widens_the_twin() -> None:
     dev = qn.FormulaDevice(
         lambda u: torch.sin(u), n_in=1, n_out=1, domain=qn.Box((-0.5,), (0.5,)), name="sin"
