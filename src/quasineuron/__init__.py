@@ -83,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     "load_surrogate": "quasineuron.surrogate",
     "MLPSurrogate": "quasineuron.surrogate",
     "refine_surrogate": "quasineuron.surrogate",
+    "recharacterize": "quasineuron.surrogate.active",
     "save_surrogate": "quasineuron.surrogate",
     "SplineSurrogate": "quasineuron.surrogate",
     "evaluate_points": "quasineuron.sweep",
@@ -189,6 +190,7 @@ if TYPE_CHECKING:  # static type checkers see the real objects; a test keeps thi
         refine_surrogate,
         save_surrogate,
     )
+    from quasineuron.surrogate.active import recharacterize
     from quasineuron.sweep import (
         Grid,
         LatinHypercube,

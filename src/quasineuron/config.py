@@ -170,7 +170,7 @@ class WindowConfig(_Strict):
 
 
 #: Fields of ``[network]`` that only a device network reads, and those only a Wuxing one reads.
-_DEVICE_ONLY = ("hidden", "connection", "link_ratio", "readout_affine")
+_DEVICE_ONLY = ("hidden", "connection", "link_ratio", "readout_affine", "bounded_drives")
 _WUXING_ONLY = ("model", "sizes", "receiving", "c0", "window")
 
 
@@ -191,6 +191,10 @@ class NetworkConfig(_Strict):
     link_ratio: float = Field(1.0, gt=0.0, le=1.0)
     fan_in: int = Field(4, ge=1)
     readout_affine: bool = True
+    bounded_drives: Literal["none", "output", "all"] = Field(
+        "none",
+        description="layers whose drives are squashed smoothly into the characterised domain",
+    )
     # Wuxing networks
     model: Literal["MODEL1", "MODEL2"] | None = None
     sizes: tuple[Width, ...] = Field((), description="layer sizes, input first (or model)")
@@ -253,6 +257,11 @@ class NetworkConfig(_Strict):
 WUXING_METHODS = ("method1", "method2", "method2-operating", "mixed", "bptt", "backprop-steady")
 
 
+#: Options of a ``method = "recharacterize"`` stage: new device evaluations, training samples
+#: whose drives are drawn from, and the refit twin's MLP settings.
+RECHARACTERIZE_OPTIONS = ("points", "n_samples", "hidden", "max_steps")
+
+
 class StageConfig(_Strict):
     """One stage of training, started from where the previous stage ended.
 
@@ -271,6 +280,7 @@ class StageConfig(_Strict):
             "mixed",
             "bptt",
             "backprop-steady",
+            "recharacterize",
         ]
         | None
     ) = Field(None, description="training method; default: training.mode / bptt")
@@ -288,6 +298,21 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
+        if self.method == "recharacterize":
+            # not a training stage: its budget is device evaluations (options.points)
+            if self.epochs is not None or self.samples is not None:
+                raise ValueError(
+                    "a recharacterize stage sweeps the device and refits the twin; it takes no "
+                    "epochs or samples: give the number of new device evaluations as "
+                    "options = { points = N }"
+                )
+            unknown = sorted(set(self.options) - set(RECHARACTERIZE_OPTIONS))
+            if unknown:
+                raise ValueError(
+                    f"unknown option(s) {unknown} of a recharacterize stage; it takes "
+                    f"{list(RECHARACTERIZE_OPTIONS)}"
+                )
+            return self
         if (self.epochs is None) == (self.samples is None):
             raise ValueError(
                 "a stage needs exactly one budget: epochs = N or samples = N (never wall-clock "
@@ -317,6 +342,15 @@ class TrainingConfig(_Strict):
         "steady-state",
         description="Wuxing networks: validate on the steady state (cheap) or the time "
         "simulation over the window",
+    )
+    domain_penalty: float = Field(
+        0.0, ge=0.0, description="weight of the penalty on drives outside the twin's domain"
+    )
+    nonfinite: Literal["error", "mask"] = Field(
+        "error", description="non-finite device outputs: stop with an error, or mask the samples"
+    )
+    monitor_domain: bool = Field(
+        True, description="record the out-of-domain fraction of the drives every epoch"
     )
     stages: tuple[StageConfig, ...] = ()
 
@@ -396,7 +430,7 @@ class RunConfig(_Strict):
                         f"training.stages[{i}].method = {st.method!r} trains a Wuxing network; "
                         "a device network trains with surrogate, physics-aware, direct or device"
                     )
-                if st.options:
+                if st.options and st.method != "recharacterize":
                     raise ValueError(
                         f"training.stages[{i}].options are options of a Wuxing method; a device "
                         "network's stage takes method, epochs, keep, average_last, batch_size "

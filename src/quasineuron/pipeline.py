@@ -6,6 +6,7 @@ writes the run folder.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -779,11 +780,15 @@ def _train_stages(
         folder = _stage_dir(out, index)
         done = _finished_stage(net, folder)
         if done is not None:
+            if stage.method == "recharacterize":
+                _install_recharacterized_twin(net, folder)
             outcomes.append(done)
             continue
-        result, outcome = _train_stage(
+        stage_result, outcome = _train_stage(
             config, stage, index, net, train_set, val_set, folder, progress=progress
         )
+        # a recharacterize stage trains nothing: the last training stage's result stands
+        result = stage_result if stage_result is not None else result
         _finish_stage(net, folder, outcome)
         _update_run_record(out, stages=[*outcomes, outcome])
         outcomes.append(outcome)
@@ -813,6 +818,8 @@ def _train_stage(
     """
     from quasineuron.training import Gradient, WeightAveraging, fit
 
+    if stage.method == "recharacterize":
+        return None, _recharacterize_stage(stage, index, net, train_set, folder)
     t = config.training
     batch_size = stage.batch_size or t.batch_size
     schedule = Cosine() if t.schedule == "cosine" else None
@@ -836,6 +843,8 @@ def _train_stage(
             lr=stage.lr or t.lr,
             loss=_LOSS_NAMES[t.loss],
             schedule=schedule,
+            domain_penalty=t.domain_penalty,
+            nonfinite=t.nonfinite,
         )
     if stage.samples is not None:
         # enough epochs to hold the budget's ceil(samples / batch_size) whole batches
@@ -864,7 +873,10 @@ def _train_stage(
         # folder has none, so this is a fresh start there.
         resume=True,
         progress=progress,
-        callbacks=[WeightAveraging(stage.average_last)] if averaging else [],
+        callbacks=[
+            *([WeightAveraging(stage.average_last)] if averaging else []),
+            *(_domain_callbacks(config) if config.network.kind != "wuxing" else []),
+        ],
     )
     averaged = list(result.extras.get("weight_averaging", {}).get("epochs", []))
     outcome = {
@@ -884,6 +896,103 @@ def _train_stage(
         "checkpoints": f"checkpoints/stage-{index + 1}",
     }
     return result, outcome
+
+
+def _domain_callbacks(config: RunConfig) -> tuple[Any, ...]:
+    """The domain tools' callbacks of a device stage.
+
+    The monitor (on by default) and the count of masked non-finite samples (with
+    ``nonfinite = "mask"``).
+    """
+    from quasineuron.training.callbacks import DomainMonitor, NonfiniteCounter
+
+    t = config.training
+    # Records the fractions only (threshold 1: no warning of its own): the run says it once,
+    # with the counts, when it ends (see _warn_domain and the summary).
+    cbs: list[Any] = [DomainMonitor(threshold=1.0)] if t.monitor_domain else []
+    if t.nonfinite == "mask":
+        cbs.append(NonfiniteCounter())
+    return tuple(cbs)
+
+
+def _recharacterize_stage(
+    stage: StageConfig,
+    index: int,
+    net: torch.nn.Module,
+    train_set: ArrayDataset,
+    folder: Path,
+) -> dict[str, Any]:
+    """Active characterisation as a stage: sweep where the drives landed, refit, install.
+
+    The sweep table the current twin was fitted on is the run's ``sweep.zarr`` plus the
+    points of earlier recharacterize stages (each stage saves its whole table as
+    ``table.npz`` and its twin as ``twin.safetensors`` in its checkpoint folder, so a resumed
+    run installs the same twin).
+    """
+    from quasineuron.surrogate.active import recharacterize
+
+    run_dir = folder.parent.parent
+    table: Any = None
+    for earlier in range(index - 1, -1, -1):
+        saved = _stage_dir(run_dir, earlier) / "table.npz"
+        if saved.is_file():
+            table = _load_table_npz(saved, net)
+            break
+    if table is None:
+        table = SweepTable.open(run_dir / "sweep.zarr")
+    opts = stage.options
+    p = next(net.parameters())
+    n_samples = int(opts.get("n_samples", 2048))
+    x = train_set.x[:n_samples].to(p.device, p.dtype)
+    fit_options: dict[str, Any] = {"kind": "mlp"}
+    if "hidden" in opts:
+        fit_options["hidden"] = tuple(int(h) for h in opts["hidden"])
+    if "max_steps" in opts:
+        fit_options["max_steps"] = int(opts["max_steps"])
+    t0 = time.perf_counter()
+    result = recharacterize(
+        net, x, table, points=int(opts.get("points", 512)), seed=index, **fit_options
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    merged = result.table
+    np.savez(buf, u=merged.u, y=merged.y, status=merged.status)
+    atomic_write_bytes(folder / "table.npz", buf.getvalue())
+    save_surrogate(result.fit, folder / "twin.safetensors")
+    return {
+        "stage": index + 1,
+        "method": "recharacterize",
+        "budget": {"points": result.n_new},
+        "recharacterize": result.to_dict(),
+        "seconds": time.perf_counter() - t0,
+        "checkpoints": f"checkpoints/stage-{index + 1}",
+    }
+
+
+def _load_table_npz(path: Path, net: torch.nn.Module) -> SweepTable:
+    """A table saved by a recharacterize stage; its domain is the twin's of that stage."""
+    from quasineuron.surrogate import load_surrogate
+
+    with np.load(path) as f:
+        u, y, status = f["u"], f["y"], f["status"]
+    twin = load_surrogate(path.parent / "twin.safetensors")
+    layer: Any = net.layers[0]  # type: ignore[index]
+    return SweepTable(
+        u=u, y=y, status=status, errors={}, domain=twin.domain, device=layer.device.describe()
+    )
+
+
+def _install_recharacterized_twin(net: torch.nn.Module, folder: Path) -> None:
+    """Put the twin a finished recharacterize stage saved into the layers that used layer 0's."""
+    from quasineuron.surrogate import load_surrogate
+
+    layers: Any = getattr(net, "layers")  # noqa: B009 - a DeviceNetwork's layers
+    old = layers[0].twin
+    twin = load_surrogate(folder / "twin.safetensors")
+    twin = twin.to(layers[0].map.weight.dtype).requires_grad_(False).eval()
+    for layer in layers:
+        if layer.twin is old:
+            layer.twin = twin
 
 
 #: Config spelling → the spelling today's training loop takes.
@@ -1221,6 +1330,7 @@ def _run_stages(
         wiring=_wiring(config),
         readout_affine=config.network.readout_affine,
         seed=config.network.seed,
+        bounded_drives=config.network.bounded_drives,
     )
     status("train")
     t0 = time.perf_counter()
@@ -1249,6 +1359,9 @@ def _run_stages(
     status("evaluate")
     # The test set is scored once, here, after every choice was made on the validation split.
     ood_training = twin.n_out_of_domain
+    if net.layers[0].twin is not twin:  # a recharacterize stage installed a new twin
+        twin = net.layers[0].twin
+        ood_training += twin.n_out_of_domain
     twin.reset_domain_count()
     t0 = time.perf_counter()
     variability = None
@@ -1303,6 +1416,10 @@ def _run_stages(
             "policy": config.twin.policy,
             # drive rows (one per neuron and sample) outside the characterised domain
             "out_of_domain_rows": {"training": ood_training, "test": twin.n_out_of_domain},
+            # of the sweep's rows, failed or non-finite (the twin is fitted without them), and
+            # the within-point spread of repeated rows (empty without sweep.repeats > 1)
+            "failed_fraction": twin_rep.failed_fraction,
+            "noise_floor": list(twin_rep.noise_floor),
         },
         "domain": _domain_metrics(report.domain, config.twin.policy),
         "passes": passes,

@@ -235,6 +235,8 @@ def quick_config(config: Any) -> Any:
         data["data"][key] = min(limit, most) if limit else most
     data["training"]["epochs"] = 1
     for stage in data["training"]["stages"]:
+        if stage.get("method") == "recharacterize":
+            continue  # trains nothing: its budget is device points, not epochs
         if stage.get("samples") is not None:
             stage["samples"] = min(stage["samples"], QUICK_SAMPLES)
         else:

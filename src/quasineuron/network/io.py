@@ -194,6 +194,7 @@ def load_network(
         dtype=dtype,
         init_gain=arch["init_gain"],
         masks=[tensors[f"layers.{i}.map.mask"] for i in range(n)],
+        bounded_drives=arch.get("bounded_drives", "none"),
     )
     expected = set(net.connection_state_dict())
     if set(tensors) != expected:

@@ -67,6 +67,10 @@ class DeviceLayer(torch.nn.Module):
         dtype: Floating dtype of the weights.
         init_gain: Weights start with standard deviation ``init_gain / sqrt(fan_in)``.
         mask: A ready mask (n_in_features, n_columns) that replaces ``wiring``'s draw.
+        bounded: Squash the drives smoothly into the characterised box
+            (:meth:`characterised_box`): ``u = mid + half * tanh((u_raw - mid) / half)``, so no
+            drive ever leaves the region the twin was fitted on. Near the centre of the box the
+            map is the identity; towards its edges it saturates.
 
     Raises:
         ValueError: If the sizes, the twin or the mask do not fit the device and connection.
@@ -86,8 +90,11 @@ class DeviceLayer(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
         init_gain: float = 0.5,
         mask: torch.Tensor | None = None,
+        bounded: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(bounded, bool):
+            raise TypeError(f"bounded must be True or False, got {bounded!r}")
         for name, v in (("n_in_features", n_in_features), ("n_neurons", n_neurons)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -129,6 +136,7 @@ class DeviceLayer(torch.nn.Module):
         self.wiring = wiring
         self.seed = int(seed)
         self.init_gain = float(init_gain)
+        self.bounded = bounded
 
         n_cols = connection.n_columns(n_neurons, self.n_drives)
         if mask is None:
@@ -175,7 +183,42 @@ class DeviceLayer(torch.nn.Module):
                 f"inputs have dtype {x.dtype} but the layer's weights are "
                 f"{self.map.weight.dtype}; convert with x.to({self.map.weight.dtype})"
             )
-        return self.map(x)
+        u = self.map(x)
+        if self.bounded:
+            low, high = self.characterised_box().tensors(dtype=u.dtype, device=u.device)
+            mid, half = (high + low) / 2, (high - low) / 2
+            u = mid + half * torch.tanh((u - mid) / half)
+        return u
+
+    def characterised_box(self) -> Box:
+        """The box of drives where the layer's device is characterised and works.
+
+        The twin's domain (the region it was fitted on, which active characterisation may
+        widen) when the layer has a twin, else the device's declared domain. Where the twin
+        carries a validity mask (sweep points failed), the box shrinks to the cells fitted on
+        successful points: per drive, from the lowest to the highest such cell. A device that
+        fails towards an edge of its domain (breakdown above some drive) is then kept out of
+        the failing part; a hole in the middle stays inside the box (mask such samples with
+        ``nonfinite="mask"``).
+        """
+        twin_domain = getattr(self.twin, "domain", None)
+        if not isinstance(twin_domain, Box):
+            return self.device.domain
+        validity = getattr(self.twin, "validity", None)
+        if validity is None:
+            return twin_domain
+        edges, cells = validity
+        if not bool(cells.any()):
+            return twin_domain
+        low, high = [], []
+        for k, e in enumerate(edges):
+            # cells valid anywhere along the other drives, as a 1-D mask along drive k
+            other = tuple(d for d in range(cells.ndim) if d != k)
+            along = cells.any(dim=other) if other else cells
+            idx = torch.nonzero(along).reshape(-1)
+            low.append(float(e[int(idx[0])]))
+            high.append(float(e[int(idx[-1]) + 1]))
+        return Box(low=tuple(low), high=tuple(high))
 
     def forward(
         self,
@@ -273,6 +316,7 @@ class DeviceLayer(torch.nn.Module):
             "output": list(self.outputs),
             "seed": self.seed,
             "init_gain": self.init_gain,
+            "bounded": self.bounded,
             "device": self.device.describe(),
             "twin": None if self.twin is None else self.twin.describe(),
         }

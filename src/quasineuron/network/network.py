@@ -15,7 +15,10 @@ from quasineuron.network.modes import AbstractMode, Surrogate
 from quasineuron.network.variability import Deviation, Variability
 from quasineuron.network.wiring import AbstractWiring, Dense
 
-__all__ = ["DeviceNetwork"]
+__all__ = ["BOUNDED_DRIVES", "DeviceNetwork"]
+
+#: Choices of ``DeviceNetwork(bounded_drives=...)``.
+BOUNDED_DRIVES = ("none", "output", "all")
 
 T = TypeVar("T")
 
@@ -63,6 +66,9 @@ class DeviceNetwork(torch.nn.Module):
         dtype: Floating dtype of the weights.
         init_gain: Weights start with standard deviation ``init_gain / sqrt(fan_in)``.
         masks: Ready masks, one per layer (None entries draw from the wiring), e.g. from a file.
+        bounded_drives: Which layers squash their drives smoothly into the characterised box
+            (see ``DeviceLayer(bounded=True)``): ``"none"``, ``"output"`` (the last layer,
+            whose drives grow largest when training pushes logits apart) or ``"all"``.
 
     Raises:
         ValueError: If a per-layer sequence has the wrong length or a layer does not fit.
@@ -86,8 +92,13 @@ class DeviceNetwork(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
         init_gain: float = 0.5,
         masks: Sequence[torch.Tensor | None] | None = None,
+        bounded_drives: str = "none",
     ) -> None:
         super().__init__()
+        if bounded_drives not in BOUNDED_DRIVES:
+            raise ValueError(
+                f"bounded_drives must be one of {list(BOUNDED_DRIVES)}, got {bounded_drives!r}"
+            )
         sizes = tuple(sizes)
         if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
             raise ValueError(
@@ -111,6 +122,7 @@ class DeviceNetwork(torch.nn.Module):
         self.dtype = dtype
         self.init_gain = float(init_gain)
         self.readout_affine = bool(readout_affine)
+        self.bounded_drives = bounded_drives
         # the ModuleList registers the layers as submodules; it holds only DeviceLayer
         self.layers = torch.nn.ModuleList(  # type: ignore[assignment]
             DeviceLayer(
@@ -125,6 +137,7 @@ class DeviceNetwork(torch.nn.Module):
                 dtype=dtype,
                 init_gain=init_gain,
                 mask=layer_masks[i],
+                bounded=bounded_drives == "all" or (bounded_drives == "output" and i == n - 1),
             )
             for i in range(n)
         )
@@ -334,5 +347,6 @@ class DeviceNetwork(torch.nn.Module):
             "seed": self.seed,
             "dtype": str(self.dtype).removeprefix("torch."),
             "init_gain": self.init_gain,
+            "bounded_drives": self.bounded_drives,
             "layers": [layer.describe() for layer in self.layers],
         }

@@ -11,6 +11,7 @@ from quasineuron.training.callbacks import (
     DomainMonitor,
     FunctionCallback,
     LoopState,
+    NonfiniteCounter,
     WeightAveraging,
 )
 from quasineuron.training.config import (
@@ -57,6 +58,7 @@ __all__ = [
     "FunctionCallback",
     "Gradient",
     "LoopState",
+    "NonfiniteCounter",
     "Plan",
     "StepOutput",
     "WeightAveraging",

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from quasineuron.training.loop import EpochMetrics
     from quasineuron.training.strategy import AbstractStrategy, Plan, StepOutput
 
-__all__ = ["Callback", "DomainMonitor", "FunctionCallback", "LoopState", "WeightAveraging"]
+__all__ = [
+    "Callback",
+    "DomainMonitor",
+    "FunctionCallback",
+    "LoopState",
+    "NonfiniteCounter",
+    "WeightAveraging",
+]
 
 
 @dataclass
@@ -169,8 +176,9 @@ class DomainMonitor(Callback):
 
     After every epoch the network's drives (``net.drives(x, mode=...)``, a ``DeviceNetwork``)
     are computed on the first ``n_samples`` training samples; a row is one neuron's drives
-    for one sample, outside when any drive leaves the box of the layer's device. The fraction
-    per layer goes to ``EpochMetrics.extras["out_of_domain"]`` (a list, one float per layer).
+    for one sample, outside when any drive leaves the layer's characterised box (the twin's
+    domain, else the device's). The fraction per layer goes to
+    ``EpochMetrics.extras["out_of_domain"]`` (a list, one float per layer).
     The first epoch where some layer's fraction exceeds ``threshold`` warns once with
     :class:`~quasineuron.errors.OutOfDomainWarning`: a twin there extrapolates, so its
     gradients and outputs stop meaning what the device does.
@@ -216,7 +224,8 @@ class DomainMonitor(Callback):
             drives = network.drives(x) if mode is None else network.drives(x, mode=mode)
         out = []
         for layer, u in zip(network.layers, drives, strict=True):  # u: (batch, neurons, drives)
-            low, high = layer.device.domain.tensors(dtype=u.dtype)
+            box = layer.characterised_box() if hasattr(layer, "characterised_box") else None
+            low, high = (box or layer.device.domain).tensors(dtype=u.dtype)
             low, high = low.to(u.device), high.to(u.device)
             outside = ((u < low) | (u > high)).any(dim=-1)  # (batch, neurons)
             out.append(float(outside.double().mean()))
@@ -255,3 +264,41 @@ class DomainMonitor(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore whether the warning was given."""
         self._warned = bool(state.get("warned", False))
+
+
+class NonfiniteCounter(Callback):
+    """Count the samples a strategy left out for non-finite outputs, per epoch and in all.
+
+    Reads ``StepOutput.extras["nonfinite_rows"]`` (``Gradient(nonfinite="mask")`` sets it) and
+    writes the epoch's count to ``EpochMetrics.extras["nonfinite_rows"]`` and the run's to
+    ``TrainResult.extras["nonfinite_rows"]``.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._epoch = 0
+
+    def on_step(self, state: LoopState, output: StepOutput) -> bool | None:
+        """Add the step's count."""
+        n = int(output.extras.get("nonfinite_rows", 0))
+        self._epoch += n
+        self.total += n
+        return None
+
+    def on_epoch(self, state: LoopState, metrics: EpochMetrics) -> bool | None:
+        """Record the epoch's count."""
+        state.epoch_extras["nonfinite_rows"] = self._epoch
+        self._epoch = 0
+        return None
+
+    def on_train_end(self, state: LoopState) -> None:
+        """Record the run's count."""
+        state.result_extras["nonfinite_rows"] = self.total
+
+    def state_dict(self) -> dict[str, Any]:
+        """The count so far."""
+        return {"total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the count."""
+        self.total = int(state.get("total", 0))

@@ -18,7 +18,14 @@ from quasineuron.training.config import (
 )
 from quasineuron.training.strategy import AbstractStrategy, Plan, StepOutput
 
-__all__ = ["Gradient", "forward", "nonfinite_message"]
+__all__ = ["NONFINITE", "Gradient", "domain_penalty", "forward", "nonfinite_message"]
+
+#: Choices of ``Gradient(nonfinite=...)``: stop with an error, or leave the rows out.
+NONFINITE = ("error", "mask")
+
+#: Forward passes ``nonfinite="mask"`` makes on the remaining samples of a batch before it
+#: leaves the still-failing ones out of the loss instead.
+_MASK_ROUNDS = 3
 
 
 class Gradient(AbstractStrategy):
@@ -31,9 +38,21 @@ class Gradient(AbstractStrategy):
         lr: Learning rate for an optimiser given by name; None with a typed optimiser.
         loss: ``"cross-entropy"``, ``"mse"`` or a typed loss.
         schedule: ``Cosine(...)`` stepped every batch over the planned steps, or None.
+        domain_penalty: Weight λ of a soft penalty that keeps the drives inside each layer's
+            characterised box (see :func:`domain_penalty`), added to the loss; 0 turns it off.
+            It needs a network whose ``run(x, mode=...)`` also returns the drives (a
+            ``DeviceNetwork``).
+        nonfinite: What a batch whose network outputs are NaN or infinite for some samples
+            does: ``"error"`` stops training with a message naming the device, the layer and
+            the drives; ``"mask"`` leaves those samples out of the loss and the update and
+            counts them (:attr:`masked_rows`, and ``StepOutput.extras["nonfinite_rows"]``).
+
+    Attributes:
+        masked_rows: Samples left out by ``nonfinite="mask"`` so far (over all steps).
 
     Raises:
-        ValueError: For an unknown optimiser or loss name, or ``lr`` given twice.
+        ValueError: For an unknown optimiser or loss name, ``lr`` given twice, a negative or
+            non-finite ``domain_penalty`` or an unknown ``nonfinite``.
         TypeError: For a schedule that is not ``Cosine``.
     """
 
@@ -45,9 +64,29 @@ class Gradient(AbstractStrategy):
         lr: float | None = None,
         loss: str | AbstractLoss = "cross-entropy",
         schedule: Cosine | None = None,
+        domain_penalty: float = 0.0,
+        nonfinite: str = "error",
     ) -> None:
         if schedule is not None and not isinstance(schedule, Cosine):
             raise TypeError(f"schedule must be None or Cosine(...), got {schedule!r}")
+        if (
+            isinstance(domain_penalty, bool)
+            or not isinstance(domain_penalty, (int, float))
+            or not math.isfinite(domain_penalty)
+            or domain_penalty < 0
+        ):
+            raise ValueError(
+                f"domain_penalty must be a finite number >= 0 (0 turns it off), got "
+                f"{domain_penalty!r}"
+            )
+        if nonfinite not in NONFINITE:
+            raise ValueError(
+                f"nonfinite must be one of {list(NONFINITE)} ('error' stops at the first "
+                f"non-finite output, 'mask' leaves those samples out), got {nonfinite!r}"
+            )
+        self.domain_penalty = float(domain_penalty)
+        self.nonfinite = nonfinite
+        self.masked_rows = 0
         self.mode = mode
         self.optimizer = as_optimizer(optimizer, lr)
         self.loss = as_loss(loss)
@@ -60,7 +99,8 @@ class Gradient(AbstractStrategy):
     def __repr__(self) -> str:
         return (
             f"Gradient(mode={self.mode!r}, optimizer={self.optimizer!r}, loss={self.loss!r}, "
-            f"schedule={self.schedule!r})"
+            f"schedule={self.schedule!r}, domain_penalty={self.domain_penalty!r}, "
+            f"nonfinite={self.nonfinite!r})"
         )
 
     def config(self) -> dict[str, Any]:
@@ -71,6 +111,11 @@ class Gradient(AbstractStrategy):
             "schedule": repr(self.schedule),
             "mode": repr(self.mode),
         }
+        # only when set, so checkpoints written before these options still resume
+        if self.domain_penalty:
+            config["domain_penalty"] = self.domain_penalty
+        if self.nonfinite != "error":
+            config["nonfinite"] = self.nonfinite
         if self.schedule is not None and self._plan is not None:
             # the schedule spans the planned epochs: changing them would bend it
             config["epochs"] = self._plan.epochs
@@ -81,6 +126,12 @@ class Gradient(AbstractStrategy):
         check_mode = getattr(net, "check_mode", None)
         if self.mode is not None and callable(check_mode):
             check_mode(self.mode, training=True)  # refuse an impossible mode before any step
+        if self.domain_penalty and not callable(getattr(net, "run", None)):
+            raise TypeError(
+                f"domain_penalty needs a network whose run(x, mode=...) returns the outputs and "
+                f"the drives of each layer (a DeviceNetwork), got {type(net).__name__}; set "
+                "domain_penalty = 0 for this network"
+            )
         self._plan = plan
         self._opt = self.optimizer.build([p for p in net.parameters() if p.requires_grad])
         self._lr = self.optimizer.lr
@@ -103,7 +154,42 @@ class Gradient(AbstractStrategy):
             for group in self._opt.param_groups:
                 group["lr"] = self._lr
         self._opt.zero_grad(set_to_none=True)
-        out = forward(net, xb, self.mode)
+        out, penalty = self._forward(net, xb)
+        n_masked = 0
+        x_all = xb
+        if self.nonfinite == "mask":
+            # Forward again on the good samples only: indexing the loss alone would leave
+            # NaN * 0 = NaN in the weight gradients of the layers after the failure. A noisy
+            # device can move a kept sample into the failing region on the next pass, hence
+            # a few rounds; what still fails after them is left out of the loss below.
+            for _ in range(_MASK_ROUNDS):
+                bad = ~torch.isfinite(out).all(dim=1)
+                if not bool(bad.any()):
+                    break
+                n_masked += int(bad.sum())
+                xb, yb, out = xb[~bad], yb[~bad], out[~bad]
+                if len(xb) == 0:
+                    break
+                out, penalty = self._forward(net, xb)
+            bad = ~torch.isfinite(out).all(dim=1)
+            if bool(bad.any()):
+                n_masked += int(bad.sum())
+                out, yb = out[~bad], yb[~bad]
+            self.masked_rows += n_masked
+            if n_masked and self.domain_penalty:
+                # The samples left out are often the ones whose drives strayed into the
+                # failing region; the penalty must still see them, so it is taken on the whole
+                # batch through the twin, which stays finite where the device fails.
+                penalty = self._twin_penalty(net, x_all)
+            if len(out) == 0:
+                if penalty is not None:
+                    (self.domain_penalty * penalty).backward()
+                    self._opt.step()
+                return StepOutput(
+                    loss=torch.zeros((), dtype=out.dtype),
+                    n_correct=0 if plan.classify else None,
+                    extras={"nonfinite_rows": n_masked},
+                )
         if not self._checked:
             _check_output(out, yb, plan.classify)
             self._checked = True
@@ -118,10 +204,35 @@ class Gradient(AbstractStrategy):
                     net, xb, self.mode, float(batch_loss.detach()), epoch, b, self.optimizer.lr
                 )
             )
-        (batch_loss * loss_scale if loss_scale != 1.0 else batch_loss).backward()
-        self._opt.step()
+        total = batch_loss if penalty is None else batch_loss + self.domain_penalty * penalty
+        (total * loss_scale if loss_scale != 1.0 else total).backward()
+        if n_masked and not _finite_grads(self._opt):
+            # rows that failed only on the last round poisoned the gradients: skip the update
+            self._opt.zero_grad(set_to_none=True)
+        else:
+            self._opt.step()
         n_correct = (out.detach().argmax(dim=1) == yb).sum() if plan.classify else None
-        return StepOutput(loss=batch_loss.detach(), n_correct=n_correct)
+        extras: dict[str, Any] = {}
+        if self.nonfinite == "mask":
+            extras["nonfinite_rows"] = n_masked
+        return StepOutput(loss=batch_loss.detach(), n_correct=n_correct, extras=extras)
+
+    def _twin_penalty(self, net: torch.nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        from quasineuron.network.modes import Surrogate
+
+        run: Any = getattr(net, "run")  # noqa: B009 - checked in setup
+        _, drives = run(xb, mode=Surrogate())
+        return domain_penalty(net, drives)
+
+    def _forward(
+        self, net: torch.nn.Module, xb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs, and the domain penalty when it is on (else None)."""
+        if not self.domain_penalty:
+            return forward(net, xb, self.mode), None
+        run: Any = getattr(net, "run")  # noqa: B009 - checked in setup
+        out, drives = run(xb) if self.mode is None else run(xb, mode=self.mode)
+        return out, domain_penalty(net, drives)
 
     def score(
         self, net: torch.nn.Module, data: ArrayDataset, batch_size: int
@@ -136,14 +247,24 @@ class Gradient(AbstractStrategy):
         net.eval()
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        n_scored = 0
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
                 out = forward(net, xb, self.mode)
-                total += self.loss(out, yb).double() * len(xb)
+                if self.nonfinite == "mask":
+                    # non-finite samples count as wrong and stay out of the mean loss
+                    good = torch.isfinite(out).all(dim=1)
+                    out, yb = out[good], yb[good]
+                    n_scored += int(good.sum())
+                else:
+                    n_scored += len(xb)
+                if len(out):
+                    total += self.loss(out, yb).double() * len(out)
                 if classify:
                     correct += (out.argmax(dim=1) == yb).sum()
-        return total.item() / len(x), (correct.item() / len(x) if classify else None)
+        loss = total.item() / n_scored if n_scored else math.inf
+        return loss, (correct.item() / len(x) if classify else None)
 
     def state_dict(self) -> dict[str, Any]:
         """The optimiser's state."""
@@ -161,6 +282,33 @@ class Gradient(AbstractStrategy):
     def explain(self, net: torch.nn.Module, xb: torch.Tensor, value: float, epoch: int) -> str:
         """Why the epoch's loss became ``value`` (see :func:`nonfinite_message`)."""
         return nonfinite_message(net, xb, self.mode, value, epoch, None, self.optimizer.lr)
+
+
+def domain_penalty(net: torch.nn.Module, drives: list[torch.Tensor]) -> torch.Tensor:
+    """Mean squared distance of the drives outside each layer's characterised box.
+
+    For every layer, each drive's excursion beyond the box is measured in units of the box's
+    width along that drive (so drives of different scales weigh alike), squared, summed over
+    the drives of a neuron and averaged over neurons and samples; the layers' values are
+    summed. Zero while every drive stays inside; it grows smoothly outside, so gradient
+    descent pulls escaping drives back rather than being stopped by a hard wall.
+
+    Args:
+        net: A network whose ``layers`` each have ``characterised_box()`` (a DeviceNetwork).
+        drives: One tensor per layer, shape (batch, n_neurons, n_drives), as ``net.run``
+            returns them.
+
+    Returns:
+        A scalar tensor (differentiable in the drives).
+    """
+    layers: Any = getattr(net, "layers")  # noqa: B009 - a DeviceNetwork's layers
+    total = drives[0].new_zeros(())
+    for layer, u in zip(layers, drives, strict=True):
+        low, high = layer.characterised_box().tensors(dtype=u.dtype, device=u.device)
+        width = high - low
+        over = torch.relu(u - high) / width + torch.relu(low - u) / width
+        total = total + over.square().sum(dim=-1).mean()
+    return total
 
 
 def forward(net: torch.nn.Module, x: torch.Tensor, mode: Any) -> torch.Tensor:
@@ -196,6 +344,15 @@ def nonfinite_message(
         return head
     return (
         f"{head}; lower the learning rate (now {lr!r}) or check the network's outputs and the loss"
+    )
+
+
+def _finite_grads(opt: torch.optim.Optimizer) -> bool:
+    return all(
+        bool(torch.isfinite(p.grad).all())
+        for group in opt.param_groups
+        for p in group["params"]
+        if p.grad is not None
     )
 
 

@@ -448,6 +448,8 @@ def train(
     callbacks: Sequence[Callback | Callable[[EpochMetrics], bool | None]] = (),
     keep: str = "last",
     max_samples: int | None = None,
+    domain_penalty: float = 0.0,
+    nonfinite: str = "error",
 ) -> TrainResult:
     """Train ``net`` by gradient descent: :func:`fit` with a :class:`Gradient` strategy.
 
@@ -476,6 +478,10 @@ def train(
         callbacks: Callbacks, or functions of each epoch's :class:`EpochMetrics`.
         keep: ``"last"`` or ``"best"`` (see :func:`fit`).
         max_samples: Sample budget (see :func:`fit`).
+        domain_penalty: Weight of the soft penalty on drives outside the characterised
+            domain (see :class:`Gradient`); 0 turns it off.
+        nonfinite: ``"error"`` or ``"mask"``: what non-finite network outputs do (see
+            :class:`Gradient`).
 
     Returns:
         The trained network and its history (see :class:`TrainResult`).
@@ -485,7 +491,15 @@ def train(
             by a different configuration or network.
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    strategy = Gradient(mode, optimizer=optimizer, lr=lr, loss=loss, schedule=schedule)
+    strategy = Gradient(
+        mode,
+        optimizer=optimizer,
+        lr=lr,
+        loss=loss,
+        schedule=schedule,
+        domain_penalty=domain_penalty,
+        nonfinite=nonfinite,
+    )
     return fit(
         net,
         train_data,
