@@ -56,7 +56,7 @@ from quasineuron.network.connections import AbstractConnection, default_connecti
 from quasineuron.network.wiring import AbstractWiring
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
 from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
-from quasineuron.surrogate.base import DomainPolicy
+from quasineuron.surrogate.base import AbstractSurrogate, DomainPolicy
 from quasineuron.surrogate.fit import Kind
 from quasineuron.sweep import (
     AbstractExecutor,
@@ -1359,8 +1359,10 @@ def _run_stages(
     status("evaluate")
     # The test set is scored once, here, after every choice was made on the validation split.
     ood_training = twin.n_out_of_domain
-    if net.layers[0].twin is not twin:  # a recharacterize stage installed a new twin
-        twin = net.layers[0].twin
+    installed = net.layers[0].twin
+    if installed is not twin:  # a recharacterize stage installed a new twin
+        assert isinstance(installed, AbstractSurrogate)
+        twin = installed
         ood_training += twin.n_out_of_domain
     twin.reset_domain_count()
     t0 = time.perf_counter()

@@ -466,7 +466,7 @@ def run_realism(
                     f"{sc.name:16s} {rname:30s} device {100 * acc_m:6.2f} ± {100 * acc_s:4.2f} % "
                     f"gap {gap_m:+6.2f} pp outside {entries[-1]['outside_fraction_mean']}"
                 )
-        best = max(entries, key=lambda e: e["accuracy_device_mean"])
+        best = max(entries, key=lambda e: float(e["accuracy_device_mean"]))  # type: ignore[arg-type]
         results.append(
             {
                 "name": sc.name,
