@@ -130,6 +130,11 @@ class SimConfig:
             ``clip=None`` (a per-step clamp is not part of an ODE that can be run backwards; a
             sample that reaches ``bound`` is frozen there and reported diverged), and ``Heun``
             or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
+        fused: Run the window with the fused native kernel (:mod:`quasineuron.wuxing.kernel`)
+            where it applies: CPU tensors in float32 or float64, an uncompiled solver, no
+            adjoint, no gradient with respect to :attr:`WuxingNetwork.K`, and, with gradients,
+            ``Heun`` or ``Euler``. Elsewhere (and with ``fused=False``) the torch path runs.
+            Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
@@ -147,6 +152,7 @@ class SimConfig:
     bound: float = 1e3
     checkpoint_every: int | None = 25
     adjoint: bool = False
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
@@ -171,6 +177,8 @@ class SimConfig:
             raise ValueError(f"SimConfig.checkpoint_every must be an int >= 1 or None, got {ce}")
         if not isinstance(self.adjoint, bool):
             raise TypeError(f"SimConfig.adjoint must be a bool, got {self.adjoint!r}")
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"SimConfig.fused must be a bool, got {self.fused!r}")
         if self.adjoint:
             if self.clip is not None:
                 raise ValueError(
@@ -530,7 +538,7 @@ class WuxingNetwork(torch.nn.Module):
         peak = E.new_zeros(E.shape[1])
         hit = torch.zeros(E.shape[1], dtype=torch.bool, device=E.device)
         for _ in range(n):
-            E, Q = cfg.solver._step(g, 0.0, (E, Q), h)
+            E, Q = cfg.solver.step(g, 0.0, (E, Q), h)
             # NaN propagates through maximum, so non-finite rows are caught as well
             peak = torch.maximum(peak, E.detach().abs().amax(0))
             if cfg.clip is not None:
@@ -589,6 +597,8 @@ class WuxingNetwork(torch.nn.Module):
 
         if cfg.adjoint and torch.is_grad_enabled():
             return self._run_adjoint(reverse, E0, drive, rest, c)
+        if self._fused_applies(E0, drive, rest, c):
+            return self._run_fused(reverse, E0, drive, rest, c)
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
@@ -606,6 +616,43 @@ class WuxingNetwork(torch.nn.Module):
             k += n
         diverged = ~(peak < cfg.bound)
         return E, Q, diverged, hit
+
+    def _fused_applies(
+        self, E0: torch.Tensor, drive: torch.Tensor, rest: torch.Tensor, c: torch.Tensor
+    ) -> bool:
+        """Whether :meth:`_run` can use the fused kernel (see ``SimConfig.fused``)."""
+        from quasineuron.wuxing import kernel
+
+        cfg = self.config
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (E0, drive, c))
+        return (
+            cfg.fused
+            and not cfg.solver.compile
+            and not (cfg.adjoint and torch.is_grad_enabled())
+            and E0.device.type == "cpu"
+            and E0.dtype in kernel.LANES
+            and not (torch.is_grad_enabled() and rest.requires_grad)
+            and not (grad and isinstance(cfg.solver, RK4))
+            and kernel.available()
+        )
+
+    def _run_fused(
+        self,
+        reverse: bool,
+        E0: torch.Tensor,
+        drive: torch.Tensor,
+        rest: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_run` by the fused kernel; the link index is built once per direction."""
+        from quasineuron.wuxing import kernel
+
+        plans = self.__dict__.setdefault("_fused_plans", {})
+        if reverse not in plans:
+            plans[reverse] = kernel.FusedPlan.build(self.src, self.dst, self._n, reverse=reverse)
+        cfg = self.config
+        segment = cfg.checkpoint_every if cfg.checkpoint_every is not None else cfg.n_steps
+        return kernel.fused_run(plans[reverse], self.K, cfg, E0, drive, rest, c, segment=segment)
 
     def _run_adjoint(
         self,
