@@ -52,38 +52,38 @@ LANES = {torch.float32: 16, torch.float64: 8}
 
 _TEMPLATE = r"""
 typedef struct {
-  int S, L, solver, nsteps, clip, per_lane, seg;
+  int S, L, solver, nsteps, clip, per_lane, seg, nd;
   double h, lo, hi, bound;
-  const int *rowptr, *col, *lid, *p1, *p2;
+  const int *rowptr, *col, *lid, *p1, *p2, *dslot;
   const REAL *A, *B, *G, *rest;
 } net_SUF;
 
-/* out = f(E): links gathered into each slot's drive, then the neuron equation */
-static void rhs_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restrict drive,
-                    const REAL* restrict c, REAL* restrict out) {
-  const int S = n->S;
-  for (int s = 0; s < S; s++) {
-    REAL u[W];
-    for (int l = 0; l < W; l++) u[l] = drive[(size_t)s * W + l];
-    for (int j = n->rowptr[s]; j < n->rowptr[s + 1]; j++) {
-      const int src = n->col[j];
-      const REAL r = n->rest[src];
-      const REAL* e = E + (size_t)src * W;
-      if (n->per_lane) {
-        const REAL* cc = c + (size_t)n->lid[j] * W;
-        for (int l = 0; l < W; l++) u[l] += (e[l] - r) * cc[l];
-      } else {
-        const REAL cc = c[n->lid[j]];
-        for (int l = 0; l < W; l++) u[l] += (e[l] - r) * cc;
-      }
+/* u = f(E) at slot s: the slot's drive, the links gathered into it, the neuron equation */
+static inline void f_slot_SUF(const net_SUF* n, int s, const REAL* restrict E,
+                              const REAL* restrict drive, const REAL* restrict c,
+                              REAL* restrict u) {
+  const int d = n->dslot[s];
+  if (d >= 0)
+    for (int l = 0; l < W; l++) u[l] = drive[(size_t)d * W + l];
+  else
+    for (int l = 0; l < W; l++) u[l] = 0;
+  for (int j = n->rowptr[s]; j < n->rowptr[s + 1]; j++) {
+    const int src = n->col[j];
+    const REAL r = n->rest[src];
+    const REAL* e = E + (size_t)src * W;
+    if (n->per_lane) {
+      const REAL* cc = c + (size_t)n->lid[j] * W;
+      for (int l = 0; l < W; l++) u[l] += (e[l] - r) * cc[l];
+    } else {
+      const REAL cc = c[n->lid[j]];
+      for (int l = 0; l < W; l++) u[l] += (e[l] - r) * cc;
     }
-    const REAL a = n->A[s], b = n->B[s], g = n->G[s];
-    const REAL* e0 = E + (size_t)s * W;
-    const REAL* e1 = E + (size_t)n->p1[s] * W;
-    const REAL* e2 = E + (size_t)n->p2[s] * W;
-    REAL* o = out + (size_t)s * W;
-    for (int l = 0; l < W; l++) o[l] = a * e1[l] - b * e0[l] - g * e0[l] * e2[l] + u[l];
   }
+  const REAL a = n->A[s], b = n->B[s], g = n->G[s];
+  const REAL* e0 = E + (size_t)s * W;
+  const REAL* e1 = E + (size_t)n->p1[s] * W;
+  const REAL* e2 = E + (size_t)n->p2[s] * W;
+  for (int l = 0; l < W; l++) u[l] = a * e1[l] - b * e0[l] - g * e0[l] * e2[l] + u[l];
 }
 
 /* out += J(E)^T v (neuron equation and links); gc += dc of <v, f(E)> per lane */
@@ -120,122 +120,156 @@ static void rhs_vjp_SUF(const net_SUF* n, const REAL* restrict E, const REAL* re
   }
 }
 
-/* guard and clip after a step: flags per lane */
-static void guard_SUF(const net_SUF* n, REAL* restrict E, unsigned char* div, unsigned char* hit) {
-  const size_t m = (size_t)n->S * W;
+/* the end of a step at one slot: divergence guard (before the clip) and clip, per lane. The
+   flags are collected in REAL lanes (a char store may alias anything and stops vectorisation):
+   bad counts |x| >= bound or NaN, mn/mx track the extremes (NaN passes, as in torch.amin) */
+static inline void guard_slot_SUF(const net_SUF* n, REAL* restrict x, REAL* restrict bad,
+                                  REAL* restrict mn, REAL* restrict mx) {
   const REAL bound = (REAL)n->bound, lo = (REAL)n->lo, hi = (REAL)n->hi;
-  unsigned char d[W], k[W];
-  for (int l = 0; l < W; l++) { d[l] = 0; k[l] = 0; }
-  for (size_t i = 0; i < m; i += W)
-    for (int l = 0; l < W; l++) {
-      const REAL x = E[i + l];
-      d[l] |= !(x < bound && x > -bound);
-      if (n->clip) {
-        k[l] |= (x < lo) | (x > hi);
-        E[i + l] = x < lo ? lo : (x > hi ? hi : x);
-      }
-    }
-  for (int l = 0; l < W; l++) { div[l] |= d[l]; hit[l] |= k[l]; }
+  for (int l = 0; l < W; l++) {
+    const REAL v = x[l];
+    bad[l] += (v < bound && v > -bound) ? (REAL)0 : (REAL)1;
+    mn[l] = v < mn[l] ? v : mn[l];
+    mx[l] = v > mx[l] ? v : mx[l];
+  }
+  if (n->clip)
+    for (int l = 0; l < W; l++) x[l] = x[l] < lo ? lo : (x[l] > hi ? hi : x[l]);
 }
 
-/* one solver step of one block; Q (may be NULL) gets the quadrature of D = E - rest */
-static void step_SUF(const net_SUF* n, REAL* restrict E, REAL* restrict Q,
-                     const REAL* restrict drive, const REAL* restrict c, REAL* restrict w1,
-                     REAL* restrict w2, REAL* restrict w3, REAL* restrict w4) {
-  const int S = n->S;
-  const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h), h6 = (REAL)(n->h / 6.0);
-  if (n->solver == 0) {
-    rhs_SUF(n, E, drive, c, w1);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        if (Q) Q[i] = Q[i] + h * (E[i] - r);
-        E[i] = E[i] + h * w1[i];
-      }
-    }
-  } else if (n->solver == 1) {
-    rhs_SUF(n, E, drive, c, w1);
-    const size_t m = (size_t)S * W;
-    for (size_t i = 0; i < m; i++) w2[i] = E[i] + h * w1[i];
-    rhs_SUF(n, w2, drive, c, w3);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        if (Q) Q[i] = Q[i] + hh * ((E[i] - r) + (w2[i] - r));
-        E[i] = E[i] + hh * (w1[i] + w3[i]);
-      }
-    }
-  } else {
-    /* w1: stage slope, w2: stage state, w3: sum of slopes, w4: sum of stage signals */
-    const size_t m = (size_t)S * W;
-    rhs_SUF(n, E, drive, c, w1);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        w3[i] = w1[i]; w4[i] = E[i] - r; w2[i] = E[i] + hh * w1[i];
-      }
-    }
-    rhs_SUF(n, w2, drive, c, w1);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        w3[i] = w3[i] + (REAL)2.0 * w1[i]; w4[i] = w4[i] + (REAL)2.0 * (w2[i] - r);
-        w2[i] = E[i] + hh * w1[i];
-      }
-    }
-    rhs_SUF(n, w2, drive, c, w1);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        w3[i] = w3[i] + (REAL)2.0 * w1[i]; w4[i] = w4[i] + (REAL)2.0 * (w2[i] - r);
-        w2[i] = E[i] + h * w1[i];
-      }
-    }
-    rhs_SUF(n, w2, drive, c, w1);
-    for (int s = 0; s < S; s++) {
-      const REAL r = n->rest[s];
-      for (int l = 0; l < W; l++) {
-        const size_t i = (size_t)s * W + l;
-        if (Q) Q[i] = Q[i] + h6 * (w4[i] + (w2[i] - r));
-        E[i] = E[i] + h6 * (w3[i] + w1[i]);
-      }
-    }
+static inline void guard_end_SUF(const net_SUF* n, const REAL* bad, const REAL* mn,
+                                 const REAL* mx, unsigned char* div, unsigned char* hit) {
+  for (int l = 0; l < W; l++) {
+    div[l] |= bad[l] > 0;
+    if (n->clip) hit[l] |= (mn[l] < (REAL)n->lo) | (mx[l] > (REAL)n->hi);
   }
 }
 
-/* the whole window for blocks [0, nblk): E, Q, drive (nblk, S, W); c (L) or (nblk, L, W);
-   ckpt (nblk, nseg, S, W) or NULL: E before steps 0, seg, 2 seg, ... */
+/* one solver step of one block, each stage one pass over the slots; Q (may be NULL) gets the
+   quadrature of D = E - rest. Work space w: 4 (S, W) arrays. The arithmetic (and its order)
+   is that of the solvers in quasineuron.devices.ode. */
+static void step_SUF(const net_SUF* n, REAL* restrict E, REAL* restrict Q,
+                     const REAL* restrict drive, const REAL* restrict c, REAL* restrict w,
+                     unsigned char* div, unsigned char* hit) {
+  const int S = n->S;
+  const size_t m = (size_t)S * W;
+  const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h), h6 = (REAL)(n->h / 6.0);
+  REAL *w1 = w, *w2 = w + m, *w3 = w + 2 * m, *w4 = w + 3 * m;
+  REAL u[W], bad[W], mn[W], mx[W];
+  for (int l = 0; l < W; l++) { bad[l] = 0; mn[l] = (REAL)n->lo; mx[l] = (REAL)n->hi; }
+  if (n->solver == 0) {
+    /* w1 = f(E); then E += h w1 in place (no later gather reads E) */
+    for (int s = 0; s < S; s++) f_slot_SUF(n, s, E, drive, c, w1 + (size_t)s * W);
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      REAL* x = E + (size_t)s * W;
+      const REAL* k = w1 + (size_t)s * W;
+      if (Q) for (int l = 0; l < W; l++) Q[(size_t)s * W + l] += h * (x[l] - r);
+      for (int l = 0; l < W; l++) x[l] = x[l] + h * k[l];
+      guard_slot_SUF(n, x, bad, mn, mx);
+    }
+  } else if (n->solver == 1) {
+    /* pass 1: w1 = f(E), w2 = E + h w1; pass 2: E = E + h/2 (w1 + f(w2)) in place */
+    for (int s = 0; s < S; s++) {
+      const REAL* x = E + (size_t)s * W;
+      REAL *k = w1 + (size_t)s * W, *t = w2 + (size_t)s * W;
+      f_slot_SUF(n, s, E, drive, c, k);
+      for (int l = 0; l < W; l++) t[l] = x[l] + h * k[l];
+    }
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      REAL* x = E + (size_t)s * W;
+      const REAL *k = w1 + (size_t)s * W, *t = w2 + (size_t)s * W;
+      f_slot_SUF(n, s, w2, drive, c, u);
+      if (Q) {
+        REAL* q = Q + (size_t)s * W;
+        for (int l = 0; l < W; l++) q[l] = q[l] + hh * ((x[l] - r) + (t[l] - r));
+      }
+      for (int l = 0; l < W; l++) x[l] = x[l] + hh * (k[l] + u[l]);
+      guard_slot_SUF(n, x, bad, mn, mx);
+    }
+  } else {
+    /* w1: sum of slopes, w2: sum of stage signals, w3/w4: stage states (alternating, since
+       a stage gathers from the previous one while writing the next) */
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      const REAL* x = E + (size_t)s * W;
+      REAL *a = w1 + (size_t)s * W, *q = w2 + (size_t)s * W, *t = w3 + (size_t)s * W;
+      f_slot_SUF(n, s, E, drive, c, u);
+      for (int l = 0; l < W; l++) { a[l] = u[l]; q[l] = x[l] - r; t[l] = x[l] + hh * u[l]; }
+    }
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      const REAL* x = E + (size_t)s * W;
+      REAL *a = w1 + (size_t)s * W, *q = w2 + (size_t)s * W;
+      const REAL* p = w3 + (size_t)s * W;
+      REAL* t = w4 + (size_t)s * W;
+      f_slot_SUF(n, s, w3, drive, c, u);
+      for (int l = 0; l < W; l++) {
+        a[l] = a[l] + (REAL)2.0 * u[l]; q[l] = q[l] + (REAL)2.0 * (p[l] - r);
+        t[l] = x[l] + hh * u[l];
+      }
+    }
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      const REAL* x = E + (size_t)s * W;
+      REAL *a = w1 + (size_t)s * W, *q = w2 + (size_t)s * W;
+      const REAL* p = w4 + (size_t)s * W;
+      REAL* t = w3 + (size_t)s * W;
+      f_slot_SUF(n, s, w4, drive, c, u);
+      for (int l = 0; l < W; l++) {
+        a[l] = a[l] + (REAL)2.0 * u[l]; q[l] = q[l] + (REAL)2.0 * (p[l] - r);
+        t[l] = x[l] + h * u[l];
+      }
+    }
+    for (int s = 0; s < S; s++) {
+      const REAL r = n->rest[s];
+      REAL* x = E + (size_t)s * W;
+      const REAL *a = w1 + (size_t)s * W, *q = w2 + (size_t)s * W, *p = w3 + (size_t)s * W;
+      f_slot_SUF(n, s, w3, drive, c, u);
+      if (Q) {
+        REAL* qq = Q + (size_t)s * W;
+        for (int l = 0; l < W; l++) qq[l] = qq[l] + h6 * (q[l] + (p[l] - r));
+      }
+      for (int l = 0; l < W; l++) x[l] = x[l] + h6 * (a[l] + u[l]);
+      guard_slot_SUF(n, x, bad, mn, mx);
+    }
+  }
+  guard_end_SUF(n, bad, mn, mx, div, hit);
+}
+
+/* the whole window for blocks [0, nblk): E, Q (nblk, S, W); drive (nblk, nd, W) at the driven
+   slots; c (L) or (nblk, L, W); ckpt (nblk, nseg, S, W) or NULL: E before steps 0, seg, ... */
 int run_SUF(const net_SUF* n, int nblk, REAL* E, REAL* Q, const REAL* drive, const REAL* c,
             unsigned char* div, unsigned char* hit, REAL* ckpt) {
-  const size_t m = (size_t)n->S * W;
+  const size_t m = (size_t)n->S * W, md = (size_t)n->nd * W;
   const int nseg = (n->nsteps + n->seg - 1) / n->seg;
   REAL* w = (REAL*)malloc(4 * m * sizeof(REAL));
   if (!w) return 1;
   for (int b = 0; b < nblk; b++) {
     REAL* Eb = E + b * m;
-    REAL* Qb = Q + b * m;
     const REAL* cb = n->per_lane ? c + (size_t)b * n->L * W : c;
     for (int k = 0; k < n->nsteps; k++) {
       if (ckpt && k % n->seg == 0)
         memcpy(ckpt + ((size_t)b * nseg + k / n->seg) * m, Eb, m * sizeof(REAL));
-      step_SUF(n, Eb, Qb, drive + b * m, cb, w, w + m, w + 2 * m, w + 3 * m);
-      guard_SUF(n, Eb, div + (size_t)b * W, hit + (size_t)b * W);
+      step_SUF(n, Eb, Q + b * m, drive + b * md, cb, w, div + (size_t)b * W,
+               hit + (size_t)b * W);
     }
   }
   free(w);
   return 0;
 }
 
+/* f(E) of every slot */
+static void rhs_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restrict drive,
+                    const REAL* restrict c, REAL* restrict out) {
+  for (int s = 0; s < n->S; s++) f_slot_SUF(n, s, E, drive, c, out + (size_t)s * W);
+}
+
 /* reverse of run_SUF (Euler and Heun): gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
-   gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, S, W) accumulate per lane */
+   gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, nd, W) accumulate per lane */
 int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const REAL* ckpt,
              REAL* gE, const REAL* gQ, REAL* gc, REAL* gdrive) {
-  const size_t m = (size_t)n->S * W;
+  const size_t m = (size_t)n->S * W, md = (size_t)n->nd * W;
   const int seg = n->seg, nseg = (n->nsteps + seg - 1) / seg;
   const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h);
   const REAL lo = (REAL)n->lo, hi = (REAL)n->hi;
@@ -246,19 +280,18 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
   REAL *k1 = w, *Et = w + m, *k2 = w + 2 * m, *v = w + 3 * m, *a = w + 4 * m, *g = w + 5 * m;
   for (int b = 0; b < nblk; b++) {
     const REAL* cb = n->per_lane ? c + (size_t)b * n->L * W : c;
-    const REAL* db = drive + b * m;
+    const REAL* db = drive + b * md;
     REAL* gEb = gE + b * m;
     const REAL* gQb = gQ + b * m;
     REAL* gcb = gc + (size_t)b * n->L * W;
-    REAL* gdb = gdrive + b * m;
+    REAL* gdb = gdrive + b * md;
     for (int sg = nseg - 1; sg >= 0; sg--) {
       const int k0 = sg * seg;
       const int len = (k0 + seg <= n->nsteps) ? seg : n->nsteps - k0;
       memcpy(states, ckpt + ((size_t)b * nseg + sg) * m, m * sizeof(REAL));
       for (int k = 1; k < len; k++) {
         memcpy(states + k * m, states + (k - 1) * m, m * sizeof(REAL));
-        step_SUF(n, states + k * m, 0, db, cb, k1, Et, k2, v);
-        guard_SUF(n, states + k * m, dd, hk);
+        step_SUF(n, states + k * m, 0, db, cb, w, dd, hk);
       }
       for (int k = len - 1; k >= 0; k--) {
         const REAL* E = states + k * m;
@@ -276,19 +309,22 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
         if (n->solver == 0) {
           /* E' = E + h f(E), Q' = Q + h D(E) */
           for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
-          for (size_t i = 0; i < m; i++) gdb[i] += v[i];
           rhs_vjp_SUF(n, E, cb, v, g, gcb);
         } else {
           /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
           for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
           rhs_vjp_SUF(n, Et, cb, v, a, gcb);           /* a = dL/dEt */
           for (size_t i = 0; i < m; i++) {
-            gdb[i] += v[i];
             k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
             g[i] = gEb[i] + hh * gQb[i] + a[i];
           }
-          for (size_t i = 0; i < m; i++) gdb[i] += k2[i];
           rhs_vjp_SUF(n, E, cb, k2, g, gcb);
+          for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+        }
+        for (int s = 0; s < n->S; s++) {
+          const int d = n->dslot[s];
+          if (d >= 0)
+            for (int l = 0; l < W; l++) gdb[(size_t)d * W + l] += v[(size_t)s * W + l];
         }
         memcpy(gEb, g, m * sizeof(REAL));
       }
@@ -304,7 +340,7 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
 def _source() -> str:
     head = "#include <math.h>\n#include <stdlib.h>\n#include <string.h>\n"
     parts = [head]
-    for real, suf, w in (("float", "f32", 16), ("double", "f64", 8)):
+    for real, suf, w in (("float", "f32", LANES[torch.float32]), ("double", "f64", 8)):
         body = _TEMPLATE.replace("REAL", real).replace("SUF", suf)
         parts.append(f"#define W {w}\n{body}\n#undef W\n")
     return "".join(parts)
@@ -314,8 +350,9 @@ class _Net(ctypes.Structure):
     _fields_ = [
         *((name, ctypes.c_int) for name in ("S", "L", "solver", "nsteps", "clip", "per_lane")),
         ("seg", ctypes.c_int),
+        ("nd", ctypes.c_int),
         *((name, ctypes.c_double) for name in ("h", "lo", "hi", "bound")),
-        *((name, ctypes.c_void_p) for name in ("rowptr", "col", "lid", "p1", "p2")),
+        *((name, ctypes.c_void_p) for name in ("rowptr", "col", "lid", "p1", "p2", "dslot")),
         *((name, ctypes.c_void_p) for name in ("A", "B", "G", "rest")),
     ]
 
@@ -406,6 +443,9 @@ class FusedPlan:
         k1: For each slot, which (element) row of ``K1`` gives its generation rate; likewise
             ``k3``; (n_slots,) flat indices into ``K[k].reshape(-1)``.
         k3: See ``k1``.
+        driven: The rows with an external drive (pixels, or the errors of the reversed
+            network), shape (n_driven,); every other row's drive is zero.
+        dslot: For each row its position in ``driven``, or -1, shape (n_slots,).
     """
 
     rowptr: torch.Tensor
@@ -415,14 +455,24 @@ class FusedPlan:
     p2: torch.Tensor
     k1: torch.Tensor
     k3: torch.Tensor
+    driven: torch.Tensor
+    dslot: torch.Tensor
 
     @staticmethod
-    def build(src: torch.Tensor, dst: torch.Tensor, n_neurons: int, *, reverse: bool) -> FusedPlan:
+    def build(
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        driven: torch.Tensor,
+        n_neurons: int,
+        *,
+        reverse: bool,
+    ) -> FusedPlan:
         """The plan for links ``src → dst`` (internal rows) of ``n_neurons`` neurons.
 
         Args:
             src: Source row of every link, shape (n_links,).
             dst: Destination row, shape (n_links,).
+            driven: Rows with an external drive, shape (n_driven,).
             n_neurons: N; row ``element·N + neuron``.
             reverse: The reversed network (A2): links run ``dst → src`` and the ring is mirrored.
         """
@@ -442,6 +492,9 @@ class FusedPlan:
         k1 = (e1 if reverse else element) * n + neuron
         k3 = (e2 if reverse else element) * n + neuron
         i32 = torch.int32
+        driven = driven.cpu().long()
+        dslot = torch.full((S,), -1, dtype=torch.long)
+        dslot[driven] = torch.arange(driven.numel())
         return FusedPlan(
             rowptr.to(i32),
             frm[order].to(i32).contiguous(),
@@ -450,6 +503,8 @@ class FusedPlan:
             (e2 * n + neuron).to(i32),
             k1,
             k3,
+            driven,
+            dslot.to(i32),
         )
 
 
@@ -500,6 +555,7 @@ class _Call:
             clip=int(cfg.clip is not None),
             per_lane=int(per_lane),
             seg=seg,
+            nd=int(plan.driven.numel()),
             h=h,
             lo=lo,
             hi=hi,
@@ -509,6 +565,7 @@ class _Call:
             lid=plan.lid.data_ptr(),
             p1=plan.p1.data_ptr(),
             p2=plan.p2.data_ptr(),
+            dslot=plan.dslot.data_ptr(),
             A=self.A.data_ptr(),
             B=self.B.data_ptr(),
             G=self.G.data_ptr(),
@@ -553,7 +610,7 @@ class _FusedRun(torch.autograd.Function):
         rest = call.rest[:, None]
         E = _blocks(E0.detach(), nb, w, rest)
         Q = torch.zeros_like(E)
-        dr = _blocks(drive.detach(), nb, w)
+        dr = _blocks(drive.detach()[call.plan.driven], nb, w)
         per_lane = c.ndim == 2
         cb = _blocks(c.detach().T.contiguous(), nb, w) if per_lane else c.detach().contiguous()
         div = torch.zeros(nb, w, dtype=torch.uint8)
@@ -578,13 +635,13 @@ class _FusedRun(torch.autograd.Function):
         call = ctx.call
         dr, cb, ckpt, per_lane, B, nb = ctx.saved
         w = LANES[call.dtype]
-        S = dr.shape[1]
+        S = call.net.S
         zero = torch.zeros(S, B, dtype=call.dtype)
         gEb = _blocks(zero if gE is None else gE.to(call.dtype), nb, w)
         gQb = _blocks(zero if gQ is None else gQ.to(call.dtype), nb, w)
         L = call.net.L
         gc = torch.zeros(nb, L, w, dtype=call.dtype)
-        gdr = torch.zeros(nb, S, w, dtype=call.dtype)
+        gdr = torch.zeros(nb, call.net.nd, w, dtype=call.dtype)
         call.parallel(
             "back",
             nb,
@@ -593,7 +650,9 @@ class _FusedRun(torch.autograd.Function):
         )  # fmt: skip
         gc_lanes = _unblock(gc, B)  # (L, B)
         g_c = gc_lanes.T if per_lane else gc_lanes.sum(1)
-        return g_c, _unblock(gdr, B), _unblock(gEb, B), None, None
+        g_drive = torch.zeros(S, B, dtype=call.dtype)
+        g_drive[call.plan.driven] = _unblock(gdr, B)
+        return g_c, g_drive, _unblock(gEb, B), None, None
 
 
 def fused_run(
@@ -614,7 +673,8 @@ def fused_run(
         K: Per-neuron parameters (3, 5, N) (no gradient is taken with respect to them).
         cfg: The network's :class:`~quasineuron.wuxing.network.SimConfig`.
         E0: Initial state, internal rows, shape (n_slots, batch), float32 or float64.
-        drive: External drive of every row, shape (n_slots, batch).
+        drive: External drive of every row, shape (n_slots, batch); zero outside
+            ``plan.driven``.
         rest: Rest state the links measure from, shape (n_slots, 1) (no gradient).
         c: Coefficients, (n_links,) or (batch, n_links).
         segment: With gradients, the state is kept every ``segment`` steps.

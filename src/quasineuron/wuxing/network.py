@@ -649,7 +649,10 @@ class WuxingNetwork(torch.nn.Module):
 
         plans = self.__dict__.setdefault("_fused_plans", {})
         if reverse not in plans:
-            plans[reverse] = kernel.FusedPlan.build(self.src, self.dst, self._n, reverse=reverse)
+            driven = self.output_slots if reverse else self.input_slots
+            plans[reverse] = kernel.FusedPlan.build(
+                self.src, self.dst, driven, self._n, reverse=reverse
+            )
         cfg = self.config
         segment = cfg.checkpoint_every if cfg.checkpoint_every is not None else cfg.n_steps
         return kernel.fused_run(plans[reverse], self.K, cfg, E0, drive, rest, c, segment=segment)
