@@ -14,8 +14,8 @@ Errors are the largest absolute error over samples and slots relative to the lar
 reference value; cost is right-hand-side evaluations per window (stages × steps). MNIST test
 digits when ``../shared/data/mnist`` (or ``--data``) holds them, else uniform pixels;
 coefficients uniform in [-1, 1] (seed 0), the same network as ``bench_wuxing_step.py``.
-``--no-clip``: coefficients uniform in [0, 1], without the state clip (a clamp is a kink in the dynamics: where it acts, every
-method converges at first order).
+``--no-clip``: coefficients uniform in [0, 1], without the state clip (a clamp is a kink in
+the dynamics: where it acts, every method converges at first order).
 """
 
 from __future__ import annotations
