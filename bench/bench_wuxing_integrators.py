@@ -12,7 +12,8 @@ reference (RK4, dt = 0.005, checked against RK4 dt = 0.01):
 
 Errors are the largest absolute error over samples and slots relative to the largest
 reference value; cost is right-hand-side evaluations per window (stages × steps). MNIST test
-digits when ``../shared/data/mnist`` (or ``--data``) holds them, else uniform pixels;
+digits when the ``shared/data/mnist`` folder beside the checkout (or ``--data``) holds them,
+else uniform pixels;
 coefficients uniform in [-1, 1] (seed 0), the same network as ``bench_wuxing_step.py``.
 ``--no-clip``: coefficients uniform in [0, 1], without the state clip (a clamp is a kink in
 the dynamics: where it acts, every method converges at first order).
@@ -69,7 +70,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data", default=os.path.join("..", "shared", "data", "mnist"))
+    # the worktree's sibling shared/ folder, wherever the bench is run from
+    here = os.path.dirname(os.path.abspath(__file__))
+    p.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "data", "mnist"))
     p.add_argument("--no-clip", action="store_true", help="SimConfig(clip=None)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
