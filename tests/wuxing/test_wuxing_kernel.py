@@ -136,3 +136,28 @@ def test_no_compiler_falls_back_with_a_note(monkeypatch, tmp_path) -> None:
         got = net.simulate(x).integral
     net.config = dataclasses.replace(net.config, fused=False)
     torch.testing.assert_close(got, net.simulate(x).integral, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_runs_the_kernel() -> None:
+    import multiprocessing as mp
+
+    net = _net(Heun(dt=0.1))
+    x = torch.rand(40, 6, dtype=torch.float64)  # several blocks: the thread pool is used
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            want = net.simulate(x).integral
+            ctx = mp.get_context("fork")
+            with ctx.Pool(1) as pool:
+                got = pool.apply_async(_simulate_in_child, (net, x)).get(timeout=20)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _simulate_in_child(net: WuxingNetwork, x: torch.Tensor) -> torch.Tensor:
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        return net.simulate(x).integral

@@ -363,6 +363,16 @@ _TRIED = False
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    # a forked child (worker processes) inherits the pool object but not its threads
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("QUASINEURON_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "quasineuron"
