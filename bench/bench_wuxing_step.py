@@ -191,6 +191,18 @@ def compile_seconds() -> float:
     return seconds if ok else float("nan")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def compare(a: argparse.Namespace) -> dict:
     """Fused kernel against the torch path, interleaved, ``a.repeats`` times."""
     torch.set_num_threads(a.threads)
@@ -254,7 +266,7 @@ def compare(a: argparse.Namespace) -> dict:
     out = {
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
         },
