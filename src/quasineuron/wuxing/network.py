@@ -15,6 +15,8 @@ the parameters permuted accordingly, so it reuses the same right-hand side.
 Links are applied with one gather and one ``index_add`` per right-hand-side evaluation (no loop
 over neurons or links); the time loop is a fixed-step Heun (default) or RK4 step of
 :mod:`quasineuron.devices.ode`, with the time integral of ``D`` carried as a quadrature state.
+On CPUs the same steps run by default in one fused native kernel per window
+(:mod:`quasineuron.wuxing.kernel`, ``SimConfig.fused``), with the same results.
 """
 
 from __future__ import annotations
