@@ -40,8 +40,12 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from quasineuron.wuxing.network import SimConfig
 
 __all__ = ["available", "FusedPlan", "fused_run"]
 
@@ -591,7 +595,7 @@ class _Call:
         cuts = [nb * i // threads for i in range(threads + 1)]
 
         def one(a: int, b: int) -> int:
-            ptrs = []
+            ptrs: list[int | None] = []
             for t, blocked in arrays:
                 if t is None:
                     ptrs.append(None)
@@ -613,7 +617,7 @@ class _Call:
 
 class _FusedRun(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, c, drive, E0, call, seg_store):  # type: ignore[override]
+    def forward(ctx, c, drive, E0, call, seg_store):
         S, B = E0.shape
         w = LANES[call.dtype]
         nb = -(-B // w)
@@ -641,7 +645,7 @@ class _FusedRun(torch.autograd.Function):
         return _unblock(E, B).contiguous(), _unblock(Q, B).contiguous(), *flags
 
     @staticmethod
-    def backward(ctx, gE, gQ, _gd, _gh):  # type: ignore[override]
+    def backward(ctx, gE, gQ, _gd, _gh):
         call = ctx.call
         dr, cb, ckpt, per_lane, B, nb = ctx.saved
         w = LANES[call.dtype]
@@ -668,7 +672,7 @@ class _FusedRun(torch.autograd.Function):
 def fused_run(
     plan: FusedPlan,
     K: torch.Tensor,
-    cfg: object,
+    cfg: SimConfig,
     E0: torch.Tensor,
     drive: torch.Tensor,
     rest: torch.Tensor,
