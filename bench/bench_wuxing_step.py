@@ -1,30 +1,38 @@
-"""Samples/s of one method-2 training step on the Wuxing MODEL1 network, with its floor.
+"""Samples/s of the Wuxing MODEL1 network's time steps: the fused kernel against the torch path.
 
-    python bench/bench_wuxing_step.py [--device cpu|cuda] [--threads 2] [--batch 32] [--compile]
-                                      [--json F]
+    python bench/bench_wuxing_step.py [--threads 2] [--batch 64] [--repeats 3] [--json F]
+    python bench/bench_wuxing_step.py --legacy [--device cpu|cuda] [--batch 32] [--compile]
 
-Measures, in one run on one machine:
-- ``window``: the paper's step, forward + reversed time simulation over T = 30 (Heun,
-  dt = 0.05, float32), ``G1`` from the integrals, update of the 4711 coefficients;
-- ``forward``: the forward time simulation alone (the baseline: a step is two such runs);
-- ``steady``: the same rule from the layer-by-layer steady states (``estimate="steady"``);
-- with ``--compile``: the forward simulation and the window step again with
-  ``Heun(dt, compile=True, unroll=5)`` (each 5 steps of the whole network one
-  ``torch.compile``'d function), and one step of backprop through time (``Backprop``, Adam),
-  eager and compiled; compilation happens in the untimed warm-up call.
+Default: in one run on one machine, interleaved and repeated ``--repeats`` times, the torch path
+(``SimConfig(fused=False)``, the baseline) and the fused kernel (``fused=True``, the default) on
+MODEL1 {784, 839, 283, 96, 32, 10} (4711 links), T = 30, Heun dt = 0.05, float32:
 
-and prints the ratios against ``forward`` together with the arithmetic and memory floor of the
-window step (per sample; S = 10,220 slots, L = 4711 links, 600 Heun steps per run, 2 runs):
-arithmetic ≈ 33·S + 4·L flop per Heun step (two right-hand sides of ≈ 14 flop per slot, the
-quadrature and the update), memory ≈ 33 elementwise passes over S floats of ≈ 12 bytes each
-per step as written (unfused), and ≈ 2 passes if a fused kernel kept E and ∫D in registers.
+- ``forward``: the forward time simulation (no gradient);
+- ``method2``: one method-2 step (forward + reversed simulation, ``G1`` from the integrals,
+  update of the coefficients);
+- ``bptt``: one backprop-through-time step (cross-entropy, Adam), checkpoints every 25 steps.
+
+It prints samples/s of each (median, min, max over the repeats) and the ratio fused/torch of
+each repeat, the one-time compile time of the kernel (in a fresh cache folder), the load
+average before and after, and the arithmetic the fused kernel does per sample against the
+float32 matmul rate of the same cores measured in the same run (``fraction_of_floor``: that
+arithmetic at the matmul rate over the measured time; the kernel is vector code without the
+matmul's reuse, so 1 is not reachable, but the figure shows how far from the machine it is).
+
+``--legacy``: the earlier measurement of this bench (torch path only, with ``--compile`` the
+``torch.compile``'d steps), kept for the tables in BENCHMARKS.md measured with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
+import statistics
+import tempfile
+import time
 
 import torch
 
@@ -51,19 +59,12 @@ def floor(n_slots: int, n_links: int, n_steps: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--compile", action="store_true", help="also time the compiled steps")
-    p.add_argument("--json", default=None)
-    a = p.parse_args()
+def legacy(a: argparse.Namespace) -> None:
+    """The earlier measurement: torch path only (optionally compiled), window vs forward."""
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     torch.manual_seed(0)
-    config = SimConfig(T=30.0, solver=Heun(dt=0.05))
+    config = SimConfig(T=30.0, solver=Heun(dt=0.05), fused=False)
     net = WuxingNetwork(model_wiring("MODEL1"), config=config).to(device)
     with torch.no_grad():
         net.c.uniform_(-1.0, 1.0)
@@ -95,7 +96,7 @@ def main() -> None:
             bptt_step(net, x, y, Backprop(), opt)
 
         t_bptt = _best(bptt, device, a.reps)
-        net.config = SimConfig(T=30.0, solver=Heun(dt=0.05, compile=True, unroll=5))
+        net.config = SimConfig(T=30.0, solver=Heun(dt=0.05, compile=True, unroll=5), fused=False)
         t_fwd_c = _best(fwd, device, a.reps)
         t_win_c = _best(lambda: step(window), device, a.reps)
         t_bptt_c = _best(bptt, device, a.reps)
@@ -134,6 +135,181 @@ def main() -> None:
             "gb_per_s_unfused": fl["bytes_per_sample_unfused"] * sps / 1e9,
         },  # fmt: skip
     }
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def kernel_flop(n_slots: int, n_links: int, n_steps: int) -> dict[str, float]:
+    """Floating-point operations of the fused kernel per sample (its own operation count).
+
+    Per Heun step: two right-hand sides (7 per slot for the neuron equation and its drive, 3
+    per link), the stage state (2 per slot), the quadrature (5) and the update (3): 24 S + 6 L.
+    The backward pass per step recomputes the forward step without the quadrature (19 S + 6 L)
+    and then does two right-hand sides and two transposed ones (9 per slot, 4 per link) and
+    ≈ 12 per slot of bookkeeping: 44 S + 14 L.
+    """
+    step = 24 * n_slots + 6 * n_links
+    back = 19 * n_slots + 6 * n_links + 44 * n_slots + 14 * n_links
+    return {
+        "forward": n_steps * step,
+        "method2": 2 * n_steps * step,
+        "bptt": n_steps * (step + back),
+    }
+
+
+def matmul_gflops(threads: int) -> float:
+    """float32 matmul rate of these cores (GFlop/s), best of 3."""
+    a = torch.rand(2048, 2048)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
+
+
+def compile_seconds() -> float:
+    """Seconds to compile and load the kernel from an empty cache folder."""
+    from quasineuron.wuxing import kernel
+
+    old = os.environ.get("QUASINEURON_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["QUASINEURON_CACHE"] = tmp
+        lib, tried = kernel._LIB, kernel._TRIED
+        kernel._LIB, kernel._TRIED = None, False
+        t0 = time.perf_counter()
+        ok = kernel.available()
+        seconds = time.perf_counter() - t0
+        kernel._LIB, kernel._TRIED = lib, tried
+    if old is None:
+        del os.environ["QUASINEURON_CACHE"]
+    else:
+        os.environ["QUASINEURON_CACHE"] = old
+    return seconds if ok else float("nan")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compare(a: argparse.Namespace) -> dict:
+    """Fused kernel against the torch path, interleaved, ``a.repeats`` times."""
+    torch.set_num_threads(a.threads)
+    load_before = os.getloadavg()
+    torch.manual_seed(0)
+    config = SimConfig(T=a.T, solver=Heun(dt=0.05))
+    net = WuxingNetwork(model_wiring("MODEL1"), config=config)
+    with torch.no_grad():
+        net.c.uniform_(-1.0, 1.0)
+    x = torch.rand(a.batch, 784)
+    y = torch.randint(0, 10, (a.batch,))
+    c0 = net.c.detach().clone()
+    opt = torch.optim.Adam([net.c], lr=1e-3)
+
+    def reset() -> None:
+        with torch.no_grad():
+            net.c.copy_(c0)
+
+    def forward() -> None:
+        with torch.no_grad():
+            net.simulate(x)
+
+    def method2() -> None:
+        reset()
+        method2_step(net, x, y, Method2())
+
+    def bptt() -> None:
+        reset()
+        bptt_step(net, x, y, Backprop(), opt)
+
+    jobs = {"forward": forward, "method2": method2, "bptt": bptt}
+    seconds = compile_seconds()
+    t0 = time.perf_counter()
+    net.config = dataclasses.replace(config, fused=True)
+    forward()  # first call: compile (cached) + index
+    first_call = time.perf_counter() - t0
+    for path in ("torch", "fused"):  # untimed warm-up of every job on both paths (short window)
+        net.config = dataclasses.replace(config, T=config.T / 20, fused=path == "fused")
+        for job in jobs.values():
+            job()
+    rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
+    for r in range(a.repeats):
+        for name, job in jobs.items():
+            for path in ("torch", "fused") if r % 2 == 0 else ("fused", "torch"):
+                net.config = dataclasses.replace(config, fused=path == "fused")
+                t = time.perf_counter()
+                job()
+                rate = a.batch / (time.perf_counter() - t)
+                rates[path].setdefault(name, []).append(rate)
+                print(f"repeat {r}: {name:8s} {path:5s} {rate:8.2f} samples/s", flush=True)
+    load_after = os.getloadavg()
+    gflops = matmul_gflops(a.threads)
+    flop = kernel_flop(net.n_slots, net.wiring.n_links, config.n_steps)
+
+    def summary(v: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
+    ratio = {
+        k: [f / t for f, t in zip(rates["fused"][k], rates["torch"][k], strict=True)] for k in jobs
+    }
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_model(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "threads": a.threads,
+        "batch": a.batch,
+        "dtype": "float32",
+        "config": repr(config),
+        "repeats": a.repeats,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "samples_per_s": {k: statistics.median(rates["fused"][k]) for k in jobs},
+        "baseline": {"samples_per_s": {k: statistics.median(rates["torch"][k]) for k in jobs}},
+        "spread": {p: {k: summary(v) for k, v in rates[p].items()} for p in rates},
+        "ratio_fused_over_torch": {k: summary(v) for k, v in ratio.items()},
+        "kernel_compile_s": seconds,
+        "first_call_s": first_call,
+        "matmul_gflop_per_s": gflops,
+        "kernel_flop_per_sample": flop,
+        "fraction_of_floor": {
+            k: flop[k] * statistics.median(rates["fused"][k]) / (gflops * 1e9) for k in jobs
+        },
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--legacy", action="store_true", help="the earlier torch-path measurement")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="64 (32 with --legacy)")
+    p.add_argument("--reps", type=int, default=2, help="--legacy: best of this many")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--T", type=float, default=30.0, help="window length")
+    p.add_argument("--compile", action="store_true", help="--legacy: also the compiled steps")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.legacy:
+        a.batch = a.batch or 32
+        legacy(a)
+        return
+    a.batch = a.batch or 64
+    out = compare(a)
     print(json.dumps(out, indent=1))
     if a.json:
         with open(a.json, "w") as f:

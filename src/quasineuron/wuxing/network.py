@@ -15,6 +15,8 @@ the parameters permuted accordingly, so it reuses the same right-hand side.
 Links are applied with one gather and one ``index_add`` per right-hand-side evaluation (no loop
 over neurons or links); the time loop is a fixed-step Heun (default) or RK4 step of
 :mod:`quasineuron.devices.ode`, with the time integral of ``D`` carried as a quadrature state.
+On CPUs the same steps run by default in one fused native kernel per window
+(:mod:`quasineuron.wuxing.kernel`, ``SimConfig.fused``), with the same results.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
     implicit_fixed_point,
 )
-from quasineuron.devices.ode import Euler, FixedStep, Heun, compile_method
+from quasineuron.devices.ode import RK4, Euler, FixedStep, Heun, compile_method
 from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
@@ -130,6 +132,11 @@ class SimConfig:
             ``clip=None`` (a per-step clamp is not part of an ODE that can be run backwards; a
             sample that reaches ``bound`` is frozen there and reported diverged), and ``Heun``
             or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
+        fused: Run the window with the fused native kernel (:mod:`quasineuron.wuxing.kernel`)
+            where it applies: CPU tensors in float32 or float64, an uncompiled solver, no
+            adjoint, no gradient with respect to :attr:`WuxingNetwork.K`, and, with gradients,
+            ``Heun`` or ``Euler``. Elsewhere (and with ``fused=False``) the torch path runs.
+            Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
@@ -147,6 +154,7 @@ class SimConfig:
     bound: float = 1e3
     checkpoint_every: int | None = 25
     adjoint: bool = False
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0):
@@ -172,6 +180,8 @@ class SimConfig:
             raise ValueError(f"SimConfig.checkpoint_every must be an int >= 1 or None, got {ce}")
         if not isinstance(self.adjoint, bool):
             raise TypeError(f"SimConfig.adjoint must be a bool, got {self.adjoint!r}")
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"SimConfig.fused must be a bool, got {self.fused!r}")
         if self.adjoint:
             if self.clip is not None:
                 raise ValueError(
@@ -591,6 +601,8 @@ class WuxingNetwork(torch.nn.Module):
 
         if cfg.adjoint and torch.is_grad_enabled():
             return self._run_adjoint(reverse, E0, drive, rest, c)
+        if self._fused_applies(E0, drive, rest, c):
+            return self._run_fused(reverse, E0, drive, rest, c)
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
@@ -608,6 +620,46 @@ class WuxingNetwork(torch.nn.Module):
             k += n
         diverged = ~(peak < cfg.bound)
         return E, Q, diverged, hit
+
+    def _fused_applies(
+        self, E0: torch.Tensor, drive: torch.Tensor, rest: torch.Tensor, c: torch.Tensor
+    ) -> bool:
+        """Whether :meth:`_run` can use the fused kernel (see ``SimConfig.fused``)."""
+        from quasineuron.wuxing import kernel
+
+        cfg = self.config
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (E0, drive, c))
+        return (
+            cfg.fused
+            and not cfg.solver.compile
+            and not (cfg.adjoint and torch.is_grad_enabled())
+            and E0.device.type == "cpu"
+            and E0.dtype in kernel.LANES
+            and not (torch.is_grad_enabled() and rest.requires_grad)
+            and not (grad and isinstance(cfg.solver, RK4))
+            and kernel.available()
+        )
+
+    def _run_fused(
+        self,
+        reverse: bool,
+        E0: torch.Tensor,
+        drive: torch.Tensor,
+        rest: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_run` by the fused kernel; the link index is built once per direction."""
+        from quasineuron.wuxing import kernel
+
+        plans = self.__dict__.setdefault("_fused_plans", {})
+        if reverse not in plans:
+            driven = self.output_slots if reverse else self.input_slots
+            plans[reverse] = kernel.FusedPlan.build(
+                self.src, self.dst, driven, self._n, reverse=reverse
+            )
+        cfg = self.config
+        segment = cfg.checkpoint_every if cfg.checkpoint_every is not None else cfg.n_steps
+        return kernel.fused_run(plans[reverse], self.K, cfg, E0, drive, rest, c, segment=segment)
 
     def _run_adjoint(
         self,
