@@ -18,9 +18,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # network_devices, also when run as a script
-from network_devices import almost_neuron, tanh_device, wrong_twin  # noqa: E402
+from network_devices import almost_neuron, tanh_device, wrong_twin
 
-from quasineuron.network import (  # noqa: E402
+from quasineuron.network import (
     DeviceNetwork,
     Direct,
     PhysicsAware,

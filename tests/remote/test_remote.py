@@ -139,7 +139,7 @@ def _twin() -> torch.nn.Module:
     return qn.fit_surrogate(qn.sweep(dev, qn.Grid(41), progress=False), kind="spline").model
 
 
-class _Killed(BaseException):  # noqa: N818
+class _Killed(BaseException):
     """Not an Exception: like a kill, no retry may catch it."""
 
 

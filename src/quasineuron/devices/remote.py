@@ -286,7 +286,7 @@ def _http_json(url: str, payload: dict[str, Any] | None, timeout: float) -> dict
         headers={"Content-Type": "application/json"},
         method="GET" if data is None else "POST",
     )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http only)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         out: dict[str, Any] = json.loads(resp.read())
     return out
 
@@ -436,7 +436,7 @@ class DeviceServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # quiet: a server in a test must not write to stderr per request
 
             def _send(self, code: int, body: dict[str, Any]) -> None:
@@ -450,7 +450,7 @@ class DeviceServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout); it will retry or report
 
-            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            def do_GET(self) -> None:
                 if self.path.rstrip("/") != "/describe":
                     self._send(404, {"error": f"unknown path {self.path}; use /describe"})
                     return
@@ -466,7 +466,7 @@ class DeviceServer:
                     },
                 )
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.path.rstrip("/") != "/evaluate":
                     self._send(404, {"error": f"unknown path {self.path}; use /evaluate"})
                     return
