@@ -52,7 +52,7 @@ def _stages(doc: dict, results: Path) -> list[dict]:
     return [*_stages(own, results), doc]
 
 
-def _curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:
+def curve(doc: dict, results: Path) -> tuple[list[int], list[float], int]:
     """Validation curve of a run over all its stages, and the images of the whole chain."""
     images: list[int] = []
     vals: list[float] = []
@@ -99,7 +99,7 @@ def plot(runs: list[Path], out: str | Path) -> list[str]:
         if loss.size >= 50:
             smooth = np.convolve(np.nan_to_num(loss, nan=np.nan), np.ones(50) / 50, mode="valid")
             ax_l.plot(batch * (np.arange(smooth.size) + 50), smooth, label=name, color=color)
-        images, vals, _ = _curve(doc, path.parent.parent)
+        images, vals, _ = curve(doc, path.parent.parent)
         ax_v.plot(images, vals, "o-", label=name, color=color)
         plotted.append(name)
     ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",

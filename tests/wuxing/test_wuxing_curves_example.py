@@ -27,7 +27,7 @@ def test_a_curve_follows_every_stage_it_continued_from(
                          {"epoch": 2, "images": 200, "val_accuracy_steady": 0.6}], 200)  # fmt: skip
     _run(tmp_path, "b", [{"epoch": 1, "images": 30, "val_accuracy_time": 0.7}], 30, init="a")
     c = _run(tmp_path, "c", [{"epoch": 1, "images": 10, "val_accuracy_time": 0.8}], 10, init="b")
-    assert curves._curve(c, tmp_path) == ([100, 200, 230, 240], [0.5, 0.6, 0.7, 0.8], 240)
+    assert curves.curve(c, tmp_path) == ([100, 200, 230, 240], [0.5, 0.6, 0.7, 0.8], 240)
 
 
 def test_a_stage_whose_folder_now_holds_another_run_uses_the_kept_summary(
@@ -41,7 +41,7 @@ def test_a_stage_whose_folder_now_holds_another_run_uses_the_kept_summary(
              "history": [{"epoch": 1, "images": 7, "val_accuracy_time": 0.9}]}  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.json").write_text(json.dumps(other))
-    assert curves._curve(b, tmp_path) == ([100, 130], [0.5, 0.7], 130)
+    assert curves.curve(b, tmp_path) == ([100, 130], [0.5, 0.7], 130)
 
 
 def test_a_run_that_continues_its_namesake_uses_the_kept_summary(
@@ -54,7 +54,7 @@ def test_a_run_that_continues_its_namesake_uses_the_kept_summary(
            "history": [{"epoch": 1, "images": 10, "val_accuracy_steady": 0.8}]}  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.json").write_text(json.dumps(doc))
-    assert curves._curve(doc, tmp_path) == ([50, 60], [0.4, 0.8], 60)
+    assert curves.curve(doc, tmp_path) == ([50, 60], [0.4, 0.8], 60)
 
 
 def test_a_chain_kept_only_as_summaries_counts_each_stage_once(
@@ -68,7 +68,7 @@ def test_a_chain_kept_only_as_summaries_counts_each_stage_once(
           "history": [{"epoch": 1, "images": 20, "val_accuracy_time": 0.6}]}  # fmt: skip
     doc = {"name": "s3", "args": {}, "train_samples_seen": 10, "init": s2,
            "history": [{"epoch": 1, "images": 10, "val_accuracy_time": 0.8}]}  # fmt: skip
-    assert curves._curve(doc, tmp_path) == ([50, 70, 80], [0.4, 0.6, 0.8], 80)
+    assert curves.curve(doc, tmp_path) == ([50, 70, 80], [0.4, 0.6, 0.8], 80)
 
 
 def test_an_average_of_runs_is_listed_and_does_not_break_the_plot(
