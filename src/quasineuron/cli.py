@@ -323,6 +323,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
+    if "vary" in metrics:  # a grid: one line per value
+        for point in metrics["per_value"]:
+            means = {k: v for k, v in point["accuracy"].items() if k.endswith("_mean")}
+            parts = [
+                f"{k[: -len('_mean')]}={100 * v:.2f}±{100 * point['accuracy'][k[:-5] + '_std']:.2f}%"
+                for k, v in means.items()
+            ]
+            print(f"{metrics['vary']} = {point['value']!r}: {', '.join(parts)}")
+        print(f"experiment folder: {out} (metrics.json; one subfolder per value)")
+        return
     acc = metrics["accuracy"]
     parts = [f"{k}={100 * v:.2f}%" for k, v in acc.items() if v is not None]
     gap = "" if metrics.get("gap") is None else f"; gap={100 * metrics['gap']:+.2f} pp"
