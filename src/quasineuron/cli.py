@@ -325,10 +325,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
     if "vary" in metrics:  # a grid: one line per value
         for point in metrics["per_value"]:
-            means = {k: v for k, v in point["accuracy"].items() if k.endswith("_mean")}
+            acc = point["accuracy"]
+            modes = [k.removesuffix("_mean") for k in acc if k.endswith("_mean")]
             parts = [
-                f"{k[: -len('_mean')]}={100 * v:.2f}±{100 * point['accuracy'][k[:-5] + '_std']:.2f}%"
-                for k, v in means.items()
+                f"{m}={100 * acc[m + '_mean']:.2f}±{100 * acc[m + '_std']:.2f}%" for m in modes
             ]
             print(f"{metrics['vary']} = {point['value']!r}: {', '.join(parts)}")
         print(f"experiment folder: {out} (metrics.json; one subfolder per value)")
