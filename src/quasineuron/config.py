@@ -330,10 +330,11 @@ class EvaluationConfig(_Strict):
         "device",
     )
     baseline_mlp: bool = True
-    baseline: Literal["mlp", "same-wiring"] = Field(
+    baseline: Literal["mlp", "same-wiring", "both"] = Field(
         "mlp",
-        description="the baseline trained beside the network: a dense MLP of the same shape, "
-        "or one whose units see the same inputs as the device network's neurons",
+        description="the baseline trained beside the network: a dense MLP of the same shape "
+        "(baseline_mlp), one whose units see the same inputs as the device network's neurons "
+        "(baseline_same_wiring), or both",
     )
     variability: VariabilityConfig | None = None
     batch_size: int = Field(1024, ge=1)

@@ -469,9 +469,11 @@ class _PlainMLP(torch.nn.Module):
         return self.body(x)
 
 
-def _baseline_mlp(config: RunConfig, sizes: Sequence[int], net: DeviceNetwork) -> _PlainMLP:
-    """The run's baseline MLP: dense, or wired like ``net`` (``evaluation.baseline``)."""
-    if config.evaluation.baseline == "same-wiring":
+def _baseline_mlp(
+    kind: str, config: RunConfig, sizes: Sequence[int], net: DeviceNetwork
+) -> _PlainMLP:
+    """A baseline MLP: dense (``"mlp"``) or wired like ``net`` (``"same-wiring"``)."""
+    if kind == "same-wiring":
         masks = [layer.mask for layer in net.layers]
         if any(tuple(m.shape) != (sizes[i], sizes[i + 1]) for i, m in enumerate(masks)):
             raise ValueError(
@@ -1407,18 +1409,21 @@ def _run_stages(
     last = stage_outcomes[-1]
     timings["train_s"] = time.perf_counter() - t0
 
-    baseline: TrainResult | None = None
+    baselines: dict[str, TrainResult] = {}
     if config.evaluation.baseline_mlp:
         status("baseline")
         t0 = time.perf_counter()
-        baseline = train(
-            _baseline_mlp(config, sizes, net),
-            train_set,
-            val_data=val_set,
-            progress=False,
-            **_train_kwargs(config),
-        )
+        kinds = ("mlp", "same-wiring") if config.evaluation.baseline == "both" else None
+        for kind in kinds or (config.evaluation.baseline,):
+            baselines[kind] = train(
+                _baseline_mlp(kind, config, sizes, net),
+                train_set,
+                val_data=val_set,
+                progress=False,
+                **_train_kwargs(config),
+            )
         timings["baseline_train_s"] = time.perf_counter() - t0
+    baseline = next(iter(baselines.values()), None)  # the one drawn beside the training curves
     # The network as it leaves training is saved before the test set is read: the saved
     # network is what was scored, and what `quasineuron score` reads later.
     save_network(net, out / "network")  # training updated net in place
@@ -1446,11 +1451,8 @@ def _run_stages(
     for name, accs in report.accuracy_passes.items():
         if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
             accuracy[f"{name}_std"] = report.accuracy_std[name]
-    if baseline is not None:
-        same = config.evaluation.baseline == "same-wiring"
-        accuracy["baseline_same_wiring" if same else "baseline_mlp"] = _accuracy(
-            baseline.network, test
-        )
+    for kind, fitted in baselines.items():  # baseline_mlp, baseline_same_wiring
+        accuracy[f"baseline_{kind.replace('-', '_')}"] = _accuracy(fitted.network, test)
 
     reads = _record_read(out, accuracy)
     status("report")
