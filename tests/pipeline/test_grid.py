@@ -11,7 +11,7 @@ import pytest
 
 from quasineuron.cli import main
 from quasineuron.config import ConfigError, load_config, parse_config, varied_config
-from quasineuron.protocol import grid_folder, reproduce_config
+from quasineuron.protocol import grid_folder, grid_metrics, reproduce_config
 
 # The smallest device run that still trains: the frozen tanh device, a 21-point spline twin,
 # 200 digits, one hidden layer of 4, one epoch.
@@ -54,6 +54,7 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow  # four tiny runs: about 10 s
 def test_a_grid_runs_every_value_and_seed_and_summarises_them(tmp_path: Path) -> None:
     cfg = _write(tmp_path, 'seeds = [0, 1]\nvary = { "device.options.eps" = [0, 1.0] }')
     out = tmp_path / "grid"
@@ -83,6 +84,7 @@ def test_a_grid_runs_every_value_and_seed_and_summarises_them(tmp_path: Path) ->
     assert _json(out / "metrics.json")["test_reads"] == 4
 
 
+@pytest.mark.slow  # two tiny runs
 def test_a_grid_without_seeds_counts_each_run_as_one_seed(tmp_path: Path) -> None:
     cfg = _write(tmp_path, 'vary = { "network.hidden" = [[3], [5]] }')
     out = tmp_path / "grid"
@@ -133,3 +135,31 @@ def test_quick_reproduction_keeps_the_two_ends_of_a_grid(tmp_path: Path) -> None
     assert quick.experiment.vary == {"device.options.eps": (0, 2)}
     assert quick.experiment.seeds == (0, 1)
     assert load_config(cfg).experiment.vary["device.options.eps"] == (0, 0.5, 1, 2)
+
+
+def test_grid_metrics_gives_mean_and_spread_per_value_in_the_values_order() -> None:
+    def family(accs: list[float]) -> dict[str, Any]:
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
+        return {
+            "seeds": list(range(len(accs))),
+            "accuracy": {"device_mean": mean, "device_std": std},
+            "per_seed": {str(i): {"accuracy": {"device": a}} for i, a in enumerate(accs)},
+            "test_reads": len(accs),
+        }
+
+    single = {"accuracy": {"device": 0.5, "device_std": 0.01}, "config": {"training": {"seed": 7}}}
+    m = grid_metrics(
+        "g",
+        "device.options.eps",
+        [2, 0, 1],
+        ["eps-2", "eps-0", "eps-1"],
+        [family([0.9, 0.8]), family([0.97, 0.95, 0.96]), single],
+        config={},
+    )
+    assert m["eps"] == [2, 0, 1] and m["vary"] == "device.options.eps"
+    assert m["accuracy"]["device_mean"] == pytest.approx([0.85, 0.96, 0.5], abs=1e-12)
+    assert m["accuracy"]["device_std"] == pytest.approx([math.sqrt(0.005), 0.01, 0.0], abs=1e-12)
+    assert m["per_value"][2]["seeds"] == [7] and m["per_value"][2]["per_seed"]["7"]["device"] == 0.5
+    assert m["per_value"][0]["per_seed"]["1"] == {"device": 0.8}
+    assert m["test_reads"] == 5
