@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
+    """Read metrics.json and write eps-sweep.png beside it."""
     m = json.loads((HERE / "metrics.json").read_text(encoding="utf-8"))
     eps = np.array(m["eps"], dtype=float)
     mean = 100 * np.array(m["accuracy"]["device_mean"])
