@@ -429,6 +429,7 @@ class _MaskedLinear(torch.nn.Linear):
 
     def __init__(self, n_in: int, n_out: int, mask: torch.Tensor) -> None:
         super().__init__(n_in, n_out)
+        self.mask: torch.Tensor
         self.register_buffer("mask", mask.to(torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
