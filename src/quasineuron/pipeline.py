@@ -1402,6 +1402,8 @@ def _run_stages(
         readout_affine=config.network.readout_affine,
         seed=config.network.seed,
     )
+    if config.evaluation.baseline_mlp and config.evaluation.baseline != "mlp":
+        _baseline_mlp("same-wiring", config, sizes, net)  # a wiring it cannot copy stops here
     status("train")
     t0 = time.perf_counter()
     result, stage_outcomes = _train_stages(config, out, net, train_set, val_set, progress=progress)
