@@ -332,6 +332,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
+    if "vary" in metrics:  # a grid: one line per value
+        for point in metrics["per_value"]:
+            acc = point["accuracy"]
+            modes = [k.removesuffix("_mean") for k in acc if k.endswith("_mean")]
+            parts = [
+                f"{m}={100 * acc[m + '_mean']:.2f}±{100 * acc[m + '_std']:.2f}%" for m in modes
+            ]
+            print(f"{metrics['vary']} = {point['value']!r}: {', '.join(parts)}")
+        print(f"experiment folder: {out} (metrics.json; one subfolder per value)")
+        return
     acc = metrics["accuracy"]
     parts = [f"{k}={100 * v:.2f}%" for k, v in acc.items() if v is not None]
     gap = "" if metrics.get("gap") is None else f"; gap={100 * metrics['gap']:+.2f} pp"

@@ -22,6 +22,7 @@ __all__ = [
     "StageConfig",
     "WindowConfig",
     "config_hash",
+    "varied_config",
     "load_config",
     "parse_config",
 ]
@@ -373,6 +374,12 @@ class EvaluationConfig(_Strict):
         "device",
     )
     baseline_mlp: bool = True
+    baseline: Literal["mlp", "same-wiring", "both"] = Field(
+        "mlp",
+        description="the baseline trained beside the network: a dense MLP of the same shape "
+        "(baseline_mlp), one whose units see the same inputs as the device network's neurons "
+        "(baseline_same_wiring), or both",
+    )
     variability: VariabilityConfig | None = None
     batch_size: int = Field(1024, ge=1)
 
@@ -381,11 +388,34 @@ class ExperimentConfig(_Strict):
     """Repeats of the whole run: one per seed (each seed overrides every seed of the config)."""
 
     seeds: tuple[int, ...] = ()
+    vary: dict[str, tuple[Any, ...]] = Field(
+        default_factory=dict,
+        description="a grid of runs: one dotted config key -> the list of values it takes",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"experiment.seeds repeats a seed: {list(self.seeds)}")
+        if len(self.vary) > 1:
+            # One key keeps the family's metrics a plain table (value -> mean ± std); a
+            # product of keys would need a nested record nobody has asked for yet.
+            raise ValueError(
+                f"experiment.vary names {len(self.vary)} keys {sorted(self.vary)}; vary one key "
+                "per experiment (run a second experiment for a second key)"
+            )
+        for key, values in self.vary.items():
+            if not values:
+                raise ValueError(f"experiment.vary[{key!r}] is empty; give at least one value")
+            texts = [json.dumps(v, sort_keys=True) for v in values]
+            if len(set(texts)) != len(texts):
+                raise ValueError(f"experiment.vary[{key!r}] repeats a value: {list(values)}")
+            if key.split(".")[0] in ("experiment", "name"):
+                raise ValueError(
+                    f"experiment.vary cannot vary {key!r}; vary a key of [device], [sweep], "
+                    "[twin], [data], [network], [training] or [evaluation] (seeds go in "
+                    "experiment.seeds)"
+                )
         return self
 
 
@@ -404,6 +434,11 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        for key, values in self.experiment.vary.items():
+            for value in values:
+                # each point of the grid must be a valid config itself: a misspelt key or a
+                # bad value stops the experiment here, not after the first points have run
+                varied_config(self, key, value)
         if self.network.kind == "wuxing":
             stray = _changed(self, ("device", "sweep", "twin"))
             if stray:
@@ -446,6 +481,42 @@ class RunConfig(_Strict):
         if self.network.kind == "wuxing":
             keep = "best"
         return (StageConfig(epochs=self.training.epochs, keep=keep),)
+
+
+def varied_config(config: RunConfig, key: str, value: Any) -> RunConfig:
+    """``config`` with the dotted ``key`` set to ``value`` (and no ``experiment.vary``).
+
+    Args:
+        config: The experiment's config.
+        key: A dotted key such as ``"device.options.eps"``; every part but the last must
+            exist, and the last must exist unless its parent is a free table (``options``).
+        value: The value the key takes.
+
+    Raises:
+        ValueError: If the key does not name a config entry, or the value is not valid there.
+    """
+    data = json.loads(json.dumps(config.model_dump(mode="json")))
+    data["experiment"]["vary"] = {}
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ValueError(
+                f"experiment.vary key {key!r}: {'.'.join(parts[: i + 1])!r} is not a table of "
+                "the config; write the full dotted path, e.g. 'device.options.eps'"
+            )
+        node = node[part]
+    free = len(parts) >= 2 and parts[-2] == "options"
+    if parts[-1] not in node and not free:
+        raise ValueError(
+            f"experiment.vary key {key!r} names no config entry; check its spelling (known in "
+            f"this table: {sorted(node)})"
+        )
+    node[parts[-1]] = value
+    try:
+        return parse_config(data, source=f"experiment.vary {key} = {value!r}")
+    except ConfigError as exc:
+        raise ValueError(str(exc).replace("\n", "; ")) from None
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -430,16 +430,40 @@ def _train_kwargs(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-class _PlainMLP(torch.nn.Module):
-    """The baseline: an ordinary MLP of the same shape (tanh hidden units)."""
+class _MaskedLinear(torch.nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 wiring mask (out, in)."""
 
-    def __init__(self, sizes: Sequence[int], *, seed: int) -> None:
+    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor) -> None:
+        super().__init__(n_in, n_out)
+        self.mask: torch.Tensor
+        self.register_buffer("mask", mask.to(torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class _PlainMLP(torch.nn.Module):
+    """The baseline: an ordinary MLP of the same shape (tanh hidden units).
+
+    With ``masks`` (one bool ``(n_in, n_out)`` mask per layer, e.g. a device network's fan-in
+    wiring) each unit sees only the inputs its mask gives it: the same-wiring baseline, which
+    separates what the wiring costs from what the device costs. Its weights start with the
+    bound of the unit's real fan-in, as ``nn.Linear`` does for a dense layer.
+    """
+
+    def __init__(
+        self, sizes: Sequence[int], *, seed: int, masks: Sequence[torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         layers: list[torch.nn.Module] = []
         for i in range(len(sizes) - 1):
-            lin = torch.nn.Linear(sizes[i], sizes[i + 1])
-            bound = 1.0 / sizes[i] ** 0.5
+            if masks is None:
+                lin = torch.nn.Linear(sizes[i], sizes[i + 1])
+                bound = 1.0 / sizes[i] ** 0.5
+            else:
+                lin = _MaskedLinear(sizes[i], sizes[i + 1], masks[i].T)
+                bound = 1.0 / max(1.0, float(masks[i].sum(0).float().mean())) ** 0.5
             with torch.no_grad():
                 lin.weight.uniform_(-bound, bound, generator=gen)
                 lin.bias.uniform_(-bound, bound, generator=gen)
@@ -450,6 +474,22 @@ class _PlainMLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *, mode: Any = None) -> torch.Tensor:
         return self.body(x)
+
+
+def _baseline_mlp(
+    kind: str, config: RunConfig, sizes: Sequence[int], net: DeviceNetwork
+) -> _PlainMLP:
+    """A baseline MLP: dense (``"mlp"``) or wired like ``net`` (``"same-wiring"``)."""
+    if kind == "same-wiring":
+        masks = [layer.mask for layer in net.layers]
+        if any(tuple(m.shape) != (sizes[i], sizes[i + 1]) for i, m in enumerate(masks)):
+            raise ValueError(
+                "evaluation.baseline = 'same-wiring' needs one mask column per neuron (the "
+                "two-drive, quadratic or raw connection); with a per-port connection use "
+                "baseline = 'mlp'"
+            )
+        return _PlainMLP(sizes, seed=config.network.seed, masks=masks)
+    return _PlainMLP(sizes, seed=config.network.seed)
 
 
 def _accuracy(net: torch.nn.Module, data: ArrayDataset) -> float:
@@ -530,6 +570,15 @@ def run_pipeline(
     out = Path(out)
     if overwrite and resume:
         raise RunFolderError("overwrite and resume exclude each other; choose one")
+    if config.experiment.vary:
+        return _run_grid(
+            config,
+            out,
+            data_dir=data_dir,
+            progress=progress,
+            allow_import=allow_import,
+            overwrite=overwrite,
+        )
     if config.experiment.seeds:
         return _run_seed_family(
             config,
@@ -1288,6 +1337,66 @@ def _run_seed_family(
     return metrics
 
 
+# --------------------------------------------------------------------------------------------
+# Grids: one config key varied over a list of values (each value a run or a family of seeds)
+# --------------------------------------------------------------------------------------------
+
+
+def _run_grid(
+    config: RunConfig,
+    out: Path,
+    *,
+    data_dir: str | Path | None,
+    progress: bool,
+    allow_import: Sequence[str],
+    overwrite: bool,
+) -> dict[str, Any]:
+    from quasineuron.config import varied_config
+    from quasineuron.protocol import grid_folder, grid_metrics
+
+    ((key, values),) = config.experiment.vary.items()
+    folders = [grid_folder(key, v) for v in values]
+    if len(set(folders)) != len(folders):
+        raise RunFolderError(
+            f"experiment.vary[{key!r}] values {list(values)} give the same folder name twice "
+            f"({folders}); give values that differ in their text"
+        )
+    digest = config_hash(config)
+    prepare_output_folder(out)
+    record_path = out / RUN_FILE
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("config_hash") != digest and not overwrite:
+            raise RunFolderError(
+                f"output folder {str(out)!r} holds another experiment; choose a new --out or "
+                "pass --overwrite"
+            )
+    elif any(out.iterdir()) and not overwrite:
+        raise RunFolderError(
+            f"output folder {str(out)!r} holds files that are not a quasineuron run; choose a "
+            "new --out, or pass --overwrite"
+        )
+    atomic_write_json(record_path, {**_run_record(config, digest), "grid": folders})
+    per_value = []
+    for value, folder in zip(values, folders, strict=True):
+        point = varied_config(config, key, value)
+        # each point is a run of its own (or a seed family), resumable on its own
+        metrics = run_pipeline(
+            point,
+            out / folder,
+            data_dir=data_dir,
+            progress=progress,
+            allow_import=allow_import,
+            overwrite=overwrite,
+        )
+        per_value.append(metrics)
+    result = grid_metrics(
+        config.name, key, values, folders, per_value, config=config.model_dump(mode="json")
+    )
+    atomic_write_json(out / "metrics.json", result)
+    return result
+
+
 def _run_stages(
     config: RunConfig,
     out: Path,
@@ -1332,6 +1441,8 @@ def _run_stages(
         seed=config.network.seed,
         bounded_drives=config.network.bounded_drives,
     )
+    if config.evaluation.baseline_mlp and config.evaluation.baseline != "mlp":
+        _baseline_mlp("same-wiring", config, sizes, net)  # a wiring it cannot copy stops here
     status("train")
     t0 = time.perf_counter()
     result, stage_outcomes = _train_stages(config, out, net, train_set, val_set, progress=progress)
@@ -1340,18 +1451,21 @@ def _run_stages(
     last = stage_outcomes[-1]
     timings["train_s"] = time.perf_counter() - t0
 
-    baseline: TrainResult | None = None
+    baselines: dict[str, TrainResult] = {}
     if config.evaluation.baseline_mlp:
         status("baseline")
         t0 = time.perf_counter()
-        baseline = train(
-            _PlainMLP(sizes, seed=config.network.seed),
-            train_set,
-            val_data=val_set,
-            progress=False,
-            **_train_kwargs(config),
-        )
+        kinds = ("mlp", "same-wiring") if config.evaluation.baseline == "both" else None
+        for kind in kinds or (config.evaluation.baseline,):
+            baselines[kind] = train(
+                _baseline_mlp(kind, config, sizes, net),
+                train_set,
+                val_data=val_set,
+                progress=False,
+                **_train_kwargs(config),
+            )
         timings["baseline_train_s"] = time.perf_counter() - t0
+    baseline = next(iter(baselines.values()), None)  # the one drawn beside the training curves
     # The network as it leaves training is saved before the test set is read: the saved
     # network is what was scored, and what `quasineuron score` reads later.
     save_network(net, out / "network")  # training updated net in place
@@ -1384,8 +1498,8 @@ def _run_stages(
     for name, accs in report.accuracy_passes.items():
         if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
             accuracy[f"{name}_std"] = report.accuracy_std[name]
-    if baseline is not None:
-        accuracy["baseline_mlp"] = _accuracy(baseline.network, test)
+    for kind, fitted in baselines.items():  # baseline_mlp, baseline_same_wiring
+        accuracy[f"baseline_{kind.replace('-', '_')}"] = _accuracy(fitted.network, test)
 
     reads = _record_read(out, accuracy)
     status("report")

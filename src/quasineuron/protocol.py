@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from quasineuron.errors import RunFolderError
 
 __all__ = [
     "SCORES_FILE",
+    "grid_folder",
+    "grid_metrics",
     "TestReadRefused",
     "record_test_read",
     "reproduce_config",
@@ -199,6 +202,79 @@ def seed_family_metrics(
     }
 
 
+def grid_folder(key: str, value: Any) -> str:
+    """The subfolder of one point of a grid: the key's last part and the value, e.g. ``eps-0.5``.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``, so the name is
+    a plain folder name on every system.
+    """
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{key.split('.')[-1]}-{text}")
+
+
+def grid_metrics(
+    name: str,
+    key: str,
+    values: Sequence[Any],
+    folders: Sequence[str],
+    per_value: Sequence[Mapping[str, Any]],
+    *,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The metrics of a grid: one config key varied, each value a run or a seed family.
+
+    Args:
+        name: The experiment's name.
+        key: The varied dotted key (``"device.options.eps"``).
+        values: The values, in the config's order.
+        folders: Each value's subfolder.
+        per_value: Each value's ``metrics.json`` (a seed family's, or a single run's).
+        config: The resolved experiment config.
+
+    Returns:
+        ``vary`` (the key), the list of values under the key's last part (e.g. ``eps``) and
+        under ``values``, ``accuracy.<mode>_mean`` / ``_std`` as lists aligned with the
+        values, ``per_value`` (value, folder, seeds, mean/std and per-seed accuracies) and
+        ``test_reads`` (the total). A single run counts as one seed with std 0.
+    """
+    points = []
+    for value, folder, metrics in zip(values, folders, per_value, strict=True):
+        if "per_seed" in metrics:  # a seed family
+            accuracy = dict(metrics["accuracy"])
+            seeds = list(metrics["seeds"])
+            per_seed = {s: dict(v["accuracy"]) for s, v in metrics["per_seed"].items()}
+        else:  # one run: its training seed stands for the family
+            seed = int(metrics["config"]["training"]["seed"])
+            seeds = [seed]
+            per_seed = {str(seed): dict(metrics["accuracy"])}
+            accuracy = {}
+            for mode, acc in metrics["accuracy"].items():
+                if acc is not None and not mode.endswith("_std"):
+                    accuracy[f"{mode}_mean"], accuracy[f"{mode}_std"] = float(acc), 0.0
+        points.append(
+            {
+                "value": value,
+                "folder": folder,
+                "seeds": seeds,
+                "accuracy": accuracy,
+                "per_seed": per_seed,
+                "test_reads": int(metrics.get("test_reads", 0)),
+            }
+        )
+    shared = [k for k in points[0]["accuracy"] if all(k in p["accuracy"] for p in points)]
+    return {
+        "name": name,
+        "vary": key,
+        key.split(".")[-1]: list(values),
+        "values": list(values),
+        "accuracy": {k: [p["accuracy"][k] for p in points] for k in shared},
+        "per_value": points,
+        "test_reads": sum(p["test_reads"] for p in points),
+        "std": "sample standard deviation over seeds (n - 1)",
+        "config": dict(config),
+    }
+
+
 #: ``--quick``: the training subset, the test subset and the per-stage budgets of a smoke run.
 QUICK_TRAIN = 200
 QUICK_TEST = 100
@@ -217,7 +293,8 @@ def quick_config(config: Any) -> Any:
     At most :data:`QUICK_TRAIN` training and :data:`QUICK_TEST` test images, one epoch per
     stage (or at most :data:`QUICK_SAMPLES` samples), no weight averaging, a neuron twin fitted
     on at most :data:`QUICK_TWIN` drives and steps, a time-coupled network's window cut to at
-    most :data:`QUICK_WINDOW_STEPS` solver steps (same step), and at most two seeds. The
+    most :data:`QUICK_WINDOW_STEPS` solver steps (same step), at most two seeds, and the first
+    and last value of a grid. The
     network, its wiring and the training methods stay as they are, so the smoke run goes
     through every part the full run uses; its accuracy means nothing.
 
@@ -247,6 +324,10 @@ def quick_config(config: Any) -> Any:
             for key, most in QUICK_TWIN.items():
                 twin[key] = min(twin.get(key, most), most)
     data["experiment"]["seeds"] = data["experiment"]["seeds"][:2]
+    # a grid keeps its first and last value: the two ends are where a sweep breaks
+    data["experiment"]["vary"] = {
+        k: [v[0], v[-1]] if len(v) > 1 else v for k, v in data["experiment"]["vary"].items()
+    }
     if data["network"].get("kind") == "wuxing":
         window = data["network"].get("window") or config.network.resolved_window.model_dump()
         window["T"] = min(window["T"], QUICK_WINDOW_STEPS * window["dt"])
@@ -262,7 +343,8 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
 
     Args:
         result: The result folder (or a TOML config file).
-        quick: Shrink the run for a smoke test (see :func:`quick_config`).
+        quick: Shrink the run for a smoke test (see :func:`quick_config`; a grid keeps the
+            first and last of its values).
 
     Raises:
         ConfigError: If the folder holds no config.
