@@ -235,6 +235,50 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true")
     _traceback_flag(rep, default=argparse.SUPPRESS)
 
+    real = sub.add_parser(
+        "realism",
+        help="the realism suite: which training route works on which flawed device",
+        description="Train each scenario (a device with one flaw) by each of its routes on "
+        "every seed, score it on the true device beside an ordinary tanh MLP of the same "
+        "shape, and write DIR/metrics.json. The full suite on digits takes minutes.",
+    )
+    real.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
+    real.add_argument("--data", choices=["digits", "mnist"], default="digits")
+    real.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with MNIST files (--data mnist)"
+    )
+    real.add_argument(
+        "--seeds",
+        type=_int_at_least(0),
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="seeds of every scenario and route (default 0 1 2; --quick: 0)",
+    )
+    real.add_argument(
+        "--scenario",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this scenario, repeatable (default: all)",
+    )
+    real.add_argument(
+        "--epochs", type=_int_at_least(1), default=None, help="epochs (default 20; --quick: 1)"
+    )
+    real.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden neurons")
+    real.add_argument(
+        "--max-train",
+        type=_int_at_least(10),
+        default=None,
+        help="train on the first this many samples (default all; --quick: 300)",
+    )
+    real.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: one seed, one epoch, 300 training samples (numbers mean nothing)",
+    )
+    _traceback_flag(real, default=argparse.SUPPRESS)
+
     devices = sub.add_parser("devices", help="list the built-in and registered devices")
     _traceback_flag(devices, default=argparse.SUPPRESS)
     return parser
@@ -339,6 +383,51 @@ def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
     print(f"run folder: {out} (metrics.json, summary.md, plots)")
 
 
+def _realism(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    from quasineuron.realism import default_scenarios, run_realism
+
+    if args.data == "digits" and args.data_dir is not None:
+        raise ValueError("--data-dir is for --data mnist; digits is built in (drop --data-dir)")
+    if args.data == "mnist" and args.data_dir is None:
+        raise ValueError("--data mnist needs --data-dir DIR, the folder with the MNIST files")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for metrics.json")
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {seeds} repeats a seed; give each seed once")
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 20)
+    max_train = args.max_train if args.max_train is not None else (300 if args.quick else None)
+    scenarios = default_scenarios()
+    if args.scenario:
+        known = {sc.name: sc for sc in scenarios}
+        unknown = [n for n in args.scenario if n not in known]
+        if unknown:
+            raise ValueError(f"--scenario {unknown[0]!r} is not a scenario; known: {sorted(known)}")
+        scenarios = tuple(known[n] for n in dict.fromkeys(args.scenario))
+    # the networks are tiny: one thread avoids the cost of splitting each small matmul
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        # the suite provokes out-of-domain drives and non-finite outputs on purpose
+        warnings.simplefilter("ignore")
+        run_realism(
+            args.out,
+            seeds=seeds,
+            data=args.data,
+            data_dir=args.data_dir,
+            scenarios=scenarios,
+            epochs=epochs,
+            hidden=args.hidden,
+            max_train=max_train,
+            log=lambda line: print(line, flush=True),
+        )
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     # The names only, without importing torch; equal to devices.available_devices().
     from quasineuron._device_names import device_names as available_devices
@@ -396,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "score": _score,
         "reproduce": _reproduce,
         "devices": _devices,
+        "realism": _realism,
     }
     try:
         return handlers[args.command](args)
