@@ -122,9 +122,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ch.add_argument(
         "device",
+        nargs="?",
+        default=None,
         help="built-in or registered name (see 'quasineuron devices'), or module:attribute "
-        "with --allow-import",
+        "with --allow-import; leave out with --measurements",
     )
+    ch.add_argument(
+        "--measurements",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="no device: read measured data (CSV, HDF5, NetCDF) as the sweep and fit the twin "
+        "on it; needs --drives and --outputs",
+    )
+    ch.add_argument("--drives", nargs="+", default=None, metavar="COLUMN", help="drive columns")
+    ch.add_argument("--outputs", nargs="+", default=None, metavar="COLUMN", help="output columns")
     ch.add_argument("--out", required=True, type=Path, help="output folder")
     ch.add_argument(
         "-o",
@@ -284,10 +296,68 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _characterize_measured(args: argparse.Namespace) -> int:
+    from quasineuron.config import parse_config
+    from quasineuron.pipeline import characterize_measured, prepare_output_folder
+
+    if args.device is not None:
+        raise ValueError(
+            f"give either a DEVICE ({args.device!r}) or --measurements, not both: measured data "
+            "stands for a device you cannot run"
+        )
+    if not args.drives or not args.outputs:
+        raise ValueError("--measurements needs --drives COLUMN... and --outputs COLUMN...")
+    swept = [
+        flag
+        for flag, value, default in (
+            ("--option", args.option, []),
+            ("--sampler", args.sampler, "auto"),
+            ("--points", args.points, 0),
+            ("--workers", args.workers, 0),
+            ("--timeout", args.timeout, None),
+            ("--repeats", args.repeats, 1),
+        )
+        if value != default
+    ]
+    if swept:
+        raise ValueError(
+            f"{swept[0]} sweeps a device; with --measurements the file is the sweep (remove it)"
+        )
+    config = parse_config(
+        {
+            "device": {
+                "measurements": {
+                    "path": str(args.measurements),
+                    "drives": list(args.drives),
+                    "outputs": list(args.outputs),
+                }
+            },
+            "twin": {"kind": args.twin, "seed": args.seed},
+        },
+        source="the command line",
+    )
+    prepare_output_folder(args.out)
+    result = characterize_measured(config, args.out)
+    rep = result.fit.report
+    noise = f", noise floor {[round(v, 6) for v in rep.noise_floor]}" if rep.noise_floor else ""
+    print(
+        f"{result.table.n_points} measurements ({result.table.n_failed} failed); twin "
+        f"{rep.kind}, NRMSE {rep.nrmse:.3e} on held-out measurements{noise}"
+    )
+    print(f"wrote {args.out / 'report.json'}")
+    return 0
+
+
 def _characterize(args: argparse.Namespace) -> int:
     from quasineuron.devices.library import make_device
     from quasineuron.pipeline import characterize, make_sampler, prepare_output_folder
 
+    if args.measurements is not None:
+        return _characterize_measured(args)
+    if args.device is None:
+        raise ValueError("give a DEVICE to sweep, or --measurements FILE with measured data")
+    if args.drives or args.outputs:
+        raise ValueError("--drives and --outputs name the columns of --measurements FILE")
     prepare_output_folder(args.out)
     options = dict(args.option)
     device = make_device(args.device, allow_import=tuple(args.allow_import), **options)

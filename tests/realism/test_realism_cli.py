@@ -12,7 +12,9 @@ from quasineuron.cli import main
 
 def test_a_quick_run_of_one_scenario_writes_metrics(tmp_path: Path) -> None:
     out = tmp_path / "realism"
-    rc = main(["realism", "--quick", "--scenario", "exact-twin", "--hidden", "4", "--out", str(out)])
+    rc = main(
+        ["realism", "--quick", "--scenario", "exact-twin", "--hidden", "4", "--out", str(out)]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["seeds"] == [0] and m["n_train"] == 300 and m["settings"]["epochs"] == 1

@@ -110,7 +110,10 @@ def test_training_or_scoring_that_needs_the_true_device_is_refused() -> None:
     with pytest.raises(ConfigError, match="needs the true device"):
         parse_config(cfg)
     cfg = _cfg("lab.csv")
-    cfg["training"]["stages"] = [{"method": "surrogate", "epochs": 1}, {"method": "direct", "epochs": 1}]
+    cfg["training"]["stages"] = [
+        {"method": "surrogate", "epochs": 1},
+        {"method": "direct", "epochs": 1},
+    ]
     with pytest.raises(ConfigError, match="needs the true device"):
         parse_config(cfg)
 
@@ -165,3 +168,24 @@ baseline_mlp = false
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["accuracy"]["device"] is None
+
+
+def test_characterize_takes_measurements_instead_of_a_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = _write_measurements(tmp_path / "lab.csv", n=21, repeats=2)
+    out = tmp_path / "char"
+    args = ["characterize", "--measurements", str(csv_path), "--drives", "V_in"]
+    rc = main([*args, "--outputs", "V_out", "--twin", "spline", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["sweep"]["n_points"] == 42 and report["twin"]["noise_floor"][0] > 0
+    assert (out / "measurements" / "lab.csv").read_bytes() == csv_path.read_bytes()
+    assert "noise floor" in capsys.readouterr().out
+    # a device and measurements, or a sweep option with measurements, are refused
+    rc = main(["characterize", "tanh", *args[1:], "--outputs", "V_out", "--out", str(out)])
+    assert rc == 2 and "not both" in capsys.readouterr().err
+    rc = main([*args, "--outputs", "V_out", "--points", "9", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "--points sweeps a device" in capsys.readouterr().err
+    assert main(["characterize", "--out", str(tmp_path / "y")]) == 2
+    assert "give a DEVICE" in capsys.readouterr().err
