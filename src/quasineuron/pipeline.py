@@ -1299,6 +1299,25 @@ def score_network(
     from quasineuron.network import load_network
     from quasineuron.surrogate import load_surrogate
 
+    m = config.device.measurements
+    if m is not None:
+        # the run folder's copy of the measurements: the folder alone scores the run
+        copy = run / MEASUREMENTS_DIR / Path(m.path).name
+        measured = config.model_copy(
+            update={
+                "device": config.device.model_copy(
+                    update={"measurements": m.model_copy(update={"path": str(copy)})}
+                )
+            }
+        )
+        twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
+        device_net = load_network(
+            run / "network", device=MeasuredOnly(_measured_table(measured)), twin=twin
+        )
+        report = evaluate(
+            device_net, test, modes=[_MODES["surrogate"]()], batch_size=config.evaluation.batch_size
+        )
+        return {**report.accuracy, "device": None}
     device = make_device(config.device.name, **config.device.options)
     if config.device.input_clip:
         device = InputClip(device)
@@ -1773,7 +1792,8 @@ def _summary(m: dict[str, Any]) -> str:
         f"Total time {m['timings']['total_s']:.1f} s.",
         "",
         "Files: metrics.json, report.json, response.png, error.png, training.png, "
-        "accuracy.png, confusion.png, network/, twin.safetensors, sweep.zarr.",
+        "accuracy.png, confusion.png, network/, twin.safetensors, "
+        + ("measurements/." if m.get("measurements") else "sweep.zarr."),
         "",
     ]
     return "\n".join(lines)
@@ -1788,7 +1808,12 @@ def _measured_sentences(m: dict[str, Any]) -> list[str]:
         f"Device: measured data only ({meas['file']}, SHA-256 {meas['sha256'][:12]}…): the "
         "sweep above is the file's rows. There is no true device, so accuracy.device is null: "
         "the network was trained and scored through its twin, and the twin's error is measured "
-        "on held-out measurements, not on the device.",
+        "on held-out measurements, not on the device."
+        + (
+            f" Noise floor of the repeated readings: {m['twin']['noise_floor']}."
+            if m["twin"].get("noise_floor")
+            else ""
+        ),
     ]
 
 

@@ -168,6 +168,10 @@ baseline_mlp = false
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["accuracy"]["device"] is None
+    # scored again from the run folder (its copy of the measurements): the same number
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "run"), "--again"]) == 0
+    assert f"surrogate={100 * metrics['accuracy']['surrogate']:.2f}%" in capsys.readouterr().out
 
 
 def test_characterize_takes_measurements_instead_of_a_device(
