@@ -673,8 +673,8 @@ def run_pipeline(
         _wuxing_network(config)
         for i, stage in enumerate(config.stages()):
             _wuxing_method(config, stage, i)
-        device = None
-        sampler = None
+        device: AbstractDevice | None = None
+        sampler: AbstractSampler | None = None
     elif config.device.measurements is not None:
         # Read before any work: a bad column or value stops the run here. The measured table
         # replaces the sweep, so there is no sampler and no true device.
