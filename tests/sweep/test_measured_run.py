@@ -193,3 +193,20 @@ def test_characterize_takes_measurements_instead_of_a_device(
     assert rc == 2 and "--points sweeps a device" in capsys.readouterr().err
     assert main(["characterize", "--out", str(tmp_path / "y")]) == 2
     assert "give a DEVICE" in capsys.readouterr().err
+
+
+def test_a_run_folder_alone_reproduces_a_measured_run(tmp_path: Path) -> None:
+    from quasineuron.protocol import reproduce_config
+
+    csv_path = _write_measurements(tmp_path / "lab.csv", n=21, repeats=2)
+    cfg = _cfg(str(csv_path))
+    cfg["training"]["epochs"] = 1
+    cfg["data"]["limit_train"] = 100
+    out = tmp_path / "run"
+    first = _run(cfg, out)
+    csv_path.unlink()  # the lab's file is gone: the run folder keeps its copy
+    again = reproduce_config(out)
+    assert Path(again.device.measurements.path) == (out / "measurements" / "lab.csv").resolve()
+    second = _run(again.model_dump(mode="json"), tmp_path / "again")
+    assert second["measurements"]["sha256"] == first["measurements"]["sha256"]
+    assert second["accuracy"] == first["accuracy"]
