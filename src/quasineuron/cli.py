@@ -122,9 +122,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ch.add_argument(
         "device",
+        nargs="?",
+        default=None,
         help="built-in or registered name (see 'quasineuron devices'), or module:attribute "
-        "with --allow-import",
+        "with --allow-import; leave out with --measurements",
     )
+    ch.add_argument(
+        "--measurements",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="no device: read measured data (CSV, HDF5, NetCDF) as the sweep and fit the twin "
+        "on it; needs --drives and --outputs",
+    )
+    ch.add_argument("--drives", nargs="+", default=None, metavar="COLUMN", help="drive columns")
+    ch.add_argument("--outputs", nargs="+", default=None, metavar="COLUMN", help="output columns")
     ch.add_argument("--out", required=True, type=Path, help="output folder")
     ch.add_argument(
         "-o",
@@ -235,15 +247,117 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true")
     _traceback_flag(rep, default=argparse.SUPPRESS)
 
+    real = sub.add_parser(
+        "realism",
+        help="the realism suite: which training route works on which flawed device",
+        description="Train each scenario (a device with one flaw) by each of its routes on "
+        "every seed, score it on the true device beside an ordinary tanh MLP of the same "
+        "shape, and write DIR/metrics.json. The full suite on digits takes minutes.",
+    )
+    real.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
+    real.add_argument("--data", choices=["digits", "mnist"], default="digits")
+    real.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with MNIST files (--data mnist)"
+    )
+    real.add_argument(
+        "--seeds",
+        type=_int_at_least(0),
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="seeds of every scenario and route (default 0 1 2; --quick: 0)",
+    )
+    real.add_argument(
+        "--scenario",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this scenario, repeatable (default: all)",
+    )
+    real.add_argument(
+        "--epochs", type=_int_at_least(1), default=None, help="epochs (default 20; --quick: 1)"
+    )
+    real.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden neurons")
+    real.add_argument(
+        "--max-train",
+        type=_int_at_least(10),
+        default=None,
+        help="train on the first this many samples (default all; --quick: 300)",
+    )
+    real.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: one seed, one epoch, 300 training samples (numbers mean nothing)",
+    )
+    _traceback_flag(real, default=argparse.SUPPRESS)
+
     devices = sub.add_parser("devices", help="list the built-in and registered devices")
     _traceback_flag(devices, default=argparse.SUPPRESS)
     return parser
+
+
+def _characterize_measured(args: argparse.Namespace) -> int:
+    from quasineuron.config import parse_config
+    from quasineuron.pipeline import characterize_measured, prepare_output_folder
+
+    if args.device is not None:
+        raise ValueError(
+            f"give either a DEVICE ({args.device!r}) or --measurements, not both: measured data "
+            "stands for a device you cannot run"
+        )
+    if not args.drives or not args.outputs:
+        raise ValueError("--measurements needs --drives COLUMN... and --outputs COLUMN...")
+    swept = [
+        flag
+        for flag, value, default in (
+            ("--option", args.option, []),
+            ("--sampler", args.sampler, "auto"),
+            ("--points", args.points, 0),
+            ("--workers", args.workers, 0),
+            ("--timeout", args.timeout, None),
+            ("--repeats", args.repeats, 1),
+        )
+        if value != default
+    ]
+    if swept:
+        raise ValueError(
+            f"{swept[0]} sweeps a device; with --measurements the file is the sweep (remove it)"
+        )
+    config = parse_config(
+        {
+            "device": {
+                "measurements": {
+                    "path": str(args.measurements),
+                    "drives": list(args.drives),
+                    "outputs": list(args.outputs),
+                }
+            },
+            "twin": {"kind": args.twin, "seed": args.seed},
+        },
+        source="the command line",
+    )
+    prepare_output_folder(args.out)
+    result = characterize_measured(config, args.out)
+    rep = result.fit.report
+    noise = f", noise floor {[round(v, 6) for v in rep.noise_floor]}" if rep.noise_floor else ""
+    print(
+        f"{result.table.n_points} measurements ({result.table.n_failed} failed); twin "
+        f"{rep.kind}, NRMSE {rep.nrmse:.3e} on held-out measurements{noise}"
+    )
+    print(f"wrote {args.out / 'report.json'}")
+    return 0
 
 
 def _characterize(args: argparse.Namespace) -> int:
     from quasineuron.devices.library import make_device
     from quasineuron.pipeline import characterize, make_sampler, prepare_output_folder
 
+    if args.measurements is not None:
+        return _characterize_measured(args)
+    if args.device is None:
+        raise ValueError("give a DEVICE to sweep, or --measurements FILE with measured data")
+    if args.drives or args.outputs:
+        raise ValueError("--drives and --outputs name the columns of --measurements FILE")
     prepare_output_folder(args.out)
     options = dict(args.option)
     device = make_device(args.device, allow_import=tuple(args.allow_import), **options)
@@ -349,6 +463,51 @@ def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
     print(f"run folder: {out} (metrics.json, summary.md, plots)")
 
 
+def _realism(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    from quasineuron.realism import default_scenarios, run_realism
+
+    if args.data == "digits" and args.data_dir is not None:
+        raise ValueError("--data-dir is for --data mnist; digits is built in (drop --data-dir)")
+    if args.data == "mnist" and args.data_dir is None:
+        raise ValueError("--data mnist needs --data-dir DIR, the folder with the MNIST files")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for metrics.json")
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {seeds} repeats a seed; give each seed once")
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 20)
+    max_train = args.max_train if args.max_train is not None else (300 if args.quick else None)
+    scenarios = default_scenarios()
+    if args.scenario:
+        known = {sc.name: sc for sc in scenarios}
+        unknown = [n for n in args.scenario if n not in known]
+        if unknown:
+            raise ValueError(f"--scenario {unknown[0]!r} is not a scenario; known: {sorted(known)}")
+        scenarios = tuple(known[n] for n in dict.fromkeys(args.scenario))
+    # the networks are tiny: one thread avoids the cost of splitting each small matmul
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        # the suite provokes out-of-domain drives and non-finite outputs on purpose
+        warnings.simplefilter("ignore")
+        run_realism(
+            args.out,
+            seeds=seeds,
+            data=args.data,
+            data_dir=args.data_dir,
+            scenarios=scenarios,
+            epochs=epochs,
+            hidden=args.hidden,
+            max_train=max_train,
+            log=lambda line: print(line, flush=True),
+        )
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     # The names only, without importing torch; equal to devices.available_devices().
     from quasineuron._device_names import device_names as available_devices
@@ -406,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "score": _score,
         "reproduce": _reproduce,
         "devices": _devices,
+        "realism": _realism,
     }
     try:
         return handlers[args.command](args)

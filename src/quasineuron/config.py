@@ -88,14 +88,67 @@ def _respell(
     return out
 
 
+class MeasurementsConfig(_Strict):
+    """A device known only from a file of measurements (see ``load_measurements``).
+
+    ``path`` is relative to the config file's folder; the run copies the file into its folder
+    and records its SHA-256, so the run folder alone reproduces the run.
+    """
+
+    path: str = Field(description="CSV, HDF5 or NetCDF file of measurements")
+    drives: tuple[str, ...] = Field(min_length=1, description="columns holding the drives")
+    outputs: tuple[str, ...] = Field(min_length=1, description="columns holding the outputs")
+    status: str | None = Field(None, description="optional column flagging each measurement")
+    repeat: str | None = Field(None, description="optional column numbering repeated measurements")
+    units: dict[str, str] = Field(default_factory=dict, description="column -> unit, e.g. 'V'")
+    low: tuple[float, ...] | None = Field(
+        None, description="lower corner of the domain; default the measured drives' bounding box"
+    )
+    high: tuple[float, ...] | None = Field(None, description="upper corner of the domain")
+    delimiter: str | None = Field(None, description="CSV separator; default by suffix")
+
+    @model_validator(mode="after")
+    def _check(self) -> MeasurementsConfig:
+        if (self.low is None) != (self.high is None):
+            raise ValueError("give both low and high for the domain of the drives, or neither")
+        if self.low is not None and self.high is not None:
+            if len(self.low) != len(self.drives) or len(self.high) != len(self.drives):
+                raise ValueError(
+                    f"low and high need one bound per drive ({len(self.drives)}: "
+                    f"{list(self.drives)}), got {list(self.low)} and {list(self.high)}"
+                )
+        return self
+
+
 class DeviceConfig(_Strict):
-    """Which device to build: a built-in name or ``module:function``, with its options."""
+    """Which device to build: a built-in name or ``module:function``, with its options.
+
+    Or ``measurements``: a device known only from a file of measurements, which replaces the
+    sweep; it has no true device, so it cannot be combined with a name or options.
+    """
 
     name: str = "almost-neuron"
     options: dict[str, Any] = Field(default_factory=dict)
     input_clip: bool = Field(
         False, description="clip drives into the device's domain before they reach it (a limiter)"
     )
+    measurements: MeasurementsConfig | None = Field(
+        None, description="build the twin from measured data instead of sweeping a device"
+    )
+
+    @model_validator(mode="after")
+    def _check_measurements(self) -> DeviceConfig:
+        if self.measurements is None:
+            return self
+        # A resolved config (run.json) spells out the default name: only a changed one clashes.
+        both = _changed(self, ("name", "options", "input_clip"))
+        if both:
+            raise ValueError(
+                f"[device] gives both measurements and {both[0]} = {getattr(self, both[0])!r}; "
+                "a device is either built (name, options) and swept, or known only from "
+                "measurements: remove one of them"
+            )
+        return self
 
 
 class SweepConfig(_Strict):
@@ -459,6 +512,8 @@ class RunConfig(_Strict):
                     "simulation) and 'surrogate' (the steady state)"
                 )
         else:
+            if self.device.measurements is not None:
+                _check_measured_only(self)
             for i, st in enumerate(self.training.stages):
                 if st.method in WUXING_METHODS:
                     raise ValueError(
@@ -517,6 +572,24 @@ def varied_config(config: RunConfig, key: str, value: Any) -> RunConfig:
         return parse_config(data, source=f"experiment.vary {key} = {value!r}")
     except ConfigError as exc:
         raise ValueError(str(exc).replace("\n", "; ")) from None
+
+
+def _check_measured_only(config: RunConfig) -> None:
+    """Measured data has no true device: only the twin can train or be scored."""
+    methods = [config.training.mode] + [
+        st.method for st in config.training.stages if st.method is not None
+    ]
+    bad = [m for m in methods if m != "surrogate"]
+    if bad:
+        raise ValueError(
+            f"training uses {bad[0]!r}, which needs the true device, but [device] is known only "
+            "from measurements; train with mode = 'surrogate' (through the twin)"
+        )
+    if config.evaluation.variability is not None:
+        raise ValueError(
+            "evaluation.variability perturbs the true device, but [device] is known only from "
+            "measurements; remove [evaluation.variability]"
+        )
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
@@ -584,4 +657,13 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, source=str(path))
+    config = parse_config(data, source=str(path))
+    m = config.device.measurements
+    if m is not None and not Path(m.path).expanduser().is_absolute():
+        # relative to the config file's folder, not to where the command runs
+        where = str((path.parent / Path(m.path).expanduser()).resolve())
+        device = config.device.model_copy(
+            update={"measurements": m.model_copy(update={"path": where})}
+        )
+        config = config.model_copy(update={"device": device})
+    return config

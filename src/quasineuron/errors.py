@@ -87,3 +87,7 @@ class DeviceCallError(SimulationError):
 
 class DeviceBudgetError(RuntimeError):
     """A device elsewhere would be called more times than its budget of calls allows."""
+
+
+class NoTrueDeviceError(RuntimeError):
+    """A device known only from measurements was asked to run: there is no true device."""

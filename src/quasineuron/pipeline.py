@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from quasineuron._atomic import atomic_write_bytes, atomic_write_json
+from quasineuron._atomic import atomic_write_bytes, atomic_write_json, sha256_hex
 from quasineuron._messages import error_line as _error_line
 from quasineuron._version import __version__
 from quasineuron.config import RunConfig, StageConfig, config_hash, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
-from quasineuron.devices.base import AbstractDevice
+from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.library import make_device
 from quasineuron.devices.wrappers import InputClip
 from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
@@ -72,6 +72,7 @@ from quasineuron.sweep import (
     sweep,
 )
 from quasineuron.sweep.executors import AutoExecutor
+from quasineuron.sweep.measured import MeasuredOnly, load_measurements
 from quasineuron.training import Cosine, TrainResult, train
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ __all__ = [
     "score_network",
     "with_seed",
     "CharacterizeResult",
+    "characterize_measured",
     "characterize",
     "default_sampler",
     "demo_config",
@@ -325,6 +327,127 @@ def characterize(
     report["twin"].update(
         worst_u=rep.worst_u, worst_error=rep.worst_error, worst_region=rep.worst_region
     )
+    if rep.suggestion:
+        report["twin"]["suggestion"] = rep.suggestion
+    if rep.noise_floor:
+        report["twin"].update(noise_floor=rep.noise_floor, error_to_noise=rep.error_to_noise)
+    atomic_write_json(out / "report.json", report)
+    return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
+
+
+MEASUREMENTS_DIR = "measurements"
+
+
+def _measured_table(config: RunConfig) -> SweepTable:
+    """The table of ``[device] measurements``, read as ``load_measurements`` reads it."""
+    m = config.device.measurements
+    assert m is not None
+    domain = None
+    if m.low is not None and m.high is not None:
+        domain = Box(low=m.low, high=m.high)
+    return load_measurements(
+        m.path,
+        drives=m.drives,
+        outputs=m.outputs,
+        status=m.status,
+        repeat=m.repeat,
+        units=m.units,
+        domain=domain,
+        delimiter=m.delimiter,
+    )
+
+
+def characterize_measured(
+    config: RunConfig, out: str | Path, *, progress: bool = True
+) -> CharacterizeResult:
+    """The sweep stage of a run whose device is known only from measurements.
+
+    Reads ``[device] measurements`` into the table a sweep produces, copies the file into
+    ``out/measurements/`` (with its SHA-256 in ``report.json``, so the run folder alone holds
+    what the run was built from), fits the twin on the table and writes ``report.json``,
+    ``twin.safetensors`` and the plots as :func:`characterize` does. There is no true device:
+    the twin's fidelity is estimated on held-out measurements, and with repeated measurements
+    the report gives the noise floor.
+
+    Args:
+        config: A run config with ``device.measurements`` set.
+        out: The run folder.
+        progress: Unused (reading a file shows no progress bar); kept for symmetry.
+
+    Returns:
+        The table, the fit and the report.
+
+    Raises:
+        FileNotFoundError: If the measurement file is missing.
+        ValueError: If a column or value of the file is bad (see ``load_measurements``).
+    """
+    del progress
+    out = Path(out)
+    m = config.device.measurements
+    assert m is not None
+    t0 = time.perf_counter()
+    table = _measured_table(config)
+    source = Path(m.path)
+    raw = source.read_bytes()
+    digest = sha256_hex(raw)
+    if digest != table.device["sha256"]:
+        raise RuntimeError(f"{source} changed while it was read; run again")
+    copy = Path(MEASUREMENTS_DIR) / source.name
+    (out / MEASUREMENTS_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / copy, raw)
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = fit_surrogate(
+        table,
+        kind=config.twin.kind,
+        hidden=config.twin.hidden,
+        seed=config.twin.seed,
+        true_device=None,
+        policy=config.twin.policy,
+    )
+    t_fit = time.perf_counter() - t0
+    save_surrogate(fit, out / "twin.safetensors")
+    plots = plot_fit(fit.model, table, out, true_device=None)
+    rep = fit.report
+    repeats = int(table.sampler.get("repeats", 1))
+    report: dict[str, Any] = {
+        "device": MeasuredOnly(table).describe(),
+        "measurements": {
+            "file": copy.as_posix(),
+            "sha256": digest,
+            "drives": list(m.drives),
+            "outputs": list(m.outputs),
+            "units": dict(table.device.get("units", {})),
+        },
+        "sweep": {
+            "n_points": table.n_points,
+            "n_failed": table.n_failed,
+            "n_timeout": 0,
+            "sampler": table.sampler,
+            "store": None,
+            "time_s": t_read,
+            "repeats": repeats,
+            "failed_fraction": rep.failed_fraction,
+        },
+        "twin": {
+            "kind": rep.kind,
+            "validation": rep.validation,
+            "rmse": rep.rmse,
+            "nrmse": rep.nrmse,
+            "max_abs": rep.max_abs,
+            "r2": rep.r2,
+            "n_train": rep.n_train,
+            "n_val": rep.n_val,
+            "time_s": t_fit,
+            "path": "twin.safetensors",
+            "details": rep.to_dict(),
+            "alternatives": [a.to_dict() for a in fit.alternatives],
+            "worst_u": rep.worst_u,
+            "worst_error": rep.worst_error,
+            "worst_region": rep.worst_region,
+        },
+        "plots": [p.name for p in plots],
+    }
     if rep.suggestion:
         report["twin"]["suggestion"] = rep.suggestion
     if rep.noise_floor:
@@ -599,7 +722,12 @@ def run_pipeline(
         _wuxing_network(config)
         for i, stage in enumerate(config.stages()):
             _wuxing_method(config, stage, i)
-        device = None
+        device: AbstractDevice | None = None
+        sampler: AbstractSampler | None = None
+    elif config.device.measurements is not None:
+        # Read before any work: a bad column or value stops the run here. The measured table
+        # replaces the sweep, so there is no sampler and no true device.
+        device = MeasuredOnly(_measured_table(config))
         sampler = None
     else:
         device = make_device(config.device.name, allow_import=allow_import, **config.device.options)
@@ -625,14 +753,14 @@ def run_pipeline(
                 f"set network.sizes = [{train_full.n_features}, ..., {n_classes}]"
             )
     else:
-        assert device is not None and sampler is not None
+        assert device is not None
         sizes = (train_full.n_features, *config.network.hidden, n_classes)
         _check_memory(
             estimate_memory_bytes(
                 sizes=sizes,
                 device=device,
                 batch_size=max(config.training.batch_size, config.evaluation.batch_size),
-                n_points=sampler.n_points(device.n_in),
+                n_points=sampler.n_points(device.n_in) if sampler is not None else 0,
             )
         )
         # Built once before any work (and thrown away), so that a connection that does not fit
@@ -672,7 +800,7 @@ def run_pipeline(
                 data_dir=data_dir,
             )
         else:
-            assert device is not None and sampler is not None
+            assert device is not None
             status("characterize")
             metrics = _run_stages(
                 config,
@@ -1220,6 +1348,25 @@ def score_network(
     from quasineuron.network import load_network
     from quasineuron.surrogate import load_surrogate
 
+    m = config.device.measurements
+    if m is not None:
+        # the run folder's copy of the measurements: the folder alone scores the run
+        copy = run / MEASUREMENTS_DIR / Path(m.path).name
+        measured = config.model_copy(
+            update={
+                "device": config.device.model_copy(
+                    update={"measurements": m.model_copy(update={"path": str(copy)})}
+                )
+            }
+        )
+        twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
+        device_net = load_network(
+            run / "network", device=MeasuredOnly(_measured_table(measured)), twin=twin
+        )
+        report = evaluate(
+            device_net, test, modes=[_MODES["surrogate"]()], batch_size=config.evaluation.batch_size
+        )
+        return {**report.accuracy, "device": None}
     device = make_device(config.device.name, **config.device.options)
     if config.device.input_clip:
         device = InputClip(device)
@@ -1401,7 +1548,7 @@ def _run_stages(
     config: RunConfig,
     out: Path,
     device: AbstractDevice,
-    sampler: AbstractSampler,
+    sampler: AbstractSampler | None,
     status: Callable[[str], None],
     train_set: ArrayDataset,
     val_set: ArrayDataset,
@@ -1413,19 +1560,24 @@ def _run_stages(
     progress: bool,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    char = characterize(
-        device,
-        out,
-        sampler=sampler,
-        batch_size=config.sweep.batch_size,
-        workers=config.sweep.workers,
-        timeout=config.sweep.timeout,
-        twin_kind=config.twin.kind,
-        hidden=config.twin.hidden,
-        seed=config.twin.seed,
-        progress=progress,
-        policy=config.twin.policy,
-        repeats=config.sweep.repeats,
+    measured = sampler is None  # the table comes from a file of measurements
+    char = (
+        characterize_measured(config, out, progress=progress)
+        if measured
+        else characterize(
+            device,
+            out,
+            sampler=sampler,
+            batch_size=config.sweep.batch_size,
+            workers=config.sweep.workers,
+            timeout=config.sweep.timeout,
+            twin_kind=config.twin.kind,
+            hidden=config.twin.hidden,
+            seed=config.twin.seed,
+            progress=progress,
+            policy=config.twin.policy,
+            repeats=config.sweep.repeats,
+        )
     )
     twin = char.fit.model.to(torch.float32)
     twin.compiled = config.twin.compile
@@ -1483,7 +1635,9 @@ def _run_stages(
     variability = None
     if config.evaluation.variability is not None:
         variability = Variability(**config.evaluation.variability.model_dump())
-    modes = [_MODES[m]() for m in config.evaluation.modes]
+    modes = [_MODES[m]() for m in config.evaluation.modes if not measured or m == "surrogate"]
+    if not modes:  # measured data only: the twin network is what there is to score
+        modes = [_MODES["surrogate"]()]
     passes = STOCHASTIC_PASSES if is_stochastic(net) else 1
     report = evaluate(
         net,
@@ -1495,6 +1649,8 @@ def _run_stages(
     )
     timings["evaluate_s"] = time.perf_counter() - t0
     accuracy: dict[str, float | None] = dict(report.accuracy)
+    if measured:  # no true device: say so rather than leave the key out
+        accuracy["device"] = None
     for name, accs in report.accuracy_passes.items():
         if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
             accuracy[f"{name}_std"] = report.accuracy_std[name]
@@ -1540,6 +1696,7 @@ def _run_stages(
         "domain": _domain_metrics(report.domain, config.twin.policy),
         "passes": passes,
         "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
+        **({"measurements": char.report["measurements"]} if measured else {}),
         "training": {
             "mode": config.training.mode,
             "best_epoch": last.get("best_epoch"),
@@ -1744,14 +1901,34 @@ def _summary(m: dict[str, Any]) -> str:
         f"Twin: {m['twin']['kind']}, held-out NRMSE {m['twin']['nrmse']:.2e}, "
         f"max |error| {m['twin']['max_abs']:.2e} ({m['twin']['validation']}).",
         f"Sweep: {m['sweep']['n_points']} points, {m['sweep']['n_failed']} failed.",
+        *_measured_sentences(m),
         *_domain_sentences(m),
         f"Total time {m['timings']['total_s']:.1f} s.",
         "",
         "Files: metrics.json, report.json, response.png, error.png, training.png, "
-        "accuracy.png, confusion.png, network/, twin.safetensors, sweep.zarr.",
+        "accuracy.png, confusion.png, network/, twin.safetensors, "
+        + ("measurements/." if m.get("measurements") else "sweep.zarr."),
         "",
     ]
     return "\n".join(lines)
+
+
+def _measured_sentences(m: dict[str, Any]) -> list[str]:
+    """What a run built from measured data can and cannot say."""
+    meas = m.get("measurements")
+    if not meas:
+        return []
+    return [
+        f"Device: measured data only ({meas['file']}, SHA-256 {meas['sha256'][:12]}…): the "
+        "sweep above is the file's rows. There is no true device, so accuracy.device is null: "
+        "the network was trained and scored through its twin, and the twin's error is measured "
+        "on held-out measurements, not on the device."
+        + (
+            f" Noise floor of the repeated readings: {m['twin']['noise_floor']}."
+            if m["twin"].get("noise_floor")
+            else ""
+        ),
+    ]
 
 
 def _domain_metrics(domain: dict[str, Any], policy: str) -> dict[str, Any]:

@@ -369,4 +369,18 @@ def reproduce_config(result: str | Path, *, quick: bool = False) -> Any:
                 f"{folder} holds no config.toml and no run.json or metrics.json with a config; "
                 "give a result folder written by `quasineuron run`"
             )
+        config = _measurements_in_folder(config, folder)
     return quick_config(config) if quick else config
+
+
+def _measurements_in_folder(config: Any, folder: Path) -> Any:
+    """A run built from measured data reads the copy its folder keeps, when there is one."""
+    m = config.device.measurements
+    if m is None:
+        return config
+    copy = folder / "measurements" / Path(m.path).name
+    if not copy.is_file():
+        return config
+    measurements = m.model_copy(update={"path": str(copy.resolve())})
+    device = config.device.model_copy(update={"measurements": measurements})
+    return config.model_copy(update={"device": device})

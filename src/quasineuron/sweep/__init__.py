@@ -2,7 +2,7 @@
 
 from quasineuron.sweep.dask import DaskExecutor as DaskExecutor
 from quasineuron.sweep.executors import AbstractExecutor, ProcessExecutor, SerialExecutor
-from quasineuron.sweep.measured import load_measurements
+from quasineuron.sweep.measured import MeasuredOnly, load_measurements
 from quasineuron.sweep.runner import evaluate_points, sweep
 from quasineuron.sweep.sampling import (
     AbstractSampler,
@@ -29,5 +29,6 @@ __all__ = [
     "SweepTable",
     "evaluate_points",
     "sweep",
+    "MeasuredOnly",
     "load_measurements",
 ]

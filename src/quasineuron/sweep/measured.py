@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from quasineuron._atomic import sha256_hex
-from quasineuron.devices.base import Box
+from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.errors import NoTrueDeviceError
 from quasineuron.sweep.store import PointStatus, SweepTable
 
-__all__ = ["load_measurements"]
+__all__ = ["MeasuredOnly", "load_measurements"]
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
@@ -434,3 +436,49 @@ def _bounding_box(u: np.ndarray, drives: Sequence[str], path: Path) -> Box:
                 "drive (a constant is not a drive)"
             )
     return Box(low=tuple(low.tolist()), high=tuple(high.tolist()))
+
+
+class MeasuredOnly(AbstractDevice):
+    """The stand-in for a device known only from measurements: its shape, domain and name.
+
+    A network needs a device for its sizes and domain; a run built from measured data has no
+    true device to call, so calling this one raises :class:`NoTrueDeviceError` (train and
+    score through the twin instead).
+
+    Args:
+        table: The table :func:`load_measurements` returned.
+    """
+
+    differentiable = False
+
+    def __init__(self, table: SweepTable) -> None:
+        super().__init__()
+        self.n_in = int(table.u.shape[1])
+        self.n_out = int(table.y.shape[1])
+        self.domain = table.domain
+        self.name = str(table.device.get("name", "measured"))
+        self._source = {
+            k: table.device[k]
+            for k in ("source", "sha256", "drives", "outputs", "units")
+            if k in table.device
+        }
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Refuse: there is no true device behind measured data.
+
+        Args:
+            u: Drives, shape (batch, n_in).
+
+        Raises:
+            NoTrueDeviceError: Always.
+        """
+        raise NoTrueDeviceError(
+            f"device {self.name!r} is known only from measurements ({self._source.get('source')}); "
+            "there is no true device to evaluate: train with mode 'surrogate' and score the twin"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The device fields, ``kind: "measured data only"`` and the measurement file."""
+        d = super().describe()
+        d.update(kind="measured data only", measurements=dict(self._source))
+        return d

@@ -1,0 +1,39 @@
+"""`quasineuron realism`: the suite from the command line, its options checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quasineuron.cli import main
+
+
+def test_a_quick_run_of_one_scenario_writes_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "realism"
+    rc = main(
+        ["realism", "--quick", "--scenario", "exact-twin", "--hidden", "4", "--out", str(out)]
+    )
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["seeds"] == [0] and m["n_train"] == 300 and m["settings"]["epochs"] == 1
+    assert [sc["name"] for sc in m["scenarios"]] == ["exact-twin"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "mnist"], "needs --data-dir"),
+        (["--data-dir", "x"], "--data-dir is for --data mnist"),
+        (["--seeds", "0", "0"], "repeats a seed"),
+        (["--scenario", "nosuch"], "not a scenario"),
+    ],
+)
+def test_bad_options_are_refused_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    rc = main(["realism", *args, "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()
