@@ -322,7 +322,8 @@ class SpiceDevice(AbstractDevice):
         ]
         for i, row in enumerate(u):
             for k, v in enumerate(row):
-                src = f"pwl(0 0 {rise!r} {float(v)!r})" if tr.start == "step" else f"dc {float(v)!r}"
+                v = float(v)
+                src = f"pwl(0 0 {rise!r} {v!r})" if tr.start == "step" else f"dc {v!r}"
                 lines.append(f"vqn{i}_{k} qn_d{i}_{k} 0 {src}")
             ports = " ".join(f"qn_d{i}_{k}" for k in range(self.n_in))
             lines.append(f"xqn{i} {ports} qn_cell")
