@@ -95,3 +95,17 @@ def test_a_current_output_must_name_a_source_of_the_netlist() -> None:
         SpiceDevice(
             "r1 a 0 1k\n", drives=("a",), outputs=("i(vsense)",), domain=Box((0.0,), (1.0,))
         )
+
+
+@needs_ngspice
+@pytest.mark.parametrize("n_rows", [3, 29])
+def test_lanes_give_each_row_the_answer_of_the_one_copy_sweep(n_rows: int) -> None:
+    # 3 rows in 8 lanes: one row per lane (a two-entry table); 29 rows: the last lane padded.
+    # Rows must come back in their places; the inverter is nonlinear, so a mix-up shows.
+    from quasineuron.devices.spice import spice_inverter
+
+    u = np.random.default_rng(2).uniform(0.0, 1.8, (n_rows, 1))
+    one = spice_inverter(lanes=1).evaluate_numpy(u)
+    dev = spice_inverter(lanes=8)
+    np.testing.assert_allclose(dev.evaluate_numpy(u), one, atol=1e-6)
+    assert "in 3 lanes" in dev.batch_netlist(u[:3], "out.raw")
