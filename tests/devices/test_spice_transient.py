@@ -109,3 +109,24 @@ def test_lanes_give_each_row_the_answer_of_the_one_copy_sweep(n_rows: int) -> No
     dev = spice_inverter(lanes=8)
     np.testing.assert_allclose(dev.evaluate_numpy(u), one, atol=1e-6)
     assert "in 3 lanes" in dev.batch_netlist(u[:3], "out.raw")
+
+
+def test_results_that_stop_short_are_reported_not_read() -> None:
+    # a transient that ended before t_stop, or a sweep with fewer steps than rows per lane,
+    # must raise rather than return a truncated answer (fake results, no ngspice needed)
+    from quasineuron.errors import SimulationError
+
+    dev = _lowpass(Transient(t_stop=1e-3, t_step=1e-5))
+    values = {
+        "time": np.array([0.0, 5e-4]),
+        "v(xqn0.out)": np.zeros(2),
+        "i(v.xqn0.vsense)": np.zeros(2),
+    }
+    with pytest.raises(SimulationError, match="transient stopped"):
+        dev._transient_outputs(values, 1)
+    sweep = SpiceDevice(
+        "r1 a out 1k\nr2 out 0 1k\n", drives=("a",), outputs=("v(out)",),
+        domain=Box((0.0,), (1.0,)), lanes=2,
+    )  # fmt: skip
+    with pytest.raises(SimulationError, match="sweep stopped"):
+        sweep._lanes_outputs({"v(xqn0.out)": np.zeros(1), "v(xqn1.out)": np.zeros(1)}, 4)
