@@ -130,3 +130,19 @@ def test_results_that_stop_short_are_reported_not_read() -> None:
     )  # fmt: skip
     with pytest.raises(SimulationError, match="sweep stopped"):
         sweep._lanes_outputs({"v(xqn0.out)": np.zeros(1), "v(xqn1.out)": np.zeros(1)}, 4)
+
+
+@needs_ngspice
+def test_a_transient_device_passes_check_device_and_pickles() -> None:
+    # instances share one time axis: a row's answer must still not depend on its batch-mates
+    import pickle
+
+    import quasineuron as qn
+
+    dev = _lowpass(Transient(t_stop=RC, t_step=1e-5, at="mean", start="step"))
+    assert qn.check_device(dev).ok
+    u = np.array([[0.4]])
+    np.testing.assert_allclose(
+        pickle.loads(pickle.dumps(dev)).evaluate_numpy(u), dev.evaluate_numpy(u)
+    )
+    assert dev.describe()["readout"]["at"] == "mean"
