@@ -4,7 +4,11 @@ The netlist describes one neuron. Its drive nodes are driven by the device (the 
 and chosen node voltages are the outputs. To make a batch cheap, the whole batch is one DC sweep:
 a hidden index source is swept over the rows and each drive node follows a table indexed by it,
 so ngspice solves thousands of operating points in one run, each starting from the previous
-solution. Starting ngspice costs about 10 ms; one run per point would pay it every time.
+solution. Starting ngspice costs about 10 ms; one run per point would pay it every time. The
+swept netlist holds several copies of the neuron ("lanes"), each walking its own share of the
+rows, so that one sweep step solves several points. A :class:`Transient` readout instead puts
+one instance of the neuron per row in one netlist and integrates them over one time window.
+Outputs are node voltages or currents through voltage sources (``i(vname)``).
 
 ngspice runs as a program in batch mode (``ngspice -b``), one subprocess per chunk; nothing
 links against the shared library, so a crash in the simulator cannot take the Python process
