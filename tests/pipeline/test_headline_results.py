@@ -1,0 +1,42 @@
+"""The committed headline seed families: the config that ran, its seeds and its spread."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from quasineuron.config import config_hash, load_config, parse_config
+from quasineuron.protocol import reproduce_config
+
+ROOT = Path(__file__).parents[2]
+FAMILIES = ("almost-neuron-mnist",)
+
+
+def _metrics(name: str) -> dict:
+    return json.loads((ROOT / "docs/results" / name / "metrics.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_headline_family_holds_the_config_of_its_example(name: str) -> None:
+    folder = ROOT / "docs" / "results" / name
+    config = load_config(folder / "config.toml")
+    assert config_hash(config) == config_hash(load_config(ROOT / "examples" / f"{name}.toml"))
+    assert config_hash(config) == config_hash(parse_config(_metrics(name)["config"]))
+    quick = reproduce_config(folder, quick=True)
+    assert quick.data.limit_train == 200 and quick.training.epochs == 1
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_headline_family_reports_mean_and_std_over_at_least_three_seeds(name: str) -> None:
+    metrics = _metrics(name)
+    seeds = metrics["seeds"]
+    assert len(seeds) >= 3 and len(set(seeds)) == len(seeds)
+    assert list(load_config(ROOT / "docs/results" / name / "config.toml").experiment.seeds) == seeds
+    per_seed = [metrics["per_seed"][str(s)]["accuracy"]["device"] for s in seeds]
+    # the headline numbers are the mean and sample std of the per-seed test accuracies
+    assert metrics["accuracy"]["device_mean"] == pytest.approx(statistics.fmean(per_seed))
+    assert metrics["accuracy"]["device_std"] == pytest.approx(statistics.stdev(per_seed))
+    assert metrics["accuracy"]["device_std"] > 0
