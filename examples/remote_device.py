@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare", action="store_true", help="also train with the device in this process"
     )
+    parser.add_argument(
+        "--server-seed",
+        type=int,
+        default=0,
+        help="seed of the server's injected failures and noise",
+    )
     args = parser.parse_args(argv)
     local = qn.make_device("tanh")
     # the twin: characterised here on a model of the device (it could come from measurements)
@@ -44,13 +50,21 @@ def main(argv: list[str] | None = None) -> None:
     def fit_and_score(dev: qn.AbstractDevice) -> float:
         net = qn.DeviceNetwork(dev, (64, 16, 10), twin=twin, seed=0)
         result = qn.train(
-            net, train, mode=qn.PhysicsAware(), epochs=epochs, batch_size=64, lr=1e-2, seed=0,
+            net,
+            train,
+            mode=qn.PhysicsAware(),
+            epochs=epochs,
+            batch_size=64,
+            lr=1e-2,
+            seed=0,
             progress=False,
-        )  # fmt: skip
+        )
         report = qn.evaluate(result.network, test, modes=(qn.TrueDevice(),))
         return float(report.accuracy["device"])
 
-    server = DeviceServer(local, latency=args.latency, failure_rate=0.01, noise_std=0.01, seed=0)
+    server = DeviceServer(
+        local, latency=args.latency, failure_rate=0.01, noise_std=0.01, seed=args.server_seed
+    )
     with tempfile.TemporaryDirectory() as tmp, server:
         record = args.record or Path(tmp) / "calls.jsonl"
         policy = CallPolicy(batch_size=4096, retries=8, backoff=0.05, max_calls=5000)
