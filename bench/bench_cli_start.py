@@ -71,8 +71,10 @@ def main() -> None:
         }
         results = {k: _time(c, repeats=args.repeats, env=env, cwd=tmp) for k, c in cases.items()}
     base = results["import torch (baseline)"]
-    print(f"median of {args.repeats} fresh processes; python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(
+        f"median of {args.repeats} fresh processes; python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+    )
     for name, t in results.items():
         print(f"{name:34s} {t:7.3f} s   {t / base:5.2f}x import torch")
     if args.json is not None:

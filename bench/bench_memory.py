@@ -81,9 +81,13 @@ def _case_sweep(args: argparse.Namespace, *, points: int | None = None) -> dict[
     name = "sweep.zarr" if points is None else "sweep-small.zarr"
     t0 = time.perf_counter()
     table = qn.sweep(
-        qn.almost_neuron(0.1), qn.Grid(side), store=Path(args.work) / name,
-        batch_size=4096, progress=False, overwrite=True,
-    )  # fmt: skip
+        qn.almost_neuron(0.1),
+        qn.Grid(side),
+        store=Path(args.work) / name,
+        batch_size=4096,
+        progress=False,
+        overwrite=True,
+    )
     return {"points": table.n_points, "seconds": time.perf_counter() - t0}
 
 
@@ -98,9 +102,12 @@ def _case_characterize(args: argparse.Namespace) -> dict[str, object]:
     side = _grid_side(args.points)
     t0 = time.perf_counter()
     result = characterize(
-        qn.almost_neuron(0.1), Path(args.work) / "char", sampler=qn.Grid(side),
-        progress=False, overwrite=True,
-    )  # fmt: skip
+        qn.almost_neuron(0.1),
+        Path(args.work) / "char",
+        sampler=qn.Grid(side),
+        progress=False,
+        overwrite=True,
+    )
     return {"points": result.table.n_points, "seconds": time.perf_counter() - t0}
 
 
@@ -220,8 +227,11 @@ def main() -> None:
             if "error" in res:
                 print(f"{name}: FAILED\n{res['error']}")
                 continue
-            extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in res.items() if k not in ("peak_rss_mib",))  # fmt: skip
+            extra = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in res.items()
+                if k not in ("peak_rss_mib",)
+            )
             print(f"{name:13s} peak RSS {res['peak_rss_mib']:8.1f} MiB  ({extra})")
     base = results["baseline"]["peak_rss_mib"]
     sw, small = results.get("sweep", {}), results.get("sweep_small", {})

@@ -176,10 +176,16 @@ def main() -> None:
 
     last_rate: dict[str, float] = {}
     meta = dict(
-        torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
-        machine=platform.machine(), processor=platform.processor(), T=T_END, dt=DT,
-        dtype="float32", unroll=args.unroll,
-    )  # fmt: skip
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        T=T_END,
+        dt=DT,
+        dtype="float32",
+        unroll=args.unroll,
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print(f"{'method':24s} {'batch':>9s} {'solves/s':>11s} {'vs tdq':>8s} {'max_err':>9s} compile")
     for batch in batches:
@@ -200,18 +206,30 @@ def main() -> None:
             rates[name] = last_rate[name] = batch / best
             compile_s = max(first - best, 0.0) if "compiled" in name else 0.0
             results.append(
-                dict(method=name, batch=batch, rate=rates[name], seconds=best,
-                     compile_seconds=compile_s, max_err=errors[name])
-            )  # fmt: skip
+                dict(
+                    method=name,
+                    batch=batch,
+                    rate=rates[name],
+                    seconds=best,
+                    compile_seconds=compile_s,
+                    max_err=errors[name],
+                )
+            )
         # the scipy loop: a small sample, rate extrapolated (it is linear in batch)
         n_s = min(batch, 100 if args.quick else 300)
         best = best_time(lambda n_s=n_s, u=u: scipy_loop(u[:n_s]), budget=budget, max_reps=2)
         rates["scipy-loop"] = n_s / best
         results.append(
-            dict(method="scipy-loop", batch=batch, rate=rates["scipy-loop"],
-                 seconds=best * batch / n_s, compile_seconds=0.0,
-                 max_err=errors["scipy-loop"], sample=n_s)
-        )  # fmt: skip
+            dict(
+                method="scipy-loop",
+                batch=batch,
+                rate=rates["scipy-loop"],
+                seconds=best * batch / n_s,
+                compile_seconds=0.0,
+                max_err=errors["scipy-loop"],
+                sample=n_s,
+            )
+        )
         base = rates.get("torchdiffeq-rk4")  # None when skipped at this size
         for r in results:
             if r["batch"] == batch:

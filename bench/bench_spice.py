@@ -66,12 +66,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     n_batched, n_single, n_tran = (20_000, 50, 400) if args.quick else (100_000, 200, 2000)
-    print(f"ngspice: {find_ngspice()}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"ngspice: {find_ngspice()}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     rng = np.random.default_rng(0)
-    print(f"{'device':>16} | {'lanes=8 pts/s':>13} | {'lanes=1 pts/s':>13} | "
-          f"{'per-point pts/s':>15} | {'8 vs 1':>6} | {'8 vs per-point':>14} | "
-          f"{'transient pts/s':>15}")  # fmt: skip
+    print(
+        f"{'device':>16} | {'lanes=8 pts/s':>13} | {'lanes=1 pts/s':>13} | "
+        f"{'per-point pts/s':>15} | {'8 vs 1':>6} | {'8 vs per-point':>14} | "
+        f"{'transient pts/s':>15}"
+    )
     lane_rates = []
     for make in (spice_diffpair, spice_inverter):
         new, old = make(workers=args.workers), make(workers=args.workers, lanes=1)
@@ -85,15 +89,20 @@ def main() -> None:
             s.append(rate(new, rng.uniform(low, high, (n_single, 1)), per_point=True))
             t.append(rate(tran, rng.uniform(low, high, (n_tran, 1)), per_point=False))
         lane_rates.append(max(b))
-        print(f"{new.name:>16} | {max(b):13.3g} | {max(o):13.3g} | {max(s):15.3g} | "
-              f"{max(b) / max(o):6.2f} | {max(b) / max(s):14.0f} | {max(t):15.3g}")  # fmt: skip
+        print(
+            f"{new.name:>16} | {max(b):13.3g} | {max(o):13.3g} | {max(s):15.3g} | "
+            f"{max(b) / max(o):6.2f} | {max(b) / max(s):14.0f} | {max(t):15.3g}"
+        )
         u = rng.uniform(low, high, (5000, 1))
-        print(f"{'':>16}   one 5000-point run, lanes=8: {profile(new, u)}; "
-              f"lanes=1: {profile(old, u)}")  # fmt: skip
+        print(
+            f"{'':>16}   one 5000-point run, lanes=8: {profile(new, u)}; lanes=1: {profile(old, u)}"
+        )
     points = 10_000 * (128 + 10)
-    print(f"scoring 10,000 MNIST images (784-128-10, {points:.3g} operating points): "
-          f"~{points / lane_rates[0]:.0f} s on spice-diffpair; load average now "
-          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"scoring 10,000 MNIST images (784-128-10, {points:.3g} operating points): "
+        f"~{points / lane_rates[0]:.0f} s on spice-diffpair; load average now "
+        f"{os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,14 @@ def _pool_costs(n_workers: int, n_items: int = 200) -> tuple[float, float]:
 def _sweep_time(device: AbstractDevice, executor: object, points: int, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        sweep(device, Grid(n=(points,)), store=Path(tmp) / "s", batch_size=batch,
-              executor=executor, progress=False)  # type: ignore[arg-type]  # fmt: skip
+        sweep(
+            device,
+            Grid(n=(points,)),
+            store=Path(tmp) / "s",
+            batch_size=batch,
+            executor=executor,
+            progress=False,
+        )  # type: ignore[arg-type]
         return time.perf_counter() - t0
 
 
@@ -98,12 +104,18 @@ def main() -> None:
     transfer = statistics.median(t for _, t in starts)
     start1 = statistics.median(_pool_costs(1)[0] for _ in range(3))
     load = os.getloadavg()[0]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {load:.2f}; "
-          f"{args.points} points in batches of {args.batch_size}")  # fmt: skip
-    print(f"pool start (to first result): 1 worker {start1:.2f} s, 2 workers {start:.2f} s; "
-          f"transfer {1e3 * transfer:.2f} ms per 4096-point batch")  # fmt: skip
-    print(f"crossover (serial work = 2 x start): {2 * start:.2f} s of sweep, i.e. "
-          f"{2 * start / args.points * 1e3:.1f} ms per point here")  # fmt: skip
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {load:.2f}; "
+        f"{args.points} points in batches of {args.batch_size}"
+    )
+    print(
+        f"pool start (to first result): 1 worker {start1:.2f} s, 2 workers {start:.2f} s; "
+        f"transfer {1e3 * transfer:.2f} ms per 4096-point batch"
+    )
+    print(
+        f"crossover (serial work = 2 x start): {2 * start:.2f} s of sweep, i.e. "
+        f"{2 * start / args.points * 1e3:.1f} ms per point here"
+    )
     rows = []
     for spin in (False, True):
         for cost in args.costs:
@@ -118,12 +130,21 @@ def main() -> None:
             t_a = _sweep_time(dev, auto, args.points, args.batch_size)
             # last: the finished pool's workers tear down (seconds with torch) in the background
             t_p = _sweep_time(dev, ProcessExecutor(2), args.points, args.batch_size)
-            rows.append({"kind": "spin" if spin else "sleep", "per_point_s": cost,
-                         "serial_s": t_s, "processes_s": t_p, "auto_s": t_a,
-                         "auto_mode": mode[0] if mode else "?"})  # fmt: skip
-            print(f"{rows[-1]['kind']:5s} {cost * 1e3:7.1f} ms/point  serial {t_s:6.2f} s  "
-                  f"processes {t_p:6.2f} s ({t_s / t_p:5.2f}x)  auto {t_a:6.2f} s "
-                  f"({t_s / t_a:5.2f}x, {rows[-1]['auto_mode']})")  # fmt: skip
+            rows.append(
+                {
+                    "kind": "spin" if spin else "sleep",
+                    "per_point_s": cost,
+                    "serial_s": t_s,
+                    "processes_s": t_p,
+                    "auto_s": t_a,
+                    "auto_mode": mode[0] if mode else "?",
+                }
+            )
+            print(
+                f"{rows[-1]['kind']:5s} {cost * 1e3:7.1f} ms/point  serial {t_s:6.2f} s  "
+                f"processes {t_p:6.2f} s ({t_s / t_p:5.2f}x)  auto {t_a:6.2f} s "
+                f"({t_s / t_a:5.2f}x, {rows[-1]['auto_mode']})"
+            )
     if args.json is not None:
         out = {"pool_start_s": {"1": start1, "2": start}, "transfer_s": transfer, "rows": rows}
         args.json.write_text(json.dumps(out, indent=2))

@@ -107,8 +107,11 @@ def legacy(a: argparse.Namespace) -> None:
             "bptt_step": a.batch / t_bptt,
             "bptt_step_compiled": a.batch / t_bptt_c,
         }
-        speedup = {"forward": t_fwd / t_fwd_c, "window_step": t_win / t_win_c,
-                   "bptt_step": t_bptt / t_bptt_c}  # fmt: skip
+        speedup = {
+            "forward": t_fwd / t_fwd_c,
+            "window_step": t_win / t_win_c,
+            "bptt_step": t_bptt / t_bptt_c,
+        }
     fl = floor(net.n_slots, net.wiring.n_links, config.n_steps)
     sps = a.batch / t_win
     out = {
@@ -126,14 +129,14 @@ def legacy(a: argparse.Namespace) -> None:
             "window_step": sps,
             "steady_step": a.batch / t_std,
             **compiled,
-        },  # fmt: skip
+        },
         "ratio_vs_forward": {"window_step": t_win / t_fwd, "steady_step": t_std / t_fwd},
         "compiled_speedup": speedup if a.compile else None,
         "floor": fl,
         "achieved": {
             "gflop_per_s": fl["flop_per_sample"] * sps / 1e9,
             "gb_per_s_unfused": fl["bytes_per_sample_unfused"] * sps / 1e9,
-        },  # fmt: skip
+        },
     }
     print(json.dumps(out, indent=1))
     if a.json:

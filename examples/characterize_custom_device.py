@@ -101,8 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = qn.Grid(21 if quick else 41)
     batch = 64
     try:
-        qn.sweep(make_simulator(interrupt_after(2 * batch)), grid, store=store,
-                 batch_size=batch, progress=False)  # fmt: skip
+        qn.sweep(
+            make_simulator(interrupt_after(2 * batch)),
+            grid,
+            store=store,
+            batch_size=batch,
+            progress=False,
+        )
     except KeyboardInterrupt:
         partial = qn.SweepTable.open(store)
         print(f"interrupted: {partial.summary()}")

@@ -80,9 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             dev, (64, 16 if quick else 32, 10), twin=twin, connection=qn.TwoDrive(), seed=0
         )
         result = qn.train(
-            net, train, mode=mode, epochs=epochs, batch_size=32, lr=3e-3, seed=0,
-            val_data=val, progress=False,
-        )  # fmt: skip
+            net,
+            train,
+            mode=mode,
+            epochs=epochs,
+            batch_size=32,
+            lr=3e-3,
+            seed=0,
+            val_data=val,
+            progress=False,
+        )
         report = qn.evaluate(result.network, test, modes=(qn.Surrogate(), qn.TrueDevice()))
         acc = report.accuracy
         print(

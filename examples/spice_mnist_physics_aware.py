@@ -35,9 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     train, val = train.split(0.1, seed=0)
     start = time.perf_counter()
     qn.train(
-        net, train, mode=qn.PhysicsAware(), epochs=args.epochs, batch_size=128, lr=args.lr,
-        seed=1, progress=False,
-    )  # fmt: skip
+        net,
+        train,
+        mode=qn.PhysicsAware(),
+        epochs=args.epochs,
+        batch_size=128,
+        lr=args.lr,
+        seed=1,
+        progress=False,
+    )
     train_s = time.perf_counter() - start
     n_before = dev.n_evaluations
     start = time.perf_counter()

@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for tests")
     args = parser.parse_args(argv)
     dev = SpiceDevice(
-        NETLIST, drives=("gate",), outputs=("v(out)",), domain=qn.Box((0.0,), (1.8,)),
+        NETLIST,
+        drives=("gate",),
+        outputs=("v(out)",),
+        domain=qn.Box((0.0,), (1.8,)),
         name="common-source",
-    )  # fmt: skip
+    )
     print(qn.check_device(dev))
     table = qn.sweep(dev, qn.Grid(101), progress=False)  # 101 points: one ngspice run
     twin = qn.fit_surrogate(table, kind="spline", policy="clamp")
@@ -40,9 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     train, test = qn.load_digits()
     net = qn.DeviceNetwork(dev, (64, 16, 10), twin=twin.model, seed=0)
     result = qn.train(
-        net, train, mode=qn.Surrogate(), epochs=2 if args.quick else 20, batch_size=32,
-        lr=3e-3, seed=0, progress=False,
-    )  # fmt: skip
+        net,
+        train,
+        mode=qn.Surrogate(),
+        epochs=2 if args.quick else 20,
+        batch_size=32,
+        lr=3e-3,
+        seed=0,
+        progress=False,
+    )
     report = qn.evaluate(result.network, test, modes=(qn.Surrogate(), qn.TrueDevice()))
     print(
         f"accuracy on the twin {100 * report.accuracy['surrogate']:.1f} %, on ngspice "

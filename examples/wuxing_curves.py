@@ -47,8 +47,10 @@ def _stages(doc: dict, results: Path) -> list[dict]:
     if parent and parent.get("command") == init.get("command") and init["name"] != doc["name"]:
         return [*_stages(parent, results), doc]  # (a run may continue its namesake)
     below = init.get("init") or {}  # absent in summaries kept before chains were
-    own = {**init, "train_samples_seen": init["train_samples_seen"]
-           - below.get("train_samples_seen", 0)}  # fmt: skip
+    own = {
+        **init,
+        "train_samples_seen": init["train_samples_seen"] - below.get("train_samples_seen", 0),
+    }
     return [*_stages(own, results), doc]
 
 
@@ -87,8 +89,12 @@ def plot(runs: list[Path], out: str | Path) -> list[str]:
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
     docs = {path: json.loads(path.read_text()) for path in runs}
     folders = {path.parent.name: doc for path, doc in docs.items()}
-    kept = {d["trained_as"] for d in docs.values() if d.get("trained_as")
-            and folders.get(d["trained_as"], {}).get("command") == d.get("command")}  # fmt: skip
+    kept = {
+        d["trained_as"]
+        for d in docs.values()
+        if d.get("trained_as")
+        and folders.get(d["trained_as"], {}).get("command") == d.get("command")
+    }
     for i, (path, doc) in enumerate(docs.items()):
         color = colors[i % len(colors)]
         if doc.get("averaged") or path.parent.name in kept:
@@ -102,8 +108,11 @@ def plot(runs: list[Path], out: str | Path) -> list[str]:
         images, vals, _ = curve(doc, path.parent.parent)
         ax_v.plot(images, vals, "o-", label=name, color=color)
         plotted.append(name)
-    ax_l.set(xlabel="training images seen (this stage)", ylabel="training loss (50-step mean)",
-             yscale="log")  # fmt: skip
+    ax_l.set(
+        xlabel="training images seen (this stage)",
+        ylabel="training loss (50-step mean)",
+        yscale="log",
+    )
     ax_l.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
     ax_v.set(xlabel="training images seen", ylabel="validation accuracy", xscale="log")
     ax_v.legend(

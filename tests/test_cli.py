@@ -13,8 +13,19 @@ from quasineuron.cli import main
 @pytest.mark.slow
 def test_characterize_writes_report_with_required_fields(tmp_path: Path) -> None:
     out = tmp_path / "an"
-    rc = main(["characterize", "almost-neuron", "--out", str(out), "--points", "441",
-               "-o", "eps=0.1", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "characterize",
+            "almost-neuron",
+            "--out",
+            str(out),
+            "--points",
+            "441",
+            "-o",
+            "eps=0.1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["sweep"]["n_points"] == 441 and report["sweep"]["n_failed"] == 0
@@ -25,8 +36,22 @@ def test_characterize_writes_report_with_required_fields(tmp_path: Path) -> None
     for name in ("response.png", "error.png", "twin.safetensors"):
         assert (out / name).stat().st_size > 0
     # a second call resumes the finished store and evaluates nothing new
-    assert main(["characterize", "almost-neuron", "--out", str(out), "--points", "441",
-                 "-o", "eps=0.1", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "characterize",
+                "almost-neuron",
+                "--out",
+                str(out),
+                "--points",
+                "441",
+                "-o",
+                "eps=0.1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -83,6 +108,13 @@ modes = ["surrogate", "device"]
     assert m["gap"] == pytest.approx(m["accuracy"]["surrogate"] - m["accuracy"]["device"])
     assert m["twin"]["nrmse"] < 1e-3 and "baseline_mlp" in m["accuracy"]
     assert m["config"]["training"]["epochs"] == 2 and "total_s" in m["timings"]
-    for name in ("training.png", "accuracy.png", "confusion.png", "response.png", "error.png",
-                 "summary.md", "network/network.json"):  # fmt: skip
+    for name in (
+        "training.png",
+        "accuracy.png",
+        "confusion.png",
+        "response.png",
+        "error.png",
+        "summary.md",
+        "network/network.json",
+    ):
         assert (out / name).stat().st_size > 0

@@ -54,9 +54,15 @@ class UserDiode(AbstractDevice):
 
 def _user_ode() -> AbstractDevice:
     return ODEDevice(
-        relax_rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, readout=FinalState(),
-        solver=RK4(dt=0.05), domain=Box((-2.0,), (2.0,)), name="user-relax",
-    )  # fmt: skip
+        relax_rhs,
+        x0=torch.zeros(1),
+        n_in=1,
+        t_end=1.0,
+        readout=FinalState(),
+        solver=RK4(dt=0.05),
+        domain=Box((-2.0,), (2.0,)),
+        name="user-relax",
+    )
 
 
 def _blackbox() -> AbstractDevice:

@@ -91,9 +91,14 @@ def test_a_callable_initial_state_of_the_wrong_shape_is_named(adapter: str) -> N
         label = "x0"
     else:
         dev = FixedPointDevice(
-            lambda x, u: u - x, n_in=1, n_state=1, n_out=1, x_init=bad,
-            readout=lambda x: x, domain=BOX1,
-        )  # fmt: skip
+            lambda x, u: u - x,
+            n_in=1,
+            n_state=1,
+            n_out=1,
+            x_init=bad,
+            readout=lambda x: x,
+            domain=BOX1,
+        )
         label = "x_init"
     with pytest.raises(
         DeviceContractError, match=rf"{label}\(u\) must return shape \(2, n_state=1\)"

@@ -211,9 +211,14 @@ def blowup(t, x, u):  # dx/dt = x^2 + u, x(0) = 1: blows up at t = 1 for u = 0
 )
 def test_diverging_rows_become_nan_without_raising(solver, bound):
     dev = ODEDevice(
-        blowup, x0=torch.ones(1), n_in=1, t_end=2.0, solver=solver, bound=bound,
+        blowup,
+        x0=torch.ones(1),
+        n_in=1,
+        t_end=2.0,
+        solver=solver,
+        bound=bound,
         readout=TimeAverage(),
-    )  # fmt: skip
+    )
     u = torch.tensor([[0.0], [-2.0], [-1.0]], dtype=F64)  # -2: stable at -sqrt(2); -1: x = 1
     result = dev.solve(u)
     assert result.diverged.tolist() == [True, False, False]
@@ -226,8 +231,9 @@ def test_clip_keeps_the_state_in_the_box():
     def grow(t, x, u):
         return torch.ones_like(x) * u
 
-    dev = ODEDevice(grow, x0=torch.zeros(2), n_in=1, t_end=2.0, solver=Euler(dt=0.1),
-                    clip=(0.0, (1.0, 0.5)))  # fmt: skip
+    dev = ODEDevice(
+        grow, x0=torch.zeros(2), n_in=1, t_end=2.0, solver=Euler(dt=0.1), clip=(0.0, (1.0, 0.5))
+    )
     y = dev(torch.tensor([[1.0], [-1.0]], dtype=F64))
     torch.testing.assert_close(y, torch.tensor([[1.0, 0.5], [0.0, 0.0]], dtype=F64))
 
@@ -301,17 +307,32 @@ def test_a_solver_defined_outside_the_package_runs_an_ode_device(layout):
     rhs = decay_batch if layout == "batch" else decay_rows
     errs = []
     for dt in (0.1, 0.05):
-        dev = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=dt),
-                        layout=layout)  # fmt: skip
+        dev = ODEDevice(
+            rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=dt), layout=layout
+        )
         errs.append((dev(u) - exact).abs().max().item())
     # second order: halving the step quarters the error
     assert 3.5 < errs[0] / errs[1] < 4.5
     # the fixed-step machinery comes with it: clip, and a quadrature readout
-    clipped = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=0.01),
-                        layout=layout, clip=(0.0, 0.3))  # fmt: skip
+    clipped = ODEDevice(
+        rhs,
+        x0=torch.zeros(1),
+        n_in=1,
+        t_end=1.0,
+        solver=Midpoint(dt=0.01),
+        layout=layout,
+        clip=(0.0, 0.3),
+    )
     assert clipped(u).max().item() == pytest.approx(0.3)
-    avg = ODEDevice(rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, solver=Midpoint(dt=0.01),
-                    layout=layout, readout=TimeAverage())  # fmt: skip
+    avg = ODEDevice(
+        rhs,
+        x0=torch.zeros(1),
+        n_in=1,
+        t_end=1.0,
+        solver=Midpoint(dt=0.01),
+        layout=layout,
+        readout=TimeAverage(),
+    )
     torch.testing.assert_close(avg(u), u * math.exp(-1.0), rtol=1e-4, atol=0)  # u (1 - (1-e^-1))
 
 
@@ -330,8 +351,9 @@ def test_a_readout_defined_outside_the_package_runs_an_ode_device():
     u = torch.tensor([[0.5], [2.0]], dtype=F64)
     kw = {"x0": torch.zeros(1), "n_in": 1, "t_end": 1.0, "solver": RK4(dt=0.01)}
     integral = ODEDevice(decay_batch, readout=TimeIntegral(rest=0.1), **kw)(u)
-    torch.testing.assert_close(ODEDevice(decay_batch, readout=Doubled(rest=0.1), **kw)(u),
-                               2.0 * integral)  # fmt: skip
+    torch.testing.assert_close(
+        ODEDevice(decay_batch, readout=Doubled(rest=0.1), **kw)(u), 2.0 * integral
+    )
 
 
 def _blows_up_backward(t, x, u):
@@ -343,16 +365,31 @@ def _blows_up_backward(t, x, u):
 
 def test_a_failed_adjoint_solve_is_a_solver_error_that_explains_it():
     solver = Adaptive(rtol=1e-5, atol=1e-7, adjoint=True)
-    dev = ODEDevice(_blows_up_backward, x0=torch.full((1,), 1e3), n_in=1, t_end=1.0,
-                    solver=solver, name="stiff-relaxer")  # fmt: skip
+    dev = ODEDevice(
+        _blows_up_backward,
+        x0=torch.full((1,), 1e3),
+        n_in=1,
+        t_end=1.0,
+        solver=solver,
+        name="stiff-relaxer",
+    )
     u = torch.tensor([[0.1], [0.2]], dtype=F64, requires_grad=True)
     res = dev.solve(u)
     assert not res.diverged.any()  # the forward solve is fine
     with pytest.raises(SolverError) as info:
         res.y.sum().backward()
     msg = str(info.value)
-    for part in ("'stiff-relaxer'", "underflow in dt", repr(solver), "rtol=1e-05", "atol=1e-07",
-                 "RK4(dt=...)", "adjoint=False", "tolerances", "PhysicsAware()"):  # fmt: skip
+    for part in (
+        "'stiff-relaxer'",
+        "underflow in dt",
+        repr(solver),
+        "rtol=1e-05",
+        "atol=1e-07",
+        "RK4(dt=...)",
+        "adjoint=False",
+        "tolerances",
+        "PhysicsAware()",
+    ):
         assert part in msg, part
     assert isinstance(info.value.__cause__, AssertionError)  # torchdiffeq's, kept as the cause
 
@@ -369,8 +406,14 @@ class _NaNSlope(torch.nn.Module):
 
 
 def test_a_non_finite_adjoint_is_a_solver_error():
-    dev = ODEDevice(_NaNSlope(), x0=torch.zeros(1), n_in=1, t_end=1.0,
-                    solver=Adaptive(adjoint=True), name="nan-slope")  # fmt: skip
+    dev = ODEDevice(
+        _NaNSlope(),
+        x0=torch.zeros(1),
+        n_in=1,
+        t_end=1.0,
+        solver=Adaptive(adjoint=True),
+        name="nan-slope",
+    )
     y = dev(torch.tensor([[0.3]], dtype=F64))
     assert torch.isfinite(y).all()
     with pytest.raises(SolverError, match="(?s)'nan-slope'.*non-finite.*adjoint=False"):

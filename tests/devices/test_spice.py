@@ -27,9 +27,12 @@ DIVIDER = "r1 a out 1k\nr2 b out 1k\nr3 out 0 1k\n"
 
 def _divider(**kw: object) -> SpiceDevice:
     return SpiceDevice(
-        DIVIDER, drives=("a", "b"), outputs=("v(out)", "v(a,out)"),
-        domain=Box((-1.0, -1.0), (1.0, 1.0)), **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+        DIVIDER,
+        drives=("a", "b"),
+        outputs=("v(out)", "v(a,out)"),
+        domain=Box((-1.0, -1.0), (1.0, 1.0)),
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @needs_ngspice
@@ -97,16 +100,21 @@ def test_spice_devices_pass_check_device_and_pickle() -> None:
 def test_a_failing_run_is_split_and_its_points_recorded_as_nan() -> None:
     # a model that does not exist: every run fails, so every point ends alone and NaN
     bad = SpiceDevice(
-        "m1 out in 0 0 nosuchmodel\nr1 out 0 1k\n", drives=("in",), outputs=("v(out)",),
-        domain=Box((0.0,), (1.0,)), on_error="nan",
-    )  # fmt: skip
+        "m1 out in 0 0 nosuchmodel\nr1 out 0 1k\n",
+        drives=("in",),
+        outputs=("v(out)",),
+        domain=Box((0.0,), (1.0,)),
+        on_error="nan",
+    )
     y = bad.evaluate_numpy(np.array([[0.1], [0.2], [0.3]]))
     assert np.isnan(y).all()
     assert bad.n_runs == 5  # 3 points, then halves 1 + 2, then 1 + 1
     raising = SpiceDevice(
-        "m1 out in 0 0 nosuchmodel\nr1 out 0 1k\n", drives=("in",), outputs=("v(out)",),
+        "m1 out in 0 0 nosuchmodel\nr1 out 0 1k\n",
+        drives=("in",),
+        outputs=("v(out)",),
         domain=Box((0.0,), (1.0,)),
-    )  # fmt: skip
+    )
     with pytest.raises(SimulationError, match=r"no operating point .* u=\[0.1\]"):
         raising.evaluate_numpy(np.array([[0.1]]))
 
@@ -129,9 +137,11 @@ def test_missing_ngspice_names_the_install_command() -> None:
 )
 def test_bad_arguments_say_what_was_expected(kw: dict[str, object], match: str) -> None:
     args: dict[str, object] = {
-        "netlist": "r1 a 0 1k\n", "drives": ("a",), "outputs": ("v(a)",),
+        "netlist": "r1 a 0 1k\n",
+        "drives": ("a",),
+        "outputs": ("v(a)",),
         "domain": Box((0.0,), (1.0,)),
-    }  # fmt: skip
+    }
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         SpiceDevice(**args)  # type: ignore[arg-type]

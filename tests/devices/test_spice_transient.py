@@ -23,9 +23,13 @@ LOWPASS = "vsense a m 0\nr1 m out 1k\nc1 out 0 1u\n"
 
 def _lowpass(readout: Transient, **kw: object) -> SpiceDevice:
     return SpiceDevice(
-        LOWPASS, drives=("a",), outputs=("v(out)", "i(vsense)"),
-        domain=Box((-1.0,), (1.0,)), readout=readout, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+        LOWPASS,
+        drives=("a",),
+        outputs=("v(out)", "i(vsense)"),
+        domain=Box((-1.0,), (1.0,)),
+        readout=readout,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @needs_ngspice
@@ -66,9 +70,12 @@ def test_transient_hold_starts_from_the_operating_point() -> None:
 def test_branch_current_of_a_resistor_obeys_ohms_law(readout: object) -> None:
     # i(vsense) = (v(a) - v(b)) / 2.2k through the resistor; b is the second drive
     dev = SpiceDevice(
-        "vsense a m 0\nr1 m b 2.2k\n", drives=("a", "b"), outputs=("i(vsense)", "v(a,b)"),
-        domain=Box((-1.0, -1.0), (1.0, 1.0)), readout=readout,  # type: ignore[arg-type]
-    )  # fmt: skip
+        "vsense a m 0\nr1 m b 2.2k\n",
+        drives=("a", "b"),
+        outputs=("i(vsense)", "v(a,b)"),
+        domain=Box((-1.0, -1.0), (1.0, 1.0)),
+        readout=readout,  # type: ignore[arg-type]
+    )
     u = np.random.default_rng(1).uniform(-1, 1, (7, 2))
     y = dev.evaluate_numpy(u)
     np.testing.assert_allclose(y[:, 0], (u[:, 0] - u[:, 1]) / 2.2e3, rtol=1e-6, atol=1e-12)
@@ -125,9 +132,12 @@ def test_results_that_stop_short_are_reported_not_read() -> None:
     with pytest.raises(SimulationError, match="transient stopped"):
         dev._transient_outputs(values, 1)
     sweep = SpiceDevice(
-        "r1 a out 1k\nr2 out 0 1k\n", drives=("a",), outputs=("v(out)",),
-        domain=Box((0.0,), (1.0,)), lanes=2,
-    )  # fmt: skip
+        "r1 a out 1k\nr2 out 0 1k\n",
+        drives=("a",),
+        outputs=("v(out)",),
+        domain=Box((0.0,), (1.0,)),
+        lanes=2,
+    )
     with pytest.raises(SimulationError, match="sweep stopped"):
         sweep._lanes_outputs({"v(xqn0.out)": np.zeros(1), "v(xqn1.out)": np.zeros(1)}, 4)
 

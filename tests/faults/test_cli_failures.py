@@ -101,13 +101,29 @@ def _config(tmp_path: Path, old: str = "", new: str = "") -> str:
 
 
 def _run(tmp_path: Path, old: str = "", new: str = "", *extra: str) -> list[str]:
-    return ["run", _config(tmp_path, old, new), "--out", str(tmp_path / "out"), "--no-progress",
-            *extra]  # fmt: skip
+    return [
+        "run",
+        _config(tmp_path, old, new),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _char(tmp_path: Path, device: str, *extra: str) -> list[str]:
-    return ["characterize", device, "--out", str(tmp_path / "out"), "--points", "21",
-            "--twin", "spline", "--no-progress", *extra]  # fmt: skip
+    return [
+        "characterize",
+        device,
+        "--out",
+        str(tmp_path / "out"),
+        "--points",
+        "21",
+        "--twin",
+        "spline",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _file_out(tmp_path: Path) -> list[str]:
@@ -205,7 +221,7 @@ CASES: dict[str, tuple[Callable[..., list[str]], str]] = {
     "NaN training loss": (
         lambda t, d: _run(
             t, "batch_size = 50", 'batch_size = 50\nlr = 1e30\noptimizer = "sgd"\nloss = "mse"'
-        ),  # fmt: skip
+        ),
         "training loss became",
     ),
     "huge sizes": (

@@ -69,13 +69,28 @@ def test_an_allowed_module_is_imported(
     dev = make_device("trust_allowed_dev:make", allow_import=("trust_allowed_dev",), scale=2.0)
     assert dev.n_in == 1 and dev.name == "plug"
     out = tmp_path / "o"
-    argv = ["characterize", "trust_allowed_dev:make", "--allow-import", "trust_allowed_dev",
-            "--out", str(out), "--points", "21", "--twin", "spline", "--no-progress"]  # fmt: skip
+    argv = [
+        "characterize",
+        "trust_allowed_dev:make",
+        "--allow-import",
+        "trust_allowed_dev",
+        "--out",
+        str(out),
+        "--points",
+        "21",
+        "--twin",
+        "spline",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert json.loads((out / "report.json").read_text())["sweep"]["n_points"] == 21
     # allowing one package does not allow another
-    assert main(["characterize", "os:system", "--allow-import", "trust_allowed_dev",
-                 "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        main(
+            ["characterize", "os:system", "--allow-import", "trust_allowed_dev", "--out", str(out)]
+        )
+        == 2
+    )
 
 
 def _install_plugin(root: Path) -> None:
@@ -113,7 +128,16 @@ def test_the_cli_runs_a_registered_device_without_a_flag(
     assert main(["devices"]) == 0
     assert "plug-tanh" in capsys.readouterr().out.split()
     out = tmp_path / "o"
-    argv = ["characterize", "plug-tanh", "--out", str(out), "--points", "21", "--twin", "spline",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "characterize",
+        "plug-tanh",
+        "--out",
+        str(out),
+        "--points",
+        "21",
+        "--twin",
+        "spline",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith("plug: 21 points, 0 failed")

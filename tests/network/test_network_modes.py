@@ -305,9 +305,14 @@ def test_direct_adjoint_runs_through_an_adjoint_ode_device_and_matches_autograd(
 
     def make(adjoint):
         return ODEDevice(
-            rhs, x0=torch.zeros(1), n_in=1, t_end=1.0, readout=FinalState(),
-            solver=Adaptive(rtol=1e-9, atol=1e-11, adjoint=adjoint), domain=BOX1,
-        )  # fmt: skip
+            rhs,
+            x0=torch.zeros(1),
+            n_in=1,
+            t_end=1.0,
+            readout=FinalState(),
+            solver=Adaptive(rtol=1e-9, atol=1e-11, adjoint=adjoint),
+            domain=BOX1,
+        )
 
     x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     grads = []

@@ -107,10 +107,13 @@ def test_a_line_cut_off_by_a_kill_is_dropped_and_measured_again(tmp_path: Path) 
 def test_simulated_instrument_behind_the_same_link(tmp_path: Path) -> None:
     inst = SimulatedInstrument(lambda s: np.tanh(s), n_in=1, fail_every=7)
     dev = InstrumentDevice(
-        inst, set_drive=("SOUR1:VOLT {value}",), read_output=("MEAS1?",),
-        domain=qn.Box((-2.0,), (2.0,)), policy=CallPolicy(batch_size=4, backoff=0.001),
+        inst,
+        set_drive=("SOUR1:VOLT {value}",),
+        read_output=("MEAS1?",),
+        domain=qn.Box((-2.0,), (2.0,)),
+        policy=CallPolicy(batch_size=4, backoff=0.001),
         record=tmp_path / "inst.jsonl",
-    )  # fmt: skip
+    )
     u = torch.linspace(-2, 2, 20, dtype=torch.float64)[:, None]
     torch.testing.assert_close(dev(u), torch.tanh(u), atol=1e-8, rtol=0)
     assert dev.link.n_failures > 0  # every 7th reading timed out and its batch was retried
@@ -121,9 +124,13 @@ def test_a_visa_instrument_simulated_by_pyvisa_sim() -> None:
     # pyvisa-sim's built-in instrument stores an amplitude to 2 decimals and reads it back,
     # acknowledging every set command with "OK"
     dev = InstrumentDevice(
-        "ASRL1::INSTR", visa_backend="@sim", set_drive=("!AMP {value:.2f}",),
-        read_output=("?AMP",), acknowledged=True, domain=qn.Box((0.0,), (10.0,)),
-    )  # fmt: skip
+        "ASRL1::INSTR",
+        visa_backend="@sim",
+        set_drive=("!AMP {value:.2f}",),
+        read_output=("?AMP",),
+        acknowledged=True,
+        domain=qn.Box((0.0,), (10.0,)),
+    )
     u = torch.tensor([[0.5], [2.25], [7.0], [2.25]], dtype=torch.float64)
     torch.testing.assert_close(dev(u), u)
     assert dev.link.n_rows_measured == 3
@@ -161,9 +168,15 @@ def _train(remote: RemoteDevice, twin: torch.nn.Module) -> float:
     train = train.subset(range(320)) if hasattr(train, "subset") else train
     net = qn.DeviceNetwork(remote, (64, 16, 10), twin=twin, seed=0)
     result = qn.train(
-        net, train, mode=qn.PhysicsAware(), epochs=1, batch_size=64, lr=1e-2, seed=0,
+        net,
+        train,
+        mode=qn.PhysicsAware(),
+        epochs=1,
+        batch_size=64,
+        lr=1e-2,
+        seed=0,
         progress=False,
-    )  # fmt: skip
+    )
     with torch.no_grad():
         pred = result.network(test.x.float(), mode=qn.Surrogate()).argmax(1)
     return float((pred == test.y).float().mean())

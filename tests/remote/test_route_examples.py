@@ -17,8 +17,13 @@ def _run(script: str, cwd: Path, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), "--quick", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

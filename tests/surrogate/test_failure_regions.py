@@ -97,8 +97,9 @@ def test_fidelity_counts_nonfinite_targets_instead_of_returning_nan() -> None:
     from quasineuron.surrogate.report import fidelity
 
     y = np.array([[0.0], [1.0], [np.nan], [np.inf]])
-    rep = fidelity(y, np.zeros((4, 1)), np.array([1.0]), kind="mlp", validation="random-split",
-                   n_train=4)  # fmt: skip
+    rep = fidelity(
+        y, np.zeros((4, 1)), np.array([1.0]), kind="mlp", validation="random-split", n_train=4
+    )
     assert rep.excluded == {"non-finite": 2} and rep.n_val == 2
     assert rep.rmse == pytest.approx(math.sqrt(0.5))
 
@@ -132,8 +133,14 @@ def test_no_mask_above_sixteen_drives_rather_than_one_huge_bin() -> None:
     u = rng.uniform(-1, 1, (64, 17))
     status = np.zeros(64, dtype=np.int8)
     status[0] = 2  # one failure must not invalidate the whole domain
-    table = SweepTable(u=u, y=u[:, :1] ** 2, status=status, errors={0: "RuntimeError: x"},
-                       domain=Box((-1.0,) * 17, (1.0,) * 17), device={"name": "bowl"})  # fmt: skip
+    table = SweepTable(
+        u=u,
+        y=u[:, :1] ** 2,
+        status=status,
+        errors={0: "RuntimeError: x"},
+        domain=Box((-1.0,) * 17, (1.0,) * 17),
+        device={"name": "bowl"},
+    )
     fit = fit_surrogate(table, seed=0, **{**FAST_MLP, "max_steps": 5})
     assert fit.model.validity is None
     assert bool(fit.model.valid(torch.zeros(2, 17, dtype=torch.float64)).all())

@@ -95,11 +95,23 @@ def test_process_executor_matches_serial_and_resumes(tmp_path):
     sampler = Random(n=60, seed=5)
     ref = sweep(Elementwise(), sampler, batch_size=7, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        sweep(Elementwise(), sampler, store=tmp_path / "s", batch_size=7, executor=StopAfter(3),
-              progress=False)  # fmt: skip
+        sweep(
+            Elementwise(),
+            sampler,
+            store=tmp_path / "s",
+            batch_size=7,
+            executor=StopAfter(3),
+            progress=False,
+        )
     log = tmp_path / "log"
-    t = sweep(Elementwise(log=log), sampler, store=tmp_path / "s", batch_size=7,
-              executor=ProcessExecutor(n_workers=2), progress=False)  # fmt: skip
+    t = sweep(
+        Elementwise(log=log),
+        sampler,
+        store=tmp_path / "s",
+        batch_size=7,
+        executor=ProcessExecutor(n_workers=2),
+        progress=False,
+    )
     assert_tables_equal(ref, t)
     assert Counter(read_log(log)) == Counter(tuple(r) for r in ref.u[21:])
 

@@ -63,8 +63,9 @@ def test_store_round_trip_and_manifest(tmp_path):
     assert g.attrs["quasineuron_sweep"] == m
     assert g["y"].chunks == (6, 2) and g["status"].chunks == (6,)
     # a second call with the same arguments evaluates nothing and returns the same table
-    again = sweep(Elementwise(log=tmp_path / "log"), GRID, store=tmp_path / "s", batch_size=6,
-                  progress=False)  # fmt: skip
+    again = sweep(
+        Elementwise(log=tmp_path / "log"), GRID, store=tmp_path / "s", batch_size=6, progress=False
+    )
     assert_tables_equal(t, again)
     assert not (tmp_path / "log").exists()
 
@@ -144,13 +145,13 @@ def test_mismatched_store_is_refused_with_the_difference(tmp_path):
         kwargs = dict(device=Elementwise(), sampler=GRID, batch_size=6, dtype=torch.float64)
         kwargs.update(change)
         with pytest.raises(StoreMismatchError, match=match) as info:
-            sweep(kwargs.pop("device"), kwargs.pop("sampler"), store=path, progress=False,
-                  **kwargs)  # fmt: skip
+            sweep(kwargs.pop("device"), kwargs.pop("sampler"), store=path, progress=False, **kwargs)
         assert "--overwrite" in str(info.value) and "another folder" in str(info.value)
     # the stored sweep is untouched, and overwrite=True replaces it explicitly
     assert SweepTable.open(path).device["name"] == "elementwise"
-    t = sweep(Elementwise(name="other"), GRID, store=path, batch_size=6, progress=False,
-              overwrite=True)  # fmt: skip
+    t = sweep(
+        Elementwise(name="other"), GRID, store=path, batch_size=6, progress=False, overwrite=True
+    )
     assert SweepTable.open(path).device["name"] == "other" and t.ok.all()
 
 
@@ -185,8 +186,9 @@ def test_corrupt_store_is_refused(tmp_path, damage):
         sweep(Elementwise(), GRID, store=path, batch_size=6, progress=False)
     with pytest.raises(StoreCorruptError):
         SweepTable.open(path)
-    assert sweep(Elementwise(), GRID, store=path, batch_size=6, progress=False,
-                 overwrite=True).ok.all()  # fmt: skip
+    assert sweep(
+        Elementwise(), GRID, store=path, batch_size=6, progress=False, overwrite=True
+    ).ok.all()
 
 
 def test_uncommitted_chunk_is_recomputed(tmp_path):
@@ -244,8 +246,9 @@ def test_evaluate_points_and_concat():
     dev = Flaky()
     u = np.array([[0.0, 1.0], [0.9, 1.0], [-0.9, 0.5]])
     t = evaluate_points(dev, u, batch_size=2)
-    np.testing.assert_array_equal(t.status, [PointStatus.OK, PointStatus.ERROR,
-                                             PointStatus.NONFINITE])  # fmt: skip
+    np.testing.assert_array_equal(
+        t.status, [PointStatus.OK, PointStatus.ERROR, PointStatus.NONFINITE]
+    )
     assert t.errors == {1: "ValueError: solver diverged at u0=0.900"}
     assert t.sampler == {"kind": "points", "n": 3}
     base = sweep(dev, Grid(n=2), progress=False)

@@ -37,8 +37,15 @@ def test_cheap_device_with_workers_runs_serially_and_says_so(tmp_path, capsys):
     from quasineuron.pipeline import characterize  # not at the top: workers import this module
 
     pids = tmp_path / "pids"
-    res = characterize(PidLogged(pids), tmp_path / "out", sampler=GRID, batch_size=4,
-                       workers=2, twin_kind="spline", progress=False)  # fmt: skip
+    res = characterize(
+        PidLogged(pids),
+        tmp_path / "out",
+        sampler=GRID,
+        batch_size=4,
+        workers=2,
+        twin_kind="spline",
+        progress=False,
+    )
     assert set(_pids(pids)) == {os.getpid()}  # no batch left this process
     choice = res.report["sweep"]["workers"]
     assert choice["mode"] == "serial" and choice["batches_in_process"] == 6
@@ -64,10 +71,22 @@ def test_slow_device_moves_to_workers_with_the_same_table(tmp_path):
     ex = AutoExecutor(
         2, start_cost_s=0.1, min_batch_s=0.0, on_decision=lambda *a: decisions.append(a)
     )
-    t = sweep(PidLogged(pids, delay=0.05), GRID, store=tmp_path / "s", batch_size=2,
-              executor=ex, progress=False)  # fmt: skip
-    ref = sweep(Elementwise(), GRID, store=tmp_path / "ref", batch_size=2,
-                executor=SerialExecutor(), progress=False)  # fmt: skip
+    t = sweep(
+        PidLogged(pids, delay=0.05),
+        GRID,
+        store=tmp_path / "s",
+        batch_size=2,
+        executor=ex,
+        progress=False,
+    )
+    ref = sweep(
+        Elementwise(),
+        GRID,
+        store=tmp_path / "ref",
+        batch_size=2,
+        executor=SerialExecutor(),
+        progress=False,
+    )
     np.testing.assert_array_equal(t.u, ref.u)
     np.testing.assert_array_equal(t.y, ref.y)
     [(line, info)] = decisions
@@ -84,8 +103,16 @@ def test_forced_workers_start_processes_for_a_cheap_device(tmp_path, capsys):
     from quasineuron.pipeline import characterize
 
     pids = tmp_path / "pids"
-    res = characterize(PidLogged(pids), tmp_path / "out", sampler=GRID, batch_size=4, workers=2,
-                       force_workers=True, twin_kind="spline", progress=False)  # fmt: skip
+    res = characterize(
+        PidLogged(pids),
+        tmp_path / "out",
+        sampler=GRID,
+        batch_size=4,
+        workers=2,
+        force_workers=True,
+        twin_kind="spline",
+        progress=False,
+    )
     sweep_pids = _pids(pids)[:6]  # the twin's check points run here afterwards
     assert os.getpid() not in sweep_pids
     assert res.report["sweep"]["workers"] == {

@@ -344,5 +344,12 @@ def test_population_strategy_trains_with_fit_and_refuses_checkpoints(tmp_path):
     qn.training.fit(net, XOR, strategy, epochs=50, batch_size=16, progress=False)
     assert device_accuracy(net, XOR) >= 0.75
     with pytest.raises(NotImplementedError, match="checkpoint"):
-        qn.training.fit(net, XOR, qn.training.Population(CMAES(), budget=32), epochs=1,
-                        batch_size=16, checkpoint_dir=tmp_path, progress=False)  # fmt: skip
+        qn.training.fit(
+            net,
+            XOR,
+            qn.training.Population(CMAES(), budget=32),
+            epochs=1,
+            batch_size=16,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )

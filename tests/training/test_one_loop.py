@@ -131,9 +131,15 @@ def test_max_samples_is_a_budget_of_whole_batches():
             seen.append(state.step)
 
     res = fit(
-        Linear(), data, Scripted([]), epochs=9, batch_size=4, max_samples=17, progress=False,
+        Linear(),
+        data,
+        Scripted([]),
+        epochs=9,
+        batch_size=4,
+        max_samples=17,
+        progress=False,
         callbacks=[Count()],
-    )  # fmt: skip
+    )
     # ceil(17 / 4) = 5 steps: two epochs of 2 and one step of a third, which counts
     assert seen == [1, 2, 3, 4, 5] and res.samples_seen == 20 and len(res.history) == 3
 
@@ -155,25 +161,56 @@ def test_callbacks_are_called_in_order():
         def on_train_end(self, state):
             events.append("end")
 
-    res = fit(Linear(), _data(n=8), Scripted([]), epochs=5, batch_size=4, progress=False,
-              callbacks=[Log(), lambda m: events.append(f"fn{m.epoch}")])  # fmt: skip
+    res = fit(
+        Linear(),
+        _data(n=8),
+        Scripted([]),
+        epochs=5,
+        batch_size=4,
+        progress=False,
+        callbacks=[Log(), lambda m: events.append(f"fn{m.epoch}")],
+    )
     assert events == [
-        "begin", "step1", "step2", "epoch1", "fn1", "step3", "step4", "epoch2", "fn2", "end",
-    ]  # fmt: skip
+        "begin",
+        "step1",
+        "step2",
+        "epoch1",
+        "fn1",
+        "step3",
+        "step4",
+        "epoch2",
+        "fn2",
+        "end",
+    ]
     assert res.stopped_early and len(res.history) == 2
 
 
 def test_weight_averaging_installs_the_mean_of_the_last_epochs():
     net = Linear()
-    res = fit(net, _data(n=8), Scripted([]), epochs=5, batch_size=4, progress=False,
-              callbacks=[WeightAveraging(last=3)])  # fmt: skip
+    res = fit(
+        net,
+        _data(n=8),
+        Scripted([]),
+        epochs=5,
+        batch_size=4,
+        progress=False,
+        callbacks=[WeightAveraging(last=3)],
+    )
     # two steps per epoch: the weights end epochs 3, 4, 5 at 6, 8, 10
     assert torch.equal(net.w, torch.full((3, 2), (6.0 + 8.0 + 10.0) / 3, dtype=F64))
     assert res.extras["weight_averaging"] == {"epochs": [3, 4, 5]}
     with pytest.raises(ValueError, match="keep='last'"):
-        fit(Linear(), _data(n=8), Scripted([(0.1, 0.5)]), epochs=1, batch_size=4,
-            val_data=_data(n=8), keep="best", progress=False,
-            callbacks=[WeightAveraging(last=2)])  # fmt: skip
+        fit(
+            Linear(),
+            _data(n=8),
+            Scripted([(0.1, 0.5)]),
+            epochs=1,
+            batch_size=4,
+            val_data=_data(n=8),
+            keep="best",
+            progress=False,
+            callbacks=[WeightAveraging(last=2)],
+        )
 
 
 def _identity_net() -> qn.DeviceNetwork:
@@ -196,16 +233,31 @@ def test_domain_monitor_counts_drive_rows_outside_the_domain():
     data = ArrayDataset(x, torch.tensor([0, 1, 2, 0, 1]))
     strategy = Gradient(qn.TrueDevice(), optimizer=Adam(lr=1e-12), loss="mse")
     with pytest.warns(OutOfDomainWarning, match="40.0% of the drive rows of layer 0") as rec:
-        res = fit(net, data, strategy, epochs=2, batch_size=4, progress=False,
-                  callbacks=[DomainMonitor(threshold=0.3)])  # fmt: skip
+        res = fit(
+            net,
+            data,
+            strategy,
+            epochs=2,
+            batch_size=4,
+            progress=False,
+            callbacks=[DomainMonitor(threshold=0.3)],
+        )
     assert len([w for w in rec if w.category is OutOfDomainWarning]) == 1  # once, not per epoch
     assert [m.extras["out_of_domain"] for m in res.history] == [
-        pytest.approx([6 / 15]), pytest.approx([6 / 15]),
-    ]  # fmt: skip
+        pytest.approx([6 / 15]),
+        pytest.approx([6 / 15]),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fit(net, data, strategy, epochs=1, batch_size=4, progress=False,
-            callbacks=[DomainMonitor(threshold=0.4)])  # fmt: skip
+        fit(
+            net,
+            data,
+            strategy,
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            callbacks=[DomainMonitor(threshold=0.4)],
+        )
 
 
 class InterruptAt(Callback):
@@ -226,9 +278,20 @@ def _gradient_run(tmp, *, resume=False, cut=None):
     callbacks = [WeightAveraging(last=3)] + ([InterruptAt(cut)] if cut else [])
     net = Linear()
     strategy = Gradient(optimizer=Adam(lr=0.05), schedule=qn.Cosine(min_lr=1e-3))
-    res = fit(net, _data(), strategy, epochs=4, batch_size=8, seed=3, val_data=_data(seed=1),
-              checkpoint_dir=tmp, resume=resume, progress=False, callbacks=callbacks,
-              augment=_jitter)  # fmt: skip
+    res = fit(
+        net,
+        _data(),
+        strategy,
+        epochs=4,
+        batch_size=8,
+        seed=3,
+        val_data=_data(seed=1),
+        checkpoint_dir=tmp,
+        resume=resume,
+        progress=False,
+        callbacks=callbacks,
+        augment=_jitter,
+    )
     return res, net
 
 

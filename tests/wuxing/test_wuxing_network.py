@@ -126,8 +126,10 @@ def test_batch_rows_are_independent_and_float32_works():
 def test_heun_converges_at_second_order():
     x = torch.full((1, 3), 0.2, dtype=F64)
     ref = toy(T=4.0, solver=RK4(dt=0.01)).simulate(x).score
-    errs = [(toy(T=4.0, solver=Heun(dt=dt)).simulate(x).score - ref).abs().item()
-            for dt in (0.2, 0.1, 0.05)]  # fmt: skip
+    errs = [
+        (toy(T=4.0, solver=Heun(dt=dt)).simulate(x).score - ref).abs().item()
+        for dt in (0.2, 0.1, 0.05)
+    ]
     orders = [math.log2(a / b) for a, b in zip(errs, errs[1:], strict=False)]
     assert all(1.7 < o < 2.3 for o in orders), orders
 

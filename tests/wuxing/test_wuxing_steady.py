@@ -133,8 +133,9 @@ def test_method1_and_mixed_steps_keep_parameters_in_range_and_rest_states_valid(
     x = torch.rand(4, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     y = torch.zeros(4, dtype=torch.long)
     coding = TargetCoding(kind="onehot")
-    m1 = Method1(eta=3.0, eta_i=1.0, K_range=(0.2, 2.0), margin=0.1, target=coding,
-                 estimate="steady-state")  # fmt: skip
+    m1 = Method1(
+        eta=3.0, eta_i=1.0, K_range=(0.2, 2.0), margin=0.1, target=coding, estimate="steady-state"
+    )
     c0, memory = net.c.detach().clone(), None
     for _ in range(3):
         rep, memory = method1_step(net, x, y, m1, memory)
@@ -189,9 +190,15 @@ def test_train_keeps_the_best_validation_epoch():
     net = WuxingNetwork(wiring, config=SimConfig(T=20.0, solver=Heun(dt=0.2)), dtype=F64)
     seen = []
     res = train(
-        net, x, y, method=Method2(eta=5.0, estimate="steady-state"), epochs=3, batch_size=8,
-        val=(x, y), epoch_callback=lambda ep, acc: seen.append((ep, acc)),
-    )  # fmt: skip
+        net,
+        x,
+        y,
+        method=Method2(eta=5.0, estimate="steady-state"),
+        epochs=3,
+        batch_size=8,
+        val=(x, y),
+        epoch_callback=lambda ep, acc: seen.append((ep, acc)),
+    )
     val_accuracy = [m.val_accuracy for m in res.history]
     assert len(val_accuracy) == 3 and [s[0] for s in seen] == [1, 2, 3]
     assert [s[1] for s in seen] == val_accuracy
@@ -249,8 +256,10 @@ def test_training_through_the_neuron_twin_lowers_the_loss():
     x = torch.tensor([[0.3, 0.2, 0.4]], dtype=F64)
     y = torch.zeros(1, dtype=torch.long)
     coding = TargetCoding(kind="onehot")
-    for method in (Backprop(lr=0.2, target=coding, through="steady-state"),
-                   Method2(eta=20.0, target=coding, estimate="steady-state")):  # fmt: skip
+    for method in (
+        Backprop(lr=0.2, target=coding, through="steady-state"),
+        Method2(eta=20.0, target=coding, estimate="steady-state"),
+    ):
         net = toy(c_low=-1.0)
         opt = torch.optim.Adam([net.c], lr=0.2)
         losses = []
@@ -355,8 +364,9 @@ def test_cosine_schedule_decays_the_step_after_the_first_epoch():
     assert res.extras["epochs_planned"] == 4 and len(res.extras["steps"]) == 4
     norms = torch.tensor([s.update_norm for s in res.extras["steps"]])
     # epoch 1 at the full step, then (1 + cos(π k/3)) / 2 for k = 0, 1, 2
-    torch.testing.assert_close(norms / norms[0], torch.tensor([1.0, 1.0, 0.75, 0.25],
-                               dtype=norms.dtype), rtol=1e-2, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        norms / norms[0], torch.tensor([1.0, 1.0, 0.75, 0.25], dtype=norms.dtype), rtol=1e-2, atol=0
+    )
     with pytest.raises(TypeError, match="schedule"):
         train(net, x, y, method=m, schedule="cosine")
 
@@ -379,13 +389,15 @@ def test_sample_budget_stops_training_and_the_cosine_spans_it():
         and res.extras["epochs_planned"] == 1
         and len(res.history) == 1
     )
-    res = train(net, x, y, method=m, epochs=1, batch_size=16, max_samples=10 * 16,
-                schedule=Cosine())  # fmt: skip
+    res = train(
+        net, x, y, method=m, epochs=1, batch_size=16, max_samples=10 * 16, schedule=Cosine()
+    )
     assert (
         len(res.extras["steps"]) == 1 and res.extras["epochs_planned"] == 1
     )  # never more than `epochs`
-    res = train(net, x[:8], y[:8], method=m, epochs=4, batch_size=8, max_samples=32,
-                schedule=Cosine())  # fmt: skip
+    res = train(
+        net, x[:8], y[:8], method=m, epochs=4, batch_size=8, max_samples=32, schedule=Cosine()
+    )
     norms = torch.tensor([s.update_norm for s in res.extras["steps"]])
     # no full-step first epoch: (1 + cos(π k/4)) / 2 for k = 0..3 from the first step
     want = torch.tensor([(1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)], dtype=F64)
@@ -408,8 +420,14 @@ def test_compiled_time_step_equals_the_eager_one_forward_reversed_and_gradient()
         res = net.simulate(x)
         (res.score.square().sum() + res.integral.sum()).backward()
         rev = net.simulate_reversed(e)
-        out[solver.compile] = (res.score.detach(), res.integral.detach(), net.c.grad.clone(),
-                               net.K.grad.clone(), rev.integral.detach(), res.clipped)  # fmt: skip
+        out[solver.compile] = (
+            res.score.detach(),
+            res.integral.detach(),
+            net.c.grad.clone(),
+            net.K.grad.clone(),
+            rev.integral.detach(),
+            res.clipped,
+        )
     for a, b in zip(out[False], out[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert net._compiled is not None and copy.deepcopy(net)._compiled is None
@@ -462,9 +480,19 @@ def _method1_run(tmp, cut=None):
     net, x, y = _xor_data()
     # the integral term carries memory from step to step: the checkpoint must hold it
     method = Method1(eta=0.5, eta_i=0.5, estimate="steady-state").bound(val_mode="steady-state")
-    res = fit(net, ArrayDataset(x, y), method, epochs=2, batch_size=8, seed=1,
-              val_data=ArrayDataset(x[:8], y[:8]), checkpoint_dir=tmp, resume=cut is None,
-              progress=False, callbacks=[_CutAt(cut)] if cut else [])  # fmt: skip
+    res = fit(
+        net,
+        ArrayDataset(x, y),
+        method,
+        epochs=2,
+        batch_size=8,
+        seed=1,
+        val_data=ArrayDataset(x[:8], y[:8]),
+        checkpoint_dir=tmp,
+        resume=cut is None,
+        progress=False,
+        callbacks=[_CutAt(cut)] if cut else [],
+    )
     return res, net
 
 

@@ -491,10 +491,15 @@ class KillablePool:
                             continue
                 if w.proc.sentinel in ready and not w.proc.is_alive():
                     if w.job is not None:
-                        out.append((w.job[0], WorkerDied(
-                            f"worker process ended with exit code {w.proc.exitcode} while "
-                            "evaluating; the device crashed it or it was killed"
-                        )))  # fmt: skip
+                        out.append(
+                            (
+                                w.job[0],
+                                WorkerDied(
+                                    f"worker process ended with exit code {w.proc.exitcode} while "
+                                    "evaluating; the device crashed it or it was killed"
+                                ),
+                            )
+                        )
                     elif not w.ready:
                         self.close()
                         raise WorkerDied(

@@ -636,9 +636,16 @@ class _FusedRun(torch.autograd.Function):
         call.parallel(
             "run",
             nb,
-            [(E, True), (Q, True), (dr, True), (cb, per_lane), (div, True), (hit, True),
-             (ckpt, True)],
-        )  # fmt: skip
+            [
+                (E, True),
+                (Q, True),
+                (dr, True),
+                (cb, per_lane),
+                (div, True),
+                (hit, True),
+                (ckpt, True),
+            ],
+        )
         ctx.call, ctx.saved = call, (dr, cb, ckpt, per_lane, B, nb)
         flags = div.reshape(-1)[:B].bool(), hit.reshape(-1)[:B].bool()
         ctx.mark_non_differentiable(*flags)
@@ -659,9 +666,16 @@ class _FusedRun(torch.autograd.Function):
         call.parallel(
             "back",
             nb,
-            [(dr, True), (cb, per_lane), (ckpt, True), (gEb, True), (gQb, True), (gc, True),
-             (gdr, True)],
-        )  # fmt: skip
+            [
+                (dr, True),
+                (cb, per_lane),
+                (ckpt, True),
+                (gEb, True),
+                (gQb, True),
+                (gc, True),
+                (gdr, True),
+            ],
+        )
         gc_lanes = _unblock(gc, B)  # (L, B)
         g_c = gc_lanes.T if per_lane else gc_lanes.sum(1)
         g_drive = torch.zeros(S, B, dtype=call.dtype)
