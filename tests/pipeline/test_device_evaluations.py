@@ -13,7 +13,7 @@ from quasineuron.pipeline import run_pipeline
 
 # A device of the test's own: a tanh neuron that logs the batch size of every call it gets,
 # so the rows are counted a second time, independently of the library's counter.
-COUNTED_DEVICE = '''
+COUNTED_DEVICE = """
 import torch
 from quasineuron.devices.formula import FormulaDevice
 from quasineuron.devices.base import Box
@@ -31,7 +31,7 @@ def make():
     dev = Logged(torch.tanh, n_in=1, n_out=1, domain=Box(low=(-3.0,), high=(3.0,)), name="logged")
     CALLS.clear()  # the constructor's own contract probe is not the run's
     return dev
-'''
+"""
 
 
 def _config(mode: str) -> dict:
