@@ -31,10 +31,12 @@ from quasineuron._version import __version__
 from quasineuron.config import RunConfig, StageConfig, config_hash, parse_config
 from quasineuron.data import ArrayDataset, load_digits, load_mnist, xor
 from quasineuron.devices.base import AbstractDevice, Box
+from quasineuron.devices.counting import DeviceCallCounter, device_phase
 from quasineuron.devices.library import make_device
 from quasineuron.devices.wrappers import InputClip
 from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
 from quasineuron.evaluation import evaluate, is_stochastic
+from quasineuron.evaluation.evaluate import mode_name
 from quasineuron.network import (
     AbstractMode,
     Dense,
@@ -282,18 +284,21 @@ def characterize(
     n_timeout = int((np.asarray(table.status) == PointStatus.TIMEOUT).sum())
     truth = None if n_timeout else device
     t0 = time.perf_counter()
-    fit = fit_surrogate(
-        table,
-        kind=twin_kind,
-        hidden=hidden,
-        seed=seed,
-        true_device=truth,
-        policy=policy,
-        timeout=timeout,
-    )
+    # the twin's check points and the plots' mesh also reach the device: counted apart
+    with device_phase("twin_check"):
+        fit = fit_surrogate(
+            table,
+            kind=twin_kind,
+            hidden=hidden,
+            seed=seed,
+            true_device=truth,
+            policy=policy,
+            timeout=timeout,
+        )
     t_fit = time.perf_counter() - t0
     save_surrogate(fit, out / "twin.safetensors")
-    plots = plot_fit(fit.model, table, out, true_device=truth, timeout=timeout)
+    with device_phase("twin_check"):
+        plots = plot_fit(fit.model, table, out, true_device=truth, timeout=timeout)
     rep = fit.report
     report: dict[str, Any] = {
         "device": device.describe(),
@@ -1561,7 +1566,45 @@ def _run_stages(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     measured = sampler is None  # the table comes from a file of measurements
-    char = (
+    # every drive row sent to the device, by stage: metrics["device_evaluations"]
+    counter = DeviceCallCounter().attach(device)
+    with device_phase("sweep"):
+        char = _characterize_stage(config, out, device, sampler, measured, progress=progress)
+    twin = char.fit.model.to(torch.float32)
+    twin.compiled = config.twin.compile
+    timings["characterize_s"] = time.perf_counter() - t0
+    try:
+        return _run_stages_counted(
+            config,
+            out,
+            device,
+            status,
+            train_set,
+            val_set,
+            test,
+            sizes,
+            char,
+            twin,
+            counter,
+            measured=measured,
+            timings=timings,
+            t_start=t_start,
+            progress=progress,
+        )
+    finally:
+        counter.detach()
+
+
+def _characterize_stage(
+    config: RunConfig,
+    out: Path,
+    device: AbstractDevice,
+    sampler: AbstractSampler | None,
+    measured: bool,
+    *,
+    progress: bool,
+) -> CharacterizeResult:
+    return (
         characterize_measured(config, out, progress=progress)
         if measured
         else characterize(
@@ -1579,10 +1622,26 @@ def _run_stages(
             repeats=config.sweep.repeats,
         )
     )
-    twin = char.fit.model.to(torch.float32)
-    twin.compiled = config.twin.compile
-    timings["characterize_s"] = time.perf_counter() - t0
 
+
+def _run_stages_counted(
+    config: RunConfig,
+    out: Path,
+    device: AbstractDevice,
+    status: Callable[[str], None],
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    test: ArrayDataset,
+    sizes: tuple[int, ...],
+    char: CharacterizeResult,
+    twin: Any,
+    counter: DeviceCallCounter,
+    *,
+    measured: bool,
+    timings: dict[str, float],
+    t_start: float,
+    progress: bool,
+) -> dict[str, Any]:
     net = DeviceNetwork(
         device,
         sizes,
@@ -1597,7 +1656,10 @@ def _run_stages(
         _baseline_mlp("same-wiring", config, sizes, net)  # a wiring it cannot copy stops here
     status("train")
     t0 = time.perf_counter()
-    result, stage_outcomes = _train_stages(config, out, net, train_set, val_set, progress=progress)
+    with device_phase("training"):
+        result, stage_outcomes = _train_stages(
+            config, out, net, train_set, val_set, progress=progress
+        )
     # every stage loaded from an earlier attempt: the last stage's record stands for the loop's
     history = list(result.history) if result is not None else []
     last = stage_outcomes[-1]
@@ -1696,6 +1758,9 @@ def _run_stages(
         "domain": _domain_metrics(report.domain, config.twin.policy),
         "passes": passes,
         "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
+        # drive rows sent to the true device in this run, by stage (rows of a resumed sweep
+        # or of reloaded training stages were sent by an earlier attempt and are not counted)
+        "device_evaluations": counter.summary([mode_name(m) for m in modes]),
         **({"measurements": char.report["measurements"]} if measured else {}),
         "training": {
             "mode": config.training.mode,

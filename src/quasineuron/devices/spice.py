@@ -22,9 +22,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, final
 
@@ -39,6 +39,7 @@ __all__ = [
     "SpiceDevice",
     "Transient",
     "find_ngspice",
+    "readout_from_options",
     "spice_diffpair",
     "spice_inverter",
 ]
@@ -110,6 +111,68 @@ class Transient:
             raise ValueError(f"Transient start must be 'hold' or 'step', got {self.start!r}")
 
 
+_READOUT_KINDS = ("op", "transient")
+
+
+def readout_from_options(value: Any) -> Literal["op"] | Transient:
+    """The readout a config names: ``"op"``, a :class:`Transient`, or a table of options.
+
+    A config file cannot hold a :class:`Transient` object, so the readout may be given as a
+    table: ``{kind = "transient", t_stop = 2e-6, t_step = 1e-8, at = "final"}`` (the other
+    keys are :class:`Transient`'s fields: ``at``, ``t_from``, ``start``) or ``{kind = "op"}``.
+
+    Args:
+        value: ``"op"``, a :class:`Transient`, or a mapping with ``kind`` and the fields.
+
+    Returns:
+        ``"op"`` or the :class:`Transient`.
+
+    Raises:
+        ValueError: If the kind is unknown, a field is missing or unknown, or a value is out
+            of range.
+    """
+    if value == "op" or isinstance(value, Transient):
+        return value
+    if value == "transient":
+        raise ValueError(
+            "readout 'transient' needs its window: use readout = {kind = \"transient\", "
+            "t_stop = ..., t_step = ...} (seconds)"
+        )
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            "readout must be 'op' (the DC operating point), Transient(t_stop, t_step, ...) or a "
+            f'table {{kind = "transient", t_stop = ..., t_step = ...}}, got {value!r}'
+        )
+    options = dict(value)
+    kind = options.pop("kind", None)
+    if kind not in _READOUT_KINDS:
+        raise ValueError(
+            f"readout kind must be one of {list(_READOUT_KINDS)}, got {kind!r}; e.g. "
+            'readout = {kind = "transient", t_stop = 2e-6, t_step = 1e-8}'
+        )
+    if kind == "op":
+        if options:
+            raise ValueError(f"readout kind 'op' takes no options, got {sorted(options)}")
+        return "op"
+    names = {f.name for f in fields(Transient)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(
+            f"readout kind 'transient' does not know {unknown}; its options are "
+            f"{sorted(names)} (times in seconds)"
+        )
+    missing = [n for n in ("t_stop", "t_step") if n not in options]
+    if missing:
+        raise ValueError(
+            f"readout kind 'transient' needs {missing} (seconds), e.g. t_stop = 2e-6, t_step = 1e-8"
+        )
+    for key in ("t_stop", "t_step", "t_from"):
+        v = options.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"readout {key} must be a number of seconds, got {v!r}")
+    return Transient(**options)
+
+
 def find_ngspice(program: str | None = None) -> str:
     """Path of the ngspice program.
 
@@ -150,7 +213,9 @@ class SpiceDevice(AbstractDevice):
         domain: Box of drives (volts) to characterise the device on.
         readout: ``"op"``: the DC operating point, all rows of a chunk solved in one DC sweep;
             or :class:`Transient`: the outputs at the end of (or averaged over) a time window,
-            one instance of the circuit per row, side by side in one netlist.
+            one instance of the circuit per row, side by side in one netlist; or a table
+            ``{"kind": "transient", "t_stop": ..., "t_step": ..., ...}`` (``{"kind": "op"}``),
+            the spelling a config file uses (see :func:`readout_from_options`).
         chunk: Operating points per ngspice run (default 5000 for ``"op"``, 200 for a
             transient). Larger chunks spread ngspice's start-up over more points, but the DC
             table lookup grows with the chunk (past about 10,000 points the run slows down)
@@ -185,7 +250,7 @@ class SpiceDevice(AbstractDevice):
         drives: Sequence[str],
         outputs: Sequence[str],
         domain: Box,
-        readout: Literal["op"] | Transient = "op",
+        readout: Literal["op"] | Transient | Mapping[str, Any] = "op",
         chunk: int | None = None,
         lanes: int = 8,
         workers: int = 1,
@@ -237,11 +302,8 @@ class SpiceDevice(AbstractDevice):
                 )
         if not parsed:
             raise ValueError("outputs must name at least one output, e.g. outputs=('v(out)',)")
-        if readout != "op" and not isinstance(readout, Transient):
-            raise ValueError(
-                "readout must be 'op' (the DC operating point) or Transient(t_stop, t_step, ...), "
-                f"got {readout!r}"
-            )
+        # a table of options (from a config file) becomes a Transient here
+        readout = readout_from_options(readout)
         if chunk is None:
             chunk = 5000 if readout == "op" else _TRANSIENT_CHUNK
         if domain.dim != len(drives):

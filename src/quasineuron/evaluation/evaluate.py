@@ -15,6 +15,7 @@ import torch
 
 from quasineuron.data.dataset import ArrayDataset
 from quasineuron.devices.base import Box
+from quasineuron.devices.counting import device_phase
 from quasineuron.errors import NonFiniteOutputWarning
 
 __all__ = ["EvaluationReport", "evaluate", "is_stochastic", "mode_name"]
@@ -191,7 +192,8 @@ def evaluate(
         tally = None if boxes is None else _DomainTally(boxes)
         accs, bad, seconds = [], 0, 0.0
         for i in range(k):
-            pred, finite, dt = _predict(net, x, mode, batch_size, tally=tally)
+            with device_phase(f"evaluation:{name}"):  # rows sent to a true device, by mode
+                pred, finite, dt = _predict(net, x, mode, batch_size, tally=tally)
             seconds += dt
             accs.append(_accuracy(pred, finite, y))
             bad += int((~finite).sum())
@@ -221,7 +223,8 @@ def evaluate(
             for setting in settings:
                 # _variability_settings checked that the network has with_variability
                 view = cast(Any, net).with_variability(setting)
-                pred, finite, _ = _predict(view, x, mode, batch_size)
+                with device_phase(f"evaluation:{name}"):
+                    pred, finite, _ = _predict(view, x, mode, batch_size)
                 draw_accs.append(_accuracy(pred, finite, y))
                 draw_bad.append(int((~finite).sum()))
             if sum(draw_bad):
