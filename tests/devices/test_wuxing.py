@@ -62,7 +62,7 @@ def test_jacobian_at_rest_has_the_circulant_eigenvalues(layout):
 
 @pytest.mark.parametrize("j", [0, 3])
 def test_small_signal_steady_gains(j):
-    dev = wuxing_neuron(readout="steady", input_elements=(j,))
+    dev = wuxing_neuron(readout="steady-state", input_elements=(j,))
     delta = 1e-4
     y = dev(torch.tensor([[delta], [-delta]], dtype=F64))
     gain = ((y[0] - y[1]) / (2 * delta)).numpy()
@@ -74,7 +74,7 @@ def test_small_signal_steady_gains(j):
 
 
 def test_steady_gradient_is_the_small_signal_gain():
-    dev = wuxing_neuron(readout="steady", input_elements=(1,), output_elements=(2,))
+    dev = wuxing_neuron(readout="steady-state", input_elements=(1,), output_elements=(2,))
     u = torch.zeros(1, 1, dtype=F64, requires_grad=True)
     (g,) = torch.autograd.grad(dev(u).sum(), u)
     torch.testing.assert_close(g, torch.tensor([[0.878]], dtype=F64), rtol=0, atol=6e-4)
@@ -98,7 +98,7 @@ def test_window_layouts_agree_and_rows_are_independent():
     torch.testing.assert_close(rows(u), single, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("readout", ["window", "steady"])
+@pytest.mark.parametrize("readout", ["window", "steady-state"])
 @pytest.mark.parametrize("inputs", [(0,), (0, 1, 2, 3, 4)])
 def test_default_domain_is_safe(readout, inputs):
     dev = wuxing_neuron(readout=readout, input_elements=inputs)
@@ -110,7 +110,7 @@ def test_default_domain_is_safe(readout, inputs):
 
 def test_single_drive_past_the_limit_is_reported_not_raised():
     u = torch.tensor([[-1.0], [-0.5]], dtype=F64)
-    steady = wuxing_neuron(readout="steady")
+    steady = wuxing_neuron(readout="steady-state")
     res = steady.solve(u)
     assert res.converged.tolist() == [False, True]
     y = steady(u)
@@ -122,7 +122,7 @@ def test_single_drive_past_the_limit_is_reported_not_raised():
 
 
 def test_uniform_drive_below_the_fixed_point_limit_is_nan():
-    dev = wuxing_neuron(readout="steady", input_elements=(0, 1, 2, 3, 4))
+    dev = wuxing_neuron(readout="steady-state", input_elements=(0, 1, 2, 3, 4))
     u = torch.tensor([[-0.2] * 5, [-0.1] * 5], dtype=F64)
     y = dev(u)
     assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()
@@ -133,7 +133,7 @@ def test_uniform_drive_below_the_fixed_point_limit_is_nan():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_is_kept(dtype):
-    for readout in ("window", "steady"):
+    for readout in ("window", "steady-state"):
         y = wuxing_neuron(readout=readout)(torch.tensor([[0.5]], dtype=dtype))
         assert y.dtype == dtype and y.shape == (1, 5)
 
@@ -147,3 +147,11 @@ def test_bad_arguments_are_rejected():
         wuxing_neuron(K3=(1.0, 2.0))
     with pytest.raises(ValueError, match="readout"):
         wuxing_neuron(readout="average")
+
+
+def test_the_old_steady_readout_spelling_warns_and_builds_the_same_device() -> None:
+    with pytest.warns(DeprecationWarning, match="steady-state"):
+        old = wuxing_neuron(readout="steady")
+    new = wuxing_neuron(readout="steady-state")
+    u = torch.tensor([[0.3], [1.2]], dtype=torch.float64)
+    assert torch.equal(old(u), new(u))

@@ -153,7 +153,7 @@ def _wuxing(**kw: Any) -> AbstractDevice:
 def _wuxing_steady(**kw: Any) -> AbstractDevice:
     from quasineuron.devices.wuxing import wuxing_neuron
 
-    return wuxing_neuron(readout="steady", **kw)
+    return wuxing_neuron(readout="steady-state", **kw)
 
 
 def _spice_diffpair(**kw: Any) -> AbstractDevice:

@@ -13,7 +13,7 @@ element, and the signal is ``D = E − B0``. Two readouts are offered:
 
 - ``"window"``: the time average of ``D`` over ``[0, T]`` starting from rest (an
   :class:`~quasineuron.devices.ode.ODEDevice`),
-- ``"steady"``: ``D`` at the steady state reached under a constant drive (a
+- ``"steady-state"``: ``D`` at the steady state reached under a constant drive (a
   :class:`~quasineuron.devices.fixed_point.FixedPointDevice`).
 
 Limits (docs/models.md §A.3): a constant drive on one element diverges somewhere between −0.7 and
@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from quasineuron._names import canonical
 from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.fixed_point import FixedPointDevice, Integrate
 from quasineuron.devices.ode import RK4, AbstractODESolver, ODEDevice, TimeAverage
@@ -271,7 +272,7 @@ def wuxing_jacobian(
 
 def wuxing_neuron(
     *,
-    readout: Literal["window", "steady"] = "window",
+    readout: Literal["window", "steady-state"] = "window",
     K1: float | Sequence[float] = 1.0,
     K2: float | Sequence[float] = 0.5,
     K3: float | Sequence[float] = 0.5,
@@ -298,7 +299,8 @@ def wuxing_neuron(
 
     Args:
         readout: ``"window"``: ``(1/T) ∫_0^T D dt`` from rest ``E(0) = B0``, by an
-            :class:`ODEDevice`. ``"steady"``: ``D`` at the steady state, by a
+            :class:`ODEDevice`. ``"steady-state"`` (formerly ``"steady"``, which still reads
+            with a warning): ``D`` at the steady state, by a
             :class:`FixedPointDevice` integrating to steady state (so a drive past the
             divergence limit reports NaN instead of an unstable fixed point); its gradients
             use the implicit function theorem.
@@ -313,7 +315,7 @@ def wuxing_neuron(
             ``RK4(compile=True)``; both give the same numbers).
         clip: ``(lo, hi)`` state clip for ``"window"`` (e.g. ``(0.0, 50.0)``); default none, so
             that a divergence is reported rather than hidden.
-        bound: Rows with ``max |E| >= bound`` are reported diverged (NaN); for ``"steady"``
+        bound: Rows with ``max |E| >= bound`` are reported diverged (NaN); for ``"steady-state"``
             the integration to steady state stops there.
         domain: Box of drives; default as above.
 
@@ -339,6 +341,11 @@ def wuxing_neuron(
         "output_elements": list(outputs),
         "B0": list(rest),
     }
+    # one spelling with the Wuxing network's (quasineuron._names); "steady" still reads, warning
+    try:
+        readout = canonical("simulation", readout, stacklevel=3)  # type: ignore[assignment]
+    except (TypeError, ValueError):
+        raise ValueError(f"readout must be 'window' or 'steady-state', got {readout!r}") from None
     if readout == "window":
         if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
             raise ValueError(f"T must be a finite float > 0, got {T!r}")
@@ -357,12 +364,12 @@ def wuxing_neuron(
             name="wuxing-window",
             params=params,
         )
-    if readout != "steady":
-        raise ValueError(f"readout must be 'window' or 'steady', got {readout!r}")
+    if readout != "steady-state":
+        raise ValueError(f"readout must be 'window' or 'steady-state', got {readout!r}")
     if solver is not None:
         raise ValueError(
-            "solver= applies to readout='window' only; the steady readout integrates to steady "
-            "state with its own adaptive solver"
+            "solver= applies to readout='window' only; the steady-state readout integrates to "
+            "steady state with its own adaptive solver"
         )
     rhs = wuxing_rhs(k1, k2, k3, input_elements=inputs, layout="batch")
     rest_out = torch.tensor([rest[k] for k in outputs], dtype=torch.float64)
