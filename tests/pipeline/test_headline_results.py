@@ -12,7 +12,7 @@ from quasineuron.config import config_hash, load_config, parse_config
 from quasineuron.protocol import reproduce_config
 
 ROOT = Path(__file__).parents[2]
-FAMILIES = ("almost-neuron-mnist",)
+FAMILIES = ("almost-neuron-mnist", "spice-mnist")
 
 
 def _metrics(name: str) -> dict:
