@@ -5,7 +5,7 @@ twin), trains more epochs with ngspice in the forward pass and the twin's deriva
 backward pass, and scores the result on ngspice and on the twin. Each epoch solves about
 7.5 million operating points (54,000 images x 138 neurons).
 
-    python examples/spice_mnist_physics_aware.py --run runs/spice-mnist --data-dir PATH
+    python examples/spice_mnist_physics_aware.py --run runs/spice-mnist/seed-0 --data-dir PATH
 """
 
 from __future__ import annotations
