@@ -22,7 +22,12 @@ from quasineuron.surrogate.io import load_surrogate
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="the run folder of one seed of spice-mnist (e.g. runs/spice-mnist/seed-0)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="the run folder of one seed of spice-mnist (e.g. runs/spice-mnist/seed-0)",
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with MNIST files")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
