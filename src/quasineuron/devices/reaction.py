@@ -168,19 +168,7 @@ def integrate_reaction(
     Raises:
         ValueError: If ``z`` is not 1-D or ``x0`` is negative.
     """
-    eps = _check_eps(eps)
-    if z.ndim != 1:
-        raise ValueError(f"z must have shape (batch,), got {tuple(z.shape)}")
-    x_start = torch.as_tensor(x0, dtype=z.dtype, device=z.device).expand_as(z).clone()
-    if bool((x_start < 0).any()):
-        raise ValueError("x0 must be >= 0: concentrations are never negative")
-    t = t.to(dtype=z.dtype, device=z.device)
-    zd = z.detach()
-
-    def rhs(_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return reaction_rhs(x, zd, eps)
-
-    return odeint(rhs, x_start, t, rtol=rtol, atol=atol, method=method)
+    return integrate_activation("relu", z, x0, t, eps=eps, rtol=rtol, atol=atol, method=method)
 
 
 def reaction_relu(
@@ -435,7 +423,9 @@ def integrate_activation(
     if z.ndim != 1:
         raise ValueError(f"z must have shape (batch,), got {tuple(z.shape)}")
     x_start = torch.as_tensor(x0, dtype=z.dtype, device=z.device).expand_as(z).clone()
-    if bool((x_start < 0).any()) or bool((x_start > act.upper).any()):
+    if bool((x_start < 0).any()):
+        raise ValueError("x0 must be >= 0: concentrations are never negative")
+    if bool((x_start > act.upper).any()):
         raise ValueError(
             f"x0 must lie in [0, {act.upper}] for the {activation} neuron: that interval is "
             "invariant and every start in it reaches the steady state"
