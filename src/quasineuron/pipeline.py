@@ -311,33 +311,43 @@ def characterize(
             "time_s": t_sweep,
             **({"workers": choice} if choice else {}),
         },
-        "twin": {
-            "kind": rep.kind,
-            "validation": rep.validation,
-            "rmse": rep.rmse,
-            "nrmse": rep.nrmse,
-            "max_abs": rep.max_abs,
-            "r2": rep.r2,
-            "n_train": rep.n_train,
-            "n_val": rep.n_val,
-            "time_s": t_fit,
-            "path": "twin.safetensors",
-            "details": rep.to_dict(),
-            "alternatives": [a.to_dict() for a in fit.alternatives],
-        },
+        "twin": _twin_report(fit, t_fit),
         "plots": [p.name for p in plots],
     }
-    # Where the twin is worst and what the device's noise is, next to the pooled figures.
     report["sweep"].update(repeats=repeats, failed_fraction=rep.failed_fraction)
-    report["twin"].update(
-        worst_u=rep.worst_u, worst_error=rep.worst_error, worst_region=rep.worst_region
-    )
-    if rep.suggestion:
-        report["twin"]["suggestion"] = rep.suggestion
-    if rep.noise_floor:
-        report["twin"].update(noise_floor=rep.noise_floor, error_to_noise=rep.error_to_noise)
     atomic_write_json(out / "report.json", report)
     return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
+
+
+def _twin_report(fit: FitResult, t_fit: float) -> dict[str, Any]:
+    """The ``twin`` part of ``report.json``.
+
+    The pooled fidelity figures, where the twin is worst, and the device's noise floor where
+    repeats measured one.
+    """
+    rep = fit.report
+    twin: dict[str, Any] = {
+        "kind": rep.kind,
+        "validation": rep.validation,
+        "rmse": rep.rmse,
+        "nrmse": rep.nrmse,
+        "max_abs": rep.max_abs,
+        "r2": rep.r2,
+        "n_train": rep.n_train,
+        "n_val": rep.n_val,
+        "time_s": t_fit,
+        "path": "twin.safetensors",
+        "details": rep.to_dict(),
+        "alternatives": [a.to_dict() for a in fit.alternatives],
+        "worst_u": rep.worst_u,
+        "worst_error": rep.worst_error,
+        "worst_region": rep.worst_region,
+    }
+    if rep.suggestion:
+        twin["suggestion"] = rep.suggestion
+    if rep.noise_floor:
+        twin.update(noise_floor=rep.noise_floor, error_to_noise=rep.error_to_noise)
+    return twin
 
 
 MEASUREMENTS_DIR = "measurements"
@@ -434,29 +444,9 @@ def characterize_measured(
             "repeats": repeats,
             "failed_fraction": rep.failed_fraction,
         },
-        "twin": {
-            "kind": rep.kind,
-            "validation": rep.validation,
-            "rmse": rep.rmse,
-            "nrmse": rep.nrmse,
-            "max_abs": rep.max_abs,
-            "r2": rep.r2,
-            "n_train": rep.n_train,
-            "n_val": rep.n_val,
-            "time_s": t_fit,
-            "path": "twin.safetensors",
-            "details": rep.to_dict(),
-            "alternatives": [a.to_dict() for a in fit.alternatives],
-            "worst_u": rep.worst_u,
-            "worst_error": rep.worst_error,
-            "worst_region": rep.worst_region,
-        },
+        "twin": _twin_report(fit, t_fit),
         "plots": [p.name for p in plots],
     }
-    if rep.suggestion:
-        report["twin"]["suggestion"] = rep.suggestion
-    if rep.noise_floor:
-        report["twin"].update(noise_floor=rep.noise_floor, error_to_noise=rep.error_to_noise)
     atomic_write_json(out / "report.json", report)
     return CharacterizeResult(table=table, fit=fit, report=report, folder=out)
 
