@@ -1434,6 +1434,32 @@ def with_seed(config: RunConfig, seed: int) -> RunConfig:
     return parse_config(data, source=f"seed {seed}")
 
 
+def _claim_folder(out: Path, digest: str, *, overwrite: bool, what: str) -> Path:
+    """Prepare the top folder of a seed family or a grid; return the path of its record.
+
+    Refused unless the folder is new, holds the same experiment (its record has ``digest``),
+    or ``overwrite`` is given.
+
+    Raises:
+        RunFolderError: If the folder holds another ``what`` or files that are not a run.
+    """
+    prepare_output_folder(out)
+    record_path = out / RUN_FILE
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("config_hash") != digest and not overwrite:
+            raise RunFolderError(
+                f"output folder {str(out)!r} holds another {what}; choose a new --out or "
+                "pass --overwrite"
+            )
+    elif any(out.iterdir()) and not overwrite:
+        raise RunFolderError(
+            f"output folder {str(out)!r} holds files that are not a quasineuron run; choose a "
+            "new --out, or pass --overwrite"
+        )
+    return record_path
+
+
 def _run_seed_family(
     config: RunConfig,
     out: Path,
@@ -1446,20 +1472,7 @@ def _run_seed_family(
     from quasineuron.protocol import seed_family_metrics
 
     digest = config_hash(config)
-    prepare_output_folder(out)
-    record_path = out / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("config_hash") != digest and not overwrite:
-            raise RunFolderError(
-                f"output folder {str(out)!r} holds another family of runs; choose a new --out or "
-                "pass --overwrite"
-            )
-    elif any(out.iterdir()) and not overwrite:
-        raise RunFolderError(
-            f"output folder {str(out)!r} holds files that are not a quasineuron run; choose a "
-            "new --out, or pass --overwrite"
-        )
+    record_path = _claim_folder(out, digest, overwrite=overwrite, what="family of runs")
     atomic_write_json(
         record_path,
         {**_run_record(config, digest), "family": [f"seed-{s}" for s in config.experiment.seeds]},
@@ -1504,20 +1517,7 @@ def _run_grid(
             f"({folders}); give values that differ in their text"
         )
     digest = config_hash(config)
-    prepare_output_folder(out)
-    record_path = out / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("config_hash") != digest and not overwrite:
-            raise RunFolderError(
-                f"output folder {str(out)!r} holds another experiment; choose a new --out or "
-                "pass --overwrite"
-            )
-    elif any(out.iterdir()) and not overwrite:
-        raise RunFolderError(
-            f"output folder {str(out)!r} holds files that are not a quasineuron run; choose a "
-            "new --out, or pass --overwrite"
-        )
+    record_path = _claim_folder(out, digest, overwrite=overwrite, what="experiment")
     atomic_write_json(record_path, {**_run_record(config, digest), "grid": folders})
     per_value = []
     for value, folder in zip(values, folders, strict=True):
