@@ -348,7 +348,30 @@ class Method2(_WuxingStrategy):
 
 
 @dataclass(frozen=True)
-class Method1(_WuxingStrategy):
+class _IntegralMemory(_WuxingStrategy):
+    """Method 1's step, shared by :class:`Method1` and :class:`Mixed`.
+
+    Its integral term carries a memory from step to step, and into checkpoints.
+    """
+
+    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
+        assert isinstance(self, (Method1, Mixed))  # the only two subclasses
+        rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
+        return rep
+
+    def state_dict(self) -> dict[str, Any]:
+        """The integral term's memory."""
+        memory = self._run.get("memory")
+        return {} if memory is None else {"memory": memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the integral term's memory."""
+        memory = state.get("memory")
+        self._run["memory"] = None if memory is None else memory.to(self._run["plan"].device)
+
+
+@dataclass(frozen=True)
+class Method1(_IntegralMemory):
     """Training method 1: multiplicative K-parameter updates with a distributed PID.
 
     See docs/models.md §A.7.
@@ -403,23 +426,9 @@ class Method1(_WuxingStrategy):
         _check_K_range(self.K_range, self.margin, "Method1")
         _check_estimate(self, "Method1")
 
-    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
-        rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
-        return rep
-
-    def state_dict(self) -> dict[str, Any]:
-        """The integral term's memory."""
-        memory = self._run.get("memory")
-        return {} if memory is None else {"memory": memory}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the integral term's memory."""
-        memory = state.get("memory")
-        self._run["memory"] = None if memory is None else memory.to(self._run["plan"].device)
-
 
 @dataclass(frozen=True)
-class Mixed(_WuxingStrategy):
+class Mixed(_IntegralMemory):
     """The mixed method (paper Fig. 2): method 1 and method 2 in the same step.
 
     One forward and one reversed run per step feed both rules; their own ``target`` and
@@ -447,20 +456,6 @@ class Mixed(_WuxingStrategy):
                 "reversal='operating' is for Method2 alone"
             )
         _check_estimate(self, "Mixed")
-
-    def _step(self, net: WuxingNetwork, xb: torch.Tensor, yb: torch.Tensor, f: float) -> StepReport:
-        rep, self._run["memory"] = method1_step(net, xb, yb, self, self._run.get("memory"))
-        return rep
-
-    def state_dict(self) -> dict[str, Any]:
-        """The integral term's memory."""
-        memory = self._run.get("memory")
-        return {} if memory is None else {"memory": memory}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the integral term's memory."""
-        memory = state.get("memory")
-        self._run["memory"] = None if memory is None else memory.to(self._run["plan"].device)
 
 
 @dataclass(frozen=True)
