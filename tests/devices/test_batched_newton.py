@@ -122,6 +122,16 @@ def test_float32_scoring_matches_the_old_path() -> None:
     assert new.solve_counts["fallback"] == 0
 
 
+def test_table_start_is_nan_off_the_table_and_close_on_it() -> None:
+    new, old = _pair()
+    table = new.solver.start
+    u = torch.tensor([[-0.5001], [-0.5], [0.123], [2.0], [2.0001], [float("nan")]], dtype=F64)
+    x = table(u)
+    assert torch.isnan(x[[0, 4, 5]]).all()
+    ref = old.solver.solve(new.residual, new.initial_state(u[1:4]), u[1:4]).x
+    assert (x[1:4] - ref).abs().max() <= 1e-6  # linear interpolation on 4097 points
+
+
 def test_written_out_solve_matches_lapack() -> None:
     gen = torch.Generator().manual_seed(1)
     jac = torch.randn(64, 5, 5, generator=gen, dtype=F64) + 4 * torch.eye(5, dtype=F64)

@@ -732,7 +732,7 @@ def _interpolate(tab: torch.Tensor, u: torch.Tensor, low: float, high: float) ->
     """
     points = tab.shape[0]
     pos = (u[:, 0] - low) * ((points - 1) / (high - low))
-    i = pos.floor().clamp(0, points - 2).long()
+    i = pos.floor().nan_to_num(0.0).clamp(0, points - 2).long()  # NaN drives: any valid row
     x = torch.lerp(tab.index_select(0, i), tab.index_select(0, i + 1), (pos - i)[:, None])
     inside = (pos >= 0) & (pos <= points - 1)
     return torch.where(inside[:, None], x, math.nan)
