@@ -19,7 +19,7 @@ the largest differences of the logits and of the hidden layer's device outputs.
 
 Usage:
     python bench/bench_ode_scoring.py RUN_FOLDER --data-dir MNIST_DIR [--images 2000]
-        [--batch 500] [--repeats 3] [--threads 1] [--json out.json]
+        [--batch 1024] [--repeats 3] [--threads 1] [--json out.json]
 
 ``RUN_FOLDER`` is the output of ``quasineuron run examples/wuxing-mnist.toml`` (its
 ``network/`` and ``twin.safetensors``).
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from quasineuron.data.mnist import load_mnist
-from quasineuron.devices import InputClip
+from quasineuron.devices import BatchedNewton, InputClip
 from quasineuron.devices.wuxing import wuxing_neuron
 from quasineuron.network.io import load_network
 from quasineuron.network.modes import Surrogate, TrueDevice
@@ -61,12 +61,43 @@ def score(net: Any, x: torch.Tensor, batch: int, mode: Any) -> tuple[torch.Tenso
     return out, time.perf_counter() - t0
 
 
+def newton_steps_needed(net: Any, dev: Any, x: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Fewest fixed Newton steps after which every neuron of both layers meets the tolerance.
+
+    Measured on the drives the network applies to ``x`` (after the limiter), for three starts:
+    the rest state; the rest state with the read-out element set from the twin's prediction
+    (the twin predicts that element's signal only, not the full state); the drive table.
+    """
+    _, applied = net.run(x, mode=TrueDevice())
+    lo, hi = dev.domain.low[0], dev.domain.high[0]
+    u = torch.cat([a.reshape(-1, 1) for a in applied]).clamp(lo, hi)
+    twin = net.layers[0].twin
+    rest = dev.initial_state(u)
+    from_twin = rest.clone()
+    from_twin[:, 1] = rest[:, 1] + twin(u)[:, 0]
+    starts = {"rest": rest, "twin-output": from_twin, "table": dev.solver.start(u)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, x0 in starts.items():
+        for k in range(0, 13):
+            solver = BatchedNewton(iterations=k, jacobian=dev.solver.jacobian)
+            res = solver.solve(dev.residual, x0, u)
+            if bool(res.converged.all()) or k == 12:
+                out[name] = {
+                    "steps": k,
+                    "converged_fraction": float(res.converged.double().mean()),
+                    "max_residual": float(res.residual.max()),
+                }
+                break
+    out["rows"] = {"count": u.shape[0], "dtype": str(u.dtype).removeprefix("torch.")}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
@@ -94,8 +125,8 @@ def main() -> None:
 
     with torch.no_grad():
         hidden = {k: n.layers[0](x, mode=TrueDevice()) for k, (n, _d) in nets.items()}
+        start_iterations = newton_steps_needed(nets["newton"][0], dev_new := nets["newton"][1], x)
     pred = {k: v.argmax(dim=1) for k, v in logits.items()}
-    dev_new = nets["newton"][1]
     rate = {k: args.images / min(v) for k, v in times.items()}
     result = {
         "images": args.images,
@@ -114,6 +145,7 @@ def main() -> None:
         "twin_agreement_with_device": float(
             (twin_out.argmax(dim=1) == pred["integrate"]).double().mean()
         ),
+        "newton_steps_to_converge": start_iterations,
         "newton_rows": dict(dev_new.solve_counts),
         "newton_solver": dev_new.describe()["solver"],
         "table_s": table_s,
