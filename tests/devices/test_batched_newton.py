@@ -169,5 +169,7 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         DriveTable(lambda x, u: x, (1.0,), 0.0, 1.0, points=1)
     with pytest.raises(ValueError, match="steady_solver='integrate'"):
         wuxing_neuron(readout="steady-state", input_elements=(0, 1), steady_solver="newton")
+    with pytest.raises(ValueError, match="applies to readout='steady-state'"):
+        wuxing_neuron(readout="window", steady_solver="newton")
     with pytest.raises(ValueError, match="steady_solver must be"):
         wuxing_neuron(readout="steady-state", steady_solver="fast")  # type: ignore[arg-type]

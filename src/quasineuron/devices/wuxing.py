@@ -380,6 +380,11 @@ def wuxing_neuron(
         readout = canonical("simulation", readout, stacklevel=3)  # type: ignore[assignment]
     except (TypeError, ValueError):
         raise ValueError(f"readout must be 'window' or 'steady-state', got {readout!r}") from None
+    if readout == "window" and steady_solver is not None:
+        raise ValueError(
+            "steady_solver= applies to readout='steady-state' only; the window readout takes "
+            "solver= (an ODE solver)"
+        )
     if readout == "window":
         if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
             raise ValueError(f"T must be a finite float > 0, got {T!r}")
