@@ -95,9 +95,8 @@ class FixedPointResult:
         )
         x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
         it[idx] += part.iterations + extra_iterations
-        return FixedPointResult(
-            x=x, residual=res, iterations=it, converged=conv, fallback=self.fallback
-        )
+        fb = None if self.fallback is None else self.fallback.clone()
+        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv, fallback=fb)
 
 
 def residual_tolerance(tol: float, dtype: torch.dtype, *, ulps: float = 256.0) -> float:
@@ -1059,9 +1058,10 @@ class FixedPointDevice(AbstractDevice):
         result = self.solve(u)
         if result.fallback is not None:
             # one host synchronisation per call, after the solve: what fell back is counted
+            counts = torch.stack([result.fallback.sum(), (~result.converged).sum()]).tolist()
             self.solve_counts["rows"] += result.fallback.shape[0]
-            self.solve_counts["fallback"] += int(result.fallback.sum())
-            self.solve_counts["unconverged"] += int((~result.converged).sum())
+            self.solve_counts["fallback"] += counts[0]
+            self.solve_counts["unconverged"] += counts[1]
         if torch.is_grad_enabled() or self.solver.refine_without_grad:
             x = implicit_fixed_point(self.residual, result, u)
         else:  # the solver's last step was a Newton step at the tolerance already
