@@ -4,6 +4,8 @@ from quasineuron.devices.base import AbstractDevice, Box, DeviceCheckReport, che
 from quasineuron.devices.blackbox import BlackBoxDevice
 from quasineuron.devices.fixed_point import (
     Anderson,
+    BatchedNewton,
+    DriveTable,
     FixedPointDevice,
     FixedPointResult,
     Integrate,
@@ -59,9 +61,11 @@ __all__ = [
     "spice_diffpair",
     "spice_inverter",
     "Anderson",
+    "BatchedNewton",
     "BlackBoxDevice",
     "Box",
     "DeviceCheckReport",
+    "DriveTable",
     "FixedPointDevice",
     "FixedPointResult",
     "FormulaDevice",

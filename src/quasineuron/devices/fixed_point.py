@@ -7,8 +7,10 @@ point where ``x = f(x, u)``). Both are reduced to one residual,
     F(x, u) = f(x, u)          (kind="ode")
     F(x, u) = f(x, u) - x      (kind="map")
 
-and the solvers (:class:`Newton`, :class:`Anderson`, :class:`Integrate`) only ever see ``F``.
-They run batched over instances with per-instance convergence masks, under ``torch.no_grad()``.
+and the solvers (:class:`Newton`, :class:`BatchedNewton`, :class:`Anderson`,
+:class:`Integrate`) only ever see ``F``. They run batched over instances under
+``torch.no_grad()``; all but :class:`BatchedNewton` (a fixed step count, checked once at the
+end, for throughput) keep per-instance convergence masks.
 
 Gradients come from the implicit function theorem, ``dx*/du = -(∂F/∂x)^{-1} ∂F/∂u``, attached
 with the "one Newton step with grad" construction (as in Bai et al., "Deep Equilibrium Models",
@@ -31,7 +33,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, ClassVar, Literal, final
 
 import torch
 
@@ -41,6 +43,8 @@ from quasineuron.errors import DeviceContractError
 __all__ = [
     "AbstractFixedPointSolver",
     "Anderson",
+    "BatchedNewton",
+    "DriveTable",
     "FixedPointDevice",
     "FixedPointResult",
     "FixedPointSolver",
@@ -69,12 +73,15 @@ class FixedPointResult:
         iterations: Solver iterations (Newton steps, Anderson updates or integration steps,
             fallback included) per row, shape (batch,), int64.
         converged: Whether the row met the tolerance, shape (batch,), bool.
+        fallback: Rows a solver handed to its fallback solver, shape (batch,), bool; None for
+            solvers that do not report it (see :class:`BatchedNewton`).
     """
 
     x: torch.Tensor
     residual: torch.Tensor
     iterations: torch.Tensor
     converged: torch.Tensor
+    fallback: torch.Tensor | None = None
 
     def with_rows(
         self, idx: torch.Tensor, part: FixedPointResult, *, extra_iterations: int | torch.Tensor = 0
@@ -88,7 +95,8 @@ class FixedPointResult:
         )
         x[idx], res[idx], conv[idx] = part.x, part.residual, part.converged
         it[idx] += part.iterations + extra_iterations
-        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv)
+        fb = None if self.fallback is None else self.fallback.clone()
+        return FixedPointResult(x=x, residual=res, iterations=it, converged=conv, fallback=fb)
 
 
 def residual_tolerance(tol: float, dtype: torch.dtype, *, ulps: float = 256.0) -> float:
@@ -173,7 +181,15 @@ class AbstractFixedPointSolver(abc.ABC):
 
     The device calls :meth:`solve` and never asks which solver it has, so a new solver is one
     class (a frozen dataclass, so that :meth:`FixedPointDevice.describe` can record it).
+
+    Attributes:
+        refine_without_grad: Whether :meth:`FixedPointDevice.forward` still applies the
+            implicit-function step (one more Newton step) to the solution when no gradient is
+            taken. Solvers whose result already ends in a Newton step at the tolerance set it
+            False: under ``torch.no_grad()`` that step would only cost time.
     """
+
+    refine_without_grad: ClassVar[bool] = True
 
     @abc.abstractmethod
     def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
@@ -557,6 +573,279 @@ class Newton(AbstractFixedPointSolver):
         return FixedPointResult(x=x, residual=res, iterations=iters, converged=conv)
 
 
+def _solve_small(jac: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``J d = rhs`` for many small systems by Gaussian elimination written out.
+
+    Works on the ``n × n`` entries as (batch,) vectors, so each step is one elementwise
+    operation over all rows. For ``n = 5`` on a CPU this is several times faster than the
+    batched LAPACK solve, which factors the matrices one by one. There is no pivoting: a zero
+    or tiny pivot gives non-finite or inaccurate rows, which the caller's residual check
+    catches (this is only used inside :class:`BatchedNewton`, whose rows are always checked).
+
+    Args:
+        jac: (batch, n, n).
+        rhs: (batch, n).
+
+    Returns:
+        d, (batch, n).
+    """
+    n = jac.shape[-1]
+    # (n, n, batch) contiguous: a Jacobian built element-first (see wuxing_jacobian's fast
+    # path) is already laid out so, and the copy is skipped
+    jt = jac.permute(1, 2, 0).contiguous()
+    a = [list(row.unbind(0)) for row in jt.unbind(0)]
+    b = list(rhs.t().contiguous().unbind(0))
+    for k in range(n):
+        inv = 1.0 / a[k][k]
+        for i in range(k + 1, n):
+            f = a[i][k] * inv
+            for j in range(k + 1, n):
+                a[i][j] = torch.addcmul(a[i][j], f, a[k][j], value=-1.0)
+            b[i] = torch.addcmul(b[i], f, b[k], value=-1.0)
+    d: list[torch.Tensor] = [b[0]] * n
+    for i in reversed(range(n)):
+        s = b[i]
+        for j in range(i + 1, n):
+            s = torch.addcmul(s, a[i][j], d[j], value=-1.0)
+        d[i] = s / a[i][i]
+    return torch.stack(d, dim=1)
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class DriveTable:
+    """A start for Newton: steady states tabulated over one drive, interpolated linearly.
+
+    The table is solved once per dtype and torch device, on first use, by ``solver`` (default
+    the integrator, so every tabulated state is the stable one the dynamics reaches) on
+    ``points`` drives evenly spaced over ``[low, high]``, in float64. A drive outside the
+    range, or a table point that did not converge, gives a NaN start, which the Newton solve
+    turns into a row that fails its residual check and goes to the fallback: a drive the table
+    does not cover is never started near the wrong root.
+
+    With ``points`` evenly spaced drives the linear interpolation's error is about
+    ``h²/8 · |x''|`` with ``h = (high - low)/(points - 1)``: for 4097 points over a range of
+    2.5 that is about 5e-8 · |x''|, so one Newton step takes the start to rounding level.
+
+    Args:
+        residual: The device's residual ``F(x, u)`` (for ``kind="ode"`` its ``f``).
+        x_init: Starting state of the tabulating solve, (n_state,) floats.
+        low: Lowest tabulated drive.
+        high: Highest tabulated drive.
+        points: Number of tabulated drives (>= 2).
+        solver: Solver of the table points; default ``Integrate()``.
+
+    Raises:
+        ValueError: For ``low >= high``, non-finite bounds or ``points < 2``.
+        TypeError: If ``residual`` is not callable or ``solver`` is not a solver object.
+    """
+
+    residual: Residual
+    x_init: tuple[float, ...]
+    low: float
+    high: float
+    points: int = 4097
+    solver: AbstractFixedPointSolver | None = None
+    _cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if not callable(self.residual):
+            raise TypeError(f"DriveTable.residual must be callable F(x, u), got {self.residual!r}")
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(
+                f"DriveTable needs finite low < high, got low={self.low!r}, high={self.high!r}"
+            )
+        if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 2:
+            raise ValueError(f"DriveTable.points must be an int >= 2, got {self.points!r}")
+        if self.solver is not None and not isinstance(self.solver, AbstractFixedPointSolver):
+            raise TypeError(
+                f"DriveTable.solver must be a fixed-point solver or None, got "
+                f"{type(self.solver).__name__}"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the tables; a copy solves them again on first use."""
+        return {**self.__dict__, "_cache": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled table (frozen dataclass: fields are set through ``__dict__``)."""
+        self.__dict__.update(state)
+
+    def table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The tabulated states, (points, n_state), NaN rows where the solve failed."""
+        key = (dtype, device)
+        tab = self._cache.get(key)
+        if tab is None:
+            tab64 = self._cache.get((torch.float64, torch.device("cpu")))
+            if tab64 is None:
+                with torch.no_grad():
+                    tab64 = self._solve_table()
+                self._cache[(torch.float64, torch.device("cpu"))] = tab64
+            tab = tab64.to(dtype=dtype, device=device)
+            self._cache[key] = tab
+        return tab
+
+    def _solve_table(self) -> torch.Tensor:
+        """The float64 table: a coarse one by ``solver``, refined to ``points`` by Newton."""
+        # Integrating every one of thousands of points costs tens of seconds on a busy CPU;
+        # integrating a coarse grid and refining it by Newton costs a fraction of a second.
+        # With 129 coarse points (spacing 0.02 on the default range) the interpolated guess
+        # is within ~1e-4 of the root, far inside its basin, so Newton converges to the same
+        # stable state; a refined point that moved more than REFINE_MOVE is dropped (NaN).
+        n = min(self.points, _COARSE_POINTS)
+        uc = torch.linspace(self.low, self.high, n, dtype=torch.float64)[:, None]
+        x0 = torch.tensor(self.x_init, dtype=torch.float64).expand(n, -1).clone()
+        res = (self.solver or Integrate()).solve(self.residual, x0, uc)
+        coarse = torch.where(res.converged[:, None], res.x, math.nan)
+        if n == self.points:
+            return coarse
+        u = torch.linspace(self.low, self.high, self.points, dtype=torch.float64)[:, None]
+        guess = _interpolate(coarse, u, self.low, self.high)
+        x = guess
+        for _ in range(_REFINE_STEPS):
+            jac, f_x = _jacobian(self.residual, x, u)
+            x = x - _solve_small(jac, f_x)
+        tol = self.solver.tol if isinstance(self.solver, (Integrate, Newton)) else 1e-10
+        ok = (_inf_norm(self.residual(x, u)) <= tol) & (
+            (x - guess).abs().amax(dim=1) <= _REFINE_MOVE
+        )
+        return torch.where(ok[:, None], x, math.nan)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """Interpolated start for drives ``u`` (batch, 1) → (batch, n_state); NaN off the table."""
+        return _interpolate(self.table(u.dtype, u.device), u, self.low, self.high)
+
+
+#: Coarse grid of a DriveTable, integrated; then refined by Newton (see DriveTable._solve_table)
+_COARSE_POINTS = 129
+_REFINE_STEPS = 6
+_REFINE_MOVE = 1e-2
+
+
+def _interpolate(tab: torch.Tensor, u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Linear interpolation of ``tab`` (points, n) on an even grid over [low, high] at u (b, 1).
+
+    Returns (b, n); NaN rows for drives outside [low, high] (NaN drives included).
+    """
+    points = tab.shape[0]
+    pos = (u[:, 0] - low) * ((points - 1) / (high - low))
+    i = pos.floor().nan_to_num(0.0).clamp(0, points - 2).long()  # NaN drives: any valid row
+    x = torch.lerp(tab.index_select(0, i), tab.index_select(0, i + 1), (pos - i)[:, None])
+    inside = (pos >= 0) & (pos <= points - 1)
+    return torch.where(inside[:, None], x, math.nan)
+
+
+@final
+@dataclass(frozen=True)
+class BatchedNewton(AbstractFixedPointSolver):
+    """A fixed number of full Newton steps on every row at once, then one residual check.
+
+    Built for throughput (scoring a network on the true device): every iteration is the same
+    few batched tensor operations on all rows, with no per-row masks, no data-dependent
+    branches and no host synchronisation inside the loop. Each step solves ``J δ = -F`` with
+    the closed-form Jacobian when one is given (by ``n_state`` autograd VJPs otherwise) and a
+    written-out elimination for the small systems. After the loop ``max_i |F_i| <= tol`` is
+    checked once for every row; rows that fail it (or went non-finite) are never accepted:
+    they go to ``fallback`` (restarted from the device's initial guess) and are flagged in
+    :attr:`FixedPointResult.fallback`, or, without a fallback, reported unconverged (NaN
+    outputs).
+
+    Newton finds *a* root, which may be an unstable state the dynamics never reaches, so start
+    it close to the wanted one: ``start`` (e.g. a :class:`DriveTable` of integrated steady
+    states) gives that; without it Newton starts from the device's initial guess.
+
+    Args:
+        iterations: Newton steps per row (fixed).
+        tol: Absolute tolerance on ``max_i |F_i|`` of the final check (see
+            :func:`residual_tolerance`).
+        jacobian: Optional closed-form ``J(x, u)`` (batch, n_state, n_state) of the residual.
+        start: Optional ``u (batch, n_in) -> x (batch, n_state)`` starting states; NaN rows
+            fail the check and go to the fallback.
+        fallback: Solver for the rows that fail the check, e.g. ``Integrate()``; None reports
+            them unconverged.
+    """
+
+    iterations: int = 2
+    tol: float = 1e-10
+    jacobian: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    start: Callable[[torch.Tensor], torch.Tensor] | None = None
+    fallback: AbstractFixedPointSolver | None = None
+
+    refine_without_grad: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+            raise ValueError(f"BatchedNewton.iterations must be an int >= 0, got {it!r}")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"BatchedNewton.tol must be a finite float > 0, got {self.tol!r}")
+        for name in ("jacobian", "start"):
+            v = getattr(self, name)
+            if v is not None and not callable(v):
+                raise TypeError(f"BatchedNewton.{name} must be callable or None, got {v!r}")
+        if self.fallback is not None and not isinstance(self.fallback, AbstractFixedPointSolver):
+            raise TypeError(
+                f"BatchedNewton.fallback must be a fixed-point solver (e.g. Integrate()) or None, "
+                f"got {type(self.fallback).__name__}"
+            )
+
+    def solve(self, fn: Residual, x0: torch.Tensor, u: torch.Tensor) -> FixedPointResult:
+        """Run the fixed Newton steps on every row, check once, re-solve the failed rows.
+
+        Args:
+            fn: Residual ``F(x, u)``: (batch, n_state), (batch, n_in) → (batch, n_state).
+            x0: Initial guesses, (batch, n_state): the start without ``start``, and the
+                fallback's start.
+            u: Drives, (batch, n_in).
+
+        Returns:
+            Per-row result; ``iterations`` counts Newton steps plus the fallback's steps,
+            ``fallback`` flags the rows re-solved by the fallback.
+        """
+        x = x0 if self.start is None else self.start(u).to(x0)
+        for _ in range(self.iterations):
+            f_x = fn(x, u)
+            jac = _jacobian(fn, x, u)[0] if self.jacobian is None else self.jacobian(x, u)
+            x = x - _solve_small(jac, f_x)
+        res = _inf_norm(fn(x, u))
+        ok = res <= residual_tolerance(self.tol, x.dtype)  # NaN residuals fail
+        batch = x.shape[0]
+        out = FixedPointResult(
+            x=x,
+            residual=res,
+            iterations=torch.full((batch,), self.iterations, dtype=torch.int64, device=x.device),
+            converged=ok,
+            fallback=torch.zeros(batch, dtype=torch.bool, device=x.device),
+        )
+        if self.fallback is None:
+            return out
+        bad = ~ok
+        if not bool(bad.any()):  # the one host synchronisation, after the loop
+            return out
+        idx = bad.nonzero().squeeze(1)
+        ub = u[idx]
+        fb = self.fallback.solve(fn, x0[idx], ub)
+        # polish the fallback's result with Newton steps (as Newton polishes its fallback's):
+        # an integrator stops at the tolerance, a Newton step from there reaches rounding
+        xp = fb.x
+        for _ in range(max(self.iterations, 1)):
+            jac = _jacobian(fn, xp, ub)[0] if self.jacobian is None else self.jacobian(xp, ub)
+            xp = xp - _solve_small(jac, fn(xp, ub))
+        rp = _inf_norm(fn(xp, ub))
+        better = fb.converged & (rp <= fb.residual)  # NaN residuals are never better
+        fb = dataclasses.replace(
+            fb,
+            x=torch.where(better[:, None], xp, fb.x),
+            residual=torch.where(better, rp, fb.residual),
+        )
+        out = out.with_rows(idx, fb)
+        assert out.fallback is not None
+        out.fallback[idx] = True
+        return out
+
+
 def implicit_fixed_point(
     fn: Residual,
     result: FixedPointResult,
@@ -647,7 +936,8 @@ class FixedPointDevice(AbstractDevice):
         readout: ``x (batch, n_state) -> (batch, n_out)``.
         domain: Box of drives to characterise the device on.
         kind: ``"ode"`` or ``"map"``.
-        solver: ``Newton(...)`` (default), ``Anderson(...)`` or ``Integrate(...)``.
+        solver: ``Newton(...)`` (default), ``BatchedNewton(...)``, ``Anderson(...)`` or
+            ``Integrate(...)``.
         name: Name used in reports.
         params: JSON-ready parameters recorded in :meth:`describe` (e.g. ``{"eps": 0.01}``).
 
@@ -691,7 +981,8 @@ class FixedPointDevice(AbstractDevice):
             solver = Newton()
         if not isinstance(solver, AbstractFixedPointSolver):
             raise TypeError(
-                f"solver must be Newton(...), Anderson(...), Integrate(...) or another "
+                f"solver must be Newton(...), BatchedNewton(...), Anderson(...), Integrate(...) "
+                f"or another "
                 f"AbstractFixedPointSolver, got {type(solver).__name__}"
             )
         if not isinstance(domain, Box) or domain.dim != n_in:
@@ -706,6 +997,9 @@ class FixedPointDevice(AbstractDevice):
         self.name = name
         self.params = dict(params or {})
         self.differentiable = True
+        # rows solved, re-solved by a fallback and left unconverged, for solvers that report
+        # their fallback rows (BatchedNewton); reset it freely
+        self.solve_counts: dict[str, int] = {"rows": 0, "fallback": 0, "unconverged": 0}
 
     # -- the residual ------------------------------------------------------------------------
 
@@ -761,7 +1055,17 @@ class FixedPointDevice(AbstractDevice):
             ``readout(x*)``, shape (batch, n_out), same dtype as ``u``; NaN rows where the
             solver did not converge.
         """
-        x = implicit_fixed_point(self.residual, self.solve(u), u)
+        result = self.solve(u)
+        if result.fallback is not None:
+            # one host synchronisation per call, after the solve: what fell back is counted
+            counts = torch.stack([result.fallback.sum(), (~result.converged).sum()]).tolist()
+            self.solve_counts["rows"] += result.fallback.shape[0]
+            self.solve_counts["fallback"] += counts[0]
+            self.solve_counts["unconverged"] += counts[1]
+        if torch.is_grad_enabled() or self.solver.refine_without_grad:
+            x = implicit_fixed_point(self.residual, result, u)
+        else:  # the solver's last step was a Newton step at the tolerance already
+            x = torch.where(result.converged[:, None], result.x, math.nan)
         y = self.readout(x)
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != (u.shape[0], self.n_out):
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -787,6 +1091,13 @@ class FixedPointDevice(AbstractDevice):
 def _solver_dict(solver: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": type(solver).__name__}
     for fld in dataclasses.fields(solver):
+        if fld.name.startswith("_"):  # caches, not settings
+            continue
         v = getattr(solver, fld.name)
-        out[fld.name] = _solver_dict(v) if dataclasses.is_dataclass(v) else v
+        if dataclasses.is_dataclass(v):
+            out[fld.name] = _solver_dict(v)
+        elif callable(v):  # a closed-form Jacobian or residual: recorded by its name
+            out[fld.name] = getattr(v, "__qualname__", type(v).__qualname__)
+        else:
+            out[fld.name] = list(v) if isinstance(v, tuple) else v
     return out
