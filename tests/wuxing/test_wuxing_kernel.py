@@ -62,10 +62,11 @@ def test_per_sample_coefficients_and_divergence() -> None:
     torch.testing.assert_close(a.integral[ok], b.integral[ok], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05)], ids=repr)
+@pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05), RK4(dt=0.2)], ids=repr)
 @pytest.mark.parametrize("readout", ["mean", "final"])
-def test_backprop_through_time_equals_torch_path(solver, readout) -> None:
-    net = _net(solver)
+@pytest.mark.parametrize("clip", [CLIP, None])
+def test_backprop_through_time_equals_torch_path(solver, readout, clip) -> None:
+    net = _net(solver, clip)
     net.config = dataclasses.replace(net.config, readout=readout)
     x = (2.0 * torch.rand(11, 6, dtype=torch.float64)).requires_grad_()
     y = torch.randint(0, 3, (11,))
@@ -79,13 +80,16 @@ def test_backprop_through_time_equals_torch_path(solver, readout) -> None:
         return net.c.grad.clone(), x.grad.clone()
 
     (gc_f, gx_f), (gc_t, gx_t) = _both(net, grads)
+    net.config = dataclasses.replace(net.config, fused=True)
+    assert net._fused_applies(x.T, x.T, net.rest.double(), net.c)  # the kernel's reverse ran
     assert gc_t.abs().max() > 1e-4
     torch.testing.assert_close(gc_f, gc_t, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(gx_f, gx_t, rtol=1e-10, atol=1e-13)
 
 
-def test_backprop_per_sample_coefficients_reversed() -> None:
-    net = _net(Heun(dt=0.1), checkpoint_every=None)
+@pytest.mark.parametrize("solver", [Heun(dt=0.1), RK4(dt=0.2)], ids=repr)
+def test_backprop_per_sample_coefficients_reversed(solver) -> None:
+    net = _net(solver, checkpoint_every=None)
     err = torch.randn(4, 3, dtype=torch.float64)
     coeffs = (torch.rand(4, net.c.numel(), dtype=torch.float64) * 3 - 1.5).requires_grad_()
 
@@ -96,6 +100,34 @@ def test_backprop_per_sample_coefficients_reversed() -> None:
 
     a, b = _both(net, grad)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05), RK4(dt=0.2)], ids=repr)
+def test_backprop_through_time_equals_finite_differences(solver) -> None:
+    # no clip: the loss is smooth in the coefficients, so central differences (step 1e-6,
+    # error ~1e-12 in float64) check the reverse itself, not only its agreement with autograd
+    net = _net(solver, clip=None)
+    x = 2.0 * torch.rand(5, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+
+    def loss() -> torch.Tensor:
+        sim = net.simulate(x)
+        return torch.nn.functional.cross_entropy(sim.score, y) + 0.1 * sim.final.square().mean()
+
+    net.c.grad = None
+    loss().backward()
+    grad = net.c.grad.clone()
+    eps = 1e-6
+    for j in torch.randperm(net.c.numel())[:4].tolist():
+        with torch.no_grad():
+            c0 = net.c[j].item()
+            net.c[j] = c0 + eps
+            up = loss().item()
+            net.c[j] = c0 - eps
+            down = loss().item()
+            net.c[j] = c0
+        fd = (up - down) / (2 * eps)
+        assert abs(fd - grad[j].item()) <= 1e-6 * max(1.0, abs(fd)), (j, fd, grad[j].item())
 
 
 def test_float32_close_to_float64() -> None:
@@ -117,8 +149,7 @@ def test_dispatch() -> None:
     net.config = dataclasses.replace(net.config, fused=False)
     assert not net._fused_applies(E, E, rest, net.c)
     net.config = dataclasses.replace(net.config, fused=True, solver=RK4(dt=0.1))
-    assert net._fused_applies(E, E, rest, net.c.detach())
-    assert not net._fused_applies(E, E, rest, net.c)  # RK4 gradients: torch path
+    assert net._fused_applies(E, E, rest, net.c)  # RK4 gradients run in the kernel too
     net.config = dataclasses.replace(net.config, solver=Heun(dt=0.1, compile=True))
     assert not net._fused_applies(E, E, rest, net.c)  # torch.compile asked for explicitly
     net.config = dataclasses.replace(net.config, solver=Heun(dt=0.1))

@@ -269,7 +269,62 @@ static void rhs_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restri
   for (int s = 0; s < n->S; s++) f_slot_SUF(n, s, E, drive, c, out + (size_t)s * W);
 }
 
-/* reverse of run_SUF (Euler and Heun): gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
+/* reverse of one classical RK4 step from E (the step before the clip mask, which the caller
+   has applied to gE): g = dL/dE, vd = dL/d(drive) of the step (per slot), gc accumulates.
+   Forward: X1 = E, k_i = f(X_i), X2 = E + hh k1, X3 = E + hh k2, X4 = E + h k3,
+   E' = E + h6 (k1 + 2 k2 + 2 k3 + k4), Q' = Q + h6 (D(X1) + 2 D(X2) + 2 D(X3) + D(X4)).
+   Each stage's cotangent v_i = dL/dk_i is the direct term (h6 or 2 h6 of dL/dE') plus what
+   the next stage's input passes back; dL/dX_i = J(X_i)^T v_i + (its quadrature weight) gQ.
+   Work space w: 6 (S, W) arrays. */
+static void back_rk4_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restrict drive,
+                         const REAL* restrict c, REAL* restrict gE, const REAL* restrict gQ,
+                         REAL* restrict g, REAL* restrict vd, REAL* restrict gc,
+                         REAL* restrict w) {
+  const size_t m = (size_t)n->S * W;
+  const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h), h6 = (REAL)(n->h / 6.0);
+  const REAL h3 = (REAL)2.0 * h6, lo = (REAL)n->lo, hi = (REAL)n->hi;
+  REAL *X2 = w, *X3 = w + m, *X4 = w + 2 * m, *k = w + 3 * m, *v = w + 4 * m, *dX = w + 5 * m;
+  /* the stage inputs (and the sum of slopes in v), recomputed in the forward step's order */
+  rhs_SUF(n, E, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = k[i]; X2[i] = E[i] + hh * k[i]; }
+  rhs_SUF(n, X2, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = v[i] + (REAL)2.0 * k[i]; X3[i] = E[i] + hh * k[i]; }
+  rhs_SUF(n, X3, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = v[i] + (REAL)2.0 * k[i]; X4[i] = E[i] + h * k[i]; }
+  /* clip: the gradient passes where lo <= E' <= hi (as torch.clamp's) */
+  if (n->clip) {
+    rhs_SUF(n, X4, drive, c, k);
+    for (size_t i = 0; i < m; i++) {
+      const REAL x = E[i] + h6 * (v[i] + k[i]);
+      if (!(x >= lo && x <= hi)) gE[i] = 0;
+    }
+  }
+  /* stage 4: v4 = h6 gE'; dL/dX4 = J(X4)^T v4 + h6 gQ */
+  for (size_t i = 0; i < m; i++) { v[i] = h6 * gE[i]; vd[i] = v[i]; dX[i] = h6 * gQ[i]; }
+  rhs_vjp_SUF(n, X4, c, v, dX, gc);
+  for (size_t i = 0; i < m; i++) {
+    g[i] = gE[i] + h6 * gQ[i] + dX[i];
+    v[i] = h3 * gE[i] + h * dX[i];               /* v3 (X4 = E + h k3) */
+    vd[i] += v[i];
+    dX[i] = h3 * gQ[i];
+  }
+  rhs_vjp_SUF(n, X3, c, v, dX, gc);
+  for (size_t i = 0; i < m; i++) {
+    g[i] += dX[i];
+    v[i] = h3 * gE[i] + hh * dX[i];              /* v2 (X3 = E + hh k2) */
+    vd[i] += v[i];
+    dX[i] = h3 * gQ[i];
+  }
+  rhs_vjp_SUF(n, X2, c, v, dX, gc);
+  for (size_t i = 0; i < m; i++) {
+    g[i] += dX[i];
+    v[i] = h6 * gE[i] + hh * dX[i];              /* v1 (X2 = E + hh k1) */
+    vd[i] += v[i];
+  }
+  rhs_vjp_SUF(n, E, c, v, g, gc);
+}
+
+/* reverse of run_SUF: gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
    gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, nd, W) accumulate per lane */
 int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const REAL* ckpt,
              REAL* gE, const REAL* gQ, REAL* gc, REAL* gdrive) {
@@ -278,10 +333,12 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
   const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h);
   const REAL lo = (REAL)n->lo, hi = (REAL)n->hi;
   REAL* states = (REAL*)malloc((size_t)seg * m * sizeof(REAL));
-  REAL* w = (REAL*)malloc(6 * m * sizeof(REAL));
+  /* 8 arrays: RK4's reverse takes 6 for itself besides v and g */
+  REAL* w = (REAL*)malloc(8 * m * sizeof(REAL));
   unsigned char dd[W] = {0}, hk[W] = {0};
   if (!states || !w) { free(states); free(w); return 1; }
   REAL *k1 = w, *Et = w + m, *k2 = w + 2 * m, *v = w + 3 * m, *a = w + 4 * m, *g = w + 5 * m;
+  if (n->solver == 2) { v = w + 6 * m; g = w + 7 * m; }
   for (int b = 0; b < nblk; b++) {
     const REAL* cb = n->per_lane ? c + (size_t)b * n->L * W : c;
     const REAL* db = drive + b * md;
@@ -299,31 +356,36 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
       }
       for (int k = len - 1; k >= 0; k--) {
         const REAL* E = states + k * m;
-        rhs_SUF(n, E, db, cb, k1);
-        if (n->solver == 1) {
-          for (size_t i = 0; i < m; i++) Et[i] = E[i] + h * k1[i];
-          rhs_SUF(n, Et, db, cb, k2);
-        }
-        /* clip: the gradient passes where lo <= E_new <= hi (as torch.clamp's) */
-        if (n->clip)
-          for (size_t i = 0; i < m; i++) {
-            const REAL x = n->solver == 1 ? E[i] + hh * (k1[i] + k2[i]) : E[i] + h * k1[i];
-            if (!(x >= lo && x <= hi)) gEb[i] = 0;
-          }
-        if (n->solver == 0) {
-          /* E' = E + h f(E), Q' = Q + h D(E) */
-          for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
-          rhs_vjp_SUF(n, E, cb, v, g, gcb);
+        if (n->solver == 2) {
+          /* w[0, 6m) is RK4's work space; v (dL/d drive) and g lie past it */
+          back_rk4_SUF(n, E, db, cb, gEb, gQb, g, v, gcb, w);
         } else {
-          /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
-          for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
-          rhs_vjp_SUF(n, Et, cb, v, a, gcb);           /* a = dL/dEt */
-          for (size_t i = 0; i < m; i++) {
-            k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
-            g[i] = gEb[i] + hh * gQb[i] + a[i];
+          rhs_SUF(n, E, db, cb, k1);
+          if (n->solver == 1) {
+            for (size_t i = 0; i < m; i++) Et[i] = E[i] + h * k1[i];
+            rhs_SUF(n, Et, db, cb, k2);
           }
-          rhs_vjp_SUF(n, E, cb, k2, g, gcb);
-          for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+          /* clip: the gradient passes where lo <= E_new <= hi (as torch.clamp's) */
+          if (n->clip)
+            for (size_t i = 0; i < m; i++) {
+              const REAL x = n->solver == 1 ? E[i] + hh * (k1[i] + k2[i]) : E[i] + h * k1[i];
+              if (!(x >= lo && x <= hi)) gEb[i] = 0;
+            }
+          if (n->solver == 0) {
+            /* E' = E + h f(E), Q' = Q + h D(E) */
+            for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
+            rhs_vjp_SUF(n, E, cb, v, g, gcb);
+          } else {
+            /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
+            for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
+            rhs_vjp_SUF(n, Et, cb, v, a, gcb);           /* a = dL/dEt */
+            for (size_t i = 0; i < m; i++) {
+              k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
+              g[i] = gEb[i] + hh * gQb[i] + a[i];
+            }
+            rhs_vjp_SUF(n, E, cb, k2, g, gcb);
+            for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+          }
         }
         for (int s = 0; s < n->S; s++) {
           const int d = n->dslot[s];

@@ -37,7 +37,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
     implicit_fixed_point,
 )
-from quasineuron.devices.ode import RK4, Euler, FixedStep, Heun, compile_method
+from quasineuron.devices.ode import Euler, FixedStep, Heun, compile_method
 from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
@@ -134,8 +134,9 @@ class SimConfig:
             or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
         fused: Run the window with the fused native kernel (:mod:`quasineuron.wuxing.kernel`)
             where it applies: CPU tensors in float32 or float64, an uncompiled solver, no
-            adjoint, no gradient with respect to :attr:`WuxingNetwork.K`, and, with gradients,
-            ``Heun`` or ``Euler``. Elsewhere (and with ``fused=False``) the torch path runs.
+            adjoint, and no gradient with respect to :attr:`WuxingNetwork.K` (gradients of
+            every solver: Heun, RK4 and Euler). Elsewhere (and with ``fused=False``) the
+            torch path runs.
             Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
@@ -628,7 +629,6 @@ class WuxingNetwork(torch.nn.Module):
         from quasineuron.wuxing import kernel
 
         cfg = self.config
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (E0, drive, c))
         return (
             cfg.fused
             and not cfg.solver.compile
@@ -636,7 +636,6 @@ class WuxingNetwork(torch.nn.Module):
             and E0.device.type == "cpu"
             and E0.dtype in kernel.LANES
             and not (torch.is_grad_enabled() and rest.requires_grad)
-            and not (grad and isinstance(cfg.solver, RK4))
             and kernel.available()
         )
 
