@@ -192,3 +192,63 @@ def _simulate_in_child(net: WuxingNetwork, x: torch.Tensor) -> torch.Tensor:
     torch.set_num_threads(2)
     with torch.no_grad():
         return net.simulate(x).integral
+
+
+def _kernel_node(t: torch.Tensor):
+    """The fused kernel's node in the graph behind ``t``."""
+    todo, seen = [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "_FusedRunBackward":
+            return node
+        todo.extend(f for f, _ in node.next_functions)
+    raise AssertionError("no fused kernel node in the graph")
+
+
+def test_backprop_memory_grows_as_sqrt_of_the_steps() -> None:
+    # 2500 and 10,000 Heun steps on the small network: the kept states plus the recomputed
+    # segment, (n/s + s) states, must grow as √n with s = ⌈√n⌉ (2×), where a fixed segment
+    # of 25 grows 3.1× and keeping every state 4×
+    x = 2.0 * torch.rand(5, 6, dtype=torch.float64)
+    sizes, grads = [], []
+    for T, every in ((250.0, "sqrt"), (1000.0, "sqrt"), (250.0, None)):
+        net = _net(Heun(dt=0.1), checkpoint_every=every)
+        net.config = dataclasses.replace(net.config, T=T)
+        sim = net.simulate(x)
+        node = _kernel_node(sim.integral)
+        call, ckpt = node.call, node.saved[2]
+        state = ckpt[0, 0].nbytes  # one block's state
+        # what the reverse allocates: the kept states (a tensor) + its recomputed segment
+        sizes.append(ckpt.nbytes + call.net.seg * state)
+        assert node.buffer_bytes >= sizes[-1]
+        sim.score.sum().backward()
+        grads.append(net.c.grad.clone())
+    assert sizes[1] < 2.5 * sizes[0]
+    # checkpoints recompute the same steps: the gradient of the one-segment reverse, bit for bit
+    assert torch.equal(grads[0], grads[2])
+    assert sizes[2] > 2 * sizes[0]  # the one-segment reverse does keep every state
+
+
+@pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05), RK4(dt=0.2)], ids=repr)
+def test_segment_length_does_not_change_the_gradient(solver) -> None:
+    x = 2.0 * torch.rand(11, 6, dtype=torch.float64)
+    grads = []
+    for every in (None, "sqrt", 3, 1):
+        net = _net(solver, checkpoint_every=every)
+        net.simulate(x).score.sum().backward()
+        grads.append(net.c.grad.clone())
+    for g in grads[1:]:
+        assert torch.equal(g, grads[0])
+
+
+def test_checkpoint_every_sqrt_resolves_and_validates() -> None:
+    assert SimConfig().segment_steps == 25  # √600 rounded up: the default window's segment
+    assert SimConfig(T=7.5).segment_steps == 13  # √150
+    assert SimConfig(checkpoint_every=7).segment_steps == 7
+    assert SimConfig(checkpoint_every=None).segment_steps is None
+    for bad in (0, "cube", True, 2.5):
+        with pytest.raises(ValueError, match="int >= 1, 'sqrt' or None"):
+            SimConfig(checkpoint_every=bad)

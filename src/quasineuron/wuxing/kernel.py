@@ -47,7 +47,7 @@ import torch
 if TYPE_CHECKING:
     from quasineuron.wuxing.network import SimConfig
 
-__all__ = ["available", "FusedPlan", "fused_run"]
+__all__ = ["available", "FusedPlan", "fused_run", "bptt_buffer_bytes"]
 
 # solver codes of the kernel
 _EULER, _HEUN, _RK4 = 0, 1, 2
@@ -609,6 +609,44 @@ def _unblock(x: torch.Tensor, B: int) -> torch.Tensor:
     return x.permute(1, 0, 2).reshape(S, nb * w)[:, :B]
 
 
+def bptt_buffer_bytes(
+    n_slots: int,
+    n_links: int,
+    batch: int,
+    n_steps: int,
+    segment: int,
+    dtype: torch.dtype,
+    threads: int,
+) -> int:
+    """Bytes the kernel allocates for one window with gradients (forward and reverse).
+
+    Counts what grows with the window or the batch: the blocked state, integral and their
+    gradients (4 arrays of ``n_slots`` per lane), the kept states (``⌈n_steps/segment⌉`` per
+    block), the per-lane coefficient gradients, and per thread the reverse's recomputed
+    segment (``segment`` states) and work space (8 states) and the forward's (4 states).
+
+    Args:
+        n_slots: Slots of the network (5 per neuron).
+        n_links: Links.
+        batch: Samples.
+        n_steps: Solver steps of the window.
+        segment: Steps between kept states (``SimConfig.segment_steps``).
+        dtype: float32 or float64.
+        threads: Threads the blocks are split over.
+
+    Returns:
+        The total in bytes (the peak: the forward's buffers are alive during the reverse).
+    """
+    w = LANES[dtype]
+    nb = -(-batch // w)
+    threads = max(1, min(threads, nb))
+    seg = max(1, min(segment, n_steps))
+    state = n_slots * w * torch.empty(0, dtype=dtype).element_size()  # one block's state
+    nseg = -(-n_steps // seg)
+    per_block = (4 + nseg) * state + n_links * w * (state // (n_slots * w))
+    return nb * per_block + threads * (seg + 8 + 4) * state
+
+
 class _Call:
     """Everything one kernel call needs, kept alive for the backward pass."""
 
@@ -709,6 +747,12 @@ class _FusedRun(torch.autograd.Function):
             ],
         )
         ctx.call, ctx.saved = call, (dr, cb, ckpt, per_lane, B, nb)
+        if seg_store:
+            # what this window with gradients allocates: flat in T up to √n_steps (tested)
+            threads = torch.get_num_threads()
+            ctx.buffer_bytes = bptt_buffer_bytes(
+                S, call.net.L, B, call.net.nsteps, call.net.seg, call.dtype, threads
+            )
         flags = div.reshape(-1)[:B].bool(), hit.reshape(-1)[:B].bool()
         ctx.mark_non_differentiable(*flags)
         return _unblock(E, B).contiguous(), _unblock(Q, B).contiguous(), *flags
