@@ -103,6 +103,34 @@ def test_backprop_per_sample_coefficients_reversed(solver) -> None:
 
 
 @pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05), RK4(dt=0.2)], ids=repr)
+@pytest.mark.parametrize("clip", [CLIP, None])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_neuron_parameter_gradients_equal_torch_path(solver, clip, reverse) -> None:
+    # K enters the kernel as each slot's rates and through the rest state the links and the
+    # integral measure from; both paths of the gradient are checked
+    net = _net(solver, clip)
+    net.K.requires_grad_(True)
+    x = 2.0 * torch.rand(11, 6, dtype=torch.float64)
+    err = torch.randn(11, 3, dtype=torch.float64)
+
+    def grads():
+        net.K.grad, net.c.grad = None, None
+        if reverse:
+            sim = net.simulate_reversed(err)
+            loss = sim.integral.sin().sum()
+        else:
+            sim = net.simulate(x)
+            loss = sim.score.square().sum() + 0.1 * sim.final.square().mean()
+        loss.backward()
+        return net.K.grad.clone(), net.c.grad.clone()
+
+    (gk_f, gc_f), (gk_t, gc_t) = _both(net, grads)
+    assert gk_t.abs().max() > 1e-4
+    torch.testing.assert_close(gk_f, gk_t, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gc_f, gc_t, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", [Heun(dt=0.1), Euler(dt=0.05), RK4(dt=0.2)], ids=repr)
 def test_backprop_through_time_equals_finite_differences(solver) -> None:
     # no clip: the loss is smooth in the coefficients, so central differences (step 1e-6,
     # error ~1e-12 in float64) check the reverse itself, not only its agreement with autograd
@@ -153,7 +181,7 @@ def test_dispatch() -> None:
     net.config = dataclasses.replace(net.config, solver=Heun(dt=0.1, compile=True))
     assert not net._fused_applies(E, E, rest, net.c)  # torch.compile asked for explicitly
     net.config = dataclasses.replace(net.config, solver=Heun(dt=0.1))
-    assert not net._fused_applies(E, E, rest.requires_grad_(), net.c)  # gradient w.r.t. K
+    assert net._fused_applies(E, E, rest.requires_grad_(), net.c)  # gradient w.r.t. K too
 
 
 def test_no_compiler_falls_back_with_a_note(monkeypatch, tmp_path) -> None:

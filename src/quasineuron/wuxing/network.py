@@ -136,9 +136,9 @@ class SimConfig:
             or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
         fused: Run the window with the fused native kernel (:mod:`quasineuron.wuxing.kernel`)
             where it applies: CPU tensors in float32 or float64, an uncompiled solver, no
-            adjoint, and no gradient with respect to :attr:`WuxingNetwork.K` (gradients of
-            every solver: Heun, RK4 and Euler). Elsewhere (and with ``fused=False``) the
-            torch path runs.
+            adjoint; gradients of every solver (Heun, RK4, Euler) with respect to the
+            coefficients, the drive and :attr:`WuxingNetwork.K`. Elsewhere (and with
+            ``fused=False``) the torch path runs.
             Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
@@ -648,7 +648,6 @@ class WuxingNetwork(torch.nn.Module):
             and not (cfg.adjoint and torch.is_grad_enabled())
             and E0.device.type == "cpu"
             and E0.dtype in kernel.LANES
-            and not (torch.is_grad_enabled() and rest.requires_grad)
             and kernel.available()
         )
 
