@@ -264,14 +264,18 @@ def compare(a: argparse.Namespace) -> dict:
         for job in jobs.values():
             job()
     rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
+    # samples per second of this process's CPU time (all its threads): on a shared machine
+    # this is what a step would take on cores of its own, where wall time counts the waits
+    cpu_rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
     for r in range(a.repeats):
         for name, job in jobs.items():
             for path in ("torch", "fused") if r % 2 == 0 else ("fused", "torch"):
                 net.config = dataclasses.replace(config, fused=path == "fused")
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 job()
                 rate = a.batch / (time.perf_counter() - t)
                 rates[path].setdefault(name, []).append(rate)
+                cpu_rates[path].setdefault(name, []).append(a.batch / (time.process_time() - c))
                 print(f"repeat {r}: {name:8s} {path:5s} {rate:8.2f} samples/s", flush=True)
     load_after = os.getloadavg()
     gflops = matmul_gflops(a.threads)
@@ -301,6 +305,7 @@ def compare(a: argparse.Namespace) -> dict:
         "samples_per_s": {k: statistics.median(rates["fused"][k]) for k in jobs},
         "baseline": {"samples_per_s": {k: statistics.median(rates["torch"][k]) for k in jobs}},
         "spread": {p: {k: summary(v) for k, v in rates[p].items()} for p in rates},
+        "samples_per_cpu_s": {p: {k: summary(v) for k, v in cpu_rates[p].items()} for p in rates},
         "ratio_fused_over_torch": {k: summary(v) for k, v in ratio.items()},
         "kernel_compile_s": seconds,
         "first_call_s": first_call,
