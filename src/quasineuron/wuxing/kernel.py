@@ -16,9 +16,12 @@ runs the same arithmetic as one native loop per sample block instead:
   one call; the whole window runs in one call per block. Blocks run in parallel threads (the
   call releases the GIL).
 - **Gradients** (backprop through time) come from the hand-written reverse of the same
-  discrete steps (the transposed Jacobian of the neuron equation and of the links), with the
-  state kept only every ``segment`` steps and the steps in between recomputed: memory is
-  ``n_steps/segment + segment`` states per block, flat in ``T`` for a fixed segment.
+  discrete steps of every solver (Euler, Heun, RK4: the transposed Jacobian of the neuron
+  equation and of the links, stage by stage), with respect to the coefficients, the drive, the
+  initial state and the neurons' parameters (each slot's rates and rest state). The state is
+  kept only every ``segment`` steps and the steps in between are recomputed: memory is
+  ``n_steps/segment + segment`` states per block, ``2√n_steps`` with the default segment
+  ``⌈√n_steps⌉`` (:attr:`~quasineuron.wuxing.network.SimConfig.segment_steps`).
 
 The kernel is C, compiled once per machine with the system C compiler (about a second) and
 cached on disk (``$QUASINEURON_CACHE`` or ``~/.cache/quasineuron``). Without a compiler,
