@@ -139,7 +139,8 @@ class SimConfig:
             adjoint; gradients of every solver (Heun, RK4, Euler) with respect to the
             coefficients, the drive and :attr:`WuxingNetwork.K`. Elsewhere (and with
             ``fused=False``) the torch path runs.
-            Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
+            Same results to round-off; 4–4.5× the torch path's samples/s on one CPU thread at
+            batch 32 (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
