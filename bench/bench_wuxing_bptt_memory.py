@@ -2,6 +2,7 @@
 
     python bench/bench_wuxing_bptt_memory.py [--threads 1] [--batch 32] [--T 40] [--dt 0.2]
                                              [--json F]
+    python bench/bench_wuxing_bptt_memory.py --sweep-T 7.5 15 30 [--dt 0.05] [--json F]
 
 Each variant runs in a fresh process (so that peak memory is its own): one
 :func:`~quasineuron.wuxing.bptt_step` on the MODEL1 network (4711 links, float32, Heun, no
@@ -19,6 +20,14 @@ process and every variant looks as large as the taped one). Variants (``SimConfi
   restarted from the forward states kept every 25 steps;
 - ``adjoint``: ``adjoint=True, checkpoint_every=None``, the textbook adjoint (the state is
   reconstructed by integrating the network backwards over the whole window).
+
+These run on the torch path (``fused=False``). With ``--sweep-T T1 T2 ...`` the fused kernel
+(the default on CPUs, default clip) is measured instead, at every window length in the same
+run, each in its own process: ``fused-sqrt`` (states kept every ⌈√n_steps⌉ steps, the
+default), ``fused-25`` (every 25 steps at any T) and ``fused-all`` (every state kept,
+``checkpoint_every=None``); besides the resident-memory rise, the bytes the kernel allocates
+(:func:`quasineuron.wuxing.kernel.bptt_buffer_bytes`), and the gradient against ``fused-all``
+at the same T.
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ VARIANTS = {
     "adjoint25": {"checkpoint_every": 25, "adjoint": True},
     "adjoint": {"checkpoint_every": None, "adjoint": True},
 }
+FUSED = {
+    "fused-sqrt": {"checkpoint_every": "sqrt"},
+    "fused-25": {"checkpoint_every": 25},
+    "fused-all": {"checkpoint_every": None},
+}
 
 
 def _peak_mib() -> float:
@@ -52,12 +66,23 @@ def _peak_mib() -> float:
 def child(a: argparse.Namespace) -> None:
     """One variant in this process; writes its numbers and gradient to ``a.child``."""
     from quasineuron.devices.ode import Heun
-    from quasineuron.wuxing import Backprop, SimConfig, WuxingNetwork, bptt_step, model_wiring
+    from quasineuron.wuxing import (
+        Backprop,
+        SimConfig,
+        WuxingNetwork,
+        bptt_step,
+        kernel,
+        model_wiring,
+    )
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    kw = VARIANTS[a.variant]
-    config = SimConfig(T=a.T, solver=Heun(dt=a.dt), clip=None, readout="final", **kw)
+    if a.variant in FUSED:
+        kw = FUSED[a.variant]
+        config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout="final", **kw)
+    else:
+        kw = {**VARIANTS[a.variant], "fused": False}
+        config = SimConfig(T=a.T, solver=Heun(dt=a.dt), clip=None, readout="final", **kw)
     net = WuxingNetwork(model_wiring("MODEL1"), config=config)
     with torch.no_grad():
         net.c.uniform_(0.0, 1.0)
@@ -72,15 +97,66 @@ def child(a: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     out = Path(a.child)
     torch.save(net.c.grad, out.with_suffix(".pt"))
-    out.write_text(
-        json.dumps(
-            {
-                "peak_rise_mib": _peak_mib() - before,
-                "seconds": seconds,
-                "diverged": report.n_diverged,
-            }
+    row = {"peak_rise_mib": _peak_mib() - before, "seconds": seconds}
+    row["diverged"] = report.n_diverged
+    if a.variant in FUSED:
+        row["segment"] = config.segment_steps or config.n_steps
+        n_slots, n_links = net.n_slots, net.c.numel()
+        b = kernel.bptt_buffer_bytes(
+            n_slots, n_links, a.batch, config.n_steps, row["segment"], torch.float32, a.threads
         )
-    )
+        row["kernel_buffer_mib"] = b / 2**20
+    out.write_text(json.dumps(row))
+
+
+def _run_child(a: argparse.Namespace, name: str, T: float, tmp: str) -> tuple[dict, torch.Tensor]:
+    f = Path(tmp) / f"{name}-{T}.json"
+    args = [sys.executable, __file__, "--variant", name, "--child", str(f)]
+    args += ["--threads", str(a.threads), "--batch", str(a.batch)]
+    args += ["--T", str(T), "--dt", str(a.dt)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    subprocess.run(args, check=True, env=env)
+    return json.loads(f.read_text()), torch.load(f.with_suffix(".pt"))
+
+
+def sweep(a: argparse.Namespace) -> None:
+    """The fused kernel's step at each window length of ``a.sweep_T``, in one run."""
+    load = os.getloadavg()[0]
+    rows: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for T in a.sweep_T:
+            res, grads = {}, {}
+            for name in FUSED:
+                res[name], grads[name] = _run_child(a, name, T, tmp)
+            g0 = grads["fused-all"]
+            for name, r in res.items():
+                r["grad_rel_diff_vs_all"] = float((grads[name] - g0).norm() / g0.norm())
+            rows[str(T)] = res
+    T0 = str(a.sweep_T[0])
+    for res in rows.values():
+        for name, r in res.items():
+            r["kernel_buffer_vs_first_T"] = (
+                r["kernel_buffer_mib"] / rows[T0][name]["kernel_buffer_mib"]
+            )
+            r["peak_rise_vs_first_T"] = r["peak_rise_mib"] / rows[T0][name]["peak_rise_mib"]
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": "cpu",
+            "threads": a.threads,
+            "load_average_before": load,
+            "load_average_after": os.getloadavg()[0],
+        },
+        "batch": a.batch,
+        "dt": a.dt,
+        "solver": "Heun",
+        "n_steps": {T: round(float(T) / a.dt) for T in rows},
+        "by_T": rows,
+    }
+    print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 def main() -> None:
@@ -90,11 +166,15 @@ def main() -> None:
     p.add_argument("--T", type=float, default=40.0)
     p.add_argument("--dt", type=float, default=0.2)
     p.add_argument("--json", default=None)
-    p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--sweep-T", type=float, nargs="+", default=None, metavar="T")
+    p.add_argument("--variant", choices=sorted({**VARIANTS, **FUSED}), help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         child(a)
+        return
+    if a.sweep_T:
+        sweep(a)
         return
     res: dict[str, dict] = {}
     grads: dict[str, torch.Tensor] = {}

@@ -1,16 +1,21 @@
 """Samples/s of the Wuxing MODEL1 network's time steps: the fused kernel against the torch path.
 
     python bench/bench_wuxing_step.py [--threads 2] [--batch 64] [--repeats 3] [--json F]
+                                      [--T 30] [--dt 0.05] [--readout mean] [--train-k]
     python bench/bench_wuxing_step.py --legacy [--device cpu|cuda] [--batch 32] [--compile]
 
 Default: in one run on one machine, interleaved and repeated ``--repeats`` times, the torch path
 (``SimConfig(fused=False)``, the baseline) and the fused kernel (``fused=True``, the default) on
-MODEL1 {784, 839, 283, 96, 32, 10} (4711 links), T = 30, Heun dt = 0.05, float32:
+MODEL1 {784, 839, 283, 96, 32, 10} (4711 links), T = 30, Heun dt = 0.05, float32 (``--T``,
+``--dt``, ``--readout`` set the window):
 
 - ``forward``: the forward time simulation (no gradient);
 - ``method2``: one method-2 step (forward + reversed simulation, ``G1`` from the integrals,
   update of the coefficients);
-- ``bptt``: one backprop-through-time step (cross-entropy, Adam), checkpoints every 25 steps.
+- ``bptt``: one backprop-through-time step (cross-entropy, Adam), states kept every
+  ⌈√n_steps⌉ steps (the default);
+- ``bptt_k`` (with ``--train-k``): the same step that also trains the neurons' parameters
+  ``K`` (Adam over the coefficients and ``K``).
 
 It prints samples/s of each (median, min, max over the repeats) and the ratio fused/torch of
 each repeat, the one-time compile time of the kernel (in a fresh cache folder), the load
@@ -211,18 +216,20 @@ def compare(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     load_before = os.getloadavg()
     torch.manual_seed(0)
-    config = SimConfig(T=a.T, solver=Heun(dt=0.05))
+    config = SimConfig(T=a.T, solver=Heun(dt=a.dt), readout=a.readout)
     net = WuxingNetwork(model_wiring("MODEL1"), config=config)
     with torch.no_grad():
         net.c.uniform_(-1.0, 1.0)
     x = torch.rand(a.batch, 784)
     y = torch.randint(0, 10, (a.batch,))
-    c0 = net.c.detach().clone()
+    c0, K0 = net.c.detach().clone(), net.K.detach().clone()
     opt = torch.optim.Adam([net.c], lr=1e-3)
+    opt_k = torch.optim.Adam([net.c, net.K], lr=1e-3)
 
     def reset() -> None:
         with torch.no_grad():
             net.c.copy_(c0)
+            net.K.copy_(K0)
 
     def forward() -> None:
         with torch.no_grad():
@@ -236,7 +243,17 @@ def compare(a: argparse.Namespace) -> dict:
         reset()
         bptt_step(net, x, y, Backprop(), opt)
 
+    def bptt_k() -> None:
+        reset()
+        net.K.requires_grad_(True)
+        try:
+            bptt_step(net, x, y, Backprop(), opt_k)
+        finally:
+            net.K.requires_grad_(False)
+
     jobs = {"forward": forward, "method2": method2, "bptt": bptt}
+    if a.train_k:
+        jobs["bptt_k"] = bptt_k
     seconds = compile_seconds()
     t0 = time.perf_counter()
     net.config = dataclasses.replace(config, fused=True)
@@ -247,18 +264,23 @@ def compare(a: argparse.Namespace) -> dict:
         for job in jobs.values():
             job()
     rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
+    # samples per second of this process's CPU time (all its threads): on a shared machine
+    # this is what a step would take on cores of its own, where wall time counts the waits
+    cpu_rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
     for r in range(a.repeats):
         for name, job in jobs.items():
             for path in ("torch", "fused") if r % 2 == 0 else ("fused", "torch"):
                 net.config = dataclasses.replace(config, fused=path == "fused")
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 job()
                 rate = a.batch / (time.perf_counter() - t)
                 rates[path].setdefault(name, []).append(rate)
+                cpu_rates[path].setdefault(name, []).append(a.batch / (time.process_time() - c))
                 print(f"repeat {r}: {name:8s} {path:5s} {rate:8.2f} samples/s", flush=True)
     load_after = os.getloadavg()
     gflops = matmul_gflops(a.threads)
     flop = kernel_flop(net.n_slots, net.wiring.n_links, config.n_steps)
+    flop["bptt_k"] = flop["bptt"]
 
     def summary(v: list[float]) -> dict[str, float]:
         return {"median": statistics.median(v), "min": min(v), "max": max(v)}
@@ -283,6 +305,7 @@ def compare(a: argparse.Namespace) -> dict:
         "samples_per_s": {k: statistics.median(rates["fused"][k]) for k in jobs},
         "baseline": {"samples_per_s": {k: statistics.median(rates["torch"][k]) for k in jobs}},
         "spread": {p: {k: summary(v) for k, v in rates[p].items()} for p in rates},
+        "samples_per_cpu_s": {p: {k: summary(v) for k, v in cpu_rates[p].items()} for p in rates},
         "ratio_fused_over_torch": {k: summary(v) for k, v in ratio.items()},
         "kernel_compile_s": seconds,
         "first_call_s": first_call,
@@ -304,6 +327,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="--legacy: best of this many")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--T", type=float, default=30.0, help="window length")
+    p.add_argument("--dt", type=float, default=0.05, help="Heun step")
+    p.add_argument("--readout", default="mean", choices=("mean", "final"))
+    p.add_argument("--train-k", action="store_true", help="also time BPTT that trains K")
     p.add_argument("--compile", action="store_true", help="--legacy: also the compiled steps")
     p.add_argument("--json", default=None)
     a = p.parse_args()

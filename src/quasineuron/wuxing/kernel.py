@@ -16,9 +16,12 @@ runs the same arithmetic as one native loop per sample block instead:
   one call; the whole window runs in one call per block. Blocks run in parallel threads (the
   call releases the GIL).
 - **Gradients** (backprop through time) come from the hand-written reverse of the same
-  discrete steps (the transposed Jacobian of the neuron equation and of the links), with the
-  state kept only every ``segment`` steps and the steps in between recomputed: memory is
-  ``n_steps/segment + segment`` states per block, flat in ``T`` for a fixed segment.
+  discrete steps of every solver (Euler, Heun, RK4: the transposed Jacobian of the neuron
+  equation and of the links, stage by stage), with respect to the coefficients, the drive, the
+  initial state and the neurons' parameters (each slot's rates and rest state). The state is
+  kept only every ``segment`` steps and the steps in between are recomputed: memory is
+  ``n_steps/segment + segment`` states per block, ``2√n_steps`` with the default segment
+  ``⌈√n_steps⌉`` (:attr:`~quasineuron.wuxing.network.SimConfig.segment_steps`).
 
 The kernel is C, compiled once per machine with the system C compiler (about a second) and
 cached on disk (``$QUASINEURON_CACHE`` or ``~/.cache/quasineuron``). Without a compiler,
@@ -47,7 +50,7 @@ import torch
 if TYPE_CHECKING:
     from quasineuron.wuxing.network import SimConfig
 
-__all__ = ["available", "FusedPlan", "fused_run"]
+__all__ = ["available", "FusedPlan", "fused_run", "bptt_buffer_bytes"]
 
 # solver codes of the kernel
 _EULER, _HEUN, _RK4 = 0, 1, 2
@@ -90,14 +93,18 @@ static inline void f_slot_SUF(const net_SUF* n, int s, const REAL* restrict E,
   for (int l = 0; l < W; l++) u[l] = a * e1[l] - b * e0[l] - g * e0[l] * e2[l] + u[l];
 }
 
-/* out += J(E)^T v (neuron equation and links); gc += dc of <v, f(E)> per lane */
+/* out += J(E)^T v (neuron equation and links); gc += dc of <v, f(E)> per lane; gp (NULL, or
+   4 (S, W) arrays) += d of <v, f(E)> with respect to each slot's A, B, G and rest state */
 static void rhs_vjp_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restrict c,
-                        const REAL* restrict v, REAL* restrict out, REAL* restrict gc) {
+                        const REAL* restrict v, REAL* restrict out, REAL* restrict gc,
+                        REAL* restrict gp) {
   const int S = n->S;
+  const size_t m = (size_t)S * W;
   for (int s = 0; s < S; s++) {
     const REAL a = n->A[s], b = n->B[s], g = n->G[s];
     const REAL* vs = v + (size_t)s * W;
     const REAL* e0 = E + (size_t)s * W;
+    const REAL* e1 = E + (size_t)n->p1[s] * W;
     const REAL* e2 = E + (size_t)n->p2[s] * W;
     REAL* o0 = out + (size_t)s * W;
     REAL* o1 = out + (size_t)n->p1[s] * W;
@@ -106,6 +113,14 @@ static void rhs_vjp_SUF(const net_SUF* n, const REAL* restrict E, const REAL* re
       o1[l] += a * vs[l];
       o0[l] -= (b + g * e2[l]) * vs[l];
       o2[l] -= g * e0[l] * vs[l];
+    }
+    if (gp) {
+      REAL *ga = gp + (size_t)s * W, *gb = ga + m, *gg = ga + 2 * m;
+      for (int l = 0; l < W; l++) {
+        ga[l] += vs[l] * e1[l];
+        gb[l] -= vs[l] * e0[l];
+        gg[l] -= vs[l] * e0[l] * e2[l];
+      }
     }
     for (int j = n->rowptr[s]; j < n->rowptr[s + 1]; j++) {
       const int src = n->col[j];
@@ -116,9 +131,17 @@ static void rhs_vjp_SUF(const net_SUF* n, const REAL* restrict E, const REAL* re
       if (n->per_lane) {
         const REAL* cc = c + (size_t)n->lid[j] * W;
         for (int l = 0; l < W; l++) { os[l] += cc[l] * vs[l]; gk[l] += vs[l] * (e[l] - r); }
+        if (gp) {
+          REAL* gr = gp + 3 * m + (size_t)src * W;
+          for (int l = 0; l < W; l++) gr[l] -= cc[l] * vs[l];
+        }
       } else {
         const REAL cc = c[n->lid[j]];
         for (int l = 0; l < W; l++) { os[l] += cc * vs[l]; gk[l] += vs[l] * (e[l] - r); }
+        if (gp) {
+          REAL* gr = gp + 3 * m + (size_t)src * W;
+          for (int l = 0; l < W; l++) gr[l] -= cc * vs[l];
+        }
       }
     }
   }
@@ -269,19 +292,77 @@ static void rhs_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restri
   for (int s = 0; s < n->S; s++) f_slot_SUF(n, s, E, drive, c, out + (size_t)s * W);
 }
 
-/* reverse of run_SUF (Euler and Heun): gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
-   gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, nd, W) accumulate per lane */
+/* reverse of one classical RK4 step from E (the step before the clip mask, which the caller
+   has applied to gE): g = dL/dE, vd = dL/d(drive) of the step (per slot), gc accumulates.
+   Forward: X1 = E, k_i = f(X_i), X2 = E + hh k1, X3 = E + hh k2, X4 = E + h k3,
+   E' = E + h6 (k1 + 2 k2 + 2 k3 + k4), Q' = Q + h6 (D(X1) + 2 D(X2) + 2 D(X3) + D(X4)).
+   Each stage's cotangent v_i = dL/dk_i is the direct term (h6 or 2 h6 of dL/dE') plus what
+   the next stage's input passes back; dL/dX_i = J(X_i)^T v_i + (its quadrature weight) gQ.
+   Work space w: 6 (S, W) arrays. */
+static void back_rk4_SUF(const net_SUF* n, const REAL* restrict E, const REAL* restrict drive,
+                         const REAL* restrict c, REAL* restrict gE, const REAL* restrict gQ,
+                         REAL* restrict g, REAL* restrict vd, REAL* restrict gc,
+                         REAL* restrict gp, REAL* restrict w) {
+  const size_t m = (size_t)n->S * W;
+  const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h), h6 = (REAL)(n->h / 6.0);
+  const REAL h3 = (REAL)2.0 * h6, lo = (REAL)n->lo, hi = (REAL)n->hi;
+  REAL *X2 = w, *X3 = w + m, *X4 = w + 2 * m, *k = w + 3 * m, *v = w + 4 * m, *dX = w + 5 * m;
+  /* the stage inputs (and the sum of slopes in v), recomputed in the forward step's order */
+  rhs_SUF(n, E, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = k[i]; X2[i] = E[i] + hh * k[i]; }
+  rhs_SUF(n, X2, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = v[i] + (REAL)2.0 * k[i]; X3[i] = E[i] + hh * k[i]; }
+  rhs_SUF(n, X3, drive, c, k);
+  for (size_t i = 0; i < m; i++) { v[i] = v[i] + (REAL)2.0 * k[i]; X4[i] = E[i] + h * k[i]; }
+  /* clip: the gradient passes where lo <= E' <= hi (as torch.clamp's) */
+  if (n->clip) {
+    rhs_SUF(n, X4, drive, c, k);
+    for (size_t i = 0; i < m; i++) {
+      const REAL x = E[i] + h6 * (v[i] + k[i]);
+      if (!(x >= lo && x <= hi)) gE[i] = 0;
+    }
+  }
+  /* stage 4: v4 = h6 gE'; dL/dX4 = J(X4)^T v4 + h6 gQ */
+  for (size_t i = 0; i < m; i++) { v[i] = h6 * gE[i]; vd[i] = v[i]; dX[i] = h6 * gQ[i]; }
+  rhs_vjp_SUF(n, X4, c, v, dX, gc, gp);
+  for (size_t i = 0; i < m; i++) {
+    g[i] = gE[i] + h6 * gQ[i] + dX[i];
+    v[i] = h3 * gE[i] + h * dX[i];               /* v3 (X4 = E + h k3) */
+    vd[i] += v[i];
+    dX[i] = h3 * gQ[i];
+  }
+  rhs_vjp_SUF(n, X3, c, v, dX, gc, gp);
+  for (size_t i = 0; i < m; i++) {
+    g[i] += dX[i];
+    v[i] = h3 * gE[i] + hh * dX[i];              /* v2 (X3 = E + hh k2) */
+    vd[i] += v[i];
+    dX[i] = h3 * gQ[i];
+  }
+  rhs_vjp_SUF(n, X2, c, v, dX, gc, gp);
+  for (size_t i = 0; i < m; i++) {
+    g[i] += dX[i];
+    v[i] = h6 * gE[i] + hh * dX[i];              /* v1 (X2 = E + hh k1) */
+    vd[i] += v[i];
+  }
+  rhs_vjp_SUF(n, E, c, v, g, gc, gp);
+}
+
+/* reverse of run_SUF: gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
+   gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, nd, W) accumulate per lane; gp (NULL or
+   (nblk, 4, S, W)) accumulates the gradients of A, B, G and the rest state per lane */
 int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const REAL* ckpt,
-             REAL* gE, const REAL* gQ, REAL* gc, REAL* gdrive) {
+             REAL* gE, const REAL* gQ, REAL* gc, REAL* gdrive, REAL* gp) {
   const size_t m = (size_t)n->S * W, md = (size_t)n->nd * W;
   const int seg = n->seg, nseg = (n->nsteps + seg - 1) / seg;
   const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h);
   const REAL lo = (REAL)n->lo, hi = (REAL)n->hi;
   REAL* states = (REAL*)malloc((size_t)seg * m * sizeof(REAL));
-  REAL* w = (REAL*)malloc(6 * m * sizeof(REAL));
+  /* 8 arrays: RK4's reverse takes 6 for itself besides v and g */
+  REAL* w = (REAL*)malloc(8 * m * sizeof(REAL));
   unsigned char dd[W] = {0}, hk[W] = {0};
   if (!states || !w) { free(states); free(w); return 1; }
   REAL *k1 = w, *Et = w + m, *k2 = w + 2 * m, *v = w + 3 * m, *a = w + 4 * m, *g = w + 5 * m;
+  if (n->solver == 2) { v = w + 6 * m; g = w + 7 * m; }
   for (int b = 0; b < nblk; b++) {
     const REAL* cb = n->per_lane ? c + (size_t)b * n->L * W : c;
     const REAL* db = drive + b * md;
@@ -289,6 +370,7 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
     const REAL* gQb = gQ + b * m;
     REAL* gcb = gc + (size_t)b * n->L * W;
     REAL* gdb = gdrive + b * md;
+    REAL* gpb = gp ? gp + (size_t)b * 4 * m : 0;
     for (int sg = nseg - 1; sg >= 0; sg--) {
       const int k0 = sg * seg;
       const int len = (k0 + seg <= n->nsteps) ? seg : n->nsteps - k0;
@@ -299,37 +381,45 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
       }
       for (int k = len - 1; k >= 0; k--) {
         const REAL* E = states + k * m;
-        rhs_SUF(n, E, db, cb, k1);
-        if (n->solver == 1) {
-          for (size_t i = 0; i < m; i++) Et[i] = E[i] + h * k1[i];
-          rhs_SUF(n, Et, db, cb, k2);
-        }
-        /* clip: the gradient passes where lo <= E_new <= hi (as torch.clamp's) */
-        if (n->clip)
-          for (size_t i = 0; i < m; i++) {
-            const REAL x = n->solver == 1 ? E[i] + hh * (k1[i] + k2[i]) : E[i] + h * k1[i];
-            if (!(x >= lo && x <= hi)) gEb[i] = 0;
-          }
-        if (n->solver == 0) {
-          /* E' = E + h f(E), Q' = Q + h D(E) */
-          for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
-          rhs_vjp_SUF(n, E, cb, v, g, gcb);
+        if (n->solver == 2) {
+          /* w[0, 6m) is RK4's work space; v (dL/d drive) and g lie past it */
+          back_rk4_SUF(n, E, db, cb, gEb, gQb, g, v, gcb, gpb, w);
         } else {
-          /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
-          for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
-          rhs_vjp_SUF(n, Et, cb, v, a, gcb);           /* a = dL/dEt */
-          for (size_t i = 0; i < m; i++) {
-            k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
-            g[i] = gEb[i] + hh * gQb[i] + a[i];
+          rhs_SUF(n, E, db, cb, k1);
+          if (n->solver == 1) {
+            for (size_t i = 0; i < m; i++) Et[i] = E[i] + h * k1[i];
+            rhs_SUF(n, Et, db, cb, k2);
           }
-          rhs_vjp_SUF(n, E, cb, k2, g, gcb);
-          for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+          /* clip: the gradient passes where lo <= E_new <= hi (as torch.clamp's) */
+          if (n->clip)
+            for (size_t i = 0; i < m; i++) {
+              const REAL x = n->solver == 1 ? E[i] + hh * (k1[i] + k2[i]) : E[i] + h * k1[i];
+              if (!(x >= lo && x <= hi)) gEb[i] = 0;
+            }
+          if (n->solver == 0) {
+            /* E' = E + h f(E), Q' = Q + h D(E) */
+            for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
+            rhs_vjp_SUF(n, E, cb, v, g, gcb, gpb);
+          } else {
+            /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
+            for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
+            rhs_vjp_SUF(n, Et, cb, v, a, gcb, gpb);         /* a = dL/dEt */
+            for (size_t i = 0; i < m; i++) {
+              k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
+              g[i] = gEb[i] + hh * gQb[i] + a[i];
+            }
+            rhs_vjp_SUF(n, E, cb, k2, g, gcb, gpb);
+            for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+          }
         }
         for (int s = 0; s < n->S; s++) {
           const int d = n->dslot[s];
           if (d >= 0)
             for (int l = 0; l < W; l++) gdb[(size_t)d * W + l] += v[(size_t)s * W + l];
         }
+        /* the step's quadrature of D = E - rest weighs the rest state by -h in all */
+        if (gpb)
+          for (size_t i = 0; i < m; i++) gpb[3 * m + i] -= h * gQb[i];
         memcpy(gEb, g, m * sizeof(REAL));
       }
     }
@@ -418,7 +508,7 @@ def _compile() -> ctypes.CDLL:
     for suf in ("f32", "f64"):
         run, back = getattr(lib, f"run_{suf}"), getattr(lib, f"back_{suf}")
         run.argtypes = [ctypes.POINTER(_Net), ctypes.c_int, *[ctypes.c_void_p] * 7]
-        back.argtypes = [ctypes.POINTER(_Net), ctypes.c_int, *[ctypes.c_void_p] * 7]
+        back.argtypes = [ctypes.POINTER(_Net), ctypes.c_int, *[ctypes.c_void_p] * 8]
         run.restype = back.restype = ctypes.c_int
     return lib
 
@@ -547,17 +637,52 @@ def _unblock(x: torch.Tensor, B: int) -> torch.Tensor:
     return x.permute(1, 0, 2).reshape(S, nb * w)[:, :B]
 
 
+def bptt_buffer_bytes(
+    n_slots: int,
+    n_links: int,
+    batch: int,
+    n_steps: int,
+    segment: int,
+    dtype: torch.dtype,
+    threads: int,
+) -> int:
+    """Bytes the kernel allocates for one window with gradients (forward and reverse).
+
+    Counts what grows with the window or the batch: the blocked state, integral and their
+    gradients (4 arrays of ``n_slots`` per lane), the kept states (``⌈n_steps/segment⌉`` per
+    block), the per-lane coefficient gradients, and per thread the reverse's recomputed
+    segment (``segment`` states) and work space (8 states) and the forward's (4 states).
+
+    Args:
+        n_slots: Slots of the network (5 per neuron).
+        n_links: Links.
+        batch: Samples.
+        n_steps: Solver steps of the window.
+        segment: Steps between kept states (``SimConfig.segment_steps``).
+        dtype: float32 or float64.
+        threads: Threads the blocks are split over.
+
+    Returns:
+        The total in bytes (the peak: the forward's buffers are alive during the reverse).
+    """
+    w = LANES[dtype]
+    nb = -(-batch // w)
+    threads = max(1, min(threads, nb))
+    seg = max(1, min(segment, n_steps))
+    state = n_slots * w * torch.empty(0, dtype=dtype).element_size()  # one block's state
+    nseg = -(-n_steps // seg)
+    per_block = (4 + nseg) * state + n_links * w * (state // (n_slots * w))
+    return nb * per_block + threads * (seg + 8 + 4) * state
+
+
 class _Call:
     """Everything one kernel call needs, kept alive for the backward pass."""
 
-    def __init__(self, plan, K, rest, cfg, nsteps, h, dtype, per_lane, seg):
+    def __init__(self, plan, params, cfg, nsteps, h, dtype, per_lane, seg):
         self.dtype = dtype
         self.suf = "f32" if dtype == torch.float32 else "f64"
-        kd = K.detach().to(dtype)
-        self.A = kd[0].reshape(-1)[plan.k1].contiguous()
-        self.B = kd[1].reshape(-1).contiguous()
-        self.G = kd[2].reshape(-1)[plan.k3].contiguous()
-        self.rest = rest.detach().to(dtype).reshape(-1).contiguous()
+        # each slot's A, B, G and rest state, (n_slots,) each, in the kernel's dtype
+        self.A, self.B, self.G, self.rest = (p.detach().contiguous() for p in params)
         self.plan = plan
         lo, hi = cfg.clip if cfg.clip is not None else (0.0, 0.0)
         solver = {"Euler": _EULER, "Heun": _HEUN, "RK4": _RK4}[type(cfg.solver).__name__]
@@ -617,7 +742,8 @@ class _Call:
 
 class _FusedRun(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, c, drive, E0, call, seg_store):
+    def forward(ctx, c, drive, E0, _a, _b, _g, _rest, call, seg_store):
+        # _a, _b, _g, _rest: the slot parameters (in call), inputs here for their gradients
         S, B = E0.shape
         w = LANES[call.dtype]
         nb = -(-B // w)
@@ -647,6 +773,13 @@ class _FusedRun(torch.autograd.Function):
             ],
         )
         ctx.call, ctx.saved = call, (dr, cb, ckpt, per_lane, B, nb)
+        ctx.params_grad = any(ctx.needs_input_grad[3:7])
+        if seg_store:
+            # what this window with gradients allocates: flat in T up to √n_steps (tested)
+            threads = torch.get_num_threads()
+            ctx.buffer_bytes = bptt_buffer_bytes(
+                S, call.net.L, B, call.net.nsteps, call.net.seg, call.dtype, threads
+            )
         flags = div.reshape(-1)[:B].bool(), hit.reshape(-1)[:B].bool()
         ctx.mark_non_differentiable(*flags)
         return _unblock(E, B).contiguous(), _unblock(Q, B).contiguous(), *flags
@@ -663,6 +796,8 @@ class _FusedRun(torch.autograd.Function):
         L = call.net.L
         gc = torch.zeros(nb, L, w, dtype=call.dtype)
         gdr = torch.zeros(nb, call.net.nd, w, dtype=call.dtype)
+        # per lane: each slot's dA, dB, dG and d(rest), only when the parameters train
+        gp = torch.zeros(nb, 4, S, w, dtype=call.dtype) if ctx.params_grad else None
         call.parallel(
             "back",
             nb,
@@ -674,13 +809,18 @@ class _FusedRun(torch.autograd.Function):
                 (gQb, True),
                 (gc, True),
                 (gdr, True),
+                (gp, True),
             ],
         )
         gc_lanes = _unblock(gc, B)  # (L, B)
         g_c = gc_lanes.T if per_lane else gc_lanes.sum(1)
         g_drive = torch.zeros(S, B, dtype=call.dtype)
         g_drive[call.plan.driven] = _unblock(gdr, B)
-        return g_c, g_drive, _unblock(gEb, B), None, None
+        g_params: list[torch.Tensor | None] = [None] * 4
+        if gp is not None:
+            sums = gp.sum((0, 3))  # (4, S): summed over blocks and lanes (padded lanes are 0)
+            g_params = list(sums.unbind(0))
+        return g_c, g_drive, _unblock(gEb, B), *g_params, None, None
 
 
 def fused_run(
@@ -698,23 +838,31 @@ def fused_run(
 
     Args:
         plan: Index of the direction to run (:meth:`FusedPlan.build`).
-        K: Per-neuron parameters (3, 5, N) (no gradient is taken with respect to them).
+        K: Per-neuron parameters (3, 5, N); differentiable.
         cfg: The network's :class:`~quasineuron.wuxing.network.SimConfig`.
         E0: Initial state, internal rows, shape (n_slots, batch), float32 or float64.
         drive: External drive of every row, shape (n_slots, batch); zero outside
             ``plan.driven``.
-        rest: Rest state the links measure from, shape (n_slots, 1) (no gradient).
+        rest: Rest state the links and ``∫D dt`` measure from, shape (n_slots, 1);
+            differentiable.
         c: Coefficients, (n_links,) or (batch, n_links).
         segment: With gradients, the state is kept every ``segment`` steps.
 
     Returns:
         ``E(T)`` and ``∫D dt`` (n_slots, batch), diverged and clipped flags (batch,);
-        differentiable with respect to ``c``, ``drive`` and ``E0``.
+        differentiable with respect to ``c``, ``drive``, ``E0``, ``K`` and ``rest``.
     """
     n_steps = cfg.n_steps
     h = cfg.T / n_steps
     dtype = E0.dtype
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (c, drive, E0))
+    grad = grad or (torch.is_grad_enabled() and (K.requires_grad or rest.requires_grad))
     seg = max(1, min(segment, n_steps))
-    call = _Call(plan, K, rest, cfg, n_steps, h, dtype, c.ndim == 2, seg)
-    return _FusedRun.apply(c.to(dtype), drive.to(dtype), E0, call, grad)
+    kd = K.to(dtype)
+    # the slot's own rate K2, and K1/K3 of the neuron element the plan names (mirrored ring)
+    A = kd[0].reshape(-1)[plan.k1]
+    B = kd[1].reshape(-1)
+    G = kd[2].reshape(-1)[plan.k3]
+    params = (A, B, G, rest.to(dtype).reshape(-1))
+    call = _Call(plan, params, cfg, n_steps, h, dtype, c.ndim == 2, seg)
+    return _FusedRun.apply(c.to(dtype), drive.to(dtype), E0, *params, call, grad)

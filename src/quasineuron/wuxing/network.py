@@ -37,7 +37,7 @@ from quasineuron.devices.fixed_point import (
     Newton,
     implicit_fixed_point,
 )
-from quasineuron.devices.ode import RK4, Euler, FixedStep, Heun, compile_method
+from quasineuron.devices.ode import Euler, FixedStep, Heun, compile_method
 from quasineuron.devices.wuxing import wuxing_jacobian_rows, wuxing_rest_state, wuxing_rhs
 from quasineuron.wuxing.wiring import N_ELEMENTS, WuxingWiring
 
@@ -118,8 +118,10 @@ class SimConfig:
         bound: A sample whose ``max |E|`` reaches ``bound`` or turns non-finite is reported
             diverged.
         checkpoint_every: For backprop through time: keep only every n-th state and recompute
-            the steps in between in the backward pass (memory ∝ n_steps/n + n). ``None``
-            keeps every step's graph.
+            the steps in between in the backward pass (memory ∝ n_steps/n + n). ``"sqrt"``
+            (default) takes n = ⌈√n_steps⌉, the n of least memory, so memory grows as
+            √n_steps rather than with the window (n = 25 at the default T = 30, dt = 0.05).
+            ``None`` keeps every step's graph (every step's state in the fused kernel).
         adjoint: For backprop through time: take gradients from the adjoint ODE
             (``torchdiffeq.odeint_adjoint``; Chen et al., NeurIPS 2018), solved backwards in
             time by the same fixed-step method on the same grid, instead of from the recorded
@@ -134,9 +136,11 @@ class SimConfig:
             or ``Euler`` uncompiled (torchdiffeq has no classical RK4).
         fused: Run the window with the fused native kernel (:mod:`quasineuron.wuxing.kernel`)
             where it applies: CPU tensors in float32 or float64, an uncompiled solver, no
-            adjoint, no gradient with respect to :attr:`WuxingNetwork.K`, and, with gradients,
-            ``Heun`` or ``Euler``. Elsewhere (and with ``fused=False``) the torch path runs.
-            Same results to round-off; on 2 CPU cores many times faster (BENCHMARKS.md).
+            adjoint; gradients of every solver (Heun, RK4, Euler) with respect to the
+            coefficients, the drive and :attr:`WuxingNetwork.K`. Elsewhere (and with
+            ``fused=False``) the torch path runs.
+            Same results to round-off; 4–4.5× the torch path's samples/s on one CPU thread at
+            batch 32 (BENCHMARKS.md).
 
     With ``solver=Heun(dt, compile=True, unroll=k)`` (or ``RK4``/``Euler``) every ``k`` solver
     steps of the whole network (right-hand sides, stages, clip and divergence guard) run as one
@@ -152,7 +156,7 @@ class SimConfig:
     input_scale: float = 1.0
     clip: tuple[float, float] | None = (0.0, 50.0)
     bound: float = 1e3
-    checkpoint_every: int | None = 25
+    checkpoint_every: int | Literal["sqrt"] | None = "sqrt"
     adjoint: bool = False
     fused: bool = True
 
@@ -176,8 +180,11 @@ class SimConfig:
         if not (math.isfinite(self.bound) and self.bound > 0):
             raise ValueError(f"SimConfig.bound must be a finite number > 0, got {self.bound!r}")
         ce = self.checkpoint_every
-        if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
-            raise ValueError(f"SimConfig.checkpoint_every must be an int >= 1 or None, got {ce}")
+        if ce is not None and ce != "sqrt":
+            if isinstance(ce, bool) or not isinstance(ce, int) or ce < 1:
+                raise ValueError(
+                    f"SimConfig.checkpoint_every must be an int >= 1, 'sqrt' or None, got {ce!r}"
+                )
         if not isinstance(self.adjoint, bool):
             raise TypeError(f"SimConfig.adjoint must be a bool, got {self.adjoint!r}")
         if not isinstance(self.fused, bool):
@@ -199,6 +206,14 @@ class SimConfig:
     def n_steps(self) -> int:
         """Number of fixed steps over ``[0, T]``."""
         return max(1, math.ceil(self.T / self.solver.dt - 1e-9))
+
+    @property
+    def segment_steps(self) -> int | None:
+        """Steps between kept states in backprop through time (``checkpoint_every`` resolved)."""
+        if self.checkpoint_every == "sqrt":
+            # n_steps/n kept states + n recomputed ones is least at n = √n_steps
+            return max(1, math.ceil(math.sqrt(self.n_steps) - 1e-9))
+        return self.checkpoint_every
 
 
 @dataclass(frozen=True, eq=False)
@@ -606,7 +621,7 @@ class WuxingNetwork(torch.nn.Module):
         E, Q = E0, torch.zeros_like(E0)
         peak = torch.zeros(batch, dtype=E0.dtype, device=E0.device)
         hit = torch.zeros(batch, dtype=torch.bool, device=E0.device)
-        every = cfg.checkpoint_every
+        every = cfg.segment_steps
         use_ckpt = every is not None and torch.is_grad_enabled()
         size = every if every is not None and use_ckpt else n_steps
         k = 0
@@ -628,15 +643,12 @@ class WuxingNetwork(torch.nn.Module):
         from quasineuron.wuxing import kernel
 
         cfg = self.config
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (E0, drive, c))
         return (
             cfg.fused
             and not cfg.solver.compile
             and not (cfg.adjoint and torch.is_grad_enabled())
             and E0.device.type == "cpu"
             and E0.dtype in kernel.LANES
-            and not (torch.is_grad_enabled() and rest.requires_grad)
-            and not (grad and isinstance(cfg.solver, RK4))
             and kernel.available()
         )
 
@@ -658,7 +670,7 @@ class WuxingNetwork(torch.nn.Module):
                 self.src, self.dst, driven, self._n, reverse=reverse
             )
         cfg = self.config
-        segment = cfg.checkpoint_every if cfg.checkpoint_every is not None else cfg.n_steps
+        segment = cfg.segment_steps or cfg.n_steps
         return kernel.fused_run(plans[reverse], self.K, cfg, E0, drive, rest, c, segment=segment)
 
     def _run_adjoint(
@@ -690,7 +702,7 @@ class WuxingNetwork(torch.nn.Module):
             return torch.linspace(float(t[0]), float(t[-1]), m + 1, dtype=t.dtype, device=t.device)
 
         # states kept every `checkpoint_every` steps restart the backward reconstruction
-        every = cfg.checkpoint_every or n_steps
+        every = cfg.segment_steps or n_steps
         marks = [*range(0, n_steps, every), n_steps]
         t = torch.tensor(marks, dtype=E0.dtype, device=E0.device) * h
         method = "heun2" if isinstance(cfg.solver, Heun) else "euler"
