@@ -2,13 +2,15 @@
 
 Each :class:`Scenario` is a device with one flaw a real device has (noise, a region where it
 fails, a steep threshold, instance-to-instance spread, a twin fitted on few points, a useful
-range so narrow that drives escape it), plus an exact-twin control. Each :class:`Route` is one
-way to train through it: the twin only, physics-aware (device forward, twin gradients), each
-with or without the domain tools (a penalty on drives outside the twin's domain, output drives
-squashed into the domain, non-finite samples masked), and physics-aware with one round of
-active characterisation halfway through. :func:`run_realism` trains every scenario × route ×
-seed on the same data, scores on the true device, and sets each beside an ideal-neuron network
-of the same shape (an ordinary tanh MLP).
+range so narrow that drives escape it, a slow device whose evaluations are charged against a
+budget), plus an exact-twin control. Each :class:`Route` is one way to train through it: the
+twin only, physics-aware (device forward, twin gradients), direct (autograd through the true
+device, where it has gradients), each with or without the domain tools (a penalty on drives
+outside the twin's domain, output drives squashed into the domain, non-finite samples masked),
+physics-aware or the twin with one round of active characterisation halfway through, and
+derivative-free (CMA-ES on the true device, on a smaller network). :func:`run_realism` trains
+every scenario × route × seed on the same data, scores on the true device, and sets each beside
+an ideal-neuron network of the same shape (an ordinary tanh MLP).
 
 All devices are one-drive formula devices, so the suite runs on a CPU in minutes; what it
 shows is how the routes rank, not what a particular lab device does.
