@@ -668,16 +668,14 @@ def _add_route_extras(
 def _cheapest_within_spread(entries: Sequence[dict[str, Any]]) -> str:
     """The route with the fewest device evaluations among those as accurate as the best.
 
-    "As accurate" is within the spread: a route whose mean device accuracy is at least the
-    best mean minus the larger of the two standard deviations over seeds.
+    "As accurate" is within the best route's spread: a mean device accuracy at least the best
+    mean minus the best route's standard deviation over seeds. (Not the larger of the two
+    spreads: a route that is unreliable over seeds would then count as reaching the best.)
+    The 1e-12 absorbs rounding, so that equal accuracies on the test set compare equal.
     """
     best = max(entries, key=lambda e: float(e["accuracy_device_mean"]))
-    b_m, b_s = float(best["accuracy_device_mean"]), float(best["accuracy_device_std"])
-    close = [
-        e
-        for e in entries
-        if float(e["accuracy_device_mean"]) >= b_m - max(b_s, float(e["accuracy_device_std"]))
-    ]
+    least = float(best["accuracy_device_mean"]) - float(best["accuracy_device_std"]) - 1e-12
+    close = [e for e in entries if float(e["accuracy_device_mean"]) >= least]
     return str(min(close, key=lambda e: float(e["device_evaluations_mean"]))["name"])
 
 

@@ -122,6 +122,8 @@ def test_the_cheapest_route_within_the_spread_of_the_best() -> None:
     entries = [e("a", 0.96, 0.01, 1e6), e("b", 0.955, 0.002, 300), e("c", 0.90, 0.01, 9)]
     assert _cheapest_within_spread(entries) == "b"
     assert _cheapest_within_spread([e("a", 0.96, 0.001, 1e6), e("b", 0.95, 0.002, 3)]) == "a"
+    # a route that varies a lot over seeds does not reach the best by its own spread
+    assert _cheapest_within_spread([e("a", 0.96, 0.005, 1e6), e("b", 0.87, 0.09, 9)]) == "a"
 
 
 def test_the_new_routes_refuse_bad_options() -> None:
