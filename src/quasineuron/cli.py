@@ -464,11 +464,12 @@ def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _realism(args: argparse.Namespace) -> int:
+    import dataclasses
     import warnings
 
     import torch
 
-    from quasineuron.realism import default_scenarios, run_realism
+    from quasineuron.realism import ROUTES, default_scenarios, run_realism
 
     if args.data == "digits" and args.data_dir is not None:
         raise ValueError("--data-dir is for --data mnist; digits is built in (drop --data-dir)")
@@ -488,6 +489,9 @@ def _realism(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--scenario {unknown[0]!r} is not a scenario; known: {sorted(known)}")
         scenarios = tuple(known[n] for n in dict.fromkeys(args.scenario))
+    routes = ROUTES
+    if args.quick:  # a smoke run: ten CMA-ES generations of 32 instead of about a hundred
+        routes = tuple(dataclasses.replace(r, candidates=min(r.candidates, 320)) for r in ROUTES)
     # the networks are tiny: one thread avoids the cost of splitting each small matmul
     torch.set_num_threads(1)
     with warnings.catch_warnings():
@@ -496,6 +500,7 @@ def _realism(args: argparse.Namespace) -> int:
         run_realism(
             args.out,
             seeds=seeds,
+            routes=routes,
             data=args.data,
             data_dir=args.data_dir,
             scenarios=scenarios,

@@ -1167,6 +1167,18 @@ def _install_recharacterized_twin(net: torch.nn.Module, folder: Path) -> None:
             layer.twin = twin
 
 
+def _install_stage_twins(config: RunConfig, run: Path, net: torch.nn.Module) -> None:
+    """Install, in stage order, the twins the run's recharacterize stages saved.
+
+    A reloaded network carries the run's original twin (``twin.safetensors``); the run itself
+    trained its last stages and scored its test set with the twin of its last recharacterize
+    stage, so scoring the saved network again must use that one too.
+    """
+    for index, stage in enumerate(config.stages()):
+        if stage.method == "recharacterize":
+            _install_recharacterized_twin(net, _stage_dir(run, index))
+
+
 #: Config spelling → the spelling today's training loop takes.
 _LOSS_NAMES = {"cross-entropy": "cross-entropy", "mse": "mse"}
 
@@ -1358,6 +1370,7 @@ def score_network(
         device_net = load_network(
             run / "network", device=MeasuredOnly(_measured_table(measured)), twin=twin
         )
+        _install_stage_twins(config, run, device_net)
         report = evaluate(
             device_net, test, modes=[_MODES["surrogate"]()], batch_size=config.evaluation.batch_size
         )
@@ -1367,6 +1380,7 @@ def score_network(
         device = InputClip(device)
     twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
     device_net = load_network(run / "network", device=device, twin=twin)
+    _install_stage_twins(config, run, device_net)
     report = evaluate(
         device_net,
         test,

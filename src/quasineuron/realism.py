@@ -2,13 +2,15 @@
 
 Each :class:`Scenario` is a device with one flaw a real device has (noise, a region where it
 fails, a steep threshold, instance-to-instance spread, a twin fitted on few points, a useful
-range so narrow that drives escape it), plus an exact-twin control. Each :class:`Route` is one
-way to train through it: the twin only, physics-aware (device forward, twin gradients), each
-with or without the domain tools (a penalty on drives outside the twin's domain, output drives
-squashed into the domain, non-finite samples masked), and physics-aware with one round of
-active characterisation halfway through. :func:`run_realism` trains every scenario × route ×
-seed on the same data, scores on the true device, and sets each beside an ideal-neuron network
-of the same shape (an ordinary tanh MLP).
+range so narrow that drives escape it, a slow device whose evaluations are charged against a
+budget), plus an exact-twin control. Each :class:`Route` is one way to train through it: the
+twin only, physics-aware (device forward, twin gradients), direct (autograd through the true
+device, where it has gradients), each with or without the domain tools (a penalty on drives
+outside the twin's domain, output drives squashed into the domain, non-finite samples masked),
+physics-aware or the twin with one round of active characterisation halfway through, and
+derivative-free (CMA-ES on the true device, on a smaller network). :func:`run_realism` trains
+every scenario × route × seed on the same data, scores on the true device, and sets each beside
+an ideal-neuron network of the same shape (an ordinary tanh MLP).
 
 All devices are one-drive formula devices, so the suite runs on a CPU in minutes; what it
 shows is how the routes rank, not what a particular lab device does.
@@ -36,6 +38,12 @@ from quasineuron.network.variability import Variability
 __all__ = ["ROUTES", "Route", "Scenario", "default_scenarios", "run_realism", "run_one"]
 
 
+#: ``surrogate``: the twin only; ``physics-aware``: device forward, twin gradients;
+#: ``direct``: autograd through the true device (only where it is differentiable);
+#: ``derivative-free``: CMA-ES on the true device, no gradients and no twin in training.
+_ROUTE_MODES = ("surrogate", "physics-aware", "direct", "derivative-free")
+
+
 @dataclass(frozen=True)
 class Route:
     """One way to train a device network.
@@ -49,6 +57,11 @@ class Route:
         nonfinite: ``"error"`` or ``"mask"`` for non-finite device outputs in training.
         recharacterize: New device points swept where the drives landed, halfway through
             training (0: none).
+        hidden: Hidden neurons of this route's network (None: the suite's).
+        candidates: ``"derivative-free"`` only: the optimiser's budget in candidate
+            evaluations (a scenario's device budget may cut it further).
+        candidate_batch: ``"derivative-free"`` only: training samples each generation of
+            candidates is scored on.
     """
 
     name: str
@@ -57,14 +70,33 @@ class Route:
     bounded_drives: str = "none"
     nonfinite: str = "mask"
     recharacterize: int = 0
+    hidden: int | None = None
+    candidates: int = 3000
+    candidate_batch: int = 256
 
     def __post_init__(self) -> None:
-        if self.mode not in ("surrogate", "physics-aware"):
+        if self.mode not in _ROUTE_MODES:
             raise ValueError(
-                f"Route.mode must be 'surrogate' or 'physics-aware', got {self.mode!r}"
+                f"Route.mode must be one of {', '.join(map(repr, _ROUTE_MODES))}, got {self.mode!r}"
             )
         if self.recharacterize < 0:
             raise ValueError(f"Route.recharacterize must be >= 0, got {self.recharacterize!r}")
+        for name in ("candidates", "candidate_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Route.{name} must be an int >= 1, got {value!r}")
+        if self.hidden is not None and (
+            isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1
+        ):
+            raise ValueError(f"Route.hidden must be None or an int >= 1, got {self.hidden!r}")
+        if self.mode == "derivative-free" and (
+            self.domain_penalty or self.recharacterize or self.nonfinite != "mask"
+        ):
+            raise ValueError(
+                f"Route {self.name!r}: a derivative-free route takes no domain_penalty, "
+                "recharacterize or nonfinite (a candidate whose outputs are not finite simply "
+                "loses); drop those options"
+            )
 
 
 #: The domain tools: a penalty on drives outside the twin's domain and the output layer's drives
@@ -80,6 +112,14 @@ ROUTES: tuple[Route, ...] = (
     Route("physics-aware", mode="physics-aware"),
     Route("physics-aware+domain", mode="physics-aware", **_TOOLS),  # type: ignore[arg-type]
     Route("physics-aware+recharacterize", mode="physics-aware", recharacterize=256),
+    Route("direct", mode="direct"),
+    Route("direct+domain", mode="direct", **_TOOLS),  # type: ignore[arg-type]
+    # CMA-ES needs its evaluations per weight: a 64-8-10 network has 610 weights against
+    # 2410 for 64-32-10. sigma0 = 0.1 and popsize 32 are the settings docs/derivative-free.md
+    # chose on a validation split for the same data; 3000 candidates on batches of 256 are
+    # 3000 * 256 * 18 = 13.8 million device evaluations, about ten times physics-aware's.
+    Route("derivative-free", mode="derivative-free", hidden=8),
+    Route("twin+recharacterize", recharacterize=256),
 )
 
 
@@ -96,6 +136,12 @@ class Scenario:
         variability: Instance-to-instance spread of the true devices (None: identical).
         routes: Names of the routes run on it (see :data:`ROUTES`).
         recommended: The route the docs recommend for it.
+        budget: Device evaluations (drive rows) each route may spend on characterisation,
+            training and active characterisation together (None: no limit). Routes that run
+            the device in training stop when their share is spent; scoring is not counted.
+        seconds_per_evaluation: The time one device evaluation is charged (a slow simulator
+            or instrument) in the results' ``charged_seconds``; the device itself runs at
+            full speed so that the suite stays fast.
     """
 
     name: str
@@ -106,6 +152,23 @@ class Scenario:
     variability: Variability | None = None
     routes: tuple[str, ...] = ("twin", "twin+domain", "physics-aware", "physics-aware+domain")
     recommended: str = "physics-aware"
+    budget: int | None = None
+    seconds_per_evaluation: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1
+        ):
+            raise ValueError(
+                f"Scenario {self.name!r}: budget must be None or an int >= 1 (device "
+                f"evaluations), got {self.budget!r}"
+            )
+        cost = self.seconds_per_evaluation
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0:
+            raise ValueError(
+                f"Scenario {self.name!r}: seconds_per_evaluation must be a number >= 0, got "
+                f"{cost!r}"
+            )
 
 
 def _formula(fn: Callable[[torch.Tensor], torch.Tensor], name: str, low: float, high: float) -> Any:
@@ -135,6 +198,34 @@ def _wavy(u: torch.Tensor) -> torch.Tensor:
     return torch.tanh(u) + 0.3 * torch.sin(3.0 * u)
 
 
+def _wavy_numpy(u: Any) -> Any:
+    # the few-points device as a simulator would give it: numpy in and out, no gradients
+    import numpy as np
+
+    return np.tanh(u) + 0.3 * np.sin(3.0 * u)
+
+
+#: The slow device: every evaluation is charged 10 ms (a circuit simulation or a measurement),
+#: and each route may spend 100 000 evaluations (about 17 minutes of device time) in all.
+#: Physics-aware training of 64-32-10 spends 42 evaluations per training sample, so the budget
+#: buys it under two epochs of the 1438 images; the twin routes spend a few hundred.
+SLOW_SECONDS_PER_EVALUATION = 0.01
+SLOW_BUDGET = 100_000
+
+
+def _slow_device(seed: int) -> AbstractDevice:
+    from quasineuron.devices.blackbox import BlackBoxDevice
+
+    return BlackBoxDevice(
+        _wavy_numpy,
+        n_in=1,
+        n_out=1,
+        domain=Box(low=(-3.0,), high=(3.0,)),
+        vectorized=True,
+        name="slow-wavy",
+    )
+
+
 def _narrow(u: torch.Tensor) -> torch.Tensor:
     # monotone on its declared domain [-1, 1] (peak 1 at |u| = 1), falling back to 0 at
     # |u| = 2 and changing sign beyond: a twin that clamps at the box says "saturated" where
@@ -142,8 +233,12 @@ def _narrow(u: torch.Tensor) -> torch.Tensor:
     return torch.sin(0.5 * math.pi * u)
 
 
+_DEFAULT_ROUTES = ("twin", "twin+domain", "physics-aware", "physics-aware+domain")
+_TRUE_DEVICE_ROUTES = ("direct", "direct+domain", "derivative-free")
+
+
 def default_scenarios() -> tuple[Scenario, ...]:
-    """The suite's scenarios: an exact-twin control and six flawed devices."""
+    """The suite's scenarios: an exact-twin control, six flawed devices and a slow one."""
     tanh = _formula(_tanh, "tanh", -3.0, 3.0)
     return (
         Scenario(
@@ -151,7 +246,7 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "control: a tanh device and a twin within 1e-5 of it",
             lambda seed: tanh,
             grid=401,
-            routes=("twin", "physics-aware"),
+            routes=("twin", "physics-aware", "direct", "derivative-free"),
             recommended="twin",
         ),
         Scenario(
@@ -159,12 +254,14 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "tanh with Gaussian output noise of std 0.05 on every call",
             lambda seed: Noisy(tanh, std=0.05, seed=seed),
             repeats=4,
+            routes=_DEFAULT_ROUTES + _TRUE_DEVICE_ROUTES,
         ),
         Scenario(
             "nan-region",
             "tanh that returns NaN above u = 2.2 (inside its domain [-3, 3]), with noise 0.02",
             lambda seed: Noisy(_formula(_nan_region, "tanh-nan", -3.0, 3.0), std=0.02, seed=seed),
             repeats=2,
+            routes=_DEFAULT_ROUTES + _TRUE_DEVICE_ROUTES,
             recommended="physics-aware+domain",
         ),
         Scenario(
@@ -172,7 +269,13 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "tanh(3 (u - 0.3)), twin fitted on a 9-point grid that misses the threshold",
             lambda seed: _formula(_steep, "steep", -3.0, 3.0),
             grid=9,
-            routes=("twin", "physics-aware", "physics-aware+recharacterize"),
+            routes=(
+                "twin",
+                "physics-aware",
+                "physics-aware+recharacterize",
+                "direct",
+                "derivative-free",
+            ),
             recommended="physics-aware+recharacterize",
         ),
         Scenario(
@@ -182,6 +285,7 @@ def default_scenarios() -> tuple[Scenario, ...]:
             lambda seed: tanh,
             grid=401,
             variability=Variability(gain_std=0.3, offset_std=0.2, input_gain_std=0.3, seed=7),
+            routes=_DEFAULT_ROUTES + _TRUE_DEVICE_ROUTES,
             recommended="physics-aware+domain",
         ),
         Scenario(
@@ -189,7 +293,13 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "tanh(u) + 0.3 sin(3u), twin fitted on 7 grid points",
             lambda seed: _formula(_wavy, "wavy", -3.0, 3.0),
             grid=7,
-            routes=("twin", "physics-aware", "physics-aware+recharacterize"),
+            routes=(
+                "twin",
+                "physics-aware",
+                "physics-aware+recharacterize",
+                "direct",
+                "derivative-free",
+            ),
             recommended="physics-aware+recharacterize",
         ),
         Scenario(
@@ -203,8 +313,30 @@ def default_scenarios() -> tuple[Scenario, ...]:
                 "physics-aware",
                 "physics-aware+domain",
                 "physics-aware+recharacterize",
+                *_TRUE_DEVICE_ROUTES,
             ),
             recommended="physics-aware+domain",
+        ),
+        Scenario(
+            "slow-device",
+            "the few-points device as a black-box simulator (no gradients) whose every "
+            f"evaluation is charged {1000 * SLOW_SECONDS_PER_EVALUATION:g} ms, twin on 9 "
+            f"points, {SLOW_BUDGET} device evaluations per route",
+            _slow_device,
+            grid=9,
+            routes=(
+                "twin",
+                "twin+recharacterize",
+                "physics-aware",
+                "physics-aware+recharacterize",
+                "direct",
+                "derivative-free",
+            ),
+            # the cheapest route within the spread of the best one (digits, seeds 0-2):
+            # a 9-point twin of this smooth device is already right where the drives go
+            recommended="twin",
+            budget=SLOW_BUDGET,
+            seconds_per_evaluation=SLOW_SECONDS_PER_EVALUATION,
         ),
     )
 
@@ -280,10 +412,14 @@ def run_one(
         ``accuracy_device`` (mean over passes for a noisy device), ``accuracy_twin``, ``gap``
         (twin minus device, percentage points), ``outside_fraction`` (device mode, test set),
         ``nonfinite_rows`` (device mode), ``masked_rows`` (training), ``device_evaluations``
-        (sweep, training forward passes and active characterisation), ``seconds``.
+        (sweep, training forward passes and active characterisation), ``seconds``; with a
+        scenario budget or cost also ``budget`` and ``charged_seconds`` (device evaluations
+        times the cost of one). A route that cannot run on the scenario (``direct`` on a device
+        without gradients, a budget too small for it) returns ``{"seed", "skipped": reason}``.
     """
+    from quasineuron.devices.counting import DeviceCallCounter
     from quasineuron.evaluation import evaluate, is_stochastic
-    from quasineuron.network.modes import PhysicsAware, Surrogate, TrueDevice
+    from quasineuron.network.modes import Direct, PhysicsAware, Surrogate, TrueDevice
     from quasineuron.surrogate.active import recharacterize
     from quasineuron.training import Cosine, fit
     from quasineuron.training.callbacks import DomainMonitor
@@ -292,14 +428,42 @@ def run_one(
     s = settings or _Settings()
     t0 = time.perf_counter()
     device = scenario.make_device(seed)
+    if route.mode == "direct" and not device.differentiable:
+        return {
+            "seed": seed,
+            "skipped": f"device {device.name!r} gives no gradients (differentiable=False): "
+            "there is no direct route; physics-aware and derivative-free train it",
+        }
     twin, info = _twin(device, scenario)
-    sizes = (train.x.shape[1], s.hidden, int(train.n_classes or 10))
+    hidden = route.hidden if route.hidden is not None else s.hidden
+    sizes = (train.x.shape[1], hidden, int(train.n_classes or 10))
     net = DeviceNetwork(device, sizes, twin=twin, seed=seed, bounded_drives=route.bounded_drives)
     view = net.with_variability(scenario.variability) if scenario.variability else net
-    mode = PhysicsAware() if route.mode == "physics-aware" else Surrogate()
-    trained_on = view if route.mode == "physics-aware" else net
+    # the routes that run the true device in training see its real instances (variability)
+    on_device = route.mode in ("physics-aware", "direct", "derivative-free")
+    mode = {"physics-aware": PhysicsAware(), "direct": Direct()}.get(route.mode, Surrogate())
+    trained_on = view if on_device else net
+    n_neurons = sum(sizes[1:])
+    # what the budget leaves for training once the sweep and the new points are paid
+    left = None if scenario.budget is None else scenario.budget - info["n_points"]
+    if left is not None:
+        left -= route.recharacterize
+    # one training batch, or one CMA-ES generation of 32 candidates on 8 samples each
+    least = n_neurons * (32 * 8 if route.mode == "derivative-free" else s.batch_size)
+    if left is not None and left < (least if on_device else 0):
+        return {
+            "seed": seed,
+            "skipped": f"the budget of {scenario.budget} device evaluations does not cover "
+            f"the sweep ({info['n_points']}), the new points ({route.recharacterize}) and one "
+            "training batch (or CMA-ES generation)",
+        }
+    counter = DeviceCallCounter().attach(device)  # rows really sent, beside the formula
+    # The monitor runs the training mode on 512 samples per epoch: on a device-forward route
+    # that is device evaluations too, which a budgeted (slow) device cannot spare; the
+    # outside fraction at evaluation is measured either way.
+    monitor = () if scenario.budget is not None else (DomainMonitor(threshold=1.0),)
 
-    def stage(epochs: int, stage_seed: int) -> Any:
+    def stage(epochs: int, stage_seed: int, max_samples: int | None = None) -> Any:
         strategy = Gradient(
             mode,
             lr=s.lr,
@@ -312,22 +476,33 @@ def run_one(
             train,
             strategy,
             epochs=epochs,
+            max_samples=max_samples,
             batch_size=s.batch_size,
             seed=stage_seed,
             progress=False,
-            callbacks=(DomainMonitor(threshold=1.0),),
+            callbacks=monitor,
         )
         return result, strategy
+
+    # training samples the budget buys a device-forward route, in whole batches (the loop
+    # would round a partial batch up and overspend)
+    allowed = None
+    if left is not None and on_device:
+        allowed = left // n_neurons // s.batch_size * s.batch_size
 
     device_evals = info["n_points"]  # the sweep's rows, repeats included
     masked = 0
     active: dict[str, Any] | None = None
-    n_neurons = sum(sizes[1:])
-    if route.recharacterize:
+    extra: dict[str, Any] = {}
+    if route.mode == "derivative-free":
+        extra = _derivative_free(trained_on, train, route, seed, left, n_neurons)
+        device_evals += extra["optimizer"]["device_evaluations"]
+    elif route.recharacterize:
         first = s.epochs // 2
-        result, strategy = stage(first, seed)
+        half = None if allowed is None else max(allowed // 2 // s.batch_size, 1) * s.batch_size
+        result, strategy = stage(first, seed, half)
         masked += strategy.masked_rows
-        device_evals += result.samples_seen * n_neurons if route.mode == "physics-aware" else 0
+        device_evals += result.samples_seen * n_neurons if on_device else 0
         rc = recharacterize(
             net,
             train.x.float(),
@@ -341,12 +516,16 @@ def run_one(
         )
         device_evals += rc.n_new
         active = rc.to_dict()
-        result, strategy = stage(s.epochs - first, seed + 1)
+        rest = None if allowed is None or half is None else max(allowed - half, s.batch_size)
+        result, strategy = stage(s.epochs - first, seed + 1, rest)
     else:
-        result, strategy = stage(s.epochs, seed)
-    masked += strategy.masked_rows
-    if route.mode == "physics-aware":
-        device_evals += result.samples_seen * n_neurons
+        result, strategy = stage(s.epochs, seed, allowed)
+    if route.mode != "derivative-free":
+        masked += strategy.masked_rows
+        if on_device:
+            device_evals += result.samples_seen * n_neurons
+    counter.detach()
+    counted = info["n_points"] + counter.summary()["total"]
 
     passes = s.n_stochastic_passes if is_stochastic(net) else 1
     rep = evaluate(view, test, modes=(Surrogate(), TrueDevice()), passes=passes)
@@ -362,19 +541,142 @@ def run_one(
         "nonfinite_rows": rep.nonfinite_rows.get("device", 0),
         "masked_rows": masked,
         "device_evaluations": int(device_evals),
+        # the sweep plus every row that reached the device in training (masked batches run
+        # again, so this can exceed the formula above on a device that fails)
+        "device_evaluations_counted": int(counted),
         "twin_nrmse": info["nrmse"],
         "twin_failed_fraction": info["failed_fraction"],
         "noise_floor": info["noise_floor"],
         "seconds": time.perf_counter() - t0,
     }
+    if hidden != s.hidden:
+        out["sizes"] = list(sizes)
+    if scenario.budget is not None or scenario.seconds_per_evaluation:
+        out["budget"] = scenario.budget
+        out["charged_seconds"] = int(counted) * scenario.seconds_per_evaluation
+        out["within_budget"] = scenario.budget is None or int(counted) <= scenario.budget
     if active is not None:
         out["recharacterize"] = active
+    out.update(extra)
     return out
+
+
+#: Fewest CMA-ES generations a budget-cut derivative-free route keeps (by scoring each
+#: candidate on fewer samples).
+_MIN_GENERATIONS = 10
+
+
+def _derivative_free(
+    net: DeviceNetwork,
+    train: ArrayDataset,
+    route: Route,
+    seed: int,
+    left: int | None,
+    n_neurons: int,
+) -> dict[str, Any]:
+    """Train ``net`` in place by CMA-ES on the true device; the optimiser's record.
+
+    Each candidate is scored on ``route.candidate_batch`` training samples, i.e.
+    ``candidate_batch * n_neurons`` device evaluations; ``left`` (device evaluations the
+    budget leaves, None: no limit) cuts the candidates. Where that leaves fewer than
+    :data:`_MIN_GENERATIONS` generations, each candidate is scored on fewer samples instead
+    (down to 8), since CMA-ES learns nothing from a handful of generations.
+    """
+    from quasineuron.network.modes import TrueDevice
+    from quasineuron.training.derivative_free import CMAES, optimize_weights
+
+    popsize = 32
+    batch = route.candidate_batch
+    candidates = route.candidates
+    if left is not None:
+        want = min(candidates, _MIN_GENERATIONS * popsize)
+        batch = min(batch, max(left // (want * n_neurons), 8))
+        candidates = min(candidates, left // (batch * n_neurons) // popsize * popsize)
+    res = optimize_weights(
+        net,
+        train,
+        optimizer=CMAES(sigma0=0.1, popsize=popsize, budget=candidates),
+        mode=TrueDevice(),
+        seed=seed,
+        budget=candidates,
+        batch_size=batch,
+        progress=False,
+    )
+    return {
+        "optimizer": {
+            "name": "CMA-ES",
+            "sigma0": 0.1,
+            "popsize": popsize,
+            "candidates": int(res.n_evaluations),
+            "candidate_batch": batch,
+            "device_evaluations": int(res.device_evaluations),
+        }
+    }
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     vals = [float(v) for v in values]
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _skipped_entry(name: str, reason: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A route that could not run on a scenario: the documented keys, empty, and the reason."""
+    return {
+        "name": name,
+        "skipped": reason,
+        "accuracy_device_mean": None,
+        "accuracy_device_std": None,
+        "accuracy_twin_mean": None,
+        "gap_mean": None,
+        "gap_std": None,
+        "outside_fraction_mean": None,
+        "device_evaluations_mean": None,
+        "seconds_mean": None,
+        "seeds": runs,
+    }
+
+
+def _add_route_extras(
+    entry: dict[str, Any],
+    runs: list[dict[str, Any]],
+    train: ArrayDataset,
+    test: ArrayDataset,
+    seeds: Sequence[int],
+    s: _Settings,
+    ideal_by_hidden: dict[int, list[float]],
+) -> None:
+    """Charged time for a costly device; the ideal network of the route's own shape."""
+    if "charged_seconds" in runs[0]:
+        entry["charged_seconds_mean"] = statistics.fmean(r["charged_seconds"] for r in runs)
+        entry["budget"] = runs[0]["budget"]
+    entry["device_evaluations_counted_mean"] = statistics.fmean(
+        r["device_evaluations_counted"] for r in runs
+    )
+    if "sizes" in runs[0]:
+        sizes = tuple(runs[0]["sizes"])
+        if sizes[1] not in ideal_by_hidden:
+            ideal_by_hidden[sizes[1]] = [_ideal(train, test, sizes, seed, s) for seed in seeds]
+        m, sd = _mean_std(ideal_by_hidden[sizes[1]])
+        entry["sizes"] = list(sizes)
+        entry["ideal_same_shape"] = {
+            "accuracy_mean": m,
+            "accuracy_std": sd,
+            "seeds": ideal_by_hidden[sizes[1]],
+        }
+
+
+def _cheapest_within_spread(entries: Sequence[dict[str, Any]]) -> str:
+    """The route with the fewest device evaluations among those as accurate as the best.
+
+    "As accurate" is within the best route's spread: a mean device accuracy at least the best
+    mean minus the best route's standard deviation over seeds. (Not the larger of the two
+    spreads: a route that is unreliable over seeds would then count as reaching the best.)
+    The 1e-12 absorbs rounding, so that equal accuracies on the test set compare equal.
+    """
+    best = max(entries, key=lambda e: float(e["accuracy_device_mean"]))
+    least = float(best["accuracy_device_mean"]) - float(best["accuracy_device_std"]) - 1e-12
+    close = [e for e in entries if float(e["accuracy_device_mean"]) >= least]
+    return str(min(close, key=lambda e: float(e["device_evaluations_mean"]))["name"])
 
 
 def run_realism(
@@ -436,11 +738,20 @@ def run_realism(
     sizes = (train.x.shape[1], hidden, int(train.n_classes or 10))
     ideal = [_ideal(train, test, sizes, seed, s) for seed in seeds]
     ideal_mean, ideal_std = _mean_std(ideal)
+    # ideal networks of the other shapes some routes train (derivative-free: a small hidden layer)
+    ideal_by_hidden: dict[int, list[float]] = {hidden: ideal}
     results = []
     for sc in chosen:
         entries = []
         for rname in sc.routes:
             runs = [run_one(sc, by_name[rname], seed, train, test, settings=s) for seed in seeds]
+            skipped = [r for r in runs if "skipped" in r]
+            if skipped:
+                # recorded, not dropped: the reason is the result (e.g. no gradients)
+                entries.append(_skipped_entry(rname, skipped[0]["skipped"], runs))
+                if log is not None:
+                    log(f"{sc.name:16s} {rname:30s} skipped: {skipped[0]['skipped']}")
+                continue
             acc_m, acc_s = _mean_std([r["accuracy_device"] for r in runs])
             gap_m, gap_s = _mean_std([r["gap"] for r in runs])
             twin_m, _ = _mean_std([r["accuracy_twin"] for r in runs])
@@ -461,18 +772,27 @@ def run_realism(
                     "seeds": runs,
                 }
             )
+            _add_route_extras(entries[-1], runs, train, test, seeds, s, ideal_by_hidden)
             if log is not None:
                 log(
                     f"{sc.name:16s} {rname:30s} device {100 * acc_m:6.2f} ± {100 * acc_s:4.2f} % "
                     f"gap {gap_m:+6.2f} pp outside {entries[-1]['outside_fraction_mean']}"
                 )
-        best = max(entries, key=lambda e: float(e["accuracy_device_mean"]))  # type: ignore[arg-type]
+        ran = [e for e in entries if "skipped" not in e]
+        best = max(ran, key=lambda e: float(e["accuracy_device_mean"]))  # type: ignore[arg-type]
         results.append(
             {
                 "name": sc.name,
                 "description": sc.description,
                 "recommended": sc.recommended,
                 "best_route": best["name"],
+                "cheapest_within_spread": _cheapest_within_spread(ran),
+                **({"budget": sc.budget} if sc.budget is not None else {}),
+                **(
+                    {"seconds_per_evaluation": sc.seconds_per_evaluation}
+                    if sc.seconds_per_evaluation
+                    else {}
+                ),
                 "ideal": {
                     "accuracy_mean": ideal_mean,
                     "accuracy_std": ideal_std,

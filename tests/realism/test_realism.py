@@ -30,7 +30,7 @@ def test_every_scenario_names_known_routes_and_recommends_one_it_runs() -> None:
 
 def test_a_route_refuses_an_unknown_mode() -> None:
     with pytest.raises(ValueError, match="Route.mode must be"):
-        Route("x", mode="direct")
+        Route("x", mode="backprop")
 
 
 def test_a_scenario_naming_an_unknown_route_is_refused() -> None:

@@ -90,3 +90,27 @@ def test_reproduce_quick_keeps_a_recharacterize_stage_without_epochs(tmp_path: P
     quick = reproduce_config(tmp_path, quick=True)
     assert [s.epochs for s in quick.training.stages] == [1, None, 1]
     assert quick.training.stages[1].options == {"points": 64}
+
+
+@pytest.mark.slow  # a whole run with three stages, then two scores: about 10 s on a busy CPU
+def test_score_after_a_recharacterize_stage_uses_the_refitted_twin(tmp_path: Path) -> None:
+    from quasineuron.protocol import score_run
+
+    # the original twin knows [-0.3, 0.3] only, so the refitted (wider) twin and the original
+    # one give different twin-mode accuracies: a score with the wrong twin cannot match
+    stages = [
+        {"method": "surrogate", "epochs": 1},
+        {"method": "recharacterize", "options": {"points": 40, "max_steps": 100}},
+        {"method": "surrogate", "epochs": 1},
+    ]
+    cfg = _cfg(stages=stages, domain_penalty=1.0, nonfinite="mask")
+    cfg["evaluation"]["modes"] = ["surrogate"]
+    m = _run(cfg, tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfDomainWarning)
+        # the run read the test set once already: every later score is a counted re-read
+        first = score_run(tmp_path / "run", again=True)
+        again = score_run(tmp_path / "run", again=True)
+    assert first["accuracy"]["surrogate"] == pytest.approx(m["accuracy"]["surrogate"], abs=1e-12)
+    assert again["accuracy"]["surrogate"] == first["accuracy"]["surrogate"]
+    assert again["test_reads"] == 3  # the run's own read, then two scores
