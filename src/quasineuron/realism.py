@@ -143,6 +143,13 @@ class Scenario:
     recommended: str = "physics-aware"
     twin_kind: str = "spline"
 
+    def __post_init__(self) -> None:
+        if self.twin_kind not in ("spline", "mlp", "auto"):
+            raise ValueError(
+                f"Scenario.twin_kind must be 'spline', 'mlp' or 'auto' (a fit_surrogate kind), "
+                f"got {self.twin_kind!r}"
+            )
+
 
 def peak_slope(twin: AbstractDevice, points: int = 1001) -> float:
     """The steepest slope of a one-drive twin over its domain (finite differences).
