@@ -25,15 +25,26 @@ ROUTES = {
 }
 
 if __name__ == "__main__":
+    from quasineuron._atomic import atomic_write_json
+
     data_dir, out = sys.argv[1], sys.argv[2]
-    scenarios = [dataclasses.replace(s, routes=ROUTES[s.name]) for s in default_scenarios()]
-    run_realism(
-        out,
-        data="mnist",
-        data_dir=data_dir,
-        max_train=10_000,
-        epochs=5,
-        scenarios=scenarios,
-        seeds=(0, 1, 2),
-        log=lambda line: print(line, flush=True),
-    )
+    merged: dict | None = None
+    # one scenario at a time, metrics.json rewritten after each, so a cut-short run keeps
+    # what it finished (the ideal network is trained again per scenario: same seeds, same
+    # numbers)
+    for sc in default_scenarios():
+        m = run_realism(
+            None,
+            data="mnist",
+            data_dir=data_dir,
+            max_train=10_000,
+            epochs=5,
+            scenarios=[dataclasses.replace(sc, routes=ROUTES[sc.name])],
+            seeds=(0, 1, 2),
+            log=lambda line: print(line, flush=True),
+        )
+        if merged is None:
+            merged = m
+        else:
+            merged["scenarios"].extend(m["scenarios"])
+        atomic_write_json(f"{out}/metrics.json", merged)
