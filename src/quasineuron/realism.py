@@ -5,10 +5,11 @@ fails, a steep threshold, instance-to-instance spread, a twin fitted on few poin
 range so narrow that drives escape it), plus an exact-twin control. Each :class:`Route` is one
 way to train through it: the twin only, physics-aware (device forward, twin gradients), each
 with or without the domain tools (a penalty on drives outside the twin's domain, output drives
-squashed into the domain, non-finite samples masked), and physics-aware with one round of
-active characterisation halfway through. :func:`run_realism` trains every scenario × route ×
-seed on the same data, scores on the true device, and sets each beside an ideal-neuron network
-of the same shape (an ordinary tanh MLP).
+squashed into the domain, non-finite samples masked) or with every layer's drives squashed
+into the domain, and physics-aware with one round of active characterisation halfway through
+(optionally bounded, with the learning rate matched to the twin's slope). :func:`run_realism`
+trains every scenario × route × seed on the same data, scores on the true device, and sets
+each beside an ideal-neuron network of the same shape (an ordinary tanh MLP).
 
 All devices are one-drive formula devices, so the suite runs on a CPU in minutes; what it
 shows is how the routes rank, not what a particular lab device does.
