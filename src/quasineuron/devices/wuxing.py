@@ -33,6 +33,7 @@ import torch
 from quasineuron._names import canonical
 from quasineuron.devices.base import AbstractDevice, Box
 from quasineuron.devices.fixed_point import FixedPointDevice, Integrate
+from quasineuron.devices.native_ode import NativeRHS
 from quasineuron.devices.ode import RK4, AbstractODESolver, ODEDevice, TimeAverage
 
 __all__ = [
@@ -142,6 +143,12 @@ class _WuxingRowsRHS:
             d[e] = d[e] + u[j]
         return d
 
+    def native_form(self) -> NativeRHS | None:
+        """(A1) in C for the native ODE kernel; None for per-neuron (tensor) parameters."""
+        if any(isinstance(k, torch.Tensor) for k in (self.k1, self.k2, self.k3)):
+            return None
+        return _wuxing_native(self.k1, self.k2, self.k3, self.inputs)
+
 
 class _WuxingBatchRHS:
     """(A1) in the batch layout: ``x`` (batch, 5), ``u`` (batch, n_in) → (batch, 5)."""
@@ -175,6 +182,27 @@ class _WuxingBatchRHS:
         a, b, c, idx = coef
         d = a * torch.roll(x, 1, dims=1) - b * x - c * x * torch.roll(x, 2, dims=1)
         return d.index_add(1, idx, u)
+
+    def native_form(self) -> NativeRHS:
+        """(A1) in C for the native ODE kernel."""
+        return _wuxing_native(self.k1, self.k2, self.k3, tuple(self.idx))
+
+
+def _wuxing_native(k1: Any, k2: Any, k3: Any, inputs: tuple[int, ...]) -> NativeRHS:
+    """(A1) as C statements: ``p`` holds K1, K2, K3 (5 each); the arithmetic of the rows rhs."""
+    lines = [
+        f"dx[{i}] = p[{i}] * x[{(i - 1) % 5}] - p[{5 + i}] * x[{i}]"
+        f" - p[{10 + i}] * x[{i}] * x[{(i - 2) % 5}];"
+        for i in range(N_ELEMENTS)
+    ]
+    lines += [f"dx[{e}] = dx[{e}] + u[{j}];" for j, e in enumerate(inputs)]
+    return NativeRHS(
+        "wuxing",
+        n_state=N_ELEMENTS,
+        n_in=len(inputs),
+        code="\n".join(lines),
+        params=(*k1, *k2, *k3),
+    )
 
 
 class _SteadyF:
