@@ -101,6 +101,11 @@ class NativeRHS:
                 "NativeRHS.code must be C statements assigning dx[0..n_state-1], e.g. "
                 f"'dx[0] = -x[0] + u[0];', got {self.code!r}"
             )
+        if re.search(r"\b(dx|x|u)\s*\[", _rename(self.code, "x", "dx")):
+            raise ValueError(
+                "NativeRHS.code must index x, u and dx with integer literals (x[0], not x[i]); "
+                f"got {self.code!r}"
+            )
         params = tuple(float(v) for v in self.params)
         if not all(math.isfinite(v) for v in params):
             raise ValueError(f"NativeRHS.params must be finite, got {self.params!r}")
