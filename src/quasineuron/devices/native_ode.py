@@ -114,11 +114,15 @@ class NativeRHS:
     def source(self) -> str:
         """The complete C source of the kernel for this rhs (float32 and float64)."""
         parts = [_HEAD.replace("NS_", str(self.n_state)).replace("NI_", str(self.n_in))]
-        steps = "".join(
-            _c_step(self, solver, quad) for solver in range(3) for quad in (False, True)
-        )
+        # one step function per solver, quadrature and clip: each a branch-free lane loop
+        variants = [(s, q, c) for s in range(3) for q in (0, 1) for c in (0, 1)]
+        steps = "".join(_c_step(self, *v) for v in variants)
+        names = [f"step{s}{q}{c}" for s, q, c in variants]
+        steps += "".join(f"PHASE_SUF({n})\n" for n in names)
+        steps += "static const phase_SUF_fn phases_SUF[12] = {"
+        steps += ", ".join(f"phase_{n}_SUF" for n in names) + "};\n"
         for real, suf, w, fabs in (("float", "f32", 16, "fabsf"), ("double", "f64", 8, "fabs")):
-            body = (steps + _TEMPLATE).replace("REAL", real).replace("SUF", suf)
+            body = (_PHASE + steps + _TEMPLATE).replace("REAL", real).replace("SUF", suf)
             parts.append(f"#define W {w}\n#define FABS {fabs}\n{body}\n#undef W\n#undef FABS\n")
         return "".join(parts)
 
@@ -132,7 +136,7 @@ def _rename(code: str, src: str, dst: str) -> str:
     return _INDEXED.sub(lambda m: f"{names[m.group(1)]}{m.group(2)}", code)
 
 
-def _c_step(form: NativeRHS, solver: int, quad: bool) -> str:
+def _c_step(form: NativeRHS, solver: int, quad: int, clip: int) -> str:
     """C of one step over a block's lanes, for one solver (0 Euler, 1 Heun, 2 RK4).
 
     Every state component and stage is its own scalar variable of the lane loop, so the
@@ -182,23 +186,24 @@ def _c_step(form: NativeRHS, solver: int, quad: bool) -> str:
         if quad:
             out.extend(f"Q[{i} * W + l] += h * x{i};" for i in idx)
         out.extend(f"x{i} = x{i} + h * ka{i};" for i in idx)
-    # the clip (-inf/inf without one, so that the loop has no branch); NaN stays NaN, as in
-    # torch.clamp
-    out.extend(f"x{i} = x{i} < lo[{i}] ? lo[{i}] : (x{i} > hi[{i}] ? hi[{i}] : x{i});" for i in idx)
+    if clip:  # NaN stays NaN, as in torch.clamp
+        out.extend(
+            f"x{i} = x{i} < lo[{i}] ? lo[{i}] : (x{i} > hi[{i}] ? hi[{i}] : x{i});" for i in idx
+        )
     # diverged: some |x_i| >= bound or NaN (NaN compares false), after the clip, once per fused
     # call of `every` steps; counted in a REAL lane (a char store would stop vectorisation)
     ok = " & ".join(f"(FABS(x{i}) < bound)" for i in idx)
     out.append(f"B[l] += (REAL)(check & !({ok}));")
     out.extend(f"X[{i} * W + l] = x{i};" for i in idx)
     body = "\n    ".join(out)
-    name = f"step{solver}{int(quad)}_SUF"
+    name = f"step{solver}{quad}{clip}_SUF"
     return f"""
 static inline __attribute__((always_inline)) void {name}(
     const int check, const REAL tt, const REAL h, REAL* restrict X,
     REAL* restrict Q, const REAL* restrict U, const REAL* restrict p, REAL* restrict B,
     const REAL* restrict lo, const REAL* restrict hi, const REAL bound) {{
   const REAL hh = (REAL)0.5 * h, h6 = h / (REAL)6;
-  (void)hh; (void)h6; (void)Q;
+  (void)hh; (void)h6; (void)Q; (void)lo; (void)hi;
   for (int l = 0; l < W; l++) {{
     {body}
   }}
@@ -222,7 +227,9 @@ typedef struct {
 # The phases and the rows around the step functions above: a block of W rows is loaded, every
 # step of both phases (before t_from without, after it with the quadrature) runs on it, and the
 # block is stored.
-_TEMPLATE = r"""
+_PHASE = r"""
+typedef void (*phase_SUF_fn)(const ode_cfg*, int, REAL*, REAL*, const REAL*, const REAL*,
+                             REAL*, const REAL*, const REAL*);
 #define PHASE_SUF(STEP)                                                             \
   static void phase_##STEP##_SUF(const ode_cfg* c, int ph, REAL* restrict X,        \
                                  REAL* restrict Q, const REAL* restrict U,          \
@@ -236,22 +243,15 @@ _TEMPLATE = r"""
       STEP##_SUF(check, t, h, X, Q, U, p, B, lo, hi, bound);                        \
     }                                                                               \
   }
-PHASE_SUF(step00)
-PHASE_SUF(step01)
-PHASE_SUF(step10)
-PHASE_SUF(step11)
-PHASE_SUF(step20)
-PHASE_SUF(step21)
+"""
 
+_TEMPLATE = r"""
 /* rows r0..r1 of x0 (rows, NS) and u (rows, NI) → xo (rows, NS), qo (rows, NS), bad (rows) */
 int solve_SUF(const ode_cfg* c, long long r0, long long r1, const REAL* restrict x0,
               const REAL* restrict u, const REAL* restrict p, REAL* restrict xo,
               REAL* restrict qo, unsigned char* restrict bad) {
   REAL lo[NS], hi[NS];
-  for (int i = 0; i < NS; i++) {
-    lo[i] = c->clip ? (REAL)c->lo[i] : -(REAL)INFINITY;
-    hi[i] = c->clip ? (REAL)c->hi[i] : (REAL)INFINITY;
-  }
+  for (int i = 0; i < NS; i++) { lo[i] = (REAL)c->lo[i]; hi[i] = (REAL)c->hi[i]; }
   for (long long r = r0; r < r1; r += W) {
     const int nl = (r1 - r) < W ? (int)(r1 - r) : W;
     REAL X[NS * W], Q[NS * W], U[NI * W], B[W];
@@ -262,19 +262,8 @@ int solve_SUF(const ode_cfg* c, long long r0, long long r1, const REAL* restrict
       for (int j = 0; j < NI; j++) U[j * W + l] = u[rr * NI + j];
       B[l] = 0;
     }
-    for (int ph = 0; ph < 2; ph++) {
-      const int q = c->quad[ph];
-      if (c->solver == 2) {
-        if (q) phase_step21_SUF(c, ph, X, Q, U, p, B, lo, hi);
-        else phase_step20_SUF(c, ph, X, Q, U, p, B, lo, hi);
-      } else if (c->solver == 1) {
-        if (q) phase_step11_SUF(c, ph, X, Q, U, p, B, lo, hi);
-        else phase_step10_SUF(c, ph, X, Q, U, p, B, lo, hi);
-      } else {
-        if (q) phase_step01_SUF(c, ph, X, Q, U, p, B, lo, hi);
-        else phase_step00_SUF(c, ph, X, Q, U, p, B, lo, hi);
-      }
-    }
+    for (int ph = 0; ph < 2; ph++)
+      phases_SUF[c->solver * 4 + c->quad[ph] * 2 + (c->clip != 0)](c, ph, X, Q, U, p, B, lo, hi);
     for (int l = 0; l < nl; l++) {
       for (int i = 0; i < NS; i++) {
         xo[(r + l) * NS + i] = X[i * W + l];
