@@ -27,7 +27,7 @@ library from disk).
 
 Usage:
     python bench/bench_ode_throughput.py [--quick] [--json out.json] [--threads 2]
-        [--batches 10000,100000,1000000] [--no-compile] [--no-first-call]
+        [--batches 10000,100000,1000000] [--no-compile] [--no-first-call] [--skip M1,M2]
 """
 
 from __future__ import annotations
@@ -197,6 +197,7 @@ def main() -> None:
     ap.add_argument("--unroll", type=int, default=5, help="RK4 steps per compiled call")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
     ap.add_argument("--batches", type=str, default=None, help="comma-separated batch sizes")
+    ap.add_argument("--skip", type=str, default="", help="comma-separated methods to leave out")
     ap.add_argument(
         "--no-first-call", action="store_true", help="skip the first-call (compile) timing"
     )
@@ -226,6 +227,8 @@ def main() -> None:
     tode = torchode_dopri5_fixed()
     if tode is not None:
         methods["torchode-dopri5-fixed"] = tode
+    for name in filter(None, args.skip.split(",")):
+        methods.pop(name, None)
 
     # accuracy against a DOP853 float64 reference on a few points
     u_ref = drives(N_REF, seed=1)

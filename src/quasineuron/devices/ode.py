@@ -10,10 +10,13 @@ Solvers are typed objects: fixed-step :class:`Euler`, :class:`Heun` and :class:`
 here, batched, optionally fused by ``torch.compile``), and :class:`Adaptive`, backed by
 torchdiffeq (``odeint``, or ``odeint_adjoint`` for adjoint gradients).
 
-Speed. On CPU the cost of a fixed-step solve is dominated by how many kernels one step launches.
-With ``layout="rows"`` and ``RK4(compile=True)``, the whole step (four rhs calls, the stage
-combinations, the clip and the divergence check) is fused by ``torch.compile`` into one
-vectorised loop over the batch; see ``bench/bench_ode_throughput.py`` for measured rates.
+Speed. When the rhs declares its closed form in C (``native_form()``, see
+:mod:`quasineuron.devices.native_ode`) and no gradient is needed, the fixed-step solvers run a
+native kernel by default: every stage of every step in one vectorised C loop, compiled once and
+cached on disk. Otherwise (gradients, no native form, CUDA, ``native=False``) they run as
+tensor operations, whose cost on a CPU is dominated by how many kernels one step launches; with
+``layout="rows"`` and ``RK4(compile=True)`` ``torch.compile`` fuses a whole step into one loop
+(its compile costs tens of seconds to minutes). ``bench/bench_ode_throughput.py`` measures them.
 """
 
 from __future__ import annotations

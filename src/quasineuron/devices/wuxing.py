@@ -344,7 +344,8 @@ def wuxing_neuron(
         T: Length of the window (``"window"`` only).
         solver: ODE solver for ``"window"``; default ``RK4(dt=0.1)``.
         layout: Layout handed to the ODE solver (``"rows"`` is the fast one under
-            ``RK4(compile=True)``; both give the same numbers).
+            ``RK4(compile=True)``; both give the same numbers). Without a gradient the
+            window runs on the native kernel whatever the layout (``ODEDevice.solve_path``).
         clip: ``(lo, hi)`` state clip for ``"window"`` (e.g. ``(0.0, 50.0)``); default none, so
             that a divergence is reported rather than hidden.
         bound: Rows with ``max |E| >= bound`` are reported diverged (NaN); for ``"steady-state"``
