@@ -208,3 +208,16 @@ def test_native_rhs_rejects_bad_forms() -> None:
         NativeRHS("a", n_state=2, n_in=1, code="dx[0] = x[1]; dx[1] = x[i];")
     with pytest.raises(TypeError, match="native must be a bool"):
         RK4(dt=0.1, native="yes")
+
+
+def test_an_initial_state_per_row_is_read_per_row() -> None:
+    def x0(u: torch.Tensor) -> torch.Tensor:
+        return 0.3 * u
+
+    kw = dict(x0=x0, n_state=2, n_in=2, t_end=0.7, readout=TimeAverage())
+    native = ODEDevice(Forced(), solver=RK4(dt=0.1), **kw)
+    slow = ODEDevice(Forced(), solver=RK4(dt=0.1, native=False), **kw)
+    u = torch.rand(19, 2, dtype=F64)
+    got = native(u)
+    assert native.solve_path[0] == "native"
+    torch.testing.assert_close(got, slow(u), rtol=0, atol=1e-12)

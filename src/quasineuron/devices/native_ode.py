@@ -216,7 +216,7 @@ _HEAD = r"""#include <math.h>
 #define NS NS_
 #define NI NI_
 typedef struct {
-  int solver, clip;
+  int solver, clip, x0_stride;
   int nsteps[2], quad[2], every[2];
   double t0[2], h[2];
   double bound;
@@ -258,7 +258,10 @@ int solve_SUF(const ode_cfg* c, long long r0, long long r1, const REAL* restrict
     for (int l = 0; l < W; l++) {
       /* lanes past the last row repeat row r: finite work, never stored */
       const long long rr = r + (l < nl ? l : 0);
-      for (int i = 0; i < NS; i++) { X[i * W + l] = x0[rr * NS + i]; Q[i * W + l] = 0; }
+      for (int i = 0; i < NS; i++) {
+        X[i * W + l] = x0[rr * c->x0_stride + i];
+        Q[i * W + l] = 0;
+      }
       for (int j = 0; j < NI; j++) U[j * W + l] = u[rr * NI + j];
       B[l] = 0;
     }
@@ -281,6 +284,7 @@ class _Cfg(ctypes.Structure):
     _fields_ = [
         ("solver", ctypes.c_int),
         ("clip", ctypes.c_int),
+        ("x0_stride", ctypes.c_int),
         ("nsteps", ctypes.c_int * 2),
         ("quad", ctypes.c_int * 2),
         ("every", ctypes.c_int * 2),
@@ -402,7 +406,9 @@ def try_native(device: ODEDevice, solver: FixedStep, u: torch.Tensor) -> ODEResu
             )
     x0 = None
     if reason is None:
-        x0 = device.initial_state(u)
+        # a fixed initial state is passed as its one row (read with stride 0), not a copy per row
+        fixed = getattr(device._x0, "value", None)
+        x0 = fixed[None, :] if fixed is not None else device.initial_state(u)
         if torch.is_grad_enabled() and x0.requires_grad:
             reason = "the initial state requires a gradient"
     lib = None
@@ -432,8 +438,9 @@ def _run(
     batch, ns = u.shape[0], device.n_state
     uu = u.detach().contiguous()
     xx = x0.detach().to(dtype).contiguous()
-    p = torch.tensor(form.params or (0.0,), dtype=dtype)
     cfg = _Cfg()
+    cfg.x0_stride = 0 if xx.shape[0] == 1 else ns  # one row: every row starts there
+    p = torch.tensor(form.params or (0.0,), dtype=dtype)
     cfg.solver = solver.native_step
     lo_hi = device._clip if device._clip is not None else ((0.0,) * ns, (0.0,) * ns)
     lo = torch.tensor(lo_hi[0], dtype=torch.float64)
