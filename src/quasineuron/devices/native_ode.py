@@ -26,6 +26,7 @@ fused into FMA instructions, which round once instead of twice.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import re
@@ -113,18 +114,26 @@ class NativeRHS:
 
     def source(self) -> str:
         """The complete C source of the kernel for this rhs (float32 and float64)."""
-        parts = [_HEAD.replace("NS_", str(self.n_state)).replace("NI_", str(self.n_in))]
-        # one step function per solver, quadrature and clip: each a branch-free lane loop
-        variants = [(s, q, c) for s in range(3) for q in (0, 1) for c in (0, 1)]
-        steps = "".join(_c_step(self, *v) for v in variants)
-        names = [f"step{s}{q}{c}" for s, q, c in variants]
-        steps += "".join(f"PHASE_SUF({n})\n" for n in names)
-        steps += "static const phase_SUF_fn phases_SUF[12] = {"
-        steps += ", ".join(f"phase_{n}_SUF" for n in names) + "};\n"
-        for real, suf, w, fabs in (("float", "f32", 16, "fabsf"), ("double", "f64", 8, "fabs")):
-            body = (_PHASE + steps + _TEMPLATE).replace("REAL", real).replace("SUF", suf)
-            parts.append(f"#define W {w}\n#define FABS {fabs}\n{body}\n#undef W\n#undef FABS\n")
-        return "".join(parts)
+        # generated once per form (parameters are not part of it): a solve asks on every call
+        return _source(self.n_state, self.n_in, self.code)
+
+
+@functools.lru_cache(maxsize=64)
+def _source(n_state: int, n_in: int, code: str) -> str:
+    """The C source of :meth:`NativeRHS.source` (cached: it depends on these three only)."""
+    form = NativeRHS("source", n_state=n_state, n_in=n_in, code=code)
+    parts = [_HEAD.replace("NS_", str(n_state)).replace("NI_", str(n_in))]
+    # one step function per solver, quadrature and clip: each a branch-free lane loop
+    variants = [(s, q, c) for s in range(3) for q in (0, 1) for c in (0, 1)]
+    steps = "".join(_c_step(form, *v) for v in variants)
+    names = [f"step{s}{q}{c}" for s, q, c in variants]
+    steps += "".join(f"PHASE_SUF({n})\n" for n in names)
+    steps += "static const phase_SUF_fn phases_SUF[12] = {"
+    steps += ", ".join(f"phase_{n}_SUF" for n in names) + "};\n"
+    for real, suf, w, fabs in (("float", "f32", 16, "fabsf"), ("double", "f64", 8, "fabs")):
+        body = (_PHASE + steps + _TEMPLATE).replace("REAL", real).replace("SUF", suf)
+        parts.append(f"#define W {w}\n#define FABS {fabs}\n{body}\n#undef W\n#undef FABS\n")
+    return "".join(parts)
 
 
 _INDEXED = re.compile(r"\b(dx|x|u)\[\s*(\d+)\s*\]")
@@ -480,5 +489,8 @@ def _run(
         ]
         for f in futures:
             f.result()
-    q = q_end[:, list(device._comps)] if device._quad else None
+    comps = list(device._comps)
+    q = None
+    if device._quad:  # the quadrature of every component was kept; read those of the readout
+        q = q_end if comps == list(range(ns)) else q_end[:, comps]
     return device._finish(x_end, q, bad.bool(), n_total)

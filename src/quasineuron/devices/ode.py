@@ -848,7 +848,9 @@ class ODEDevice(AbstractDevice):
         value = x[:, list(self._comps)] if q is None else q
         y = self.readout.finish(value, self.t_end - self._t_from)
         bad = bad | ~torch.isfinite(y).all(dim=1)
-        y = torch.where(bad[:, None], torch.full_like(y, math.nan), y)
+        # on the CPU a batch without a diverged row (the common case) skips the masking pass
+        if y.device.type != "cpu" or bad.any():
+            y = torch.where(bad[:, None], torch.full_like(y, math.nan), y)
         return ODEResult(y=y, x=x, diverged=bad, n_steps=n_steps)
 
     # -- fixed-step path ---------------------------------------------------------------------
