@@ -386,8 +386,10 @@ def _why_not(device: ODEDevice, solver: FixedStep, u: torch.Tensor) -> str | Non
 
 def _note(device: ODEDevice, path: str, reason: str) -> None:
     device.solve_path = (path, reason)
-    if reason not in device._path_notes:  # one line per device and reason
-        device._path_notes.add(reason)
+    # a device pickled before this attribute existed starts an empty set
+    notes = device.__dict__.setdefault("_path_notes", set())
+    if reason not in notes:  # one line per device and reason
+        notes.add(reason)
         logger.info("ODE device %r runs the %s path: %s", device.name, path, reason)
 
 
