@@ -157,6 +157,8 @@ def test_unsupported_cases_name_their_reason() -> None:
     for words, solver in cases.items():
         assert words in native_ode._why_not(dev, solver, u)
     assert "float32 and float64" in native_ode._why_not(dev, RK4(dt=0.1), u.bfloat16())
+    # drives on another device (CUDA in practice; "meta" needs no GPU)
+    assert "runs on the CPU" in native_ode._why_not(dev, RK4(dt=0.1), u.to("meta"))
     # per-neuron tensor parameters have no native form: the rows rhs says so
     assert wuxing_rhs(K1=torch.ones(5, 3, 1)).native_form() is None
     plain = ODEDevice(lambda t, x, u: -x + u, x0=torch.zeros(1), n_in=1, t_end=1.0)
