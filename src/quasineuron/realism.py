@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -190,7 +190,7 @@ class Scenario:
     recommended: str = "physics-aware"
     budget: int | None = None
     seconds_per_evaluation: float = 0.0
-    twin_kind: str = "spline"
+    twin_kind: Literal["spline", "mlp", "auto"] = "spline"
 
     def __post_init__(self) -> None:
         if self.budget is not None and (
@@ -862,7 +862,7 @@ def run_realism(
                     f"gap {gap_m:+6.2f} pp outside {entries[-1]['outside_fraction_mean']}"
                 )
         ran = [e for e in entries if "skipped" not in e]
-        best = max(ran, key=lambda e: float(e["accuracy_device_mean"]))  # type: ignore[arg-type]
+        best = max(ran, key=lambda e: float(e["accuracy_device_mean"]))
         results.append(
             {
                 "name": sc.name,

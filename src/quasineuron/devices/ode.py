@@ -10,10 +10,13 @@ Solvers are typed objects: fixed-step :class:`Euler`, :class:`Heun` and :class:`
 here, batched, optionally fused by ``torch.compile``), and :class:`Adaptive`, backed by
 torchdiffeq (``odeint``, or ``odeint_adjoint`` for adjoint gradients).
 
-Speed. On CPU the cost of a fixed-step solve is dominated by how many kernels one step launches.
-With ``layout="rows"`` and ``RK4(compile=True)``, the whole step (four rhs calls, the stage
-combinations, the clip and the divergence check) is fused by ``torch.compile`` into one
-vectorised loop over the batch; see ``bench/bench_ode_throughput.py`` for measured rates.
+Speed. When the rhs declares its closed form in C (``native_form()``, see
+:mod:`quasineuron.devices.native_ode`) and no gradient is needed, the fixed-step solvers run a
+native kernel by default: every stage of every step in one vectorised C loop, compiled once and
+cached on disk. Otherwise (gradients, no native form, CUDA, ``native=False``) they run as
+tensor operations, whose cost on a CPU is dominated by how many kernels one step launches; with
+``layout="rows"`` and ``RK4(compile=True)`` ``torch.compile`` fuses a whole step into one loop
+(its compile costs tens of seconds to minutes). ``bench/bench_ode_throughput.py`` measures them.
 """
 
 from __future__ import annotations
@@ -119,12 +122,19 @@ class FixedStep(AbstractODESolver):
             worth it from ~1e4 instances on. Fastest with ``layout="rows"``.
         unroll: Steps per fused call (at most; it is lowered to divide the number of steps).
             The divergence check runs once per call.
+        native: Run the native kernel (:mod:`quasineuron.devices.native_ode`) when the rhs
+            declares a native form and no gradient is needed: the default path then, many
+            times faster than the torch one. ``False`` always runs the torch path.
+            ``compile=True`` also runs the torch path (torch.compile was asked for).
     """
 
     dt: float
     compile: bool = False
     unroll: int = 1
+    native: bool = True
     supports_clip: ClassVar[bool] = True
+    # which step of the native kernel this solver is (0 Euler, 1 Heun, 2 RK4); None: none
+    native_step: ClassVar[int | None] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dt", _positive_finite(self.dt, f"{type(self).__name__}.dt"))
@@ -134,6 +144,8 @@ class FixedStep(AbstractODESolver):
             raise ValueError(
                 f"{type(self).__name__}.unroll must be an int >= 1, got {self.unroll!r}"
             )
+        if not isinstance(self.native, bool):
+            raise TypeError(f"{type(self).__name__}.native must be a bool, got {self.native!r}")
 
     order: int = field(default=0, init=False, repr=False)
 
@@ -161,7 +173,15 @@ class FixedStep(AbstractODESolver):
         return self.step(f, t, x, h)
 
     def integrate(self, device: ODEDevice, u: torch.Tensor) -> ODEResult:
-        """Equal steps of at most ``dt``; see :meth:`AbstractODESolver.integrate`."""
+        """Equal steps of at most ``dt``; see :meth:`AbstractODESolver.integrate`.
+
+        Runs the native kernel when it applies (see ``native``), else the torch steps below.
+        """
+        from quasineuron.devices.native_ode import try_native
+
+        native = try_native(device, self, u)
+        if native is not None:
+            return native
         x0 = device.initial_state(u)
         rows = device.layout == "rows"
         # contiguous parts: fast loops, and the same strides on every call (a compiled graph is
@@ -230,6 +250,7 @@ class Euler(FixedStep):
     """Forward Euler, first order: ``x += h f(t, x)``."""
 
     order: int = field(default=1, init=False, repr=False)
+    native_step: ClassVar[int | None] = 0
 
     def step(self, f, t, x, h):
         """``x + h f(t, x)``; see :meth:`FixedStep.step`."""
@@ -242,6 +263,7 @@ class Heun(FixedStep):
     """Heun's method (explicit trapezoid), second order."""
 
     order: int = field(default=2, init=False, repr=False)
+    native_step: ClassVar[int | None] = 1
 
     def step(self, f, t, x, h):
         """One Heun step; see :meth:`FixedStep.step`."""
@@ -256,6 +278,7 @@ class RK4(FixedStep):
     """The classical fourth-order Runge–Kutta method."""
 
     order: int = field(default=4, init=False, repr=False)
+    native_step: ClassVar[int | None] = 2
 
     def step(self, f, t, x, h):
         """One classical Runge–Kutta step; see :meth:`FixedStep.step`."""
@@ -767,6 +790,10 @@ class ODEDevice(AbstractDevice):
         self._comps = comps
         self._quad = readout.needs_quadrature
         self._compiled: Callable[..., Any] | None = None
+        # (path, why) of the last fixed-step solve: ("native", ...) or ("torch", ...); the
+        # reasons already logged, so that each is noted once per device
+        self.solve_path: tuple[str, str] = ("", "not solved yet")
+        self._path_notes: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the compiled step behind; it is rebuilt on first use."""
@@ -821,7 +848,9 @@ class ODEDevice(AbstractDevice):
         value = x[:, list(self._comps)] if q is None else q
         y = self.readout.finish(value, self.t_end - self._t_from)
         bad = bad | ~torch.isfinite(y).all(dim=1)
-        y = torch.where(bad[:, None], torch.full_like(y, math.nan), y)
+        # on the CPU a batch without a diverged row (the common case) skips the masking pass
+        if y.device.type != "cpu" or bad.any():
+            y = torch.where(bad[:, None], torch.full_like(y, math.nan), y)
         return ODEResult(y=y, x=x, diverged=bad, n_steps=n_steps)
 
     # -- fixed-step path ---------------------------------------------------------------------

