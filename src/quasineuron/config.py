@@ -663,10 +663,26 @@ def config_hash(config: RunConfig) -> str:
     """SHA-256 of the resolved configuration (every default filled in), as hex.
 
     Two configs that run the same pipeline have the same hash, however their files were
-    written (key order, defaults spelled out or left out).
+    written (key order, defaults spelled out or left out). A file of measurements counts by
+    its content (its SHA-256), not by where it lies, so a run moved to another folder or
+    machine hashes the same, and an edited file does not.
     """
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = config.model_dump(mode="json")
+    m = config.device.measurements
+    if m is not None:
+        data["device"]["measurements"]["path"] = _measurements_digest(m.path)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _measurements_digest(path: str) -> str:
+    """``sha256:<hex>`` of the measurements file, or its name when it cannot be read."""
+    try:
+        return "sha256:" + hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        # a missing file stops the run when it is read, with its own message; here only the
+        # name is left to tell two configs apart
+        return "missing:" + Path(path).name
 
 
 def load_config(path: str | Path) -> RunConfig:
