@@ -324,7 +324,8 @@ def run_one(
     active: dict[str, Any] | None = None
     n_neurons = sum(sizes[1:])
     if route.recharacterize:
-        first = s.epochs // 2
+        # each stage trains at least one epoch, so a one-epoch smoke run (--quick) trains two
+        first = max(1, s.epochs // 2)
         result, strategy = stage(first, seed)
         masked += strategy.masked_rows
         device_evals += result.samples_seen * n_neurons if route.mode == "physics-aware" else 0
@@ -341,7 +342,7 @@ def run_one(
         )
         device_evals += rc.n_new
         active = rc.to_dict()
-        result, strategy = stage(s.epochs - first, seed + 1)
+        result, strategy = stage(max(1, s.epochs - first), seed + 1)
     else:
         result, strategy = stage(s.epochs, seed)
     masked += strategy.masked_rows
