@@ -147,3 +147,15 @@ def test_reproducing_a_result_that_cannot_run_again_gives_its_reason(
         run_reproduce(tmp_path, out=tmp_path / "o", quick=True)
     assert main(["reproduce", str(tmp_path), "--quick", "--out", str(tmp_path / "o")]) == 2
     assert "lost script" in capsys.readouterr().err
+
+
+def test_reproduce_takes_a_results_name_from_the_repository_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "docs" / "results" / "old-result"
+    folder.mkdir(parents=True)
+    reason = "made by the earlier script x.py, since deleted"
+    (folder / REPRODUCE_FILE).write_text(json.dumps({"not_reproducible": reason}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "old-result", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert reason in capsys.readouterr().err
