@@ -309,13 +309,18 @@ QUICK_TWIN = {"n_samples": 2000, "max_steps": 50}
 #: simulation costs in proportion to its steps (400 for a window of 40 at dt = 0.1), and a smoke
 #: run only has to go through every part once.
 QUICK_WINDOW_STEPS = 10
+#: ``--quick``: the most sweep points. An MLP twin's fit costs in proportion to the points (a
+#: 128-128 twin on 16,384 points takes many minutes on 2 cores), and a smoke run only has to
+#: fit one; a sweep left at its default size (``points = 0``) is kept.
+QUICK_SWEEP_POINTS = 512
 
 
 def quick_config(config: Any) -> Any:
     """``config`` shrunk into a smoke run (``run --quick`` and ``reproduce --quick``).
 
     At most :data:`QUICK_TRAIN` training and :data:`QUICK_TEST` test images, one epoch per
-    stage (or at most :data:`QUICK_SAMPLES` samples), no weight averaging, a neuron twin fitted
+    stage (or at most :data:`QUICK_SAMPLES` samples), a sweep of at most
+    :data:`QUICK_SWEEP_POINTS` points, no weight averaging, a neuron twin fitted
     on at most :data:`QUICK_TWIN` drives and steps, a time-coupled network's window cut to at
     most :data:`QUICK_WINDOW_STEPS` solver steps (same step), at most two seeds, and the first
     and last value of a grid. The
@@ -335,6 +340,7 @@ def quick_config(config: Any) -> Any:
         limit = data["data"].get(key)
         data["data"][key] = min(limit, most) if limit else most
     data["training"]["epochs"] = 1
+    data["sweep"]["points"] = min(data["sweep"]["points"], QUICK_SWEEP_POINTS)
     for stage in data["training"]["stages"]:
         if stage.get("method") == "recharacterize":
             continue  # trains nothing: its budget is device points, not epochs
@@ -500,7 +506,11 @@ def reproduce_entry(result: str | Path) -> ReproduceEntry:
         needs = ["mnist"] if config.data.name == "mnist" else []
         if config.network.kind == "device" and config.device.name.startswith("spice-"):
             needs.append("ngspice")
-        expect = ("accuracy", "seeds") if config.experiment.seeds else ("accuracy",)
+        expect: tuple[str, ...] = ("accuracy",)
+        if config.experiment.vary:  # a grid: one point per value
+            expect = ("accuracy", "vary", "per_value")
+        elif config.experiment.seeds:
+            expect = ("accuracy", "seeds")
         return ReproduceEntry(folder, config=config, needs=tuple(needs), expect=expect)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

@@ -85,7 +85,12 @@ def test_the_quick_form_of_every_indexed_result_runs(name: str, tmp_path: Path) 
     metrics = json.loads(path.read_text(encoding="utf-8"))
     for key in entry.expect:
         _get(metrics, key)
-    if entry.config is not None and entry.config.experiment.seeds:
+    if entry.config is not None and entry.config.experiment.vary:
+        # a grid's smoke run keeps the first and last of its values
+        (values,) = entry.config.experiment.vary.values()
+        ends = [values[0], values[-1]] if len(values) > 1 else [values[0]]
+        assert metrics["values"] == ends
+    elif entry.config is not None and entry.config.experiment.seeds:
         # a seed family's smoke run keeps two seeds, with each mode's mean and spread
         assert len(metrics["seeds"]) == min(2, len(entry.config.experiment.seeds))
         assert any(k.endswith("_mean") for k in metrics["accuracy"])
