@@ -164,3 +164,12 @@ def test_reproduce_takes_a_results_name_from_the_repository_root(
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "old-result", "--quick", "--out", str(tmp_path / "o")]) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_a_quick_run_caps_a_large_sweep_and_keeps_a_default_one() -> None:
+    from quasineuron.protocol import QUICK_SWEEP_POINTS, reproduce_config
+
+    big = reproduce_config(ROOT / "examples" / "raw-almost-neuron-digits.toml", quick=True)
+    assert big.sweep.points == QUICK_SWEEP_POINTS
+    default = reproduce_config(ROOT / "examples" / "spice-mnist.toml", quick=True)
+    assert default.sweep.points == 0  # the device's own default size
