@@ -236,7 +236,12 @@ def _build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "reproduce", help="re-run a result from the config stored beside its metrics.json"
     )
-    rep.add_argument("result", type=Path, help="a result folder (metrics.json and its config)")
+    rep.add_argument(
+        "result",
+        type=Path,
+        help="a result folder (its reproduce.json or config), a result's name under "
+        "docs/results, or a TOML config",
+    )
     rep.add_argument("--out", required=True, type=Path, help="folder for the new run")
     rep.add_argument(
         "--quick",
@@ -435,13 +440,35 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from quasineuron.protocol import reproduce_config
+    import json
 
-    config = reproduce_config(args.result, quick=args.quick)
-    from quasineuron.pipeline import run_pipeline
+    from quasineuron.protocol import reproduce_entry, run_reproduce
 
-    metrics = run_pipeline(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
-    _print_metrics(metrics, args.out)
+    result = args.result
+    if not result.exists() and (Path("docs/results") / result).is_dir():
+        result = Path("docs/results") / result  # a result's name, from the repository root
+    if result.is_file() and result.suffix == ".toml":  # a config itself, e.g. an example's
+        from quasineuron.pipeline import run_pipeline
+        from quasineuron.protocol import reproduce_config
+
+        config = reproduce_config(result, quick=args.quick)
+        metrics = run_pipeline(
+            config, args.out, data_dir=args.data_dir, progress=not args.no_progress
+        )
+        _print_metrics(metrics, args.out)
+        return 0
+    entry = reproduce_entry(result)  # a malformed or missing entry stops here, before any run
+    path = run_reproduce(
+        entry.folder,
+        out=args.out,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    if entry.config is not None:
+        _print_metrics(json.loads(path.read_text(encoding="utf-8")), args.out)
+    else:
+        print(f"metrics: {path}")
     return 0
 
 

@@ -435,6 +435,11 @@ class EvaluationConfig(_Strict):
     )
     variability: VariabilityConfig | None = None
     batch_size: int = Field(1024, ge=1)
+    chemistry: bool = Field(
+        False,
+        description="also compile the trained network of reaction neurons into one mass-action "
+        "network and score it at steady state (accuracy.chemistry, metrics.chemistry)",
+    )
 
 
 class ExperimentConfig(_Strict):
@@ -526,6 +531,32 @@ class RunConfig(_Strict):
                         "network's stage takes method, epochs, keep, average_last, batch_size "
                         "and lr"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_chemistry(self) -> RunConfig:
+        if not self.evaluation.chemistry:
+            return self
+        from quasineuron.chemistry.score import CHEMISTRY_ACTIVATIONS
+
+        if self.network.kind != "device" or self.device.name not in CHEMISTRY_ACTIVATIONS:
+            raise ValueError(
+                f"evaluation.chemistry compiles a network of reaction neurons; device "
+                f"{self.device.name!r} has no chemistry: use one of "
+                f"{sorted(CHEMISTRY_ACTIVATIONS)} or set evaluation.chemistry = false"
+            )
+        if self.network.readout_affine or self.network.connection not in ("auto", "linear"):
+            raise ValueError(
+                "evaluation.chemistry needs network.readout_affine = false (the class scores are "
+                "the output species' concentrations) and network.connection = 'linear' (each "
+                f"neuron's drive is one weighted sum); got readout_affine = "
+                f"{self.network.readout_affine} and connection = {self.network.connection!r}"
+            )
+        if self.data.name == "xor":
+            raise ValueError(
+                "evaluation.chemistry needs inputs >= 0 (they are concentrations); the xor data "
+                "has negative inputs: use data.name = 'digits' or 'mnist'"
+            )
         return self
 
     def stages(self) -> tuple[StageConfig, ...]:
@@ -632,10 +663,26 @@ def config_hash(config: RunConfig) -> str:
     """SHA-256 of the resolved configuration (every default filled in), as hex.
 
     Two configs that run the same pipeline have the same hash, however their files were
-    written (key order, defaults spelled out or left out).
+    written (key order, defaults spelled out or left out). A file of measurements counts by
+    its content (its SHA-256), not by where it lies, so a run moved to another folder or
+    machine hashes the same, and an edited file does not.
     """
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = config.model_dump(mode="json")
+    m = config.device.measurements
+    if m is not None:
+        data["device"]["measurements"]["path"] = _measurements_digest(m.path)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _measurements_digest(path: str) -> str:
+    """``sha256:<hex>`` of the measurements file, or its name when it cannot be read."""
+    try:
+        return "sha256:" + hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        # a missing file stops the run when it is read, with its own message; here only the
+        # name is left to tell two configs apart
+        return "missing:" + Path(path).name
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -55,6 +55,10 @@ class RunFolderError(ValueError):
     """An output folder holds another run (or other files) and would be overwritten."""
 
 
+class NotReproducibleError(RunFolderError):
+    """A committed result records why it cannot be run again (its ``reproduce.json``)."""
+
+
 class StoreMismatchError(ValueError):
     """An on-disk sweep store was made for another device, domain or sampler."""
 

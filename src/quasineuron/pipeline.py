@@ -1722,6 +1722,12 @@ def _run_stages_counted(
             accuracy[f"{name}_std"] = report.accuracy_std[name]
     for kind, fitted in baselines.items():  # baseline_mlp, baseline_same_wiring
         accuracy[f"baseline_{kind.replace('-', '_')}"] = _accuracy(fitted.network, test)
+    chemistry = None
+    if config.evaluation.chemistry:  # part of the same test read, so recorded with it
+        t0 = time.perf_counter()
+        chemistry = _score_chemistry(config, net, test)
+        accuracy["chemistry"] = chemistry["accuracy"]
+        timings["chemistry_s"] = time.perf_counter() - t0
 
     reads = _record_read(out, accuracy)
     status("report")
@@ -1766,6 +1772,7 @@ def _run_stages_counted(
         # or of reloaded training stages were sent by an earlier attempt and are not counted)
         "device_evaluations": counter.summary([mode_name(m) for m in modes]),
         **({"measurements": char.report["measurements"]} if measured else {}),
+        **({"chemistry": chemistry} if chemistry is not None else {}),
         "training": {
             "mode": config.training.mode,
             "best_epoch": last.get("best_epoch"),
@@ -1790,6 +1797,23 @@ def _run_stages_counted(
         "config": config.model_dump(mode="json"),
     }
     return metrics
+
+
+def _score_chemistry(config: RunConfig, net: DeviceNetwork, test: ArrayDataset) -> dict[str, Any]:
+    """``evaluation.chemistry``: the trained network compiled into one reaction network."""
+    from quasineuron.chemistry.score import score_chemistry
+
+    # the neuron's ε as the device was built (its default when the config gives none)
+    eps = make_device(config.device.name, **config.device.options).params["eps"]  # type: ignore[index]
+    return score_chemistry(
+        net,
+        torch.as_tensor(test.x),
+        torch.as_tensor(test.y),
+        device_name=config.device.name,
+        eps=float(eps),
+        seed=config.training.seed,
+        name=config.name.replace("-", "_"),
+    )
 
 
 def _write_status(out: Path, status: str, **fields: Any) -> None:

@@ -14,19 +14,26 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quasineuron._atomic import atomic_write_json
-from quasineuron.errors import RunFolderError
+from quasineuron.errors import NotReproducibleError, RunFolderError
 
 __all__ = [
+    "REPRODUCE_FILE",
     "SCORES_FILE",
+    "ReproduceEntry",
     "grid_folder",
     "grid_metrics",
     "TestReadRefused",
     "record_test_read",
+    "reproduce_commands",
     "reproduce_config",
+    "reproduce_entry",
+    "repository_root",
+    "run_reproduce",
     "score_run",
     "seed_family_metrics",
     "test_reads",
@@ -173,8 +180,9 @@ def seed_family_metrics(
 
     Returns:
         ``seeds``, ``accuracy.<mode>_mean`` and ``accuracy.<mode>_std`` (sample std over
-        seeds) for every mode that all seeds scored, ``per_seed`` numbers, and ``test_reads``
-        (the family's total).
+        seeds) for every mode that all seeds scored, ``per_seed`` numbers (with each seed's
+        chemistry agreement when the runs scored a compiled chemistry, and the family's
+        ``chemistry_agreement_min``), and ``test_reads`` (the family's total).
     """
     seeds = sorted(per_seed)
     modes = [
@@ -189,17 +197,33 @@ def seed_family_metrics(
         mean, std = _mean_std([float(per_seed[s]["accuracy"][mode]) for s in seeds])
         accuracy[f"{mode}_mean"] = mean
         accuracy[f"{mode}_std"] = std
+    family: dict[str, Any] = {}
+    if all("chemistry" in per_seed[s] for s in seeds):  # evaluation.chemistry
+        family["chemistry_agreement_min"] = min(
+            float(per_seed[s]["chemistry"]["agreement"]) for s in seeds
+        )
     return {
         "name": name,
         "seeds": seeds,
         "accuracy": accuracy,
-        "per_seed": {
-            str(s): {"accuracy": per_seed[s]["accuracy"], "folder": f"seed-{s}"} for s in seeds
-        },
+        **family,
+        "per_seed": {str(s): _seed_entry(s, per_seed[s]) for s in seeds},
         "test_reads": sum(int(per_seed[s].get("test_reads", 0)) for s in seeds),
         "std": "sample standard deviation over seeds (n - 1)",
         "config": dict(config),
     }
+
+
+#: Per-seed numbers of a run's ``chemistry`` record that a family's metrics carry.
+_CHEMISTRY_KEYS = ("agreement", "max_abs_output_difference", "accuracy_closed_form", "n_test")
+
+
+def _seed_entry(seed: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One seed's line in a family's ``per_seed``: accuracy, folder, chemistry agreement."""
+    entry: dict[str, Any] = {"accuracy": metrics["accuracy"], "folder": f"seed-{seed}"}
+    if "chemistry" in metrics:
+        entry["chemistry"] = {k: metrics["chemistry"][k] for k in _CHEMISTRY_KEYS}
+    return entry
 
 
 def grid_folder(key: str, value: Any) -> str:
@@ -285,13 +309,18 @@ QUICK_TWIN = {"n_samples": 2000, "max_steps": 50}
 #: simulation costs in proportion to its steps (400 for a window of 40 at dt = 0.1), and a smoke
 #: run only has to go through every part once.
 QUICK_WINDOW_STEPS = 10
+#: ``--quick``: the most sweep points. An MLP twin's fit costs in proportion to the points (a
+#: 128-128 twin on 16,384 points takes many minutes on 2 cores), and a smoke run only has to
+#: fit one; a sweep left at its default size (``points = 0``) is kept.
+QUICK_SWEEP_POINTS = 512
 
 
 def quick_config(config: Any) -> Any:
     """``config`` shrunk into a smoke run (``run --quick`` and ``reproduce --quick``).
 
     At most :data:`QUICK_TRAIN` training and :data:`QUICK_TEST` test images, one epoch per
-    stage (or at most :data:`QUICK_SAMPLES` samples), no weight averaging, a neuron twin fitted
+    stage (or at most :data:`QUICK_SAMPLES` samples), a sweep of at most
+    :data:`QUICK_SWEEP_POINTS` points, no weight averaging, a neuron twin fitted
     on at most :data:`QUICK_TWIN` drives and steps, a time-coupled network's window cut to at
     most :data:`QUICK_WINDOW_STEPS` solver steps (same step), at most two seeds, and the first
     and last value of a grid. The
@@ -311,6 +340,7 @@ def quick_config(config: Any) -> Any:
         limit = data["data"].get(key)
         data["data"][key] = min(limit, most) if limit else most
     data["training"]["epochs"] = 1
+    data["sweep"]["points"] = min(data["sweep"]["points"], QUICK_SWEEP_POINTS)
     for stage in data["training"]["stages"]:
         if stage.get("method") == "recharacterize":
             continue  # trains nothing: its budget is device points, not epochs
@@ -384,3 +414,249 @@ def _measurements_in_folder(config: Any, folder: Path) -> Any:
     measurements = m.model_copy(update={"path": str(copy.resolve())})
     device = config.device.model_copy(update={"measurements": measurements})
     return config.model_copy(update={"device": device})
+
+
+# --------------------------------------------------------------------------------------------
+# Reproduce entries: how each committed result runs again, in full and as a smoke run
+# --------------------------------------------------------------------------------------------
+
+#: The file beside a result's ``metrics.json`` that says how to run it again (see
+#: :func:`reproduce_entry`); a result made by ``quasineuron run`` needs none.
+REPRODUCE_FILE = "reproduce.json"
+
+_ENTRY_KEYS = {"command", "quick", "metrics", "expect", "needs", "not_in_ci", "not_reproducible"}
+#: What a command may need beyond the package: the MNIST files (``--data-dir``) or ngspice.
+NEEDS = ("mnist", "ngspice")
+
+
+@dataclass(frozen=True)
+class ReproduceEntry:
+    """How a committed result runs again.
+
+    Either ``config`` (a run of the run protocol: :func:`reproduce_config` and
+    ``run_pipeline``) or ``command``/``quick`` (command lines run in order from the repository
+    root), or neither, with ``not_reproducible`` saying why.
+
+    Attributes:
+        folder: The result folder.
+        config: The result's run config (None for a result made by a script).
+        command: The full form: command lines with ``{out}`` and ``{data_dir}`` placeholders.
+        quick: The smoke form (same placeholders), or None.
+        metrics: Where the run writes its ``metrics.json``, relative to ``{out}``.
+        expect: Dotted keys the quick form's ``metrics.json`` must hold.
+        needs: What it needs beyond the package (:data:`NEEDS`).
+        not_in_ci: Why the quick form is not run in CI (a timing, a GPU), or None.
+        not_reproducible: Why the result cannot be run again, or None.
+    """
+
+    folder: Path
+    config: Any = None
+    command: tuple[str, ...] = ()
+    quick: tuple[str, ...] | None = None
+    metrics: str = "metrics.json"
+    expect: tuple[str, ...] = ("accuracy",)
+    needs: tuple[str, ...] = ()
+    not_in_ci: str | None = None
+    not_reproducible: str | None = None
+
+
+def _lines(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RunFolderError(f"{what} must be a command line or a list of them, got {value!r}")
+    return tuple(value)
+
+
+def reproduce_entry(result: str | Path) -> ReproduceEntry:
+    """How the committed result in ``result`` runs again.
+
+    ``reproduce.json`` when the folder has one: ``command`` (a command line or a list, run in
+    order from the repository root, with ``{out}`` and ``{data_dir}`` placeholders), ``quick``
+    (the smoke form, or null), ``metrics`` (where the run writes its metrics, relative to
+    ``{out}``; default ``metrics.json``), ``expect`` (keys the smoke form's metrics must hold;
+    default ``["accuracy"]``), ``needs`` (``mnist``, ``ngspice``), ``not_in_ci`` (why the
+    smoke form is not run in CI) or, instead of the commands, ``not_reproducible`` (why the
+    result cannot be run again). Without the file, the config stored with the result (see
+    :func:`reproduce_config`).
+
+    Args:
+        result: The result folder.
+
+    Returns:
+        The folder's :class:`ReproduceEntry`.
+
+    Raises:
+        RunFolderError: If ``reproduce.json`` is malformed, or the folder has neither it nor a
+            config.
+    """
+    from quasineuron.config import ConfigError
+
+    folder = Path(result)
+    path = folder / REPRODUCE_FILE
+    if not path.is_file():
+        try:
+            config = reproduce_config(folder)
+        except ConfigError:
+            raise RunFolderError(
+                f"{folder} holds no {REPRODUCE_FILE} and no config; add a {REPRODUCE_FILE} "
+                'with "command" and "quick" (the command lines that made it), or '
+                '"not_reproducible" with the reason'
+            ) from None
+        needs = ["mnist"] if config.data.name == "mnist" else []
+        if config.network.kind == "device" and config.device.name.startswith("spice-"):
+            needs.append("ngspice")
+        expect: tuple[str, ...] = ("accuracy",)
+        if config.experiment.vary:  # a grid: one point per value
+            expect = ("accuracy", "vary", "per_value")
+        elif config.experiment.seeds:
+            expect = ("accuracy", "seeds")
+        return ReproduceEntry(folder, config=config, needs=tuple(needs), expect=expect)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc}); fix the file") from None
+    if not isinstance(doc, dict) or set(doc) - _ENTRY_KEYS:
+        extra = sorted(set(doc) - _ENTRY_KEYS) if isinstance(doc, dict) else doc
+        raise RunFolderError(
+            f"{path}: unknown keys {extra}; a reproduce entry takes {sorted(_ENTRY_KEYS)}"
+        )
+    reason = doc.get("not_reproducible")
+    if reason is not None:
+        if not isinstance(reason, str) or not reason.strip() or "command" in doc:
+            raise RunFolderError(
+                f"{path}: not_reproducible must be a non-empty reason and comes without a "
+                "command; give one or the other"
+            )
+        return ReproduceEntry(folder, not_reproducible=reason, expect=())
+    if "command" not in doc:
+        raise RunFolderError(
+            f"{path} gives neither command nor not_reproducible; give the command lines that "
+            "made the result, or the reason it cannot be run again"
+        )
+    needed = tuple(doc.get("needs", ()))
+    if not set(needed) <= set(NEEDS):
+        raise RunFolderError(f"{path}: needs {list(needed)}; known needs are {list(NEEDS)}")
+    quick = doc.get("quick")
+    not_in_ci = doc.get("not_in_ci")
+    if quick is None and not not_in_ci:
+        raise RunFolderError(
+            f'{path} has no quick form; give "quick" (a smoke run of the same command) or '
+            '"not_in_ci" with the reason it cannot have one'
+        )
+    return ReproduceEntry(
+        folder,
+        command=_lines(doc["command"], f"{path}: command"),
+        quick=None if quick is None else _lines(quick, f"{path}: quick"),
+        metrics=str(doc.get("metrics", "metrics.json")),
+        expect=tuple(doc.get("expect", ("accuracy",))),
+        needs=needed,
+        not_in_ci=not_in_ci,
+    )
+
+
+def reproduce_commands(
+    entry: ReproduceEntry,
+    *,
+    out: str | Path,
+    quick: bool = False,
+    data_dir: str | Path | None = None,
+) -> list[tuple[dict[str, str], list[str]]]:
+    """The argument lists that run a command entry again, placeholders filled in.
+
+    ``python`` becomes this interpreter and ``quasineuron`` this package's command line, so
+    the commands run the installed code; leading ``NAME=value`` words are environment
+    variables for the command.
+
+    Args:
+        entry: A command entry (:func:`reproduce_entry`).
+        out: The folder for the new run (``{out}``).
+        quick: The smoke form instead of the full one.
+        data_dir: The MNIST folder (``{data_dir}``).
+
+    Returns:
+        ``(environment additions, argv)`` per command line, in order.
+
+    Raises:
+        NotReproducibleError: If the entry cannot be run again, or has no quick form.
+        RunFolderError: If a command needs ``--data-dir`` and none was given.
+    """
+    import shlex
+    import sys
+
+    if entry.not_reproducible:
+        raise NotReproducibleError(f"{entry.folder} cannot be run again: {entry.not_reproducible}")
+    lines = entry.quick if quick else entry.command
+    if lines is None:
+        raise NotReproducibleError(
+            f"{entry.folder} has no quick form ({entry.not_in_ci}); run it in full without --quick"
+        )
+    out_path = str(Path(out).resolve())
+    runs = []
+    for line in lines:
+        if "{data_dir}" in line and data_dir is None:
+            raise RunFolderError(
+                f"{entry.folder} reads the MNIST files: give --data-dir PATH/TO/MNIST"
+            )
+        words = shlex.split(line)
+        env: dict[str, str] = {}
+        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+        data = str(Path(data_dir).resolve()) if data_dir is not None else ""
+        words = [w.replace("{out}", out_path).replace("{data_dir}", data) for w in words]
+        if words[0] == "python":
+            words[0] = sys.executable
+        elif words[0] == "quasineuron":
+            code = "import sys; from quasineuron.cli import main; sys.exit(main(sys.argv[1:]))"
+            words = [sys.executable, "-c", code, *words[1:]]
+        runs.append((env, words))
+    return runs
+
+
+def repository_root(folder: str | Path) -> Path:
+    """The repository a result folder ``ROOT/docs/results/NAME`` belongs to (ROOT)."""
+    folder = Path(folder).resolve()
+    if folder.parent.name == "results" and folder.parent.parent.name == "docs":
+        return folder.parents[2]
+    return Path.cwd()
+
+
+def run_reproduce(
+    result: str | Path,
+    *,
+    out: str | Path,
+    quick: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Run a committed result again (in full or as a smoke run) into ``out``.
+
+    Args:
+        result: The result folder.
+        out: The folder for the new run.
+        quick: The smoke form.
+        data_dir: The MNIST folder.
+        progress: Show progress bars (run-protocol results).
+
+    Returns:
+        The path of the new run's ``metrics.json``.
+
+    Raises:
+        NotReproducibleError: If the result records why it cannot be run again.
+        subprocess.CalledProcessError: If a command of the entry fails.
+    """
+    import os
+    import subprocess
+
+    entry = reproduce_entry(result)
+    if entry.config is not None:
+        from quasineuron.pipeline import run_pipeline
+
+        config = quick_config(entry.config) if quick else entry.config
+        run_pipeline(config, out, data_dir=data_dir, progress=progress)
+        return Path(out) / "metrics.json"
+    root = repository_root(entry.folder)
+    for env, argv in reproduce_commands(entry, out=out, quick=quick, data_dir=data_dir):
+        subprocess.run(argv, cwd=root, env={**os.environ, **env}, check=True)
+    return Path(out) / entry.metrics

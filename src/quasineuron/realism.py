@@ -580,7 +580,8 @@ def run_one(
         extra = _derivative_free(trained_on, train, route, seed, left, n_neurons)
         device_evals += extra["optimizer"]["device_evaluations"]
     elif route.recharacterize:
-        first = s.epochs // 2
+        # each stage trains at least one epoch, so a one-epoch smoke run (--quick) trains two
+        first = max(1, s.epochs // 2)
         half = None if allowed is None else max(allowed // 2 // s.batch_size, 1) * s.batch_size
         result, strategy = stage(first, seed, half)
         masked += strategy.masked_rows
@@ -599,7 +600,7 @@ def run_one(
         device_evals += rc.n_new
         active = rc.to_dict()
         rest = None if allowed is None or half is None else max(allowed - half, s.batch_size)
-        result, strategy = stage(s.epochs - first, seed + 1, rest)
+        result, strategy = stage(max(1, s.epochs - first), seed + 1, rest)
     else:
         result, strategy = stage(s.epochs, seed, allowed)
     if route.mode != "derivative-free":

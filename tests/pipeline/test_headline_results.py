@@ -12,7 +12,7 @@ from quasineuron.config import config_hash, load_config, parse_config
 from quasineuron.protocol import reproduce_config
 
 ROOT = Path(__file__).parents[2]
-FAMILIES = ("almost-neuron-mnist", "spice-mnist")
+FAMILIES = ("almost-neuron-mnist", "spice-mnist", "reaction-mnist")
 
 
 def _metrics(name: str) -> dict:
@@ -40,3 +40,20 @@ def test_a_headline_family_reports_mean_and_std_over_at_least_three_seeds(name: 
     assert metrics["accuracy"]["device_mean"] == pytest.approx(statistics.fmean(per_seed))
     assert metrics["accuracy"]["device_std"] == pytest.approx(statistics.stdev(per_seed))
     assert metrics["accuracy"]["device_std"] > 0
+
+
+def test_reaction_mnist_runs_in_chemistry_as_in_closed_form_on_every_seed() -> None:
+    metrics = _metrics("reaction-mnist")
+    agreements = []
+    for seed in metrics["seeds"]:
+        entry = metrics["per_seed"][str(seed)]
+        chem = entry["chemistry"]
+        # every test image, simulated to steady state in the compiled chemistry
+        assert chem["n_test"] == 10_000
+        assert chem["max_abs_output_difference"] < 1e-9
+        assert entry["accuracy"]["chemistry"] == chem["accuracy_closed_form"]
+        agreements.append(chem["agreement"])
+    assert metrics["chemistry_agreement_min"] == min(agreements) == 1.0
+    assert metrics["accuracy"]["chemistry_mean"] == pytest.approx(
+        metrics["accuracy"]["device_mean"]
+    )

@@ -21,6 +21,17 @@ def test_a_quick_run_of_one_scenario_writes_metrics(tmp_path: Path) -> None:
     assert [sc["name"] for sc in m["scenarios"]] == ["exact-twin"]
 
 
+def test_a_one_epoch_run_of_a_recharacterizing_route_trains_one_epoch_per_stage(
+    tmp_path: Path,
+) -> None:
+    # the route trains, recharacterizes, and trains again: at one epoch, neither stage is empty
+    out = tmp_path / "realism"
+    args = ["--quick", "--scenario", "steep-threshold", "--hidden", "4", "--max-train", "100"]
+    assert main(["realism", *args, "--out", str(out)]) == 0
+    (scenario,) = json.loads((out / "metrics.json").read_text())["scenarios"]
+    assert "physics-aware+recharacterize" in json.dumps(scenario)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -210,3 +210,18 @@ def test_a_run_folder_alone_reproduces_a_measured_run(tmp_path: Path) -> None:
     second = _run(again.model_dump(mode="json"), tmp_path / "again")
     assert second["measurements"]["sha256"] == first["measurements"]["sha256"]
     assert second["accuracy"] == first["accuracy"]
+
+
+def test_the_config_hash_counts_the_measurements_by_content_not_by_path(tmp_path: Path) -> None:
+    from quasineuron.config import config_hash
+
+    (tmp_path / "a").mkdir()
+    here = _write_measurements(tmp_path / "a" / "lab.csv", n=11, repeats=1)
+    there = tmp_path / "elsewhere" / "moved.csv"
+    there.parent.mkdir()
+    there.write_bytes(here.read_bytes())
+    # the same file in another folder (another machine, a moved run) hashes the same ...
+    assert config_hash(parse_config(_cfg(str(here)))) == config_hash(parse_config(_cfg(str(there))))
+    # ... and an edited file does not
+    there.write_bytes(here.read_bytes() + b"0.0,0.0\n")
+    assert config_hash(parse_config(_cfg(str(here)))) != config_hash(parse_config(_cfg(str(there))))
