@@ -119,7 +119,8 @@ def main() -> None:
     )
     # name -> (network, mode, twin or None, fused)
     cases: dict[str, tuple[torch.nn.Module, Any, Any, bool]] = {
-        "plain_mlp": (mlp, None, None, True)
+        "plain_mlp": (mlp, None, None, True),
+        "two_drive_floor": (_TwoDriveFloor(args.hidden), None, None, True),
     }
     for name, dev, conn, n in (
         ("one_drive", qn.ideal_neuron("tanh"), qn.Linear(), 401),
