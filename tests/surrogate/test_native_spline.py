@@ -166,3 +166,20 @@ def test_network_step_equals_torch_path(connection):
         )
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_split_over_threads_give_the_same_result(monkeypatch):
+    twin = _twin(2, 1, uniform=True).to(torch.float64)
+    twin.policy = "clamp"
+    u = _drives(twin, 1001, torch.float64)  # not a multiple of the thread count
+    y_t, g_t, n_t = _run(twin, u, fused=False)
+    monkeypatch.setattr(_native, "ROWS_PER_THREAD", 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        y_f, g_f, n_f = _run(twin, u, fused=True)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y_f, y_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_f, g_t, rtol=1e-12, atol=1e-12)
+    assert n_f == n_t > 0

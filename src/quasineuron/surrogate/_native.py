@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -299,9 +300,7 @@ def spline_eval(
     value = torch.empty(batch, grid.n_out, dtype=u.dtype)
     jac = torch.empty(batch, grid.d, grid.n_out, dtype=u.dtype) if jacobian else None
     fn = lib.spline_f32 if u.dtype == torch.float32 else lib.spline_f64
-    outside = fn(
-        0,
-        batch,
+    args = (
         grid.d,
         grid.n_out,
         grid.ncell.data_ptr(),
@@ -317,4 +316,40 @@ def spline_eval(
         value.data_ptr(),
         None if jac is None else jac.data_ptr(),
     )
+    # Rows are independent: large batches are split over torch's intra-op thread count, the
+    # cores the GEMMs around the twin use (ctypes releases the GIL during each call).
+    n = min(torch.get_num_threads(), batch // ROWS_PER_THREAD, _MAX_THREADS)
+    if n <= 1:
+        return value, jac, int(fn(0, batch, *args))
+    edges = [batch * i // n for i in range(n + 1)]
+    pool = _pool(n - 1)
+    futures = [pool.submit(fn, edges[i], edges[i + 1], *args) for i in range(1, n)]
+    outside = fn(edges[0], edges[1], *args) + sum(f.result() for f in futures)
     return value, jac, int(outside)
+
+
+#: Below this many rows per thread, waking a thread costs more than it saves (a thread
+#: hand-off is some ten microseconds; a row is a few nanoseconds).
+ROWS_PER_THREAD = 8192
+_MAX_THREADS = 8
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def _forget_pool() -> None:
+    # a forked child inherits the pool object but not its threads
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _LOCK:
+        if _POOL is None or _POOL_SIZE < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qn-spline")
+            _POOL_SIZE = n
+        return _POOL
