@@ -10,7 +10,8 @@ set the time. This kernel does all of it row by row in one loop: per drive it ch
 (counting rows outside, clipping them under ``"clamp"``), finds the cell, and contracts the
 cell's ``4**n_in`` coefficients to the value and, when a gradient is needed, the Jacobian with
 respect to every drive (zero across a clip, as the clamp's gradient is). The backward pass is
-then one multiply by the saved Jacobian.
+then one multiply by the saved Jacobian. Rows are independent, so a large batch is split over
+torch's intra-op thread count (``torch.get_num_threads()``).
 
 The arithmetic is the torch path's, in the same order (Horner along the last drive first); C is
 compiled in ISO mode (``-std=c99``), which contracts no multiply-add into an FMA, so results
