@@ -246,11 +246,11 @@ class NativeGrid:
     """A spline's grid and coefficients laid out for the kernel, in one dtype.
 
     Args:
-        nodes: Grid nodes per drive, ``n_in`` tensors of shape (n_k,), in the target dtype.
-        coef: Cell coefficients (n_cells, 4**n_in, n_out), in the target dtype.
+        nodes: Grid nodes per drive, ``n_in`` tensors of shape (n_k,), in the kernel's dtype.
+        coef: Cell coefficients (n_cells, 4**n_in, n_out), in the kernel's dtype.
         uniform: Whether each axis is uniform (then its cell is found by a division).
-        low: Domain lower bounds (n_in,), in the target dtype.
-        high: Domain upper bounds (n_in,), in the target dtype.
+        low: Domain lower bounds (n_in,), in the kernel's dtype.
+        high: Domain upper bounds (n_in,), in the kernel's dtype.
     """
 
     def __init__(

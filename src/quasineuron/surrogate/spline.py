@@ -191,7 +191,7 @@ class SplineSurrogate(AbstractSurrogate):
         arithmetic as the torch path. ``False`` (or no C compiler, a GPU tensor, another dtype,
         more than eight outputs, or ``compiled = True``) uses the torch path.
         """
-        return self._fused
+        return getattr(self, "_fused", True)
 
     @fused.setter
     def fused(self, value: bool) -> None:
@@ -223,8 +223,9 @@ class SplineSurrogate(AbstractSurrogate):
 
     def _native_library(self, u: torch.Tensor) -> Any:
         """The native kernel if it applies to drives ``u``, else None."""
+        # getattr: a twin pickled before these attributes existed loads without them
         if (
-            not self._fused
+            not getattr(self, "_fused", True)
             or self._compiled is not None
             or u.device.type != "cpu"
             or u.dtype not in _native.NATIVE_DTYPES
@@ -236,13 +237,14 @@ class SplineSurrogate(AbstractSurrogate):
         return _native.library()
 
     def _native_grid(self, dtype: torch.dtype) -> _native.NativeGrid:
-        grid = self._native_grids.get(dtype)
+        grids = self.__dict__.setdefault("_native_grids", {})
+        grid = grids.get(dtype)
         if grid is None:
             nodes = [getattr(self, f"nodes{k}").to(dtype) for k in range(self.n_in)]
             grid = _native.NativeGrid(
                 nodes, self.coef.to(dtype), self._uniform, self._low.to(dtype), self._high.to(dtype)
             )
-            self._native_grids[dtype] = grid
+            grids[dtype] = grid
         return grid
 
     def _kernel(
