@@ -24,8 +24,9 @@ from pathlib import Path
 
 __all__ = ["build_library", "cache_dir", "find_compiler", "machine_key", "thread_pool"]
 
-# -O3 and the CPU's own vector width: the kernels' lane loops vectorise
-_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
+_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c99")
+# the CPU's own vector width: the kernels' lane loops vectorise
+_NATIVE_ARCH = ("-march=native",)
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -73,7 +74,12 @@ def find_compiler() -> str | None:
 
 
 def build_library(
-    name: str, source: str, *, extra_flags: tuple[str, ...] = (), key: str = ""
+    name: str,
+    source: str,
+    *,
+    extra_flags: tuple[str, ...] = (),
+    key: str = "",
+    native_arch: bool = True,
 ) -> ctypes.CDLL:
     """Compile ``source`` (or reuse its cached build) and load it.
 
@@ -82,6 +88,8 @@ def build_library(
         source: The C source.
         extra_flags: Compiler flags after the default ``-O3 -march=native``; part of the key.
         key: Anything else the build depends on; part of the key.
+        native_arch: Compile for this CPU (``-march=native``, keyed by the CPU's features);
+            False builds portable code, keyed by the source and the compiler only.
 
     Returns:
         The loaded library.
@@ -95,7 +103,8 @@ def build_library(
     if cc is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH; set CC to one")
     salt = key + "".join(extra_flags)
-    digest = hashlib.sha256((source + machine_key() + cc + salt).encode()).hexdigest()[:16]
+    arch = machine_key() if native_arch else ""
+    digest = hashlib.sha256((source + arch + cc + salt).encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{digest}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +112,8 @@ def build_library(
             c_file = Path(tmp) / f"{name}.c"
             c_file.write_text(source)
             so = Path(tmp) / f"{name}.so"
-            cmd = [cc, *_FLAGS, *extra_flags, "-o", str(so), str(c_file)]
+            flags = (*_FLAGS, *(_NATIVE_ARCH if native_arch else ()), *extra_flags)
+            cmd = [cc, *flags, "-o", str(so), str(c_file)]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True)
             except OSError as exc:  # CC names a file that is not there or not executable

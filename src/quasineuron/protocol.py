@@ -182,7 +182,9 @@ def seed_family_metrics(
         ``seeds``, ``accuracy.<mode>_mean`` and ``accuracy.<mode>_std`` (sample std over
         seeds) for every mode that all seeds scored, ``per_seed`` numbers (with each seed's
         chemistry agreement when the runs scored a compiled chemistry, and the family's
-        ``chemistry_agreement_min``), and ``test_reads`` (the family's total).
+        ``chemistry_agreement_min``), ``twin`` (the twin's fidelity record when every seed
+        fitted the same twin, as the sweep and the twin do not take the family's seed; each
+        seed's own otherwise, in ``per_seed``), and ``test_reads`` (the family's total).
     """
     seeds = sorted(per_seed)
     modes = [
@@ -202,12 +204,16 @@ def seed_family_metrics(
         family["chemistry_agreement_min"] = min(
             float(per_seed[s]["chemistry"]["agreement"]) for s in seeds
         )
+    twins = [per_seed[s].get("twin") for s in seeds]
+    shared_twin = twins[0] is not None and all(t == twins[0] for t in twins)
+    if shared_twin:
+        family["twin"] = twins[0]
     return {
         "name": name,
         "seeds": seeds,
         "accuracy": accuracy,
         **family,
-        "per_seed": {str(s): _seed_entry(s, per_seed[s]) for s in seeds},
+        "per_seed": {str(s): _seed_entry(s, per_seed[s], twin=not shared_twin) for s in seeds},
         "test_reads": sum(int(per_seed[s].get("test_reads", 0)) for s in seeds),
         "std": "sample standard deviation over seeds (n - 1)",
         "config": dict(config),
@@ -218,9 +224,15 @@ def seed_family_metrics(
 _CHEMISTRY_KEYS = ("agreement", "max_abs_output_difference", "accuracy_closed_form", "n_test")
 
 
-def _seed_entry(seed: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One seed's line in a family's ``per_seed``: accuracy, folder, chemistry agreement."""
+def _seed_entry(seed: int, metrics: Mapping[str, Any], *, twin: bool) -> dict[str, Any]:
+    """One seed's line in a family's ``per_seed``.
+
+    Accuracy, folder, chemistry agreement, and the seed's twin record when ``twin`` (the
+    seeds fitted different twins).
+    """
     entry: dict[str, Any] = {"accuracy": metrics["accuracy"], "folder": f"seed-{seed}"}
+    if twin and metrics.get("twin") is not None:
+        entry["twin"] = metrics["twin"]
     if "chemistry" in metrics:
         entry["chemistry"] = {k: metrics["chemistry"][k] for k in _CHEMISTRY_KEYS}
     return entry

@@ -197,8 +197,11 @@ class LinearMap(ConnectionMap):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map inputs x (batch, n_in) to drives u (batch, n_neurons, n_drives)."""
         w = self.weight if self.dense else self.weight * self.mask
-        u = (x @ w).view(x.shape[0], self.n_neurons, self.n_drives)
-        return u if self.bias is None else u + self.bias
+        if self.bias is None:
+            return (x @ w).view(x.shape[0], self.n_neurons, self.n_drives)
+        # the bias added inside the GEMM: one operation (and one autograd node) fewer per step
+        u = torch.addmm(self.bias.reshape(-1), x, w)
+        return u.view(x.shape[0], self.n_neurons, self.n_drives)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +269,9 @@ class TwoDriveMap(ConnectionMap):
         a = self.weight if self.dense else self.weight * self.mask
         batch = x.shape[0]
         s = torch.cat((x, x * x)) @ a  # one GEMM for both drives: rows [x·A; x²·A]
-        s1, s2 = s[:batch], s[batch:]
+        # unbind, not two slices: its backward is one stack, where each slice's backward
+        # would fill a zero tensor of the whole (2 * batch, n_neurons) and add the two
+        s1, s2 = s.view(2, batch, -1).unbind(0)
         if self.bias is not None:
             s1 = s1 + self.bias
         return torch.stack((s1, s2), dim=-1)

@@ -221,13 +221,7 @@ class AbstractSurrogate(AbstractDevice):
             ValueError: If ``u`` has the wrong shape or is not floating point.
             OutOfDomainError: Under ``policy="raise"``, if a drive is outside the domain.
         """
-        if u.ndim != 2 or u.shape[1] != self.n_in:
-            raise ValueError(
-                f"{self.name} expects drives of shape (batch, {self.n_in}), got "
-                f"{tuple(u.shape)}; add a batch dimension with u.reshape(-1, {self.n_in})"
-            )
-        if not u.is_floating_point():
-            raise ValueError(f"{self.name} expects floating drives, got dtype {u.dtype}")
+        self._check_drives(u)
         low = self._low.to(dtype=u.dtype, device=u.device)
         high = self._high.to(dtype=u.dtype, device=u.device)
         if u.shape[0]:
@@ -240,6 +234,16 @@ class AbstractSurrogate(AbstractDevice):
         evaluate = getattr(self, "_compiled_evaluate", None) or self._evaluate
         return evaluate(u)
 
+    def _check_drives(self, u: torch.Tensor) -> None:
+        """Raise ValueError unless ``u`` is a floating (batch, n_in) tensor."""
+        if u.ndim != 2 or u.shape[1] != self.n_in:
+            raise ValueError(
+                f"{self.name} expects drives of shape (batch, {self.n_in}), got "
+                f"{tuple(u.shape)}; add a batch dimension with u.reshape(-1, {self.n_in})"
+            )
+        if not u.is_floating_point():
+            raise ValueError(f"{self.name} expects floating drives, got dtype {u.dtype}")
+
     def _out_of_domain(
         self, u: torch.Tensor, outside: torch.Tensor, low: torch.Tensor, high: torch.Tensor
     ) -> torch.Tensor:
@@ -248,6 +252,11 @@ class AbstractSurrogate(AbstractDevice):
         self.n_out_of_domain += n
         if self._policy == "clamp":
             return torch.clamp(u, low, high)
+        self._refuse_or_warn(u, n)
+        return u
+
+    def _refuse_or_warn(self, u: torch.Tensor, n: int) -> None:
+        """Under ``"raise"`` raise, under ``"warn"`` warn, that ``n`` rows of ``u`` are outside."""
         seen_lo = u.detach().amin(dim=0).tolist()
         seen_hi = u.detach().amax(dim=0).tolist()
         msg = (
@@ -266,7 +275,6 @@ class AbstractSurrogate(AbstractDevice):
             OutOfDomainWarning,
             stacklevel=_user_stacklevel(),
         )
-        return u
 
     @abc.abstractmethod
     def _evaluate(self, u: torch.Tensor) -> torch.Tensor:

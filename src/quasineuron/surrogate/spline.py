@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from scipy.interpolate import CubicSpline
 
 from quasineuron.devices.base import Box
+from quasineuron.surrogate import _native
 from quasineuron.surrogate.base import AbstractSurrogate, DomainPolicy
 
 __all__ = ["MAX_SPLINE_DRIVES", "SplineSurrogate"]
@@ -93,7 +94,9 @@ class SplineSurrogate(AbstractSurrogate):
         self.register_buffer("coef", torch.as_tensor(coef, dtype=torch.float64))
         self._uniform = [_is_uniform(getattr(self, f"nodes{k}")) for k in range(n_in)]
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Any, ...]] = {}
+        self._native_grids: dict[torch.dtype, _native.NativeGrid] = {}
         self._compiled: Any = None
+        self.fused = True
 
     # -- construction ------------------------------------------------------------------------
 
@@ -151,6 +154,7 @@ class SplineSurrogate(AbstractSurrogate):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # .to()/.cuda() may change the buffers: drop the per-dtype copies.
         self._cache = {}
+        self._native_grids = {}
         return super()._apply(fn, recurse)
 
     def _cast(self, u: torch.Tensor) -> tuple[Any, ...]:
@@ -177,6 +181,72 @@ class SplineSurrogate(AbstractSurrogate):
     @compiled.setter
     def compiled(self, value: bool) -> None:
         self._compiled = torch.compile(self._value_and_jacobian, dynamic=True) if value else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether CPU evaluation in float32/float64 runs through the native fused kernel.
+
+        On by default. The kernel (see ``surrogate/_native.py``) does the domain check, the
+        cell lookup, the value and the Jacobian in one pass per drive row, with the same
+        arithmetic as the torch path. ``False`` (or no C compiler, a GPU tensor, another dtype,
+        more than eight outputs, or ``compiled = True``) uses the torch path.
+        """
+        return getattr(self, "_fused", True)
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"fused must be True or False, got {value!r}")
+        self._fused = value
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Evaluate the twin; see :meth:`AbstractSurrogate.forward` (same contract and errors)."""
+        lib = self._native_library(u)
+        if lib is None:
+            return super().forward(u)
+        self._check_drives(u)
+        grid = self._native_grid(u.dtype)
+        clamp = self._policy == "clamp"
+        if torch.is_grad_enabled() and u.requires_grad:
+            count: list[int] = []
+            value = _NativeSplineFunction.apply(u, lib, grid, clamp, count)
+            outside = count[0]
+        else:
+            value, _, outside = _native.spline_eval(
+                lib, grid, u.detach().contiguous(), clamp=clamp, jacobian=False
+            )
+        if outside:
+            self.n_out_of_domain += outside
+            if not clamp:
+                self._refuse_or_warn(u, outside)
+        return value
+
+    def _native_library(self, u: torch.Tensor) -> Any:
+        """The native kernel if it applies to drives ``u``, else None."""
+        # getattr: a twin pickled before these attributes existed loads without them
+        if (
+            not getattr(self, "_fused", True)
+            or self._compiled is not None
+            or u.device.type != "cpu"
+            or u.dtype not in _native.NATIVE_DTYPES
+            or self.n_out > _native.MAX_NATIVE_OUTPUTS
+            or u.ndim != 2
+            or u.shape[0] == 0
+        ):
+            return None
+        return _native.library()
+
+    def _native_grid(self, dtype: torch.dtype) -> _native.NativeGrid:
+        grids = self.__dict__.setdefault("_native_grids", {})
+        grid = grids.get(dtype)
+        if grid is None:
+            nodes = [getattr(self, f"nodes{k}").to(dtype) for k in range(self.n_in)]
+            coef = cast(torch.Tensor, self.coef)
+            grid = _native.NativeGrid(
+                nodes, coef.to(dtype), self._uniform, self._low.to(dtype), self._high.to(dtype)
+            )
+            grids[dtype] = grid
+        return grid
 
     def _kernel(
         self, u: torch.Tensor, *, jacobian: bool
@@ -287,6 +357,39 @@ class _SplineFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (jac,) = ctx.saved_tensors
         return torch.einsum("bo,bio->bi", grad, jac), None
+
+
+class _NativeSplineFunction(torch.autograd.Function):
+    """The native kernel's value in the forward; its saved Jacobian in the backward.
+
+    ``count`` (a list) receives the number of drive rows outside the domain.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        u: torch.Tensor,
+        lib: Any,
+        grid: _native.NativeGrid,
+        clamp: bool,
+        count: list[int],
+    ) -> torch.Tensor:
+        value, jac, outside = _native.spline_eval(
+            lib, grid, u.detach().contiguous(), clamp=clamp, jacobian=True
+        )
+        count.append(outside)
+        ctx.save_for_backward(jac)
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (jac,) = ctx.saved_tensors
+        if jac.shape[2] == 1:  # one output: (batch, n_in) * (batch, 1), no reduction
+            g = jac.view(jac.shape[0], jac.shape[1]) * grad
+        else:
+            g = torch.einsum("bo,bio->bi", grad, jac)
+        return g, None, None, None, None
 
 
 def _is_uniform(x: torch.Tensor) -> bool:
