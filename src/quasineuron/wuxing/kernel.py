@@ -347,6 +347,62 @@ static void back_rk4_SUF(const net_SUF* n, const REAL* restrict E, const REAL* r
   rhs_vjp_SUF(n, E, c, v, g, gc, gp);
 }
 
+/* one Euler or Heun step of the reverse's recomputation, E1 = the step from E0 (clipped; the
+   arithmetic of step_SUF), keeping what the step's reverse needs: Heun's stage state Et and,
+   with the clip, ok = 1 where the gradient passes it (lo <= E1 <= hi before the clip), else 0.
+   The reverse then needs no right-hand side of its own, only the two transposed ones.
+   Work space w: one (S, W) array. */
+static void step_keep_SUF(const net_SUF* n, const REAL* restrict E0, REAL* restrict E1,
+                          const REAL* restrict drive, const REAL* restrict c, REAL* restrict w,
+                          REAL* restrict Et, REAL* restrict ok) {
+  const int S = n->S;
+  const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h), lo = (REAL)n->lo, hi = (REAL)n->hi;
+  REAL u[W];
+  for (int s = 0; s < S; s++) {
+    const size_t o = (size_t)s * W;
+    REAL* k = w + o;
+    const REAL* x = E0 + o;
+    f_slot_SUF(n, s, E0, drive, c, k);
+    if (n->solver == 1) {
+      REAL* t = Et + o;
+      SIMD for (int l = 0; l < W; l++) t[l] = x[l] + h * k[l];
+    }
+  }
+  for (int s = 0; s < S; s++) {
+    const size_t o = (size_t)s * W;
+    const REAL *x = E0 + o, *k = w + o;
+    REAL* y = E1 + o;
+    if (n->solver == 1) {
+      f_slot_SUF(n, s, Et, drive, c, u);
+      SIMD for (int l = 0; l < W; l++) y[l] = x[l] + hh * (k[l] + u[l]);
+    } else {
+      SIMD for (int l = 0; l < W; l++) y[l] = x[l] + h * k[l];
+    }
+    if (n->clip) {
+      REAL* q = ok + o;
+      SIMD for (int l = 0; l < W; l++) {
+        const REAL v = y[l];
+        q[l] = (v >= lo && v <= hi) ? (REAL)1 : (REAL)0;
+        y[l] = v < lo ? lo : (v > hi ? hi : v);
+      }
+    }
+  }
+}
+
+/* the end of one slot's reverse step: its drive's gradient (v = dL/d drive) and the rest
+   state's weight -h in the step's quadrature of D = E - rest */
+static inline void back_tail_SUF(const net_SUF* n, int s, const REAL* restrict vs,
+                                 const REAL* restrict gq, REAL* restrict gdb,
+                                 REAL* restrict gpb) {
+  const int d = n->dslot[s];
+  if (d >= 0) SIMD for (int l = 0; l < W; l++) gdb[(size_t)d * W + l] += vs[l];
+  if (gpb) {
+    const REAL h = (REAL)n->h;
+    REAL* gr = gpb + 3 * (size_t)n->S * W + (size_t)s * W;
+    SIMD for (int l = 0; l < W; l++) gr[l] -= h * gq[l];
+  }
+}
+
 /* reverse of run_SUF: gE (nblk, S, W) in: dL/dE(T), out: dL/dE(0);
    gQ: dL/dQ(T); gc (nblk, L, W) and gdrive (nblk, nd, W) accumulate per lane; gp (NULL or
    (nblk, 4, S, W)) accumulates the gradients of A, B, G and the rest state per lane */
@@ -355,13 +411,15 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
   const size_t m = (size_t)n->S * W, md = (size_t)n->nd * W;
   const int seg = n->seg, nseg = (n->nsteps + seg - 1) / seg;
   const REAL h = (REAL)n->h, hh = (REAL)(0.5 * n->h);
-  const REAL lo = (REAL)n->lo, hi = (REAL)n->hi;
-  REAL* states = (REAL*)malloc((size_t)seg * m * sizeof(REAL));
+  /* per recomputed step: the state, and for Euler/Heun Heun's stage state and the clip mask */
+  const int keep = n->solver == 2 ? 1 : 1 + (n->solver == 1) + (n->clip != 0);
+  REAL* states = (REAL*)malloc((size_t)keep * seg * m * sizeof(REAL));
   /* 8 arrays: RK4's reverse takes 6 for itself besides v and g */
   REAL* w = (REAL*)malloc(8 * m * sizeof(REAL));
   unsigned char dd[W] = {0}, hk[W] = {0};
   if (!states || !w) { free(states); free(w); return 1; }
-  REAL *k1 = w, *Et = w + m, *k2 = w + 2 * m, *v = w + 3 * m, *a = w + 4 * m, *g = w + 5 * m;
+  /* w, w + m: the recomputation's work space and its last step's state */
+  REAL *k2 = w + 2 * m, *v = w + 3 * m, *a = w + 4 * m, *g = w + 5 * m;
   if (n->solver == 2) { v = w + 6 * m; g = w + 7 * m; }
   for (int b = 0; b < nblk; b++) {
     const REAL* cb = n->per_lane ? c + (size_t)b * n->L * W : c;
@@ -375,52 +433,75 @@ int back_SUF(const net_SUF* n, int nblk, const REAL* drive, const REAL* c, const
       const int k0 = sg * seg;
       const int len = (k0 + seg <= n->nsteps) ? seg : n->nsteps - k0;
       memcpy(states, ckpt + ((size_t)b * nseg + sg) * m, m * sizeof(REAL));
-      for (int k = 1; k < len; k++) {
-        memcpy(states + k * m, states + (k - 1) * m, m * sizeof(REAL));
-        step_SUF(n, states + k * m, 0, db, cb, w, dd, hk);
-      }
+      REAL *Ets = states + (size_t)seg * m, *oks = Ets + (n->solver == 1 ? (size_t)seg * m : 0);
+      if (n->solver == 2)
+        for (int k = 1; k < len; k++) {
+          memcpy(states + k * m, states + (k - 1) * m, m * sizeof(REAL));
+          step_SUF(n, states + k * m, 0, db, cb, w, dd, hk);
+        }
+      else /* every step of the segment, the last one's E1 (the next segment's start) in w */
+        for (int k = 0; k < len; k++)
+          step_keep_SUF(n, states + k * m, k + 1 < len ? states + (k + 1) * m : w + m, db, cb,
+                        w, Ets + k * m, oks + k * m);
       for (int k = len - 1; k >= 0; k--) {
         const REAL* E = states + k * m;
         if (n->solver == 2) {
           /* w[0, 6m) is RK4's work space; v (dL/d drive) and g lie past it */
           back_rk4_SUF(n, E, db, cb, gEb, gQb, g, v, gcb, gpb, w);
+          for (int s = 0; s < n->S; s++) {
+            const int d = n->dslot[s];
+            if (d >= 0)
+              SIMD for (int l = 0; l < W; l++) gdb[(size_t)d * W + l] += v[(size_t)s * W + l];
+          }
+          /* the step's quadrature of D = E - rest weighs the rest state by -h in all */
+          if (gpb)
+            SIMD for (size_t i = 0; i < m; i++) gpb[3 * m + i] -= h * gQb[i];
+          memcpy(gEb, g, m * sizeof(REAL));
+        } else if (n->solver == 0) {
+          /* E' = E + h f(E), Q' = Q + h D(E). One pass per slot: the clip mask (the gradient
+             passes where lo <= E' <= hi, as torch.clamp's), v = dL/df = dL/d drive, and
+             dL/dE (its direct terms, written over gE in place; the links add the rest) */
+          for (int s = 0; s < n->S; s++) {
+            const size_t o = (size_t)s * W;
+            REAL *ge = gEb + o, *vs = v + o;
+            const REAL* gq = gQb + o;
+            if (n->clip) {
+              const REAL* q = oks + (size_t)k * m + o;
+              SIMD for (int l = 0; l < W; l++) ge[l] = q[l] != 0 ? ge[l] : (REAL)0;
+            }
+            SIMD for (int l = 0; l < W; l++) { vs[l] = h * ge[l]; ge[l] = ge[l] + h * gq[l]; }
+            back_tail_SUF(n, s, vs, gq, gdb, gpb);
+          }
+          rhs_vjp_SUF(n, E, cb, v, gEb, gcb, gpb);
         } else {
-          rhs_SUF(n, E, db, cb, k1);
-          if (n->solver == 1) {
-            for (size_t i = 0; i < m; i++) Et[i] = E[i] + h * k1[i];
-            rhs_SUF(n, Et, db, cb, k2);
-          }
-          /* clip: the gradient passes where lo <= E_new <= hi (as torch.clamp's) */
-          if (n->clip)
-            for (size_t i = 0; i < m; i++) {
-              const REAL x = n->solver == 1 ? E[i] + hh * (k1[i] + k2[i]) : E[i] + h * k1[i];
-              if (!(x >= lo && x <= hi)) gEb[i] = 0;
+          /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)).
+             The recomputation kept Et and the clip mask. Pass 1: v = hh gE', a = hh gQ' */
+          const REAL* Et = Ets + (size_t)k * m;
+          for (int s = 0; s < n->S; s++) {
+            const size_t o = (size_t)s * W;
+            const REAL* gq = gQb + o;
+            REAL *ge = gEb + o, *vs = v + o, *as = a + o;
+            if (n->clip) {
+              const REAL* q = oks + (size_t)k * m + o;
+              SIMD for (int l = 0; l < W; l++) ge[l] = q[l] != 0 ? ge[l] : (REAL)0;
             }
-          if (n->solver == 0) {
-            /* E' = E + h f(E), Q' = Q + h D(E) */
-            for (size_t i = 0; i < m; i++) { v[i] = h * gEb[i]; g[i] = gEb[i] + h * gQb[i]; }
-            rhs_vjp_SUF(n, E, cb, v, g, gcb, gpb);
-          } else {
-            /* E' = E + hh (f(E) + f(Et)), Et = E + h f(E), Q' = Q + hh (D(E) + D(Et)) */
-            for (size_t i = 0; i < m; i++) { v[i] = hh * gEb[i]; a[i] = hh * gQb[i]; }
-            rhs_vjp_SUF(n, Et, cb, v, a, gcb, gpb);         /* a = dL/dEt */
-            for (size_t i = 0; i < m; i++) {
-              k2[i] = v[i] + h * a[i];                  /* dL/df(E) */
-              g[i] = gEb[i] + hh * gQb[i] + a[i];
-            }
-            rhs_vjp_SUF(n, E, cb, k2, g, gcb, gpb);
-            for (size_t i = 0; i < m; i++) v[i] = v[i] + k2[i];  /* dL/d drive */
+            SIMD for (int l = 0; l < W; l++) { vs[l] = hh * ge[l]; as[l] = hh * gq[l]; }
           }
+          rhs_vjp_SUF(n, Et, cb, v, a, gcb, gpb);  /* a = dL/dEt */
+          /* pass 2: k2 = dL/df(E); dL/dE's direct terms over gE in place; v = dL/d drive */
+          for (int s = 0; s < n->S; s++) {
+            const size_t o = (size_t)s * W;
+            const REAL *as = a + o, *gq = gQb + o;
+            REAL *ge = gEb + o, *vs = v + o, *kk = k2 + o;
+            SIMD for (int l = 0; l < W; l++) {
+              kk[l] = vs[l] + h * as[l];
+              ge[l] = ge[l] + hh * gq[l] + as[l];
+              vs[l] = vs[l] + kk[l];
+            }
+            back_tail_SUF(n, s, vs, gq, gdb, gpb);
+          }
+          rhs_vjp_SUF(n, E, cb, k2, gEb, gcb, gpb);
         }
-        for (int s = 0; s < n->S; s++) {
-          const int d = n->dslot[s];
-          if (d >= 0)
-            SIMD for (int l = 0; l < W; l++) gdb[(size_t)d * W + l] += v[(size_t)s * W + l];
-        }
-        /* the step's quadrature of D = E - rest weighs the rest state by -h in all */
-        if (gpb)
-          for (size_t i = 0; i < m; i++) gpb[3 * m + i] -= h * gQb[i];
-        memcpy(gEb, g, m * sizeof(REAL));
       }
     }
   }
@@ -652,13 +733,14 @@ def bptt_buffer_bytes(
     segment: int,
     dtype: torch.dtype,
     threads: int,
+    kept: int = 1,
 ) -> int:
     """Bytes the kernel allocates for one window with gradients (forward and reverse).
 
     Counts what grows with the window or the batch: the blocked state, integral and their
     gradients (4 arrays of ``n_slots`` per lane), the kept states (``⌈n_steps/segment⌉`` per
     block), the per-lane coefficient gradients, and per thread the reverse's recomputed
-    segment (``segment`` states) and work space (8 states) and the forward's (4 states).
+    segment (``kept · segment`` states) and work space (8 states) and the forward's (4).
 
     Args:
         n_slots: Slots of the network (5 per neuron).
@@ -668,6 +750,8 @@ def bptt_buffer_bytes(
         segment: Steps between kept states (``SimConfig.segment_steps``).
         dtype: float32 or float64.
         threads: Threads the blocks are split over.
+        kept: States the reverse keeps per recomputed step: 1 for RK4; for Euler and Heun
+            also the clip mask (with a clip) and Heun's stage state (:func:`kept_per_step`).
 
     Returns:
         The total in bytes (the peak: the forward's buffers are alive during the reverse).
@@ -679,7 +763,22 @@ def bptt_buffer_bytes(
     state = n_slots * w * torch.empty(0, dtype=dtype).element_size()  # one block's state
     nseg = -(-n_steps // seg)
     per_block = (4 + nseg) * state + n_links * w * (state // (n_slots * w))
-    return nb * per_block + threads * (seg + 8 + 4) * state
+    return nb * per_block + threads * (kept * seg + 8 + 4) * state
+
+
+def kept_per_step(solver: str, clip: bool) -> int:
+    """States the reverse keeps per recomputed step (``kept`` of :func:`bptt_buffer_bytes`).
+
+    Euler and Heun keep, besides the state, the clip mask and Heun's stage state, so their
+    reverse needs no right-hand side of its own; RK4 recomputes its stages.
+
+    Args:
+        solver: ``"Euler"``, ``"Heun"`` or ``"RK4"``.
+        clip: Whether the state is clipped.
+    """
+    if solver == "RK4":
+        return 1
+    return 1 + (solver == "Heun") + int(clip)
 
 
 class _Call:
@@ -692,7 +791,8 @@ class _Call:
         self.A, self.B, self.G, self.rest = (p.detach().contiguous() for p in params)
         self.plan = plan
         lo, hi = cfg.clip if cfg.clip is not None else (0.0, 0.0)
-        solver = {"Euler": _EULER, "Heun": _HEUN, "RK4": _RK4}[type(cfg.solver).__name__]
+        self.solver = type(cfg.solver).__name__
+        solver = {"Euler": _EULER, "Heun": _HEUN, "RK4": _RK4}[self.solver]
         self.net = _Net(
             S=self.rest.numel(),
             L=int(plan.lid.numel()),
@@ -784,8 +884,9 @@ class _FusedRun(torch.autograd.Function):
         if seg_store:
             # what this window with gradients allocates: flat in T up to √n_steps (tested)
             threads = torch.get_num_threads()
+            kept = kept_per_step(call.solver, bool(call.net.clip))
             ctx.buffer_bytes = bptt_buffer_bytes(
-                S, call.net.L, B, call.net.nsteps, call.net.seg, call.dtype, threads
+                S, call.net.L, B, call.net.nsteps, call.net.seg, call.dtype, threads, kept
             )
         flags = div.reshape(-1)[:B].bool(), hit.reshape(-1)[:B].bool()
         ctx.mark_non_differentiable(*flags)
