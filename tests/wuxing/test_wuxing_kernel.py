@@ -249,8 +249,10 @@ def test_backprop_memory_grows_as_sqrt_of_the_steps() -> None:
         node = _kernel_node(sim.integral)
         call, ckpt = node.call, node.saved[2]
         state = ckpt[0, 0].nbytes  # one block's state
-        # what the reverse allocates: the kept states (a tensor) + its recomputed segment
-        sizes.append(ckpt.nbytes + call.net.seg * state)
+        # what the reverse allocates: the kept states (a tensor) + its recomputed segment (the
+        # state, Heun's stage state and the clip mask of each step)
+        kept = kernel.kept_per_step(call.solver, bool(call.net.clip))  # Heun, clipped: 3
+        sizes.append(ckpt.nbytes + kept * call.net.seg * state)
         assert node.buffer_bytes >= sizes[-1]
         sim.score.sum().backward()
         grads.append(net.c.grad.clone())
