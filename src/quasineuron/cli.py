@@ -259,7 +259,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "every seed, score it on the true device beside an ordinary tanh MLP of the same "
         "shape, and write DIR/metrics.json. The full suite on digits takes minutes.",
     )
-    real.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
+    real.add_argument(
+        "--out", type=Path, default=None, help="folder for metrics.json (required unless --table)"
+    )
+    real.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        metavar="METRICS",
+        help="print the Markdown results table of a saved metrics.json (no training) and exit",
+    )
     real.add_argument("--data", choices=["digits", "mnist"], default="digits")
     real.add_argument(
         "--data-dir", type=Path, default=None, help="folder with MNIST files (--data mnist)"
@@ -492,12 +501,24 @@ def _print_metrics(metrics: dict[str, Any], out: Path) -> None:
 
 def _realism(args: argparse.Namespace) -> int:
     import dataclasses
+    import json
     import warnings
 
     import torch
 
-    from quasineuron.realism import ROUTES, default_scenarios, run_realism
+    from quasineuron.realism import ROUTES, default_scenarios, markdown_table, run_realism
 
+    if args.table is not None:
+        if args.out is not None:
+            raise ValueError("--table prints a saved run's table and trains nothing; drop --out")
+        if not args.table.is_file():
+            raise ValueError(
+                f"--table {args.table} is not a file; give the metrics.json of a realism run"
+            )
+        print(markdown_table(json.loads(args.table.read_text())), end="")
+        return 0
+    if args.out is None:
+        raise ValueError("realism needs --out DIR, the folder for metrics.json (or --table FILE)")
     if args.data == "digits" and args.data_dir is not None:
         raise ValueError("--data-dir is for --data mnist; digits is built in (drop --data-dir)")
     if args.data == "mnist" and args.data_dir is None:

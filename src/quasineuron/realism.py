@@ -41,6 +41,7 @@ __all__ = [
     "Route",
     "Scenario",
     "default_scenarios",
+    "markdown_table",
     "peak_slope",
     "run_one",
     "run_realism",
@@ -900,3 +901,101 @@ def run_realism(
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "metrics.json", metrics)
     return metrics
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    # a typographic minus, as in the guide's tables
+    text = f"{value:+.{digits}f}"
+    return text.replace("-", "\N{MINUS SIGN}")
+
+
+def _evaluations(value: float) -> str:
+    # counts a reader compares at a glance: exact up to 100 000, then two significant digits
+    if value < 100_000:
+        return f"{round(value):,}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _charged(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """The suite's results as one Markdown table, the numbers exactly as ``metrics.json`` has them.
+
+    One row per scenario × route: device accuracy (mean ± std over seeds, %), twin accuracy,
+    gap (twin minus device, pp), drive rows outside the characterised box at evaluation, device
+    evaluations (with the charged time on a scenario whose evaluations are charged) and wall
+    seconds per run. ★ marks the best route by mean device accuracy, ◆ the cheapest route within
+    the best one's spread (``cheapest_within_spread``), *(recommended)* the scenario's
+    recommended route; a route with its own network shape (derivative-free) shows the ideal
+    network of that shape in brackets; a skipped route shows its reason.
+
+    Args:
+        metrics: What :func:`run_realism` returns (or its ``metrics.json``, loaded).
+
+    Returns:
+        A legend line, a blank line and the table, ending in a newline.
+
+    Raises:
+        ValueError: If ``metrics`` has no ``scenarios`` (not a realism suite's metrics).
+    """
+    scenarios = metrics.get("scenarios") if isinstance(metrics, dict) else None
+    if not scenarios:
+        raise ValueError(
+            "markdown_table needs the realism suite's metrics (a dict with 'scenarios', as "
+            "run_realism returns it or metrics.json holds it); got "
+            f"{sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__}"
+        )
+    sizes = "-".join(str(n) for n in metrics.get("network", {}).get("sizes", []))
+    ideals = {
+        (round(100 * sc["ideal"]["accuracy_mean"], 2), round(100 * sc["ideal"]["accuracy_std"], 2))
+        for sc in scenarios
+    }
+    if len(ideals) == 1:
+        (m, sd) = next(iter(ideals))
+        ideal_text = f"the ideal {sizes} MLP reached {m:.2f} ± {sd:.2f} % on every scenario"
+    else:
+        ideal_text = "the ideal network of each scenario is in its metrics.json entry"
+    lines = [
+        f"★ best route by mean device accuracy; ◆ cheapest route within the best one's spread; "
+        f"{ideal_text}; a bracketed figure is the ideal network of that route's own shape.",
+        "",
+        "| scenario | route | device acc. (%) | twin acc. (%) | gap (pp) | outside | device evals "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for sc in scenarios:
+        first = True
+        for r in sc["routes"]:
+            marks = ""
+            if r["name"] == sc.get("best_route"):
+                marks += " ★"
+            if r["name"] == sc.get("cheapest_within_spread"):
+                marks += " ◆"
+            if r["name"] == sc.get("recommended"):
+                marks += " (recommended)"
+            head = f"| {sc['name'] if first else ''} | {r['name']}{marks} |"
+            first = False
+            if "skipped" in r:
+                # the reason up to its first colon: "device ... gives no gradients"
+                lines.append(f"{head} skipped: {r['skipped'].split(':')[0]} | | | | | |")
+                continue
+            acc = f"{100 * r['accuracy_device_mean']:.2f} ± {100 * r['accuracy_device_std']:.2f}"
+            same = r.get("ideal_same_shape")
+            if same is not None and list(r.get("sizes", [])) != list(
+                metrics.get("network", {}).get("sizes", [])
+            ):
+                acc += f" (ideal {100 * same['accuracy_mean']:.2f})"
+            outside = r.get("outside_fraction_mean")
+            evals = _evaluations(float(r["device_evaluations_mean"]))
+            if r.get("charged_seconds_mean") is not None:
+                evals += f" ({_charged(float(r['charged_seconds_mean']))})"
+            lines.append(
+                f"{head} {acc} | {100 * r['accuracy_twin_mean']:.2f} | "
+                f"{_signed(r['gap_mean'])} ± {r['gap_std']:.2f} | "
+                f"{'–' if outside is None else f'{100 * outside:.2f} %'} | {evals} | "
+                f"{r['seconds_mean']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
