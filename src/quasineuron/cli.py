@@ -289,6 +289,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run only this scenario, repeatable (default: all)",
     )
     real.add_argument(
+        "--skip-route",
+        action="append",
+        default=None,
+        metavar="ROUTE",
+        help="leave this route out of every scenario, repeatable (e.g. derivative-free on "
+        "MNIST, where CMA-ES over a 784-8-10 network does not fit the suite's budget)",
+    )
+    real.add_argument(
         "--epochs", type=_int_at_least(1), default=None, help="epochs (default 20; --quick: 1)"
     )
     real.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden neurons")
@@ -537,6 +545,21 @@ def _realism(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--scenario {unknown[0]!r} is not a scenario; known: {sorted(known)}")
         scenarios = tuple(known[n] for n in dict.fromkeys(args.scenario))
+    if args.skip_route:
+        unknown = sorted(set(args.skip_route) - {r.name for r in ROUTES})
+        if unknown:
+            raise ValueError(
+                f"--skip-route {unknown[0]!r} is not a route; known: "
+                f"{sorted(r.name for r in ROUTES)}"
+            )
+        kept = [
+            dataclasses.replace(sc, routes=tuple(r for r in sc.routes if r not in args.skip_route))
+            for sc in scenarios
+        ]
+        empty = [sc.name for sc in kept if not sc.routes]
+        if empty:
+            raise ValueError(f"--skip-route leaves scenario {empty[0]!r} no route to run")
+        scenarios = tuple(kept)
     routes = ROUTES
     if args.quick:  # a smoke run: ten CMA-ES generations of 32 instead of about a hundred
         routes = tuple(dataclasses.replace(r, candidates=min(r.candidates, 320)) for r in ROUTES)
