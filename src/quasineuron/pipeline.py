@@ -17,7 +17,9 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,7 +59,13 @@ from quasineuron.network import (
 from quasineuron.network.connections import AbstractConnection, default_connection
 from quasineuron.network.wiring import AbstractWiring
 from quasineuron.report.plots import plot_accuracy_per_mode, plot_confusion, plot_training_curves
-from quasineuron.surrogate import FitResult, fit_surrogate, plot_fit, save_surrogate
+from quasineuron.surrogate import (
+    FitResult,
+    fit_surrogate,
+    load_surrogate,
+    plot_fit,
+    save_surrogate,
+)
 from quasineuron.surrogate.base import AbstractSurrogate, DomainPolicy
 from quasineuron.surrogate.fit import Kind
 from quasineuron.sweep import (
@@ -1492,15 +1500,16 @@ def _run_seed_family(
         {**_run_record(config, digest), "family": [f"seed-{s}" for s in config.experiment.seeds]},
     )
     per_seed = {}
-    for seed in config.experiment.seeds:
-        per_seed[seed] = run_pipeline(
-            with_seed(config, seed),
-            out / f"seed-{seed}",
-            data_dir=data_dir,
-            progress=progress,
-            allow_import=allow_import,
-            overwrite=overwrite,
-        )
+    with _shared_characterizations():
+        for seed in config.experiment.seeds:
+            per_seed[seed] = run_pipeline(
+                with_seed(config, seed),
+                out / f"seed-{seed}",
+                data_dir=data_dir,
+                progress=progress,
+                allow_import=allow_import,
+                overwrite=overwrite,
+            )
     metrics = seed_family_metrics(config.name, per_seed, config=config.model_dump(mode="json"))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -1534,18 +1543,19 @@ def _run_grid(
     record_path = _claim_folder(out, digest, overwrite=overwrite, what="experiment")
     atomic_write_json(record_path, {**_run_record(config, digest), "grid": folders})
     per_value = []
-    for value, folder in zip(values, folders, strict=True):
-        point = varied_config(config, key, value)
-        # each point is a run of its own (or a seed family), resumable on its own
-        metrics = run_pipeline(
-            point,
-            out / folder,
-            data_dir=data_dir,
-            progress=progress,
-            allow_import=allow_import,
-            overwrite=overwrite,
-        )
-        per_value.append(metrics)
+    with _shared_characterizations():
+        for value, folder in zip(values, folders, strict=True):
+            point = varied_config(config, key, value)
+            # each point is a run of its own (or a seed family), resumable on its own
+            metrics = run_pipeline(
+                point,
+                out / folder,
+                data_dir=data_dir,
+                progress=progress,
+                allow_import=allow_import,
+                overwrite=overwrite,
+            )
+            per_value.append(metrics)
     result = grid_metrics(
         config.name, key, values, folders, per_value, config=config.model_dump(mode="json")
     )
@@ -1599,7 +1609,90 @@ def _run_stages(
         counter.detach()
 
 
+#: Characterisations made by the runs of the grid or seed family in progress, by the sections
+#: of the config they depend on (None outside one): its runs that share device, sweep and twin
+#: copy the first one's folder instead of sweeping and fitting again.
+_SHARED: ContextVar[dict[str, CharacterizeResult] | None] = ContextVar("_SHARED", default=None)
+
+#: What a characterisation writes into a run folder.
+_CHARACTERIZATION_FILES = (
+    "sweep.zarr",
+    "twin.safetensors",
+    "report.json",
+    "response.png",
+    "error.png",
+)
+
+
+@contextmanager
+def _shared_characterizations() -> Iterator[None]:
+    """Within the block, runs that share device, sweep and twin characterise once."""
+    if _SHARED.get() is not None:  # a family inside a grid: the grid's store serves both
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _characterization_key(config: RunConfig) -> str:
+    return json.dumps(
+        config.model_dump(mode="json", include={"device", "sweep", "twin"}), sort_keys=True
+    )
+
+
+def _reuse_characterization(done: CharacterizeResult, out: Path) -> CharacterizeResult:
+    """Copy a characterisation of the same device, sweep and twin into the run folder ``out``.
+
+    The sweep and the fit are deterministic in their own seeds (``sweep.seed``, ``twin.seed``,
+    which a seed family does not vary), so the copy is what this run would have made; the
+    report says where it came from (``sweep.reused_from``) and the run sends no sweep rows to
+    the device (``device_evaluations.sweep`` is 0).
+    """
+    import copy
+    import dataclasses
+
+    for name in _CHARACTERIZATION_FILES:
+        src = done.folder / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        elif src.is_file():
+            shutil.copy2(src, out / name)
+    report = copy.deepcopy(done.report)
+    report["sweep"]["reused_from"] = os.path.relpath(done.folder, out)
+    atomic_write_json(out / "report.json", report)
+    # the twin from its file (outputs equal the saved twin's), not the first run's object,
+    # which that run has used and converted
+    fit = dataclasses.replace(done.fit, model=load_surrogate(out / "twin.safetensors"))
+    return CharacterizeResult(
+        table=SweepTable.open(out / "sweep.zarr"), fit=fit, report=report, folder=out
+    )
+
+
 def _characterize_stage(
+    config: RunConfig,
+    out: Path,
+    device: AbstractDevice,
+    sampler: AbstractSampler | None,
+    measured: bool,
+    *,
+    progress: bool,
+) -> CharacterizeResult:
+    shared = _SHARED.get()
+    if shared is not None and not measured:
+        key = _characterization_key(config)
+        done = shared.get(key)
+        if done is not None and not (out / "sweep.zarr").exists():
+            return _reuse_characterization(done, out)
+        char = _characterize_stage_here(config, out, device, sampler, measured, progress=progress)
+        shared.setdefault(key, char)
+        return char
+    return _characterize_stage_here(config, out, device, sampler, measured, progress=progress)
+
+
+def _characterize_stage_here(
     config: RunConfig,
     out: Path,
     device: AbstractDevice,
@@ -1767,7 +1860,15 @@ def _run_stages_counted(
         },
         "domain": _domain_metrics(report.domain, config.twin.policy),
         "passes": passes,
-        "sweep": {"n_points": char.table.n_points, "n_failed": char.table.n_failed},
+        "sweep": {
+            "n_points": char.table.n_points,
+            "n_failed": char.table.n_failed,
+            **(
+                {"reused_from": char.report["sweep"]["reused_from"]}
+                if "reused_from" in char.report.get("sweep", {})
+                else {}
+            ),
+        },
         # drive rows sent to the true device in this run, by stage (rows of a resumed sweep
         # or of reloaded training stages were sent by an earlier attempt and are not counted)
         "device_evaluations": counter.summary([mode_name(m) for m in modes]),

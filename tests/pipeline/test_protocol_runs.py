@@ -243,6 +243,40 @@ def test_a_seed_family_records_each_seed_and_the_mean_and_spread(tmp_path: Path)
     assert fam["test_reads"] == 2
 
 
+def test_a_seed_family_characterises_once_and_each_seed_ends_as_on_its_own(
+    tmp_path: Path,
+) -> None:
+    # seed 1 copies seed 0's sweep and twin (the family does not vary their seeds); it must
+    # end exactly as a run of seed 1 alone, which sweeps and fits for itself
+    extra = "[experiment]\nseeds = [0, 1]\n"
+    cfg = _write(tmp_path, DEVICE.format(extra="").replace("[evaluation]", extra + "[evaluation]"))
+    out = tmp_path / "family"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    first, second = (_json(out / f"seed-{s}" / "metrics.json") for s in (0, 1))
+    assert "reused_from" not in first["sweep"] and first["device_evaluations"]["sweep"] == 21
+    assert second["sweep"]["reused_from"] == os.path.join("..", "seed-0")
+    assert second["device_evaluations"]["sweep"] == 0
+    assert (out / "seed-1" / "sweep.zarr").is_dir() and (
+        out / "seed-1" / "twin.safetensors"
+    ).is_file()
+    alone = tmp_path / "alone"
+    single = DEVICE.format(extra="").replace('name = "tiny"', 'name = "tiny"\n')
+    single = (
+        single.replace("[data]\n", "[data]\nseed = 1\n")
+        .replace("[network]\n", "[network]\nseed = 1\n")
+        .replace("[training]\n", "[training]\nseed = 1\n")
+    )
+    assert (
+        main(
+            ["run", str(_write(tmp_path, single, "one.toml")), "--out", str(alone), "--no-progress"]
+        )
+        == 0
+    )
+    own = _json(alone / "metrics.json")
+    assert own["accuracy"] == second["accuracy"]
+    assert own["twin"] == second["twin"]
+
+
 @pytest.mark.slow
 def test_a_wuxing_config_runs_saves_loads_and_scores(tmp_path: Path) -> None:
     from quasineuron.wuxing import evaluate
