@@ -11,6 +11,7 @@ then continues on a twin that is right where the network works.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from quasineuron.devices.base import Box
+from quasineuron.errors import QuasineuronWarning
 from quasineuron.surrogate.fit import FitResult, fit_surrogate
 
 __all__ = ["RecharacterizeResult", "recharacterize"]
@@ -36,6 +38,11 @@ class RecharacterizeResult:
         domain_before: The old twin's domain.
         domain_after: The new twin's domain.
         layers: Indices of the layers whose twin was replaced.
+        error_before: Mean absolute difference between the old twin (its drives clamped
+            into its domain, as ``policy="clamp"`` does) and the device at the new points
+            that did not fail (None when every new point failed).
+        error_after: The same for the new twin. A refit no closer to the device than the
+            old twin (``error_after >= error_before``) is warned about.
     """
 
     fit: FitResult
@@ -46,6 +53,8 @@ class RecharacterizeResult:
     domain_before: Box
     domain_after: Box
     layers: tuple[int, ...] = field(default=())
+    error_before: float | None = None
+    error_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
@@ -62,6 +71,8 @@ class RecharacterizeResult:
                 "high": list(self.domain_after.high),
             },
             "layers": list(self.layers),
+            "error_before": self.error_before,
+            "error_after": self.error_after,
             "twin_nrmse": self.fit.report.nrmse,
             "n_sweep": int(np.asarray(self.table.status).size),
         }
@@ -173,6 +184,17 @@ def recharacterize(
         twin.compiled = old_twin.compiled
     for i in chosen:
         layers[i].twin = twin
+    error_before, error_after = _errors_at(old_twin, twin, new.u, y_new, status_new)
+    if error_before is not None and error_after is not None and error_after >= error_before:
+        warnings.warn(
+            f"recharacterize: the refitted twin is no closer to the device at the "
+            f"{len(u_new) - n_failed} new points than the old one (mean |twin - device| "
+            f"{error_after:.3g} against {error_before:.3g}); the network now trains through "
+            "it. Fit it with more points, more steps (max_steps) or another kind, or keep "
+            "the old twin",
+            QuasineuronWarning,
+            stacklevel=2,
+        )
     return RecharacterizeResult(
         fit=fit,
         table=merged,
@@ -182,4 +204,30 @@ def recharacterize(
         domain_before=before,
         domain_after=after,
         layers=chosen,
+        error_before=error_before,
+        error_after=error_after,
     )
+
+
+def _errors_at(
+    old: Any, new: Any, u: Any, y: np.ndarray, status: np.ndarray
+) -> tuple[float | None, float | None]:
+    """Mean |twin − device| of the old twin (drives clamped into its box) and the new one.
+
+    Evaluated through the twins' own formulas (``_evaluate``), so the old twin's domain policy
+    neither counts, warns about nor refuses the new points outside its box.
+    """
+    good = np.isfinite(y).all(axis=1) & (status == 0)
+    if not good.any():
+        return None, None
+    y_good = y[good]
+    errors = []
+    for twin in (old, new):
+        tensors = [*twin.parameters(), *twin.buffers()]
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float64)
+        u_t = torch.as_tensor(np.asarray(u, dtype=np.float64)[good], dtype=dtype)
+        low, high = twin.domain.tensors(dtype=dtype)
+        with torch.no_grad():
+            out = twin._evaluate(torch.clamp(u_t, low, high)).double().numpy()
+        errors.append(float(np.abs(out - y_good).mean()))
+    return errors[0], errors[1]
