@@ -15,6 +15,7 @@ from quasineuron.wuxing import (
     Method2,
     Mixed,
     SimConfig,
+    TargetCoding,
     WuxingNetwork,
     evaluate,
     one_to_one_wiring,
@@ -73,3 +74,14 @@ def test_scoring_and_the_config_take_the_same_names() -> None:
     with pytest.warns(DeprecationWarning, match="training.validate_on = 'time'"):
         cfg = parse_config({**data, "training": {"validate_on": "time"}})
     assert cfg.training.validate_on == "window"
+
+
+def test_mixed_records_the_target_and_estimate_its_inner_rules_run_with() -> None:
+    # the inner rules run with the mixed method's target and estimate; a run's record is the
+    # method's repr, so the inner rules must hold those and not their own defaults
+    target = TargetCoding(kind="softmax", beta=20.0, error_scale=0.05)
+    m = Mixed(method1=Method1(eta=2.0), method2=Method2(eta=20.0), target=target)
+    assert m.method1.target == target and m.method2.target == target
+    assert m.method1.estimate == m.estimate == m.method2.estimate
+    assert m.method1.eta == 2.0 and m.method2.eta == 20.0
+    assert "error_scale=1.0" not in repr(m)

@@ -456,6 +456,13 @@ class Mixed(_IntegralMemory):
                 "reversal='operating' is for Method2 alone"
             )
         _check_estimate(self, "Mixed")
+        # the inner rules run with this target and estimate: hold them, so that the record
+        # (the method's repr in a run's stage outcome) shows the settings that ran
+        for name in ("method1", "method2"):
+            inner = getattr(self, name)
+            if inner.target != self.target or inner.estimate != self.estimate:
+                inner = replace(inner, target=self.target, estimate=self.estimate)
+                object.__setattr__(self, name, inner)
 
 
 @dataclass(frozen=True)
