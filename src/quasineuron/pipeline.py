@@ -1681,27 +1681,15 @@ def _characterize_stage(
     progress: bool,
 ) -> CharacterizeResult:
     shared = _SHARED.get()
-    if shared is not None and not measured:
-        key = _characterization_key(config)
-        done = shared.get(key)
-        if done is not None and not (out / "sweep.zarr").exists():
-            return _reuse_characterization(done, out)
-        char = _characterize_stage_here(config, out, device, sampler, measured, progress=progress)
-        shared.setdefault(key, char)
-        return char
-    return _characterize_stage_here(config, out, device, sampler, measured, progress=progress)
-
-
-def _characterize_stage_here(
-    config: RunConfig,
-    out: Path,
-    device: AbstractDevice,
-    sampler: AbstractSampler | None,
-    measured: bool,
-    *,
-    progress: bool,
-) -> CharacterizeResult:
-    return (
+    key = _characterization_key(config) if shared is not None and not measured else None
+    if (
+        key is not None
+        and shared is not None
+        and key in shared
+        and not (out / "sweep.zarr").exists()
+    ):
+        return _reuse_characterization(shared[key], out)
+    char = (
         characterize_measured(config, out, progress=progress)
         if measured
         else characterize(
@@ -1719,6 +1707,9 @@ def _characterize_stage_here(
             repeats=config.sweep.repeats,
         )
     )
+    if key is not None and shared is not None:
+        shared.setdefault(key, char)
+    return char
 
 
 def _run_stages_counted(

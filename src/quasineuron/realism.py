@@ -308,6 +308,15 @@ _DEFAULT_ROUTES = ("twin", "twin+domain", "physics-aware", "physics-aware+domain
 _TRUE_DEVICE_ROUTES = ("direct", "direct+domain", "derivative-free")
 #: every layer's drives squashed into the characterised box
 _BOUNDED_ROUTES = ("twin+bounded", "physics-aware+bounded")
+#: a twin wrong between its sweep points (steep threshold, few points)
+_TWIN_WRONG_ROUTES = (
+    "twin",
+    "physics-aware",
+    "physics-aware+recharacterize",
+    "physics-aware+recharacterize+bounded",
+    "direct",
+    "derivative-free",
+)
 
 
 def default_scenarios() -> tuple[Scenario, ...]:
@@ -345,14 +354,7 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "tanh(3 (u - 0.3)), twin fitted on a 9-point grid that misses the threshold",
             lambda seed: _formula(_steep, "steep", -3.0, 3.0),
             grid=9,
-            routes=(
-                "twin",
-                "physics-aware",
-                "physics-aware+recharacterize",
-                "physics-aware+recharacterize+bounded",
-                "direct",
-                "derivative-free",
-            ),
+            routes=_TWIN_WRONG_ROUTES,
             recommended="physics-aware+recharacterize+bounded",
         ),
         Scenario(
@@ -370,14 +372,7 @@ def default_scenarios() -> tuple[Scenario, ...]:
             "tanh(u) + 0.3 sin(3u), twin fitted on 7 grid points",
             lambda seed: _formula(_wavy, "wavy", -3.0, 3.0),
             grid=7,
-            routes=(
-                "twin",
-                "physics-aware",
-                "physics-aware+recharacterize",
-                "physics-aware+recharacterize+bounded",
-                "direct",
-                "derivative-free",
-            ),
+            routes=_TWIN_WRONG_ROUTES,
             recommended="physics-aware",
         ),
         Scenario(

@@ -241,6 +241,9 @@ def test_a_seed_family_records_each_seed_and_the_mean_and_spread(tmp_path: Path)
         abs(values[0] - values[1]) / math.sqrt(2), abs=1e-12
     )
     assert fam["test_reads"] == 2
+    # the seeds share the sweep and the twin: the family carries that one twin record
+    assert fam["twin"] == per[0]["twin"] == per[1]["twin"]
+    assert "twin" not in fam["per_seed"]["0"]
 
 
 def test_a_seed_family_characterises_once_and_each_seed_ends_as_on_its_own(
