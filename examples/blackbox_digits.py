@@ -9,9 +9,12 @@ with a ripple. The same task is trained
 3. derivative-free: CMA-ES on the connection weights, every candidate run on the device.
 
 Each run counts device evaluations (one evaluation = one neuron's drive sent to the device):
-sweep points plus training forward calls; the calls made to score the test set are reported
-apart. Results go to ``<out>/blackbox-digits-{pat,twin,cmaes}/metrics.json`` with the command,
-and the accuracy-vs-evaluations plot to ``<out>/blackbox-digits-pat/``.
+sweep points plus training forward calls; the calls made to score are not counted. Every way
+runs on each seed of ``--seeds`` (0, 1, 2): a seed draws the split, the twin's fit, the weights
+and the batches, and a fifth of the training images is held out for the learning curves, so the
+test set is scored once per final network. Results (mean ± std over the seeds, and each seed's)
+go to ``<out>/blackbox-digits-{pat,twin,cmaes}/metrics.json`` with the command, and the first
+seed's validation accuracy against device evaluations to ``<out>/blackbox-digits-pat/``.
 
 With ``--compare`` it instead compares the derivative-free optimisers (CMA-ES, Nelder–Mead,
 differential evolution, particle swarm, ant colony) on the one-layer network: the same
@@ -28,7 +31,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import statistics
@@ -70,13 +72,18 @@ def black_box(workers: int) -> qn.BlackBoxDevice:
     )
 
 
-def device_accuracy(net: qn.DeviceNetwork, dev: qn.BlackBoxDevice, test: qn.ArrayDataset) -> float:
-    """Test accuracy on the true device; the evaluations it costs are not counted as training."""
+def device_accuracy(net: qn.DeviceNetwork, dev: qn.BlackBoxDevice, data: qn.ArrayDataset) -> float:
+    """Accuracy on the true device; the evaluations it costs are not counted as training."""
     before = dev.n_evaluations
     with torch.no_grad():
-        out = net(test.x.to(net.dtype), mode=qn.TrueDevice())
+        out = net(data.x.to(net.dtype), mode=qn.TrueDevice())
     dev.n_evaluations = before
-    return (out.argmax(dim=1) == test.y).double().mean().item()
+    return (out.argmax(dim=1) == data.y).double().mean().item()
+
+
+def _curve(points: list[tuple[int, float]]) -> dict[str, list]:
+    """(device evaluations, validation accuracy) points as two JSON lists."""
+    return {"device_evaluations": [p[0] for p in points], "accuracy": [p[1] for p in points]}
 
 
 def gradient_run(
@@ -85,18 +92,19 @@ def gradient_run(
     dev: qn.BlackBoxDevice,
     twin: torch.nn.Module,
     n_sweep: int,
-    train: qn.ArrayDataset,
-    test: qn.ArrayDataset,
+    split: tuple[qn.ArrayDataset, qn.ArrayDataset, qn.ArrayDataset],
+    seed: int,
     args: argparse.Namespace,
 ) -> dict:
-    """Train with ``mode``; record device accuracy against device evaluations per epoch."""
-    net = qn.DeviceNetwork(dev, (64, args.hidden, 10), twin=twin, seed=args.seed)
+    """Train with ``mode``; the validation curve against device evaluations, the test set once."""
+    train, val, test = split
+    net = qn.DeviceNetwork(dev, (64, args.hidden, 10), twin=twin, seed=seed)
     dev.n_evaluations = 0
-    curve = [(n_sweep, device_accuracy(net, dev, test))]
+    curve = [(n_sweep, device_accuracy(net, dev, val))]
 
     def log(m: qn.training.EpochMetrics) -> None:
-        curve.append((n_sweep + dev.n_evaluations, device_accuracy(net, dev, test)))
-        print(f"{name} epoch {m.epoch}: device test accuracy {curve[-1][1]:.4f}")
+        curve.append((n_sweep + dev.n_evaluations, device_accuracy(net, dev, val)))
+        print(f"{name} seed {seed} epoch {m.epoch}: device validation accuracy {curve[-1][1]:.4f}")
 
     qn.train(
         net,
@@ -105,23 +113,32 @@ def gradient_run(
         epochs=args.epochs,
         batch_size=64,
         optimizer=qn.Adam(lr=args.lr),
-        seed=args.seed,
+        seed=seed,
         progress=False,
         callbacks=[log],
     )
     twin_acc = qn.evaluate(net, test, modes=[qn.Surrogate()]).accuracy["surrogate"]
     return {
-        "accuracy": {"device": curve[-1][1], "surrogate": twin_acc},
+        "accuracy": {"device": device_accuracy(net, dev, test), "surrogate": twin_acc},
         "device_evaluations": curve[-1][0],
         "device_evaluations_breakdown": {"sweep": n_sweep, "training": curve[-1][0] - n_sweep},
-        "curve": {"device_evaluations": [c[0] for c in curve], "accuracy": [c[1] for c in curve]},
+        "val_curve": {
+            "device_evaluations": [c[0] for c in curve],
+            "accuracy": [c[1] for c in curve],
+        },
         "network": {"sizes": [64, args.hidden, 10], "epochs": args.epochs, "lr": args.lr},
     }
 
 
-def cmaes_run(dev: qn.BlackBoxDevice, train: qn.ArrayDataset, test: qn.ArrayDataset, args) -> dict:
+def cmaes_run(
+    dev: qn.BlackBoxDevice,
+    split: tuple[qn.ArrayDataset, qn.ArrayDataset, qn.ArrayDataset],
+    seed: int,
+    args: argparse.Namespace,
+) -> dict:
     """CMA-ES on a one-layer network, every candidate run on the device."""
-    net = qn.DeviceNetwork(dev, (64, 10), seed=args.seed)
+    train, val, test = split
+    net = qn.DeviceNetwork(dev, (64, 10), seed=seed)
     dev.n_evaluations = 0
     res = optimize_weights(
         net,
@@ -129,24 +146,29 @@ def cmaes_run(dev: qn.BlackBoxDevice, train: qn.ArrayDataset, test: qn.ArrayData
         optimizer=CMAES(sigma0=args.sigma0, popsize=args.popsize),
         budget=args.budget,
         batch_size=args.dfo_batch,
-        seed=args.seed,
-        val_data=test,
+        seed=seed,
+        val_data=val,
         val_every=args.val_every,
         progress=False,
     )
     curve = [(h.device_evaluations, h.val_accuracy) for h in res.history if h.val_accuracy]
-    acc = device_accuracy(net, dev, test)
     return {
-        "accuracy": {"device": acc, "train_batch": res.history[-1].accuracy},
+        "accuracy": {
+            "device": device_accuracy(net, dev, test),
+            "train_batch": res.history[-1].accuracy,
+        },
         "device_evaluations": res.device_evaluations,
         "device_evaluations_breakdown": {"sweep": 0, "training": res.device_evaluations},
         "candidate_evaluations": res.n_evaluations,
-        "curve": {"device_evaluations": [c[0] for c in curve], "accuracy": [c[1] for c in curve]},
+        "val_curve": {
+            "device_evaluations": [c[0] for c in curve],
+            "accuracy": [c[1] for c in curve],
+        },
         "network": {"sizes": [64, 10], "optimizer": res.optimizer, "batch_size": args.dfo_batch},
     }
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def plot(results: dict[str, dict], seed: int, path: Path) -> None:
     """Device test accuracy against device evaluations, one line per way of training."""
     import matplotlib
 
@@ -155,11 +177,12 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, r in results.items():
-        ax.plot(r["curve"]["device_evaluations"], r["curve"]["accuracy"], "o-", ms=3, label=name)
+        c = r["val_curve"]
+        ax.plot(c["device_evaluations"], c["accuracy"], "o-", ms=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("device evaluations (sweep + training forward calls)")
-    ax.set_ylabel("test accuracy on the device")
-    ax.set_title("8x8 digits, black-box tanh-with-ripple neurons")
+    ax.set_ylabel("validation accuracy on the device")
+    ax.set_title(f"8x8 digits, black-box tanh-with-ripple neurons (seed {seed})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -311,7 +334,6 @@ def main(argv: list[str] | None = None) -> None:
     """Run the three ways and write their metrics."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/blackbox-digits")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -324,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0, help="worker processes of the black box")
     p.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke test")
     p.add_argument("--compare", action="store_true", help="compare derivative-free optimisers")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="with --compare")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--select-seed", type=int, default=100, help="with --compare")
     args = p.parse_args(argv)
     if args.quick:
@@ -336,30 +358,58 @@ def main(argv: list[str] | None = None) -> None:
         compare(args, command)
         return
 
-    dev = black_box(args.workers)
-    train, test = qn.load_digits(seed=args.seed)
-    table = qn.sweep(dev, qn.Grid(n=args.sweep_points), progress=False)
-    twin = qn.fit_surrogate(table, seed=args.seed, policy="clamp").model
-    n_sweep = table.n_points
+    three_ways(args, command)
 
-    results = {
-        "pat": gradient_run("pat", qn.PhysicsAware(), dev, twin, n_sweep, train, test, args),
-        "twin": gradient_run("twin", qn.Surrogate(), dev, twin, n_sweep, train, test, args),
-        "cmaes": cmaes_run(dev, train, test, args),
-    }
+
+def three_ways(args: argparse.Namespace, command: str) -> None:
+    """Physics-aware, twin only and CMA-ES on every seed; one folder per way, mean ± std."""
+    dev = black_box(args.workers)
+    # the device is swept once; each seed draws its own split, twin fit, weights and batches
+    table = qn.sweep(dev, qn.Grid(n=args.sweep_points), progress=False)
+    n_sweep = table.n_points
+    runs: dict[str, list[dict]] = {"pat": [], "twin": [], "cmaes": []}
+    for seed in args.seeds:
+        full_train, test = qn.load_digits(seed=seed)
+        train, val = full_train.split(0.2, seed=seed)
+        split = (train, val, test)
+        twin = qn.fit_surrogate(table, seed=seed, policy="clamp").model
+        runs["pat"].append(
+            gradient_run("pat", qn.PhysicsAware(), dev, twin, n_sweep, split, seed, args)
+        )
+        runs["twin"].append(
+            gradient_run("twin", qn.Surrogate(), dev, twin, n_sweep, split, seed, args)
+        )
+        runs["cmaes"].append(cmaes_run(dev, split, seed, args))
+        if seed == args.seeds[0]:
+            first = {name: r[-1] for name, r in runs.items()}
     dev.close()
     out = Path(args.out)
-    for name, r in results.items():
+    for name, per_seed in runs.items():
         folder = out / f"blackbox-digits-{name}"
         folder.mkdir(parents=True, exist_ok=True)
-        r = {"way": name, "device": dev.describe(), "seed": args.seed, **r}
-        (folder / "metrics.json").write_text(json.dumps(r, indent=1) + "\n")
+        acc = [r["accuracy"]["device"] for r in per_seed]
+        stats = _mean_std(acc)
+        record = {
+            "way": name,
+            "device": dev.describe(),
+            "seeds": list(args.seeds),
+            "accuracy": {
+                "device_mean": stats["mean"],
+                "device_std": stats["std"],
+                "device": acc,
+            },
+            "device_evaluations": per_seed[0]["device_evaluations"],
+            "per_seed": per_seed,
+            "protocol": "curves on a validation split (a fifth of the training images); the test "
+            "set scored once per final network",
+        }
+        write_json(folder / "metrics.json", record)
         (folder / "command.txt").write_text(command + "\n")
         print(
-            f"{name:6s} device accuracy {r['accuracy']['device']:.4f} with "
-            f"{r['device_evaluations']:,} device evaluations"
+            f"{name:6s} device accuracy {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
+            f"{list(args.seeds)}, {record['device_evaluations']:,} device evaluations per run"
         )
-    plot(results, out / "blackbox-digits-pat" / "accuracy-vs-evaluations.png")
+    plot(first, args.seeds[0], out / "blackbox-digits-pat" / "accuracy-vs-evaluations.png")
 
 
 if __name__ == "__main__":

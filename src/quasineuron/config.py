@@ -340,7 +340,11 @@ class StageConfig(_Strict):
     ) = Field(None, description="training method; default: training.mode / bptt")
     epochs: int | None = Field(None, ge=1)
     samples: int | None = Field(None, ge=1)
-    keep: Literal["best", "last"] = "best"
+    keep: Literal["best", "last", "best-or-start"] = Field(
+        "best",
+        description="the stage's weights: its best epoch on validation, its last, or its best "
+        "epoch unless the network it started from scores higher (then the stage is undone)",
+    )
     average_last: int = Field(
         1, ge=1, description="average the weights of the last k epochs (1: no averaging)"
     )
@@ -563,7 +567,9 @@ class RunConfig(_Strict):
         """The stages to run: the declared ones, or one stage built from ``[training]``."""
         if self.training.stages:
             return self.training.stages
-        keep: Literal["best", "last"] = "best" if self.training.patience else "last"
+        keep: Literal["best", "last", "best-or-start"] = (
+            "best" if self.training.patience else "last"
+        )
         if self.network.kind == "wuxing":
             keep = "best"
         return (StageConfig(epochs=self.training.epochs, keep=keep),)

@@ -38,7 +38,6 @@ from quasineuron.devices.library import make_device
 from quasineuron.devices.wrappers import InputClip
 from quasineuron.errors import DeviceContractError, OutOfDomainWarning, RunFolderError
 from quasineuron.evaluation import evaluate, is_stochastic
-from quasineuron.evaluation.evaluate import mode_name
 from quasineuron.network import (
     AbstractMode,
     Dense,
@@ -1009,7 +1008,7 @@ def _train_stage(
         method = _wuxing_method(config, stage, index)
         # fitted on the network as this stage starts (its neurons' parameters K as they are
         # now), deterministically from its seed: a resumed stage refits the same twin
-        twin, twin_info = _neuron_twin(stage, net, folder)
+        twin, twin_info = _neuron_twin(stage, net, folder, say=progress)
         strategy = method.bound(neuron=twin, schedule=schedule, val_mode=t.validate_on)
         name = stage.method or "bptt"
         extra = {"method_settings": repr(method), "validated_on": t.validate_on}
@@ -1067,6 +1066,15 @@ def _train_stage(
         "keep": stage.keep if not averaging else "average",
         "averaged_epochs": averaged,
         "best_epoch": result.best_epoch,
+        # keep = "best-or-start": the score to beat, and whether the stage was undone
+        **(
+            {
+                "start_val_accuracy": result.extras["start_val_accuracy"],
+                "undone": result.best_epoch == 0,
+            }
+            if "start_val_accuracy" in result.extras
+            else {}
+        ),
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from_epoch,
         "epochs_run": len(result.history),
@@ -1309,8 +1317,14 @@ def _check_neuron_twin(name: str, opts: dict[str, Any], twin: Any, index: int) -
         raise ConfigError(f"{where}: unknown option {unknown[0]!r}; use {list(_NEURON_TWIN_KEYS)}")
 
 
-def _neuron_twin(stage: StageConfig, net: Any, folder: Path) -> tuple[Any, dict[str, Any] | None]:
-    """The stage's neuron twin, fitted (deterministically, from its seed) into ``folder``."""
+def _neuron_twin(
+    stage: StageConfig, net: Any, folder: Path, *, say: bool = False
+) -> tuple[Any, dict[str, Any] | None]:
+    """The stage's neuron twin, fitted (deterministically, from its seed) into ``folder``.
+
+    With ``say``, a line on the console before the fit (it shows no progress bar and takes a
+    minute or two) and one after it, with its held-out error.
+    """
     spec = _tuples(dict(stage.options)).get("neuron_twin")
     if spec is None:
         return None, None
@@ -1318,7 +1332,16 @@ def _neuron_twin(stage: StageConfig, net: Any, folder: Path) -> tuple[Any, dict[
 
     from quasineuron.wuxing.twin import fit_neuron_twin
 
+    if say:
+        print(f"{folder.name}: fitting the neuron twin {spec} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     twin, report = fit_neuron_twin(net, **spec)
+    if say:
+        print(
+            f"{folder.name}: neuron twin fitted in {time.perf_counter() - t0:.0f} s, held-out "
+            f"RMSE {report.rmse:.3g} (signal RMS {report.signal_rms:.3g})",
+            file=sys.stderr,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     save_surrogate(twin.correction, folder / "neuron-twin.safetensors")
     info = {
@@ -1337,6 +1360,53 @@ _WUXING_SCORE_MODES: dict[str, Literal["window", "steady-state"]] = {
     "device": "window",
     "surrogate": "steady-state",
 }
+
+
+def _score_test(
+    config: RunConfig, net: DeviceNetwork, test: ArrayDataset, *, measured: bool
+) -> tuple[Any, int]:
+    """The test read of a device network: the config's modes, variability and passes.
+
+    One place for what a score is, so that ``run`` and ``quasineuron score`` read the test set
+    the same way: a device with noise or device-to-device variability is scored
+    :data:`STOCHASTIC_PASSES` times per true-device mode. Returns the report and the passes.
+    """
+    variability = None
+    if config.evaluation.variability is not None:
+        variability = Variability(**config.evaluation.variability.model_dump())
+    modes = [_MODES[m]() for m in config.evaluation.modes if not measured or m == "surrogate"]
+    if not modes:  # measured data only: the twin network is what there is to score
+        modes = [_MODES["surrogate"]()]
+    passes = STOCHASTIC_PASSES if is_stochastic(net) else 1
+    report = evaluate(
+        net,
+        test,
+        modes=modes,
+        batch_size=config.evaluation.batch_size,
+        variability=variability,
+        passes=passes,
+    )
+    return report, passes
+
+
+def _report_accuracy(report: Any, *, measured: bool) -> dict[str, float | None]:
+    """Accuracy per mode of a test read, with the spreads it measured.
+
+    ``<mode>_std`` over passes where there were several; ``<mode>_instances`` and
+    ``<mode>_instances_std`` over the drawn instances of ``evaluation.variability``.
+    """
+    accuracy: dict[str, float | None] = dict(report.accuracy)
+    if measured:  # no true device: say so rather than leave the key out
+        accuracy["device"] = None
+    for name, accs in report.accuracy_passes.items():
+        if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
+            accuracy[f"{name}_std"] = report.accuracy_std[name]
+    if report.variability is not None:
+        # evaluation.variability: the same network on drawn device instances, mean and spread
+        for name, spread in report.variability["modes"].items():
+            accuracy[f"{name}_instances"] = spread["mean"]
+            accuracy[f"{name}_instances_std"] = spread["std"]
+    return accuracy
 
 
 def score_network(
@@ -1379,23 +1449,19 @@ def score_network(
             run / "network", device=MeasuredOnly(_measured_table(measured)), twin=twin
         )
         _install_stage_twins(config, run, device_net)
-        report = evaluate(
-            device_net, test, modes=[_MODES["surrogate"]()], batch_size=config.evaluation.batch_size
-        )
-        return {**report.accuracy, "device": None}
+        report, _ = _score_test(config, device_net, test, measured=True)
+        return _report_accuracy(report, measured=True)
     device = make_device(config.device.name, **config.device.options)
     if config.device.input_clip:
         device = InputClip(device)
     twin = load_surrogate(run / "twin.safetensors").to(torch.float32)
     device_net = load_network(run / "network", device=device, twin=twin)
     _install_stage_twins(config, run, device_net)
-    report = evaluate(
-        device_net,
-        test,
-        modes=[_MODES[m]() for m in config.evaluation.modes],
-        batch_size=config.evaluation.batch_size,
-    )
-    return dict(report.accuracy)
+    report, _ = _score_test(config, device_net, test, measured=False)
+    accuracy = _report_accuracy(report, measured=False)
+    if config.evaluation.chemistry:  # the compiled chemistry is part of the run's score too
+        accuracy["chemistry"] = _score_chemistry(config, device_net, test)["accuracy"]
+    return accuracy
 
 
 def _run_wuxing(
@@ -1782,28 +1848,9 @@ def _run_stages_counted(
         ood_training += twin.n_out_of_domain
     twin.reset_domain_count()
     t0 = time.perf_counter()
-    variability = None
-    if config.evaluation.variability is not None:
-        variability = Variability(**config.evaluation.variability.model_dump())
-    modes = [_MODES[m]() for m in config.evaluation.modes if not measured or m == "surrogate"]
-    if not modes:  # measured data only: the twin network is what there is to score
-        modes = [_MODES["surrogate"]()]
-    passes = STOCHASTIC_PASSES if is_stochastic(net) else 1
-    report = evaluate(
-        net,
-        test,
-        modes=modes,
-        batch_size=config.evaluation.batch_size,
-        variability=variability,
-        passes=passes,
-    )
+    report, passes = _score_test(config, net, test, measured=measured)
     timings["evaluate_s"] = time.perf_counter() - t0
-    accuracy: dict[str, float | None] = dict(report.accuracy)
-    if measured:  # no true device: say so rather than leave the key out
-        accuracy["device"] = None
-    for name, accs in report.accuracy_passes.items():
-        if len(accs) > 1:  # e.g. accuracy.device_std: the spread over passes of a noisy device
-            accuracy[f"{name}_std"] = report.accuracy_std[name]
+    accuracy = _report_accuracy(report, measured=measured)
     for kind, fitted in baselines.items():  # baseline_mlp, baseline_same_wiring
         accuracy[f"baseline_{kind.replace('-', '_')}"] = _accuracy(fitted.network, test)
     chemistry = None
@@ -1862,7 +1909,7 @@ def _run_stages_counted(
         },
         # drive rows sent to the true device in this run, by stage (rows of a resumed sweep
         # or of reloaded training stages were sent by an earlier attempt and are not counted)
-        "device_evaluations": counter.summary([mode_name(m) for m in modes]),
+        "device_evaluations": counter.summary(list(report.accuracy)),
         **({"measurements": char.report["measurements"]} if measured else {}),
         **({"chemistry": chemistry} if chemistry is not None else {}),
         "training": {

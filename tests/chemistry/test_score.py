@@ -52,6 +52,11 @@ def test_a_run_scores_the_compiled_chemistry_and_a_family_keeps_each_seeds_agree
     # the chemistry's accuracy is part of the run's one test read
     scores = json.loads((tmp_path / "run" / "seed-0" / "scores.json").read_text())
     assert scores["test_reads"] == 1 and "chemistry" in scores["readings"][0]["accuracy"]
+    # a later read scores the chemistry again, as the run did
+    from quasineuron.protocol import score_run
+
+    again = score_run(tmp_path / "run" / "seed-0", again=True)
+    assert again["accuracy"] == scores["readings"][0]["accuracy"] and again["test_reads"] == 2
 
 
 def test_a_family_carries_each_seeds_chemistry_agreement_and_its_minimum() -> None:

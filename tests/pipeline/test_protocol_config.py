@@ -95,7 +95,7 @@ def test_every_wuxing_example_config_builds_its_methods() -> None:
     from quasineuron.pipeline import _wuxing_method
 
     examples = sorted((Path(__file__).parents[2] / "examples").glob("wuxing-model1-*.toml"))
-    assert len(examples) == 6
+    assert len(examples) == 7
     for path in examples:
         cfg = load_config(path)
         assert cfg.network.kind == "wuxing" and cfg.network.model == "MODEL1"

@@ -128,6 +128,24 @@ def test_run_reads_the_test_set_once_and_score_refuses_a_second_read(
     assert _json(out / "metrics.json")["test_reads"] == 3
 
 
+@pytest.mark.slow
+def test_score_reads_the_test_set_under_the_run_s_device_variability(tmp_path: Path) -> None:
+    # device-to-device spread is part of what a score is: `score --again` scores the saved
+    # network under the same (seeded) spread as the run did, not on ideal copies of the device
+    spread = "\n[evaluation.variability]\ngain_std = 0.6\noffset_std = 0.3\nseed = 4\n"
+    text = DEVICE.format(extra="").replace("hidden = [4]", "hidden = [16]")
+    text = text.replace("epochs = 2", "epochs = 10").replace("lr = 0.003", "lr = 0.03")
+    cfg = _write(tmp_path, text + spread)
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    ran = _json(out / "metrics.json")["accuracy"]
+    # the spread changes the score on the drawn instances, so this can fail
+    assert ran["device_instances"] < ran["device"] - 0.01
+    assert main(["score", str(out), "--again"]) == 0
+    scored = _json(out / "scores.json")["readings"][-1]["accuracy"]
+    assert scored == ran
+
+
 def test_score_refuses_a_run_that_is_not_complete(tmp_path: Path) -> None:
     from quasineuron.errors import RunFolderError
     from quasineuron.protocol import score_run

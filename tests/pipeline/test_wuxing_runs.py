@@ -19,7 +19,7 @@ from quasineuron.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
-METHODS = ("method1", "method2", "method2-operating", "mixed", "bptt", "twin-bptt")
+METHODS = ("method1", "method2", "method2-operating", "mixed", "bptt", "twin-bptt", "chain")
 
 # Two stages; the second (method 2 with adaptive steps, whose moments are part of the state a
 # resume must restore) runs many short epochs, so a kill lands between two of its checkpoints.
@@ -131,6 +131,9 @@ def test_the_model1_examples_select_the_rule_they_are_named_after() -> None:
     assert isinstance(fine, Backprop) and fine.through == "window"
     twin_stage = load_config(EXAMPLES / "wuxing-model1-twin-bptt.toml").stages()[0]
     assert "neuron_twin" in twin_stage.options  # pre-training through a fitted neuron twin
+    chain = _stage_methods("chain")  # the recorded best chain: 2 twin, 4 BPTT, 4 BPTT + K stages
+    assert [m.through for m in chain] == ["steady-state"] * 2 + ["window"] * 8
+    assert [m.k_lr > 0 for m in chain] == [False] * 6 + [True] * 4
 
 
 def test_quick_shrinks_the_data_budgets_window_and_twin_and_keeps_the_model() -> None:
@@ -172,7 +175,7 @@ def test_each_model1_example_runs_quick_and_scores_once(name: str, tmp_path: Pat
     assert metrics["test_reads"] == 1
     assert set(metrics["accuracy"]) == {"device", "surrogate"}
     stages = metrics["training"]["stages"]
-    assert len(stages) == (2 if name in ("bptt", "twin-bptt") else 1)
+    assert len(stages) == {"bptt": 2, "twin-bptt": 2, "chain": 10}.get(name, 1)
     assert all(s["epochs_run"] == 1 for s in stages)
     for i in range(len(stages)):
         assert (out / "checkpoints" / f"stage-{i + 1}" / "checkpoint.safetensors").is_file()

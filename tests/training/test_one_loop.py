@@ -122,6 +122,27 @@ def test_keep_best_ranks_by_accuracy_then_lower_loss_then_earlier():
     assert res.stopped_early and len(res.history) == 4 and w == 3.0
 
 
+def test_keep_best_or_start_undoes_a_run_that_does_not_beat_the_incoming_network(
+    tmp_path,
+):
+    start = float(Linear().w.detach()[0, 0])
+    # the first score is the incoming network's: no epoch beats 0.6, so it comes back unchanged
+    res, w = _scripted([(0.5, 0.6), (0.4, 0.5), (0.5, 0.55)], epochs=2, keep="best-or-start")
+    assert res.best_epoch == 0 and w == start and res.extras["start_val_accuracy"] == 0.6
+    # an epoch that beats it is kept as with keep="best"
+    res, w = _scripted([(0.5, 0.6), (0.4, 0.7), (0.5, 0.65)], epochs=2, keep="best-or-start")
+    assert res.best_epoch == 1 and w == 1.0 and res.extras["start_val_accuracy"] == 0.6
+    # a resumed run keeps the incoming network as the candidate without scoring it again
+    data, net = _data(n=8), Linear()
+    strategy = Scripted([(0.5, 0.6), (0.4, 0.5), (0.5, 0.55)])
+    kw = dict(batch_size=8, val_data=data, progress=False, keep="best-or-start")
+    fit(net, data, strategy, epochs=1, checkpoint_dir=tmp_path, **kw)
+    strategy.scores, strategy.scored = [(0.5, 0.55)], 0
+    res = fit(net, data, strategy, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert strategy.scored == 1 and res.best_epoch == 0
+    assert float(net.w.detach()[0, 0]) == start
+
+
 def test_max_samples_is_a_budget_of_whole_batches():
     data = _data(n=8)
     seen = []

@@ -130,7 +130,7 @@ class WeightAveraging(Callback):
 
     def on_train_begin(self, state: LoopState) -> None:
         """Refuse ``keep="best"``: the two choose the final weights in different ways."""
-        if state.keep == "best":
+        if state.keep != "last":
             raise ValueError(
                 "WeightAveraging installs averaged weights at the end, keep='best' the weights "
                 "of one epoch; use keep='last' (and no patience) with WeightAveraging"

@@ -27,7 +27,7 @@ from quasineuron.training.strategy import AbstractStrategy, Plan
 
 __all__ = ["EpochMetrics", "TrainResult", "fit", "train"]
 
-_KEEP = ("last", "best")
+_KEEP = ("last", "best", "best-or-start")
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,11 @@ def fit(
         val_data: Validation data scored after every epoch.
         keep: ``"last"``: the weights of the last epoch. ``"best"``: those of the epoch with
             the highest validation accuracy (ties: lower validation loss, then earlier; for
-            regression the lowest validation loss).
+            regression the lowest validation loss). ``"best-or-start"``: the same, with the
+            network as it came in scored first as epoch 0, so a run that makes it worse on
+            validation returns it unchanged (``best_epoch == 0``; its score is in
+            ``extras["start_val_accuracy"]``); the way to chain fine-tuning stages that
+            each keep only an improvement.
         patience: Stop after this many epochs without improvement (by ``keep="best"``'s
             ranking; ``min_delta`` on accuracy, or on the loss for regression); implies
             ``keep="best"``. None never stops.
@@ -178,7 +182,7 @@ def fit(
             f"{type(strategy).__name__}"
         )
     if keep not in _KEEP:
-        raise ValueError(f"keep must be 'last' or 'best', got {keep!r}")
+        raise ValueError(f"keep must be one of {_KEEP}, got {keep!r}")
     _check_options(net, train_data, val_data, epochs, batch_size, patience, min_delta)
     if max_samples is not None and (
         isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
@@ -268,6 +272,16 @@ def fit(
         resumed_from = start_epoch
         state = LoopState(net=net, strategy=strategy, plan=plan, train_data=train_data, keep=keep)
         state.epoch, state.step, state.samples_seen = start_epoch, step, seen
+        if keep == "best-or-start" and val_data is not None and start_epoch == 0:
+            # the incoming network is the candidate to beat (a resumed run restores it from
+            # the checkpoint's best, so it is scored once)
+            start_loss, start_acc = strategy.score(net, val_data, batch_size)
+            net.train()
+            best.update(epoch=0, val_loss=start_loss, val_accuracy=start_acc)
+            best["start_val_accuracy"] = start_acc  # kept in the checkpoint with the best
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if "start_val_accuracy" in best:
+            state.result_extras["start_val_accuracy"] = best["start_val_accuracy"]
         for cb in cbs:
             cb.on_train_begin(state)
         t_run = time.perf_counter()
@@ -389,7 +403,7 @@ def fit(
                         step,
                         seen,
                     )
-        if keep == "best" and best_state is not None and best["epoch"] != len(history):
+        if keep != "last" and best_state is not None and best["epoch"] != len(history):
             net.load_state_dict(best_state)
             strategy.weights_loaded(net)
         for cb in cbs:
