@@ -73,6 +73,9 @@ _QUICK_RUNS: dict[tuple[str, ...], Path] = {}
 
 @pytest.mark.slow
 @OLD_SPELLINGS
+# a smoke run (one epoch on 200 images) may drive a twin out of its domain: the run says so
+# with this warning, which is the library working, not the smoke test failing
+@pytest.mark.filterwarnings("ignore::quasineuron.errors.OutOfDomainWarning")
 @pytest.mark.parametrize("name", INDEXED)
 def test_the_quick_form_of_every_indexed_result_runs(name: str, tmp_path: Path) -> None:
     entry = reproduce_entry(RESULTS / name)
