@@ -307,6 +307,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="train on the first this many samples (default all; --quick: 300)",
     )
     real.add_argument(
+        "--validation",
+        action="store_true",
+        help="score on held-out training images (the last sixth, at most 5000) instead of "
+        "the test set: the way to choose a route or a setting",
+    )
+    real.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: one seed, one epoch, 300 training samples (numbers mean nothing)",
@@ -578,6 +584,7 @@ def _realism(args: argparse.Namespace) -> int:
             epochs=epochs,
             hidden=args.hidden,
             max_train=max_train,
+            validation=args.validation,
             log=lambda line: print(line, flush=True),
         )
     print(f"wrote {args.out / 'metrics.json'}")

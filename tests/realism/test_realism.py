@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from quasineuron.realism import ROUTES, Route, Scenario, default_scenarios, run_realism
+from quasineuron.data import ArrayDataset
+from quasineuron.realism import (
+    ROUTES,
+    Route,
+    Scenario,
+    default_scenarios,
+    run_realism,
+    validation_split,
+)
 
 
 def test_every_scenario_names_known_routes_and_recommends_one_it_runs() -> None:
@@ -26,6 +34,30 @@ def test_every_scenario_names_known_routes_and_recommends_one_it_runs() -> None:
     for sc in scenarios:
         assert set(sc.routes) <= names
         assert sc.recommended in sc.routes
+
+
+def test_the_validation_split_holds_out_the_last_sixth_at_most_5000() -> None:
+    import torch
+
+    for n, start, stop in ((60_000, 50_000, 55_000), (1438, 1199, 1438)):
+        data = ArrayDataset(torch.arange(n, dtype=torch.float32)[:, None], torch.zeros(n).long())
+        train, held, (a, b) = validation_split(data)
+        assert (a, b) == (start, stop) and len(train) == start and len(held) == stop - start
+        # nothing held out is trained on, and the held-out images are the ones named
+        assert float(train.x[-1, 0]) == start - 1 and float(held.x[0, 0]) == start
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_the_suite_scores_the_validation_split_when_asked() -> None:
+    exact = default_scenarios()[0]
+    sc = Scenario(
+        exact.name, exact.description, exact.make_device, routes=("twin",), recommended="twin"
+    )
+    m = run_realism(scenarios=[sc], seeds=(0,), epochs=1, hidden=4, max_train=100, validation=True)
+    assert m["scored_on"] == "validation (training images 1199-1437)" and m["n_test"] == 239
+    m = run_realism(scenarios=[sc], seeds=(0,), epochs=1, hidden=4, max_train=100)
+    assert m["scored_on"] == "test" and m["n_test"] == 359
 
 
 def test_a_route_refuses_an_unknown_mode() -> None:
@@ -66,3 +98,13 @@ def test_the_suite_writes_scenarios_with_routes_seeds_and_the_ideal(tmp_path: Pa
     # the bounded output layer keeps its drives in the box: the tools' route is never worse
     tools = entry["routes"][1]
     assert tools["outside_fraction_mean"] <= entry["routes"][0]["outside_fraction_mean"]
+
+
+def test_every_recommendation_is_the_cheapest_route_within_spread_on_validation() -> None:
+    # the committed validation run (held-out training images, never the test set) is where the
+    # recommendations come from: a recommendation changed without it fails here
+    path = Path(__file__).parents[2] / "docs/results/realism-mnist/validation.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["scored_on"].startswith("validation")
+    chosen = {sc["name"]: sc["cheapest_within_spread"] for sc in record["scenarios"]}
+    assert chosen == {sc.name: sc.recommended for sc in default_scenarios()}

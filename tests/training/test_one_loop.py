@@ -141,6 +141,9 @@ def test_keep_best_or_start_undoes_a_run_that_does_not_beat_the_incoming_network
     res = fit(net, data, strategy, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
     assert strategy.scored == 1 and res.best_epoch == 0
     assert float(net.w.detach()[0, 0]) == start
+    # without validation data there is nothing to score the incoming network on: refused
+    with pytest.raises(ValueError, match="best-or-start.*val_data"):
+        fit(Linear(), data, Scripted([]), epochs=1, batch_size=8, keep="best-or-start")
 
 
 def test_max_samples_is_a_budget_of_whole_batches():
@@ -220,18 +223,19 @@ def test_weight_averaging_installs_the_mean_of_the_last_epochs():
     # two steps per epoch: the weights end epochs 3, 4, 5 at 6, 8, 10
     assert torch.equal(net.w, torch.full((3, 2), (6.0 + 8.0 + 10.0) / 3, dtype=F64))
     assert res.extras["weight_averaging"] == {"epochs": [3, 4, 5]}
-    with pytest.raises(ValueError, match="keep='last'"):
-        fit(
-            Linear(),
-            _data(n=8),
-            Scripted([(0.1, 0.5)]),
-            epochs=1,
-            batch_size=4,
-            val_data=_data(n=8),
-            keep="best",
-            progress=False,
-            callbacks=[WeightAveraging(last=2)],
-        )
+    for keep in ("best", "best-or-start"):
+        with pytest.raises(ValueError, match=f"keep={keep!r}.*keep='last'"):
+            fit(
+                Linear(),
+                _data(n=8),
+                Scripted([(0.1, 0.5)]),
+                epochs=1,
+                batch_size=4,
+                val_data=_data(n=8),
+                keep=keep,
+                progress=False,
+                callbacks=[WeightAveraging(last=2)],
+            )
 
 
 def _identity_net() -> qn.DeviceNetwork:

@@ -129,11 +129,11 @@ class WeightAveraging(Callback):
         self._snaps: deque[tuple[int, dict[str, torch.Tensor]]] = deque(maxlen=last)
 
     def on_train_begin(self, state: LoopState) -> None:
-        """Refuse ``keep="best"``: the two choose the final weights in different ways."""
+        """Refuse any ``keep`` but ``"last"``: the two choose the final weights differently."""
         if state.keep != "last":
             raise ValueError(
-                "WeightAveraging installs averaged weights at the end, keep='best' the weights "
-                "of one epoch; use keep='last' (and no patience) with WeightAveraging"
+                f"WeightAveraging installs averaged weights at the end, keep={state.keep!r} the "
+                "weights of one epoch; use keep='last' (and no patience) with WeightAveraging"
             )
 
     def on_epoch(self, state: LoopState, metrics: EpochMetrics) -> bool | None:

@@ -183,6 +183,11 @@ def fit(
         )
     if keep not in _KEEP:
         raise ValueError(f"keep must be one of {_KEEP}, got {keep!r}")
+    if keep == "best-or-start" and val_data is None:
+        raise ValueError(
+            "keep='best-or-start' scores the incoming network on val_data and keeps it unless "
+            "an epoch beats it there; pass val_data (e.g. train_data.split(0.1, seed=0))"
+        )
     _check_options(net, train_data, val_data, epochs, batch_size, patience, min_delta)
     if max_samples is not None and (
         isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
