@@ -966,12 +966,62 @@ def _train_stages(
         stage_result, outcome = _train_stage(
             config, stage, index, net, train_set, val_set, folder, progress=progress
         )
+        _mark_regression(outcome, outcomes)
         # a recharacterize stage trains nothing: the last training stage's result stands
         result = stage_result if stage_result is not None else result
         _finish_stage(net, folder, outcome)
         _update_run_record(out, stages=[*outcomes, outcome])
         outcomes.append(outcome)
     return result, outcomes
+
+
+def _kept_val_accuracy(outcome: dict[str, Any]) -> float | None:
+    """The validation accuracy of the weights a training stage kept (None if not scored)."""
+    history = outcome.get("val_accuracy") or []
+    if outcome.get("keep") == "average" or not history:
+        return None  # averaged weights are not scored on validation
+    if outcome.get("best_epoch") == 0:  # keep = "best-or-start" undid the stage
+        return outcome.get("start_val_accuracy")
+    if outcome.get("keep") == "last" or outcome.get("best_epoch") is None:
+        return history[-1]
+    return history[outcome["best_epoch"] - 1]
+
+
+def _mark_regression(outcome: dict[str, Any], before: Sequence[dict[str, Any]]) -> None:
+    """Record, and say, when a stage leaves the network worse on validation than it found it.
+
+    Compared with the last earlier training stage validated the same way (the same
+    ``validated_on`` for a Wuxing network, the same method otherwise). A stage kept with
+    ``keep = "best"`` returns its best epoch, not the network it started from, so a stage
+    whose every epoch is worse (a step size too large for a trained network) would otherwise
+    pass in silence; ``keep = "best-or-start"`` undoes such a stage.
+    """
+    kept = _kept_val_accuracy(outcome)
+    way = outcome.get("validated_on", outcome.get("method"))
+    previous = next(
+        (
+            o
+            for o in reversed(before)
+            if _kept_val_accuracy(o) is not None and o.get("validated_on", o.get("method")) == way
+        ),
+        None,
+    )
+    if kept is None or previous is None:
+        return
+    start = _kept_val_accuracy(previous)
+    assert start is not None
+    if kept < start:
+        outcome["below_previous_stage"] = {
+            "previous_stage": previous["stage"],
+            "val_accuracy": start,
+        }
+        print(
+            f"note: stage {outcome['stage']} ({outcome['method']}) ends at "
+            f"{100 * kept:.2f} % on validation, below the {100 * start:.2f} % stage "
+            f'{previous["stage"]} ended at; keep = "best-or-start" undoes such a stage',
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _train_stage(

@@ -442,3 +442,38 @@ keep = "best"
     # the one loop's ranking: the highest validation accuracy (ties: lower loss, then earlier)
     acc = best["val_accuracy"]
     assert acc[best["best_epoch"] - 1] == max(acc)
+
+
+@pytest.mark.filterwarnings("ignore::quasineuron.errors.OutOfDomainWarning")
+def test_a_stage_that_ends_below_the_one_before_is_recorded_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a step size far too large for a trained network: the second stage's only epoch is worse
+    # on validation than the first stage's end; a keep = "best-or-start" stage never is
+    stages = """
+[[training.stages]]
+method = "surrogate"
+epochs = 3
+[[training.stages]]
+method = "surrogate"
+epochs = 1
+lr = 5.0
+[[training.stages]]
+method = "surrogate"
+epochs = 1
+lr = 5.0
+keep = "best-or-start"
+"""
+    cfg = _write(tmp_path, DEVICE.format(extra=stages).replace("hidden = [4]", "hidden = [16]"))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    first, second, third = _json(out / "metrics.json")["training"]["stages"]
+    assert "below_previous_stage" not in first
+    assert second["below_previous_stage"] == {
+        "previous_stage": 1,
+        "val_accuracy": first["val_accuracy"][first["best_epoch"] - 1],
+    }
+    assert second["val_accuracy"][0] < second["below_previous_stage"]["val_accuracy"]
+    assert "below_previous_stage" not in third  # undone, or kept only where it won
+    err = capsys.readouterr().err
+    assert "note: stage 2 (surrogate) ends at" in err and "stage 3" not in err
