@@ -22,6 +22,7 @@ FAMILIES = (
     "spice-mnist",
     "spice-mnist-physics-aware",
     "reaction-mnist",
+    "wuxing-model1-chain",
 )
 
 
