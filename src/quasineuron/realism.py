@@ -770,9 +770,9 @@ def _cheapest_within_spread(entries: Sequence[dict[str, Any]]) -> str:
 def validation_split(train: ArrayDataset) -> tuple[ArrayDataset, ArrayDataset, tuple[int, int]]:
     """The suite's validation split: held-out training images to choose routes on.
 
-    The last sixth of the training set, at most 5000 images, taken from its start: on MNIST
-    images 50,000-54,999 (training on the images before them), on the 1438 digits training
-    images the last 239. The training set is what comes before the held-out part.
+    The held-out part starts where the last sixth of the training set starts and holds at most
+    5000 images: on MNIST images 50,000-54,999, on the 1438 digits training images the last
+    239. Training uses only the images before the held-out part.
 
     Returns:
         The training part, the held-out part and the held-out index range ``(start, stop)``.

@@ -444,6 +444,7 @@ keep = "best"
     assert acc[best["best_epoch"] - 1] == max(acc)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::quasineuron.errors.OutOfDomainWarning")
 def test_a_stage_that_ends_below_the_one_before_is_recorded_and_said(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
