@@ -23,6 +23,9 @@ average before and after, and the arithmetic the fused kernel does per sample ag
 float32 matmul rate of the same cores measured in the same run (``fraction_of_floor``: that
 arithmetic at the matmul rate over the measured time; the kernel is vector code without the
 matmul's reuse, so 1 is not reachable, but the figure shows how far from the machine it is).
+With ``--threads`` above 1 the torch path also runs on one thread, interleaved in the same run
+(``baseline_one_thread``): at small batches it is faster there than on several threads, so
+``ratio_over_best_torch`` divides the fused rate by the better of the two.
 
 ``--legacy``: the earlier measurement of this bench (torch path only, with ``--compile`` the
 ``torch.compile``'d steps), kept for the tables in BENCHMARKS.md measured with it.
@@ -263,17 +266,22 @@ def compare(a: argparse.Namespace) -> dict:
         net.config = dataclasses.replace(config, T=config.T / 20, fused=path == "fused")
         for job in jobs.values():
             job()
-    rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
+    # "torch1": the torch path on one thread, in the same run (with several threads the torch
+    # path splits small tensors and can be slower than on one): the baseline is the better one
+    paths = ("torch", "fused") + (("torch1",) if a.threads > 1 else ())
+    rates: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     # samples per second of this process's CPU time (all its threads): on a shared machine
     # this is what a step would take on cores of its own, where wall time counts the waits
-    cpu_rates: dict[str, dict[str, list[float]]] = {"fused": {}, "torch": {}}
+    cpu_rates: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     for r in range(a.repeats):
         for name, job in jobs.items():
-            for path in ("torch", "fused") if r % 2 == 0 else ("fused", "torch"):
+            for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
                 net.config = dataclasses.replace(config, fused=path == "fused")
+                torch.set_num_threads(1 if path == "torch1" else a.threads)
                 t, c = time.perf_counter(), time.process_time()
                 job()
                 rate = a.batch / (time.perf_counter() - t)
+                torch.set_num_threads(a.threads)
                 rates[path].setdefault(name, []).append(rate)
                 cpu_rates[path].setdefault(name, []).append(a.batch / (time.process_time() - c))
                 print(f"repeat {r}: {name:8s} {path:5s} {rate:8.2f} samples/s", flush=True)
@@ -287,6 +295,10 @@ def compare(a: argparse.Namespace) -> dict:
 
     ratio = {
         k: [f / t for f, t in zip(rates["fused"][k], rates["torch"][k], strict=True)] for k in jobs
+    }
+    # the better torch thread count of each job, median against median
+    best_torch = {
+        k: max(statistics.median(rates[p][k]) for p in paths if p != "fused") for k in jobs
     }
     out = {
         "machine": {
@@ -304,9 +316,21 @@ def compare(a: argparse.Namespace) -> dict:
         "load_average_after": load_after,
         "samples_per_s": {k: statistics.median(rates["fused"][k]) for k in jobs},
         "baseline": {"samples_per_s": {k: statistics.median(rates["torch"][k]) for k in jobs}},
+        **(
+            {
+                "baseline_one_thread": {
+                    "samples_per_s": {k: statistics.median(rates["torch1"][k]) for k in jobs}
+                }
+            }
+            if "torch1" in rates
+            else {}
+        ),
         "spread": {p: {k: summary(v) for k, v in rates[p].items()} for p in rates},
         "samples_per_cpu_s": {p: {k: summary(v) for k, v in cpu_rates[p].items()} for p in rates},
         "ratio_fused_over_torch": {k: summary(v) for k, v in ratio.items()},
+        "ratio_over_best_torch": {
+            k: statistics.median(rates["fused"][k]) / best_torch[k] for k in jobs
+        },
         "kernel_compile_s": seconds,
         "first_call_s": first_call,
         "matmul_gflop_per_s": gflops,
