@@ -181,7 +181,7 @@ def test_each_model1_example_runs_quick_and_scores_once(name: str, tmp_path: Pat
     assert metrics["test_reads"] == 1
     assert set(metrics["accuracy"]) == {"device", "surrogate"}
     stages = metrics["training"]["stages"]
-    assert len(stages) == {"bptt": 2, "twin-bptt": 2, "chain": 10}.get(name, 1)
+    assert len(stages) == {"twin-bptt": 2, "chain": 10}.get(name, 1)
     # --quick: one epoch per stage, or at most 256 samples for a stage with a sample budget
     assert all(
         s["samples_seen"] <= 256 if "samples" in s["budget"] else s["epochs_run"] == 1
