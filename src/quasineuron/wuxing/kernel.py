@@ -348,7 +348,7 @@ static void back_rk4_SUF(const net_SUF* n, const REAL* restrict E, const REAL* r
    arithmetic of step_SUF), keeping what the step's reverse needs: Heun's stage state Et and,
    with the clip, ok = 1 where the gradient passes it (lo <= E1 <= hi before the clip), else 0.
    The reverse then needs no right-hand side of its own, only the two transposed ones.
-   Work space w: one (S, W) array. */
+   Work space w: one (S, W) array (Euler's f(E0); Heun does not use it). */
 static void step_keep_SUF(const net_SUF* n, const REAL* restrict E0, REAL* restrict E1,
                           const REAL* restrict drive, const REAL* restrict c, REAL* restrict w,
                           REAL* restrict Et, REAL* restrict ok) {
@@ -357,12 +357,13 @@ static void step_keep_SUF(const net_SUF* n, const REAL* restrict E0, REAL* restr
   REAL u[W];
   for (int s = 0; s < S; s++) {
     const size_t o = (size_t)s * W;
-    REAL* k = w + o;
     const REAL* x = E0 + o;
-    f_slot_SUF(n, s, E0, drive, c, k);
-    if (n->solver == 1) {
+    if (n->solver == 1) { /* Heun keeps only its stage state, as step_SUF */
       REAL* t = Et + o;
-      SIMD for (int l = 0; l < W; l++) t[l] = x[l] + h * k[l];
+      f_slot_SUF(n, s, E0, drive, c, u);
+      SIMD for (int l = 0; l < W; l++) t[l] = x[l] + h * u[l];
+    } else { /* Euler's f(E0), read by the second pass */
+      f_slot_SUF(n, s, E0, drive, c, w + o);
     }
   }
   for (int s = 0; s < S; s++) {
