@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,7 @@ def _run(twin: SplineSurrogate, u: torch.Tensor, *, fused: bool):
 def test_fused_equals_torch_path(n_in, n_out, uniform, policy, dtype):
     twin = _twin(n_in, n_out, uniform=uniform).to(dtype)
     twin.policy = policy
-    u = _drives(twin, 400, dtype)
+    u = _drives(twin, 403, dtype)  # vectors of rows and a remainder
     with pytest.warns(OutOfDomainWarning) if policy == "warn" else _nothing():
         y_f, g_f, n_f = _run(twin, u, fused=True)
     with pytest.warns(OutOfDomainWarning) if policy == "warn" else _nothing():
@@ -65,7 +67,7 @@ def test_fused_equals_torch_path(n_in, n_out, uniform, policy, dtype):
     torch.testing.assert_close(y_f, y_t, rtol=tol, atol=tol)
     torch.testing.assert_close(g_f, g_t, rtol=tol, atol=tol)
     assert n_f == n_t > 0
-    assert y_f.dtype == dtype and y_f.shape == (400, n_out)
+    assert y_f.dtype == dtype and y_f.shape == (403, n_out)
 
 
 class _nothing:
@@ -129,11 +131,24 @@ def test_raise_policy_refuses_and_counts():
     assert twin.n_out_of_domain == 2
 
 
-def test_nan_drive_gives_nan_output_not_a_crash():
-    twin = _twin(2, 1, uniform=False)
-    u = torch.tensor([[float("nan"), 0.0], [0.1, 0.1]], dtype=torch.float64)
-    y = twin(u)
-    assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nan_and_infinite_drives_as_the_torch_path(uniform, dtype):
+    twin = _twin(2, 1, uniform=uniform).to(dtype)
+    twin.policy = "clamp"
+    u = _drives(twin, 40, dtype, seed=3)  # rows 0-31 in whole vectors, 32-39 the remainder
+    nan, inf = float("nan"), float("inf")
+    u[0, 0], u[17, 1], u[39, 0] = nan, nan, nan
+    u[5, 1], u[20, 0], u[35, 1] = inf, -inf, inf
+    y_f, g_f, n_f = _run(twin, u, fused=True)
+    y_t, g_t, n_t = _run(twin, u, fused=False)
+    bad = torch.zeros(40, dtype=torch.bool)
+    bad[[0, 17, 39]] = True
+    assert torch.isnan(y_f[bad]).all() and torch.isfinite(y_f[~bad]).all()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(y_f[~bad], y_t[~bad], rtol=tol, atol=tol)
+    torch.testing.assert_close(g_f[~bad], g_t[~bad], rtol=tol, atol=tol)
+    assert n_f == n_t
 
 
 def test_other_dtypes_and_bad_input_keep_the_torch_path_contract():
@@ -146,14 +161,38 @@ def test_other_dtypes_and_bad_input_keep_the_torch_path_contract():
     assert y.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [403, 5])
+def test_drive_major_columns_are_read_in_place(rows, dtype):
+    """A (2, batch) block seen as (batch, 2), as TwoDrive makes it: the same values and
+    gradients as the contiguous rows, with the gradient in the drives' own layout."""
+    twin = _twin(2, 1, uniform=True).to(dtype)
+    twin.policy = "clamp"
+    u = _drives(twin, rows, dtype, seed=4)
+    cols = u.t().contiguous().t()  # drive-major: strides (1, rows)
+    assert cols.stride() == (1, rows)
+    results = []
+    for drives in (u, cols):
+        drives = drives.detach().requires_grad_()
+        twin.reset_domain_count()
+        y = twin(drives)
+        w = torch.linspace(-1.0, 2.0, rows, dtype=dtype).view(rows, 1)
+        (g,) = torch.autograd.grad((y * w).sum(), drives)
+        results.append((y.detach(), g, twin.n_out_of_domain))
+    (y_r, g_r, n_r), (y_c, g_c, n_c) = results
+    assert torch.equal(y_r, y_c) and torch.equal(g_r, g_c) and n_r == n_c > 0
+    assert g_c.stride() == (1, rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("connection", [qn.Linear(), qn.TwoDrive()])
-def test_network_step_equals_torch_path(connection):
+def test_network_step_equals_torch_path(connection, dtype):
     dev = qn.almost_neuron(0.1) if isinstance(connection, qn.TwoDrive) else qn.ideal_neuron("tanh")
     twin = qn.fit_surrogate(qn.sweep(dev, qn.Grid(21), progress=False), kind="spline").model
     twin.policy = "clamp"
     net = qn.DeviceNetwork(dev, (12, 8, 3), twin=twin, connection=connection, seed=0)
-    net = net.to(torch.float64)
-    x = torch.rand(16, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    net = net.to(dtype)
+    x = torch.rand(16, 12, generator=torch.Generator().manual_seed(1), dtype=dtype)
     grads = []
     for fused in (True, False):
         net.layers[0].twin.fused = fused
@@ -164,8 +203,9 @@ def test_network_step_equals_torch_path(connection):
         grads.append(
             [out.detach()] + [p.grad.clone() for p in net.parameters() if p.grad is not None]
         )
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
     for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_rows_split_over_threads_give_the_same_result(monkeypatch):
@@ -183,3 +223,18 @@ def test_rows_split_over_threads_give_the_same_result(monkeypatch):
     torch.testing.assert_close(y_f, y_t, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_f, g_t, rtol=1e-12, atol=1e-12)
     assert n_f == n_t > 0
+
+
+@pytest.mark.parametrize("policy", ["raise", "warn"])
+def test_a_nan_drive_alone_is_not_called_out_of_domain(policy):
+    twin = _twin(2, 1, uniform=True)
+    twin.policy = policy
+    u = torch.tensor([[float("nan"), 0.0], [0.1, 0.1]], dtype=torch.float64)
+    for fused in (True, False):
+        twin.fused = fused
+        twin.reset_domain_count()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = twin(u)
+        assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()
+        assert twin.n_out_of_domain == 0

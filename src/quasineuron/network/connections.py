@@ -255,7 +255,12 @@ class TwoDrive(AbstractConnection):
 
 
 class TwoDriveMap(ConnectionMap):
-    """x (batch, n_in) → (x·A + b, (x**2)·A) of shape (batch, n_neurons, 2)."""
+    """x (batch, n_in) → (x·A + b, (x**2)·A) of shape (batch, n_neurons, 2).
+
+    The drives come drive-major: a view of one (2, batch, n_neurons) block, the rows of the
+    GEMM as they are, so that neither the forward nor the backward pass copies them into
+    pairs (a spline twin reads them in place).
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor):
         super().__init__()
@@ -268,13 +273,12 @@ class TwoDriveMap(ConnectionMap):
         """Map inputs x (batch, n_in) to drives u (batch, n_neurons, 2)."""
         a = self.weight if self.dense else self.weight * self.mask
         batch = x.shape[0]
-        s = torch.cat((x, x * x)) @ a  # one GEMM for both drives: rows [x·A; x²·A]
-        # unbind, not two slices: its backward is one stack, where each slice's backward
-        # would fill a zero tensor of the whole (2 * batch, n_neurons) and add the two
-        s1, s2 = s.view(2, batch, -1).unbind(0)
+        s = (torch.cat((x, x * x)) @ a).view(2, batch, -1)  # one GEMM: rows [x·A; x²·A]
         if self.bias is not None:
-            s1 = s1 + self.bias
-        return torch.stack((s1, s2), dim=-1)
+            # (b, 0) added to the two drives in one pass; its backward passes the gradient
+            # of s through as it is
+            s = s + torch.stack((self.bias, torch.zeros_like(self.bias))).unsqueeze(1)
+        return s.permute(1, 2, 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -226,11 +226,15 @@ class AbstractSurrogate(AbstractDevice):
         high = self._high.to(dtype=u.dtype, device=u.device)
         if u.shape[0]:
             # one pass over the drives (per-column extrema), then a tiny comparison: the one
-            # host sync per call; the elementwise mask is only built when something is outside
+            # host sync per call; the elementwise mask is only built when something is outside.
+            # A NaN drive makes its column's extrema NaN, which compare false, and would hide
+            # every other row's excursion (an infinite drive went through unclamped): a NaN
+            # extremum builds the mask too.
             u_min, u_max = torch.aminmax(u.detach(), dim=0)
-            if bool(((u_min < low) | (u_max > high)).any()):
+            if bool(((u_min < low) | (u_max > high) | u_min.isnan()).any()):
                 outside = (u < low) | (u > high)
-                u = self._out_of_domain(u, outside, low, high)
+                if bool(outside.any()):  # not when the extrema were NaN alone
+                    u = self._out_of_domain(u, outside, low, high)
         evaluate = getattr(self, "_compiled_evaluate", None) or self._evaluate
         return evaluate(u)
 

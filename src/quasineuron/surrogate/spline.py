@@ -213,7 +213,7 @@ class SplineSurrogate(AbstractSurrogate):
             outside = count[0]
         else:
             value, _, outside = _native.spline_eval(
-                lib, grid, u.detach().contiguous(), clamp=clamp, jacobian=False
+                lib, grid, u.detach(), clamp=clamp, jacobian=False
             )
         if outside:
             self.n_out_of_domain += outside
@@ -374,19 +374,18 @@ class _NativeSplineFunction(torch.autograd.Function):
         clamp: bool,
         count: list[int],
     ) -> torch.Tensor:
-        value, jac, outside = _native.spline_eval(
-            lib, grid, u.detach().contiguous(), clamp=clamp, jacobian=True
-        )
+        value, jac, outside = _native.spline_eval(lib, grid, u.detach(), clamp=clamp, jacobian=True)
         count.append(outside)
         ctx.save_for_backward(jac)
+        ctx.lib = lib
         return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (jac,) = ctx.saved_tensors
-        if jac.shape[2] == 1:  # one output: (batch, n_in) * (batch, 1), no reduction
-            g = jac.view(jac.shape[0], jac.shape[1]) * grad
+        if jac.shape[2] == 1 and grad.dtype == jac.dtype:  # one output: no reduction
+            g = _native.scale_rows(ctx.lib, jac, grad)
         else:
             g = torch.einsum("bo,bio->bi", grad, jac)
         return g, None, None, None, None
