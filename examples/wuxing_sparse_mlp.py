@@ -10,7 +10,9 @@ links of a larger one. The network is a ``DeviceNetwork`` whose neurons are tanh
 Model selection uses a validation split (10 % of the training set, stratified): every candidate
 learning rate trains one epoch; the one with the best validation accuracy continues (resumed
 from its checkpoint, optimiser state included) to ``--epochs``; the epoch with the best
-validation accuracy is kept. The test set is scored once per LR, with those weights.
+validation accuracy is kept. The test set is scored once per LR and seed, with those weights.
+``--seeds 0,1,2`` repeats the whole sweep per seed (its own split, masks, initialisation and
+shuffles) and adds the mean ± std over seeds per link ratio (``by_ratio``).
 
     python examples/wuxing_sparse_mlp.py --data-dir <folder with the MNIST IDX files>
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -204,14 +207,48 @@ def fit_link_ratio(
     }
 
 
-def plot_accuracy_vs_link_ratio(runs: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Test accuracy against pooled link ratio (log x), MODEL1's pooled LR marked."""
-    runs = sorted(runs, key=lambda r: r["pooled_link_ratio"])
-    x = [100 * r["pooled_link_ratio"] for r in runs]
+def summarise(runs: Sequence[dict[str, Any]], ratios: Sequence[float]) -> list[dict[str, Any]]:
+    """Per link ratio: test and validation accuracy, mean and std over seeds (std None for 1)."""
+    out = []
+    for ratio in ratios:
+        mine = [r for r in runs if r["link_ratio"] == ratio]
+        row: dict[str, Any] = {
+            "link_ratio": ratio,
+            "pooled_link_ratio": mine[0]["pooled_link_ratio"],
+            "seeds": [r["seed"] for r in mine],
+        }
+        for key in ("test_accuracy", "val_accuracy"):
+            vals = [r[key] for r in mine]
+            row[f"{key}_per_seed"] = vals
+            row[f"{key}_mean"] = statistics.fmean(vals)
+            row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append(row)
+    return out
+
+
+def plot_accuracy_vs_link_ratio(by_ratio: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Test accuracy (mean ± std over seeds) against pooled link ratio (log x), MODEL1 marked."""
+    rows = sorted(by_ratio, key=lambda r: r["pooled_link_ratio"])
+    x = [100 * r["pooled_link_ratio"] for r in rows]
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(x, [100 * r["test_accuracy"] for r in runs], "o-", label="sparse MLP, test")
-    ax.plot(x, [100 * r["val_accuracy"] for r in runs], "s--", ms=4, alpha=0.6, label="validation")
+    n = len(rows[0]["seeds"])
+    ax.errorbar(
+        x,
+        [100 * r["test_accuracy_mean"] for r in rows],
+        yerr=[100 * (r["test_accuracy_std"] or 0.0) for r in rows],
+        fmt="o-",
+        capsize=3,
+        label=f"sparse MLP, test (mean ± std, {n} seed{'s' if n > 1 else ''})",
+    )
+    ax.plot(
+        x,
+        [100 * r["val_accuracy_mean"] for r in rows],
+        "s--",
+        ms=4,
+        alpha=0.6,
+        label="validation (mean)",
+    )
     ax.axvline(100 * MODEL1_POOLED_LR, color="C3", ls=":", label="MODEL1 pooled LR 0.509 %")
     ax.axhline(10, color="grey", lw=0.8, ls="--", label="chance")
     ax.set_xscale("log")
@@ -231,6 +268,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the sweep; returns the metrics written to ``metrics.json``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -241,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lrs", type=_floats, default=(1e-3, 3e-3, 1e-2), help="Adam rates, a,b,c")
     p.add_argument("--ratios", type=_floats, default=None, help="link ratios, a,b,c")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_ints, default=(0,), help="seeds, a,b,c (default 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny subset, 2 ratios, 2 epochs")
     a = p.parse_args(argv)
@@ -251,40 +292,45 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
 
-    full_train, test_set = load_mnist(a.data_dir)
-    if a.quick:
-        full_train = full_train.sample(2000, seed=a.seed)
-        test_set = test_set.sample(500, seed=a.seed)
-    train_set, val_set = full_train.split(0.1, seed=a.seed)
+    all_train, all_test = load_mnist(a.data_dir)
     t_data = time.perf_counter() - t_start
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for k, ratio in enumerate(ratios):
-            run = fit_link_ratio(
-                ratio,
-                train_set,
-                val_set,
-                test_set,
-                lrs=a.lrs,
-                epochs=a.epochs,
-                batch_size=a.batch_size,
-                seed=a.seed,
-                workdir=Path(tmp) / f"ratio{k}",
-            )
-            runs.append(run)
-            print(
-                f"LR {100 * ratio:6.2f} %  pooled {100 * run['pooled_link_ratio']:7.3f} %  "
-                f"links {run['links_per_layer']}  lr {run['chosen_lr']:g}  "
-                f"epoch {run['chosen_epoch']}  val {run['val_accuracy']:.4f}  "
-                f"test {run['test_accuracy']:.4f}  ({run['seconds']:.0f} s)",
-                flush=True,
-            )
+        for seed in a.seeds:
+            full_train, test_set = all_train, all_test
+            if a.quick:
+                full_train = full_train.sample(2000, seed=seed)
+                test_set = test_set.sample(500, seed=seed)
+            train_set, val_set = full_train.split(0.1, seed=seed)
+            for k, ratio in enumerate(ratios):
+                run = fit_link_ratio(
+                    ratio,
+                    train_set,
+                    val_set,
+                    test_set,
+                    lrs=a.lrs,
+                    epochs=a.epochs,
+                    batch_size=a.batch_size,
+                    seed=seed,
+                    workdir=Path(tmp) / f"seed{seed}-ratio{k}",
+                )
+                run = {"seed": seed, **run}
+                runs.append(run)
+                print(
+                    f"seed {seed}  LR {100 * ratio:6.2f} %  "
+                    f"pooled {100 * run['pooled_link_ratio']:7.3f} %  "
+                    f"links {run['links_per_layer']}  lr {run['chosen_lr']:g}  "
+                    f"epoch {run['chosen_epoch']}  val {run['val_accuracy']:.4f}  "
+                    f"test {run['test_accuracy']:.4f}  ({run['seconds']:.0f} s)",
+                    flush=True,
+                )
 
     out_dir = Path(a.out) / RUN_NAME
     metrics = {
         "command": "python examples/wuxing_sparse_mlp.py " + shlex.join(argv),
-        "seed": a.seed,
+        "seeds": list(a.seeds),
+        "test_reads": len(a.seeds),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "threads": a.threads,
@@ -309,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "pooled_link_ratio": MODEL1_POOLED_LR,
         },
         "runs": runs,
+        "by_ratio": summarise(runs, ratios),
         "timings": {
             "data_seconds": t_data,
             "total_seconds": time.perf_counter() - t_start,
@@ -316,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
     }
     write_json(out_dir / "metrics.json", metrics)
-    plot_accuracy_vs_link_ratio(runs, out_dir / "accuracy_vs_link_ratio.png")
+    plot_accuracy_vs_link_ratio(metrics["by_ratio"], out_dir / "accuracy_vs_link_ratio.png")
     print(f"wrote {out_dir / 'metrics.json'} ({metrics['timings']['total_seconds']:.0f} s)")
     return metrics
 

@@ -186,3 +186,20 @@ def test_progress_bar_shows_loss_and_accuracy(capsys):
     train(TinyMLP(2, 4, 2), xor(n_per_corner=4), epochs=1, batch_size=4, progress=True)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "loss=" in err and "acc=" in err
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_is_fused_on_cpu_and_steps_as_the_default_adam(weight_decay):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(30, 7, generator=gen, dtype=torch.float64)
+    ours, ref = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    opt = Adam(lr=1e-2, weight_decay=weight_decay).build([ours])
+    opt_ref = torch.optim.Adam([ref], lr=1e-2, weight_decay=weight_decay)
+    assert opt.defaults["fused"] is True
+    for _ in range(40):
+        g = torch.randn(30, 7, generator=gen, dtype=torch.float64)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        opt_ref.step()
+    assert (ours - ref).abs().max() < 1e-12
+    assert (ours - w).abs().max() > 0.1  # it moved

@@ -49,7 +49,7 @@ def test_quick_sweep_writes_sane_metrics(
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert (run_dir / "accuracy_vs_link_ratio.png").stat().st_size > 1000
     assert metrics["runs"] == json.loads(json.dumps(returned["runs"]))
-    assert metrics["quick"] is True and metrics["seed"] == 0
+    assert metrics["quick"] is True and metrics["seeds"] == [0]
     assert metrics["torch_version"] == torch.__version__
     assert "--quick" in metrics["command"]
     assert [r["link_ratio"] for r in metrics["runs"]] == [1.0, 0.05]
@@ -64,3 +64,15 @@ def test_quick_sweep_writes_sane_metrics(
         assert 0.0 <= run["test_accuracy"] <= 1.0
     # even on 1800 digits and one or two epochs the dense MLP is far above chance
     assert metrics["runs"][0]["test_accuracy"] > 0.6
+
+
+def test_summary_is_mean_and_std_over_seeds(script: ModuleType) -> None:
+    runs = [
+        {"seed": s, "link_ratio": r, "pooled_link_ratio": r, "test_accuracy": a, "val_accuracy": v}
+        for s, r, a, v in [(0, 1.0, 0.9, 0.8), (1, 1.0, 0.7, 0.6), (0, 0.1, 0.5, 0.5)]
+    ]
+    rows = script.summarise(runs, (1.0, 0.1))
+    assert rows[0]["seeds"] == [0, 1] and rows[0]["test_accuracy_per_seed"] == [0.9, 0.7]
+    assert math.isclose(rows[0]["test_accuracy_mean"], 0.8)
+    assert math.isclose(rows[0]["test_accuracy_std"], math.sqrt(0.02))
+    assert rows[1]["test_accuracy_std"] is None and rows[1]["val_accuracy_mean"] == 0.5
