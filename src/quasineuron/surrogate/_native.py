@@ -69,55 +69,10 @@ static inline void contract_SUF(const REAL* restrict c, int d, int n_out, const 
   }
 }
 
-/* Two drives, one output, both axes uniform: the d == 2 path of spline_SUF below with the
-   same operations in the same order, without branches (the rows the vector path leaves, and
-   every row where it is not compiled). JAC is 0 or 1. */
-#define SPLINE2U_LOOP_SUF(JAC)                                                                \
-  for (long long b = r0; b < r1; b++) {                                                     \
-    REAL u0 = u[b * rs], u1 = u[b * rs + ds];                                               \
-    const int o0 = (u0 < lo0) | (u0 > hi0), o1 = (u1 < lo1) | (u1 > hi1);                  \
-    outside += o0 | o1;                                                                     \
-    const int k0 = clamp & o0, k1 = clamp & o1;                                             \
-    u0 = k0 ? (u0 < lo0 ? lo0 : hi0) : u0;                                                  \
-    u1 = k1 ? (u1 < lo1 ? lo1 : hi1) : u1;                                                  \
-    const REAL p0 = (u0 - x0) * ih0, p1 = (u1 - x1) * ih1;                                  \
-    REAL q0 = p0 >= 0 ? p0 : (REAL)0; /* NaN: cell 0 */                                \
-    q0 = q0 >= top0 ? top0 : q0;                                                   \
-    const int i0 = (int)q0;                                                          \
-    REAL q1 = p1 >= 0 ? p1 : (REAL)0; /* NaN: cell 0 */                                \
-    q1 = q1 >= top1 ? top1 : q1;                                                   \
-    const int i1 = (int)q1;                                                          \
-    const REAL t0 = p0 - (REAL)i0, t1 = p1 - (REAL)i1;                                      \
-    const REAL* c = coef + (i0 * n1 + i1) * 16;                                             \
-    REAL r0_ = c[8] + c[12] * t1, r1_ = c[9] + c[13] * t1;                                  \
-    REAL r2_ = c[10] + c[14] * t1, r3_ = c[11] + c[15] * t1;                                \
-    r0_ = c[4] + r0_ * t1; r1_ = c[5] + r1_ * t1; r2_ = c[6] + r2_ * t1; r3_ = c[7] + r3_ * t1; \
-    r0_ = c[0] + r0_ * t1; r1_ = c[1] + r1_ * t1; r2_ = c[2] + r2_ * t1; r3_ = c[3] + r3_ * t1; \
-    REAL v = r2_ + r3_ * t0;                                                                \
-    v = r1_ + v * t0;                                                                       \
-    value[b] = r0_ + v * t0;                                                                \
-    if (JAC) {                                                                              \
-      REAL d0 = (REAL)3.0 * c[12], d1 = (REAL)3.0 * c[13];                                   \
-      REAL d2 = (REAL)3.0 * c[14], d3 = (REAL)3.0 * c[15];                                   \
-      d0 = (c[8] + ((REAL)0.5 * d0) * t1) * (REAL)2.0;                                       \
-      d1 = (c[9] + ((REAL)0.5 * d1) * t1) * (REAL)2.0;                                       \
-      d2 = (c[10] + ((REAL)0.5 * d2) * t1) * (REAL)2.0;                                      \
-      d3 = (c[11] + ((REAL)0.5 * d3) * t1) * (REAL)2.0;                                      \
-      d0 = c[4] + d0 * t1; d1 = c[5] + d1 * t1; d2 = c[6] + d2 * t1; d3 = c[7] + d3 * t1;   \
-      REAL e = (REAL)3.0 * r3_;                                                             \
-      e = (r2_ + ((REAL)0.5 * e) * t0) * (REAL)2.0;                                         \
-      const REAL j0 = (r1_ + e * t0) * ih0;                                                 \
-      REAL w = d2 + d3 * t0;                                                                \
-      w = d1 + w * t0;                                                                      \
-      const REAL j1 = (d0 + w * t0) * ih1;                                                  \
-      jac[b * rs] = k0 ? (REAL)0 : j0;                                                      \
-      jac[b * rs + ds] = k1 ? (REAL)0 : j1;                                                 \
-    }                                                                                       \
-  }
-
 #if defined(__AVX512F__) && IS_F32_SUF
 #include <immintrin.h>
-/* Sixteen rows per step in AVX-512, the scalar loop's operations in its order (no FMA). Each
+/* Two uniform drives, one output: sixteen rows per step in AVX-512, the operations of the
+   scalar loop's two-drive path (spline_SUF below) in its order (no FMA). Each
    row's cell is one 64-byte line of sixteen coefficients: the sixteen lines are loaded and the
    16 x 16 block transposed in registers (sixteen gathers took twice as long on an AMD EPYC).
    Rows come drive-major (rs 1) or as interleaved pairs (rs 2, ds 1); other layouts are left
@@ -244,27 +199,6 @@ static long long spline2u_vec_SUF(long long r0, long long r1, int n0, int n1, RE
 }
 #endif
 
-static long long spline2u_SUF(long long r0, long long r1, const int* ncell, const REAL* nodes,
-                              const int* node_off, const REAL* inv_h, const REAL* low,
-                              const REAL* high, int clamp, const REAL* restrict coef,
-                              const REAL* restrict u, long long rs, long long ds,
-                              REAL* restrict value, REAL* restrict jac) {
-  const REAL x0 = nodes[0], x1 = nodes[node_off[1]];
-  const REAL ih0 = inv_h[0], ih1 = inv_h[node_off[1] - 1];
-  const REAL lo0 = low[0], lo1 = low[1], hi0 = high[0], hi1 = high[1];
-  const int n0 = ncell[0], n1 = ncell[1];
-  const REAL top0 = (REAL)(n0 - 1), top1 = (REAL)(n1 - 1);
-  long long outside = 0;
-  r0 = spline2u_vec_SUF(r0, r1, n0, n1, x0, x1, ih0, ih1, lo0, lo1, hi0, hi1, clamp, coef, u,
-                        rs, ds, value, jac, &outside); /* whole vectors of rows; the rest below */
-  if (jac) {
-    SPLINE2U_LOOP_SUF(1)
-  } else {
-    SPLINE2U_LOOP_SUF(0)
-  }
-  return outside;
-}
-#undef SPLINE2U_LOOP_SUF
 
 /* The backward of one output: out[b, k] = jac[b, k] * grad[b] for rows [r0, r1), where (b, k)
    sits at b * rs + k * ds in jac and out alike. */
@@ -309,9 +243,10 @@ long long spline_SUF(long long r0, long long r1, int d, int n_out, const int* nc
   REAL tmp[8];
   long long outside = 0;
   const int per_cell = (d == 1 ? 4 : d == 2 ? 16 : 64) * n_out;
-  if (d == 2 && n_out == 1 && uniform[0] && uniform[1])
-    return spline2u_SUF(r0, r1, ncell, nodes, node_off, inv_h, low, high, clamp, coef, u, rs, ds,
-                        value, jac);
+  if (d == 2 && n_out == 1 && uniform[0] && uniform[1]) /* whole vectors of rows, if compiled */
+    r0 = spline2u_vec_SUF(r0, r1, ncell[0], ncell[1], nodes[0], nodes[node_off[1]], inv_h[0],
+                          inv_h[node_off[1] - 1], low[0], low[1], high[0], high[1], clamp, coef, u,
+                          rs, ds, value, jac, &outside);
   for (long long b = r0; b < r1; b++) {
     REAL t[3], sc[3];
     int clipped[3];
@@ -528,12 +463,11 @@ def spline_eval(
     """
     batch = u.shape[0]
     rs, ds = u.stride()
-    if not ((rs == grid.d and ds == 1) or (grid.d == 1 and rs == 1)):
-        if grid.n_out == 1 and rs == 1 and ds == batch:
-            pass  # drive-major columns
-        else:
-            u = u.contiguous()
-            rs, ds = grid.d, 1
+    rows = (rs == grid.d and ds == 1) or (grid.d == 1 and rs == 1)
+    columns = grid.n_out == 1 and rs == 1 and ds == batch  # drive-major, as TwoDrive makes them
+    if not (rows or columns):
+        u = u.contiguous()
+        rs, ds = grid.d, 1
     value = torch.empty(batch, grid.n_out, dtype=u.dtype)
     jac = None
     if jacobian:
