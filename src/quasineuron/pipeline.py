@@ -1389,7 +1389,8 @@ def _neuron_twin(
     if say:
         print(
             f"{folder.name}: neuron twin fitted in {time.perf_counter() - t0:.0f} s, held-out "
-            f"RMSE {report.rmse:.3g} (signal RMS {report.signal_rms:.3g})",
+            f"NRMSE {report.nrmse:.2e}, RMSE {report.rmse:.3g} "
+            f"(signal RMS {report.signal_rms:.3g})",
             file=sys.stderr,
         )
     folder.mkdir(parents=True, exist_ok=True)

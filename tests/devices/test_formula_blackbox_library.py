@@ -23,6 +23,25 @@ def test_wrong_dtype_is_named_by_the_probe() -> None:
         FormulaDevice(lambda u: u.double(), n_in=1, n_out=1, domain=BOX1)
 
 
+def test_every_device_refuses_drives_of_the_wrong_shape_or_dtype() -> None:
+    # an elementwise formula would map (batch, 3) drives of a one-drive device to (batch, 3)
+    # outputs, and (batch,) to (batch,), without a word
+    box = Box(low=(-1.0,), high=(1.0,))
+    devices = [
+        FormulaDevice(torch.tanh, n_in=1, n_out=1, domain=box),
+        BlackBoxDevice(np.tanh, n_in=1, n_out=1, domain=box, vectorized=True),
+    ]
+    for dev in devices:
+        assert dev(torch.zeros(4, 1)).shape == (4, 1)
+        for bad in (torch.zeros(4, 3), torch.zeros(4), torch.zeros(2, 4, 1)):
+            with pytest.raises(ValueError, match=r"takes drives of shape \(batch, n_in=1\)"):
+                dev(bad)
+        with pytest.raises(ValueError, match="got list"):
+            dev([[0.0]])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="takes floating drives"):
+            dev(torch.zeros(4, 1, dtype=torch.int64))
+
+
 def test_box_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError, match="low < high"):
         Box((1.0,), (0.0,))

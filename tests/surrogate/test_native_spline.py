@@ -153,7 +153,7 @@ def test_nan_and_infinite_drives_as_the_torch_path(uniform, dtype):
 
 def test_other_dtypes_and_bad_input_keep_the_torch_path_contract():
     twin = _twin(1, 1, uniform=True)
-    with pytest.raises(ValueError, match="expects drives of shape"):
+    with pytest.raises(ValueError, match="takes drives of shape"):
         twin(torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="fused must be True or False"):
         twin.fused = 1  # type: ignore[assignment]

@@ -98,7 +98,7 @@ def test_rejects_bad_input():
             [x] * 4, np.zeros((8,) * 4 + (1,)), domain=Box((0.0,) * 4, (1.0,) * 4)
         )
     twin = SplineSurrogate.from_grid([x], x[:, None], domain=Box((0.0,), (1.0,)))
-    with pytest.raises(ValueError, match=r"shape \(batch, 1\)"):
+    with pytest.raises(ValueError, match=r"shape \(batch, n_in=1\)"):
         twin(torch.zeros(3))
 
 

@@ -236,6 +236,7 @@ def test_neuron_twin_is_exact_to_first_order_and_its_reverse_is_the_transpose():
         rtol=0,
     )
     assert rep.rmse < rep.signal_rms  # a 200-step fit: coarse for large drives
+    assert rep.nrmse < 0.1  # 0.043 measured: 4 % of each element's range
     u = 1e-3 * torch.randn(50, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
     rest = net.rest_state().reshape(-1, 5)[:1]
     with torch.no_grad():
@@ -504,3 +505,15 @@ def test_a_wuxing_method_resumes_bit_identically_through_fit(tmp_path):
     assert resumed.resumed_from_epoch == 1
     assert torch.equal(net_full.K, net_resumed.K) and torch.equal(net_full.c, net_resumed.c)
     assert [m.val_accuracy for m in full.history] == [m.val_accuracy for m in resumed.history]
+
+
+def test_neuron_twin_nrmse_is_range_normalised_not_per_entry():
+    from quasineuron.wuxing.twin import _pooled_nrmse
+
+    # column 0 spans 2 and is off by 0.1 everywhere; column 1 is exact but crosses zero, where
+    # an error relative to each entry would blow up
+    target = torch.tensor([[-1.0, -1e-6], [1.0, 1e-6], [0.0, 1.0]])
+    err = torch.tensor([[0.1, 0.0], [0.1, 0.0], [-0.1, 0.0]])
+    assert _pooled_nrmse(err, target) == pytest.approx(math.sqrt((0.1 / 2) ** 2 / 2), rel=1e-6)
+    # a constant column counts its range as 1
+    assert _pooled_nrmse(torch.full((3, 1), 0.5), torch.ones(3, 1)) == pytest.approx(0.5)

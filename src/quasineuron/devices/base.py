@@ -126,6 +126,33 @@ class AbstractDevice(torch.nn.Module, abc.ABC):
     def __init__(self) -> None:
         super().__init__()
 
+    def __call__(self, u: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`forward`, after :meth:`_check_drives`.
+
+        Without the check a drive of the wrong shape would pass through many devices silently
+        (an elementwise formula maps (batch, 3) drives of a one-drive device to (batch, 3)).
+        """
+        self._check_drives(u)
+        return super().__call__(u, *args, **kwargs)
+
+    def _check_drives(self, u: torch.Tensor) -> None:
+        """Raise unless ``u`` is a floating tensor of shape (batch, n_in).
+
+        Raises:
+            ValueError: If ``u`` is not a tensor of shape (batch, n_in).
+            TypeError: If ``u`` is not floating point.
+        """
+        if not isinstance(u, torch.Tensor) or u.ndim != 2 or u.shape[1] != self.n_in:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} takes drives of shape (batch, "
+                f"n_in={self.n_in}), got {got}; reshape them with u.reshape(-1, {self.n_in})"
+            )
+        if not u.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} {self.name!r} takes floating drives, got dtype {u.dtype}"
+            )
+
     @abc.abstractmethod
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Evaluate the device.

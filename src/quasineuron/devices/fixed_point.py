@@ -1024,13 +1024,6 @@ class FixedPointDevice(AbstractDevice):
 
     # -- solve and forward -------------------------------------------------------------------
 
-    def _check_drives(self, u: torch.Tensor) -> None:
-        if not isinstance(u, torch.Tensor) or u.ndim != 2 or u.shape[1] != self.n_in:
-            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-            raise ValueError(f"u must have shape (batch, n_in={self.n_in}), got {got}")
-        if not u.is_floating_point():
-            raise TypeError(f"u must be a floating tensor, got dtype {u.dtype}")
-
     def solve(self, u: torch.Tensor) -> FixedPointResult:
         """Find the fixed point for every row of ``u`` without building a graph.
 

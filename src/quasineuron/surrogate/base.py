@@ -187,11 +187,7 @@ class AbstractSurrogate(AbstractDevice):
         Raises:
             ValueError: If ``u`` is not of shape (batch, n_in).
         """
-        if u.ndim != 2 or u.shape[1] != self.n_in:
-            raise ValueError(
-                f"{self.name}.valid expects drives of shape (batch, {self.n_in}), got "
-                f"{tuple(u.shape)}"
-            )
+        self._check_drives(u)
         x = u.detach().to(device="cpu", dtype=torch.float64)
         ok = ((x >= self._low.cpu()) & (x <= self._high.cpu())).all(dim=1) & ~x.isnan().any(1)
         if self.validity is not None:
@@ -221,7 +217,6 @@ class AbstractSurrogate(AbstractDevice):
             ValueError: If ``u`` has the wrong shape or is not floating point.
             OutOfDomainError: Under ``policy="raise"``, if a drive is outside the domain.
         """
-        self._check_drives(u)
         low = self._low.to(dtype=u.dtype, device=u.device)
         high = self._high.to(dtype=u.dtype, device=u.device)
         if u.shape[0]:
@@ -237,16 +232,6 @@ class AbstractSurrogate(AbstractDevice):
                     u = self._out_of_domain(u, outside, low, high)
         evaluate = getattr(self, "_compiled_evaluate", None) or self._evaluate
         return evaluate(u)
-
-    def _check_drives(self, u: torch.Tensor) -> None:
-        """Raise ValueError unless ``u`` is a floating (batch, n_in) tensor."""
-        if u.ndim != 2 or u.shape[1] != self.n_in:
-            raise ValueError(
-                f"{self.name} expects drives of shape (batch, {self.n_in}), got "
-                f"{tuple(u.shape)}; add a batch dimension with u.reshape(-1, {self.n_in})"
-            )
-        if not u.is_floating_point():
-            raise ValueError(f"{self.name} expects floating drives, got dtype {u.dtype}")
 
     def _out_of_domain(
         self, u: torch.Tensor, outside: torch.Tensor, low: torch.Tensor, high: torch.Tensor

@@ -31,14 +31,15 @@ class NeuronTwinReport:
 
     Attributes:
         rmse: Root-mean-square error of ``D*`` over held-out drives and elements.
-        rel_rmse: RMS of the error relative to ``max(|D*|, 1e-3)`` per entry.
+        nrmse: RMS over the five elements of each element's RMSE divided by its range of
+            ``D*`` over the held-out drives (the pooled NRMSE of twin fidelity reports).
         max_error: Largest absolute error.
         signal_rms: RMS of ``D*`` itself (the scale of the error).
         n_train: Drives the twin was fitted on.
     """
 
     rmse: float
-    rel_rmse: float
+    nrmse: float
     max_error: float
     signal_rms: float
     n_train: int
@@ -182,9 +183,20 @@ def fit_neuron_twin(
         err = twin(u[n_train:]) - D[n_train:]
     report = NeuronTwinReport(
         rmse=float(err.square().mean().sqrt()),
-        rel_rmse=float((err / D[n_train:].abs().clamp_min(1e-3)).square().mean().sqrt()),
+        nrmse=_pooled_nrmse(err, D[n_train:]),
         max_error=float(err.abs().max()),
         signal_rms=float(D[n_train:].square().mean().sqrt()),
         n_train=n_train,
     )
     return twin, report
+
+
+def _pooled_nrmse(err: torch.Tensor, target: torch.Tensor) -> float:
+    """``sqrt(mean_o (rmse_o / range_o)²)`` over the columns ``o`` (a zero range counts as 1).
+
+    The definition of :mod:`quasineuron.surrogate.report`: an error relative to each entry
+    (``err / |D*|``) is dominated by the entries near zero, which a neuron at rest has many of.
+    """
+    span = target.amax(0) - target.amin(0)
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    return float((err.square().mean(0).sqrt() / span).square().mean().sqrt())
