@@ -63,3 +63,15 @@ def test_raise_refuses_and_counts(twin):
 def test_unknown_policy_is_rejected(twin):
     with pytest.raises(ValueError, match="policy must be one of"):
         twin.policy = "ignore"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_span_in_the_message_skips_nan_drives_and_counts_them(twin, fused):
+    # a NaN drive made every extremum of the message NaN ("span low=[nan]")
+    twin.fused = fused
+    u = torch.cat([MIXED, torch.tensor([[float("nan")]], dtype=torch.float64)])
+    with pytest.warns(
+        OutOfDomainWarning,
+        match=r"2 of 5 drive rows .*span low=\[-3.0\], high=\[2.0\] \(1 rows hold NaN drives",
+    ):
+        twin(u)

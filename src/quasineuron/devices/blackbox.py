@@ -203,7 +203,9 @@ def _evaluate(spec: _Spec, u: np.ndarray) -> np.ndarray:
             if on_error == "raise":
                 raise SimulationError(
                     f"black-box device {name!r} failed at u={row.tolist()}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {exc}. If the device fails in part of its domain, "
+                    "pass on_error='nan': failed rows become NaN, which sweeps record and "
+                    "training stops on or masks (training.nonfinite)"
                 ) from exc
             out[i] = np.nan
     return out

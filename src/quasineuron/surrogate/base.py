@@ -25,6 +25,7 @@ it). A twin without a mask (built by hand) is valid on its whole domain.
 from __future__ import annotations
 
 import abc
+import math
 import os
 import sys
 import warnings
@@ -246,13 +247,18 @@ class AbstractSurrogate(AbstractDevice):
 
     def _refuse_or_warn(self, u: torch.Tensor, n: int) -> None:
         """Under ``"raise"`` raise, under ``"warn"`` warn, that ``n`` rows of ``u`` are outside."""
-        seen_lo = u.detach().amin(dim=0).tolist()
-        seen_hi = u.detach().amax(dim=0).tolist()
+        x = u.detach()
+        nan = x.isnan()
+        # the span of the drives that are numbers: a NaN drive would make every extremum NaN
+        seen_lo = torch.where(nan, math.inf, x).amin(dim=0).tolist()
+        seen_hi = torch.where(nan, -math.inf, x).amax(dim=0).tolist()
+        n_nan = int(nan.any(dim=1).sum())
         msg = (
             f"{n} of {u.shape[0]} drive rows lie outside the characterised domain of "
             f"{self.name} (low={list(self.domain.low)}, high={list(self.domain.high)}); drives "
             f"seen span low={[round(v, 6) for v in seen_lo]}, "
-            f"high={[round(v, 6) for v in seen_hi]}."
+            f"high={[round(v, 6) for v in seen_hi]}"
+            + (f" ({n_nan} rows hold NaN drives, not counted as outside)." if n_nan else ".")
         )
         if self._policy == "raise":
             raise OutOfDomainError(
