@@ -447,7 +447,11 @@ class EvaluationConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """Repeats of the whole run: one per seed (each seed overrides every seed of the config)."""
+    """Repeats of the whole run: one per seed (each sets the data, network and training seeds).
+
+    The sweep, the twin, the device's options and ``evaluation.variability`` keep their own
+    seeds, so the runs of a family share one characterisation (docs/protocol.md).
+    """
 
     seeds: tuple[int, ...] = ()
     vary: dict[str, tuple[Any, ...]] = Field(
