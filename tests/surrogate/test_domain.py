@@ -72,6 +72,6 @@ def test_the_span_in_the_message_skips_nan_drives_and_counts_them(twin, fused):
     u = torch.cat([MIXED, torch.tensor([[float("nan")]], dtype=torch.float64)])
     with pytest.warns(
         OutOfDomainWarning,
-        match=r"2 of 5 drive rows .*span low=\[-3.0\], high=\[2.0\] \(1 rows hold NaN drives",
+        match=r"2 of 5 drive rows .*span low=\[-3.0\], high=\[2.0\] \(1 row holds NaN drives",
     ):
         twin(u)

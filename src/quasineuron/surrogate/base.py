@@ -258,7 +258,7 @@ class AbstractSurrogate(AbstractDevice):
             f"{self.name} (low={list(self.domain.low)}, high={list(self.domain.high)}); drives "
             f"seen span low={[round(v, 6) for v in seen_lo]}, "
             f"high={[round(v, 6) for v in seen_hi]}"
-            + (f" ({n_nan} rows hold NaN drives, not counted as outside)." if n_nan else ".")
+            + (f" ({_rows_hold(n_nan)} NaN drives, not counted as outside)." if n_nan else ".")
         )
         if self._policy == "raise":
             raise OutOfDomainError(
@@ -316,3 +316,8 @@ class AbstractSurrogate(AbstractDevice):
     def extra_repr(self) -> str:
         """Shown by ``repr``: the device fields and the domain policy."""
         return f"{super().extra_repr()}, policy={self._policy!r}"
+
+
+def _rows_hold(n: int) -> str:
+    """``"1 row holds"`` or ``"n rows hold"``."""
+    return "1 row holds" if n == 1 else f"{n} rows hold"
