@@ -33,7 +33,7 @@ import numpy as np
 
 from quasineuron.devices.base import Box
 
-__all__ = ["SUGGEST_REFINE_ABOVE", "VALIDATIONS", "FitReport", "fidelity"]
+__all__ = ["SUGGEST_REFINE_ABOVE", "VALIDATIONS", "FitReport", "fidelity", "pooled_nrmse"]
 
 #: A worst-point error above this fraction of the output range adds a ``refine_surrogate``
 #: suggestion to the report: 5 % is far above the error of a twin that resolves the device
@@ -195,6 +195,27 @@ def _counts(d: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in d.items() if v)
 
 
+def _output_scale(output_range: np.ndarray) -> np.ndarray:
+    """``range_o`` as the errors are divided by it: a zero or non-finite range counts as 1."""
+    rng = np.asarray(output_range, dtype=np.float64).reshape(-1)
+    return np.where(np.isfinite(rng) & (rng > 0), rng, 1.0)
+
+
+def pooled_nrmse(err: np.ndarray, output_range: np.ndarray) -> float:
+    """``sqrt(mean_o (rmse_o / range_o)²)``: the pooled NRMSE of every fidelity figure.
+
+    Args:
+        err: Prediction minus target, shape (n, n_out).
+        output_range: ``max − min`` per output, shape (n_out,); zeros are replaced by 1.
+
+    Returns:
+        The RMS over outputs of each output's RMSE divided by its range.
+    """
+    e = np.asarray(err, dtype=np.float64)
+    nrmse_o = np.sqrt(np.mean(e**2, axis=0)) / _output_scale(output_range)
+    return float(np.sqrt(np.mean(nrmse_o**2)))
+
+
 def fidelity(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -264,8 +285,7 @@ def fidelity(
         u = None if u is None else np.asarray(u, dtype=np.float64)[finite]
         if len(yt) == 0:
             raise ValueError("every held-out target is non-finite; no error can be measured")
-    rng = np.asarray(output_range, dtype=np.float64).reshape(-1)
-    rng = np.where(np.isfinite(rng) & (rng > 0), rng, 1.0)
+    rng = _output_scale(output_range)
     err = yp - yt
     rmse_o = np.sqrt(np.mean(err**2, axis=0))
     nrmse_o = rmse_o / rng
@@ -290,7 +310,7 @@ def fidelity(
         kind=kind,
         validation=validation,
         rmse=float(np.sqrt(np.mean(err**2))),
-        nrmse=float(np.sqrt(np.mean(nrmse_o**2))),
+        nrmse=pooled_nrmse(err, rng),
         max_abs=float(np.max(max_o)),
         r2=float(np.mean(r2_o)),
         rmse_per_output=tuple(float(v) for v in rmse_o),

@@ -20,6 +20,7 @@ import torch
 from quasineuron.devices.base import Box
 from quasineuron.devices.wuxing import wuxing_jacobian_rows
 from quasineuron.surrogate.mlp import MLPSurrogate, train_mlp
+from quasineuron.surrogate.report import pooled_nrmse
 from quasineuron.wuxing.network import WuxingNetwork
 
 __all__ = ["NeuronTwin", "NeuronTwinReport", "fit_neuron_twin"]
@@ -179,24 +180,16 @@ def fit_neuron_twin(
     )
     twin = NeuronTwin(gain, mlp)
     D = D.float()
+    held = D[n_train:]
     with torch.no_grad():
-        err = twin(u[n_train:]) - D[n_train:]
+        err = twin(u[n_train:]) - held
     report = NeuronTwinReport(
         rmse=float(err.square().mean().sqrt()),
-        nrmse=_pooled_nrmse(err, D[n_train:]),
+        # range-normalised as every twin's fidelity (an error relative to each entry,
+        # err / |D*|, is dominated by the entries near zero, which a neuron at rest has many of)
+        nrmse=pooled_nrmse(err.cpu().numpy(), (held.amax(0) - held.amin(0)).cpu().numpy()),
         max_error=float(err.abs().max()),
-        signal_rms=float(D[n_train:].square().mean().sqrt()),
+        signal_rms=float(held.square().mean().sqrt()),
         n_train=n_train,
     )
     return twin, report
-
-
-def _pooled_nrmse(err: torch.Tensor, target: torch.Tensor) -> float:
-    """``sqrt(mean_o (rmse_o / range_o)²)`` over the columns ``o`` (a zero range counts as 1).
-
-    The definition of :mod:`quasineuron.surrogate.report`: an error relative to each entry
-    (``err / |D*|``) is dominated by the entries near zero, which a neuron at rest has many of.
-    """
-    span = target.amax(0) - target.amin(0)
-    span = torch.where(span > 0, span, torch.ones_like(span))
-    return float((err.square().mean(0).sqrt() / span).square().mean().sqrt())
